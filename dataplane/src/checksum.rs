@@ -1,0 +1,211 @@
+//! Internet checksum arithmetic (RFC 1071) and incremental updates (RFC 1624).
+//!
+//! Translations change a few 16- and 32-bit words of a header and must leave
+//! checksums that equal a full recomputation. [`update16`] and [`update32`]
+//! use RFC 1624's equation 3, `HC' = ~(~HC + ~m + m')`, which (unlike
+//! equation 2 of RFC 1141) never produces the `0xffff` a full computation
+//! cannot give for a non-zero header.
+//!
+//! # Offloaded (pseudo-header-only) TCP checksums
+//!
+//! A locally generated TCP segment that has not yet left the host (Linux
+//! `CHECKSUM_PARTIAL`: on TC egress, or on a veth with tx checksumming on)
+//! carries in its checksum field the folded, *non-inverted* sum of the
+//! pseudo-header only; the device (or the kernel at the veth peer) finishes
+//! it over the segment later. Rewriting such a segment must:
+//! - change the field for pseudo-header words (addresses) by adding the
+//!   difference, non-inverted: [`update32_pseudo_only`];
+//! - leave it alone for words that are not in the pseudo-header (ports),
+//!   because the final sum is computed over the already rewritten segment.
+//!
+//! This is what the kernel's `inet_proto_csum_replace4` does for
+//! `CHECKSUM_PARTIAL`, and what the TC programs get from
+//! `bpf_l4_csum_replace` with `BPF_F_PSEUDO_HDR`. The AF_XDP path never sees
+//! such frames: DESIGN section 5 turns tx checksumming off on `heels0`, so
+//! every frame it handles carries a complete checksum ([`Mode::Full`]).
+
+/// What the TCP checksum field of a frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A complete checksum over pseudo-header, header and payload.
+    Full,
+    /// The non-inverted folded sum of the pseudo-header only (offload pending).
+    PseudoHeaderOnly,
+}
+
+/// Adds `data` as big-endian 16-bit words to a running 32-bit sum; an odd
+/// trailing byte is padded with zero (RFC 1071).
+pub fn accumulate(mut sum: u32, data: &[u8]) -> u32 {
+    let mut words = data.chunks_exact(2);
+    for word in &mut words {
+        sum = add32(sum, u32::from(u16::from_be_bytes([word[0], word[1]])));
+    }
+    if let [last] = words.remainder() {
+        sum = add32(sum, u32::from(*last) << 8);
+    }
+    sum
+}
+
+/// Ones' complement addition in 32 bits with the carry folded back in, so a
+/// sum over any amount of data never overflows.
+#[inline]
+fn add32(a: u32, b: u32) -> u32 {
+    let (s, carry) = a.overflowing_add(b);
+    s + u32::from(carry)
+}
+
+/// Folds a 32-bit running sum into 16 bits (not inverted).
+#[inline]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum of `data` alone: the inverted fold of its sum.
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(accumulate(0, data))
+}
+
+/// Sum of the IPv4 pseudo-header for a transport segment of `len` bytes.
+pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u32 {
+    let mut sum = accumulate(0, &src);
+    sum = accumulate(sum, &dst);
+    sum = add32(sum, u32::from(protocol));
+    add32(sum, u32::from(len))
+}
+
+/// RFC 1624 equation 3 for one 16-bit word changing from `old` to `new`.
+#[inline]
+pub fn update16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    !fold(sum)
+}
+
+/// RFC 1624 equation 3 for one 32-bit word (two 16-bit words).
+#[inline]
+pub fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let sum = u32::from(!check)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!old as u16)
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(sum)
+}
+
+/// Adjusts a pseudo-header-only ([`Mode::PseudoHeaderOnly`]) TCP checksum
+/// field for a pseudo-header word changing from `old` to `new`.
+#[inline]
+pub fn update32_pseudo_only(field: u16, old: u32, new: u32) -> u16 {
+    let sum = u32::from(field)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!old as u16)
+        + (new >> 16)
+        + (new & 0xffff);
+    fold(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The IPv4 header of a real SYN (10.0.0.1 -> 10.0.0.2), checksum 0x051c.
+    static IPV4_HEADER: [u8; 20] = [
+        0x45, 0x00, 0x00, 0x3c, 0x21, 0x9e, 0x40, 0x00, 0x40, 0x06, 0x05, 0x1c, 0x0a, 0x00, 0x00,
+        0x01, 0x0a, 0x00, 0x00, 0x02,
+    ];
+
+    #[test]
+    fn real_header_verifies() {
+        assert_eq!(checksum(&IPV4_HEADER), 0);
+        let mut zeroed = IPV4_HEADER;
+        zeroed[10..12].fill(0);
+        assert_eq!(checksum(&zeroed), 0x051c);
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: the sum of these words is 0xddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(accumulate(0, &data)), 0xddf2);
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(accumulate(0, &[0xab]), 0xab00);
+    }
+
+    #[test]
+    fn rewrite_source_address_matches_full_recomputation() {
+        let mut header = IPV4_HEADER;
+        let old = u32::from_be_bytes([10, 0, 0, 1]);
+        let new = u32::from_be_bytes([192, 168, 7, 9]);
+        let updated = update32(0x051c, old, new);
+        header[12..16].copy_from_slice(&new.to_be_bytes());
+        header[10..12].fill(0);
+        assert_eq!(updated, checksum(&header));
+    }
+
+    proptest! {
+        /// Any 16-bit word of any header changed to any value: the
+        /// incremental update equals the full recomputation.
+        #[test]
+        fn update16_equals_recomputation(
+            mut data in proptest::collection::vec(any::<u8>(), 4..64),
+            at in any::<usize>(),
+            new in any::<u16>(),
+        ) {
+            let words = data.len() / 2;
+            // The checksum word is word 0; change another one.
+            let at = 1 + at % (words - 1);
+            data[0] = 0;
+            data[1] = 0;
+            let check = checksum(&data);
+            data[0..2].copy_from_slice(&check.to_be_bytes());
+            let old = u16::from_be_bytes([data[2 * at], data[2 * at + 1]]);
+            data[2 * at..2 * at + 2].copy_from_slice(&new.to_be_bytes());
+            let updated = update16(check, old, new);
+            data[0..2].fill(0);
+            let expected = checksum(&data);
+            // A buffer of all zeros has no valid non-0xffff checksum; that
+            // never happens for a header HEELS rewrites.
+            prop_assume!(data.iter().any(|&b| b != 0));
+            prop_assert_eq!(updated, expected);
+        }
+
+        #[test]
+        fn update32_equals_recomputation(
+            mut data in proptest::collection::vec(any::<u8>(), 3..32),
+            new in any::<u32>(),
+        ) {
+            // Checksum at bytes 0..2, the changed word at 2..6 (even aligned).
+            data.splice(0..0, [0u8; 6]);
+            data[2] = 0x45; // keep the buffer non-zero
+            let check = checksum(&data);
+            data[0..2].copy_from_slice(&check.to_be_bytes());
+            let old = u32::from_be_bytes([data[2], data[3], data[4], data[5]]);
+            data[2..6].copy_from_slice(&new.to_be_bytes());
+            let updated = update32(check, old, new);
+            data[0..2].fill(0);
+            prop_assume!(data.iter().any(|&b| b != 0));
+            prop_assert_eq!(updated, checksum(&data));
+        }
+
+        #[test]
+        fn pseudo_only_update_equals_recomputed_pseudo_sum(
+            src in any::<[u8; 4]>(),
+            dst in any::<[u8; 4]>(),
+            new_src in any::<[u8; 4]>(),
+            len in 20u16..1500,
+        ) {
+            let field = fold(pseudo_header_sum(src, dst, 6, len));
+            let updated = update32_pseudo_only(
+                field,
+                u32::from_be_bytes(src),
+                u32::from_be_bytes(new_src),
+            );
+            prop_assert_eq!(updated, fold(pseudo_header_sum(new_src, dst, 6, len)));
+        }
+    }
+}

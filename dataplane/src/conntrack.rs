@@ -1,0 +1,478 @@
+//! The client's connection table: for each bypassed connection, the rewrite
+//! of its egress packets (CIP:cport -> VIP:vport becomes -> DIP:dport) and
+//! of its ingress packets (DIP:dport -> CIP:cport comes in from VIP:vport).
+//! A connection takes two entries, one per direction, each keyed by the
+//! packet's (source, destination) as it is on the wire.
+//!
+//! Shared by every AF_XDP worker and the control thread:
+//! - lookups take no lock and never allocate: each slot is a small seqlock
+//!   (readers retry while a writer holds it, writers hold it for a few
+//!   stores), and a hit refreshes the slot's idle clock with one relaxed
+//!   store at most once a second;
+//! - memory is fixed at creation: `slots = next_power_of_two(2 * max_entries)`
+//!   of [`SLOT_BYTES`] bytes each, so a table for 1M entries (500k
+//!   connections) takes 64 MiB, and the load factor never passes 1/2;
+//! - open addressing with linear probing over at most [`MAX_PROBE`] slots;
+//!   a removed or expired entry becomes a tombstone that inserts reuse;
+//! - idle entries stop matching after `idle_timeout` seconds and are turned
+//!   into tombstones by [`ConnTable::expire`], which the control thread runs.
+//!
+//! Two workers inserting the same key at once may both succeed into
+//! different slots; the entries are identical, lookups take the first and
+//! [`ConnTable::remove`] removes every copy.
+//!
+//! Time is the caller's: a monotonic count of seconds (`now`), so the table
+//! does no I/O and tests control the clock.
+
+use core::hash::{BuildHasher, Hasher};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::option::Endpoint;
+
+/// Bytes one slot takes.
+pub const SLOT_BYTES: usize = core::mem::size_of::<Slot>();
+/// Longest probe sequence; an insert that finds no free slot within it fails.
+pub const MAX_PROBE: usize = 32;
+/// How often a reader retries a slot that a writer holds before it reports
+/// a miss (a writer holds a slot for a handful of stores).
+const MAX_READ_RETRIES: usize = 1024;
+
+const EMPTY: u32 = 0;
+const LIVE: u32 = 1;
+const TOMBSTONE: u32 = 2;
+
+/// A packet's addresses and ports as they are on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source.
+    pub src: Endpoint,
+    /// Destination.
+    pub dst: Endpoint,
+}
+
+impl FlowKey {
+    fn addrs(&self) -> u64 {
+        u64::from(u32::from_be_bytes(self.src.addr)) << 32 | u64::from(u32::from_be_bytes(self.dst.addr))
+    }
+
+    fn ports(&self) -> u32 {
+        u32::from(self.src.port) << 16 | u32::from(self.dst.port)
+    }
+}
+
+/// The table has no free slot for a new entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull;
+
+impl core::fmt::Display for TableFull {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("connection table full")
+    }
+}
+
+impl std::error::Error for TableFull {}
+
+#[derive(Debug, Default)]
+#[repr(C, align(32))]
+struct Slot {
+    /// Odd while a writer holds the slot.
+    seq: AtomicU32,
+    /// Seconds of the last hit (or insert).
+    last_used: AtomicU32,
+    /// Source address << 32 | destination address.
+    key_addrs: AtomicU64,
+    /// Source port << 16 | destination port.
+    key_ports: AtomicU32,
+    /// EMPTY, LIVE or TOMBSTONE.
+    state: AtomicU32,
+    /// Target address << 16 | target port.
+    target: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+struct Snapshot {
+    seq: u32,
+    state: u32,
+    key_addrs: u64,
+    key_ports: u32,
+    target: u64,
+}
+
+impl Slot {
+    /// A consistent copy of the slot, or `None` if writers kept it busy.
+    fn read(&self) -> Option<Snapshot> {
+        for _ in 0..MAX_READ_RETRIES {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let snapshot = Snapshot {
+                seq,
+                state: self.state.load(Ordering::Relaxed),
+                key_addrs: self.key_addrs.load(Ordering::Relaxed),
+                key_ports: self.key_ports.load(Ordering::Relaxed),
+                target: self.target.load(Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == seq {
+                return Some(snapshot);
+            }
+        }
+        None
+    }
+
+    /// Takes the slot for writing if it is still at `seq`; the writer must
+    /// call [`Slot::release`] with the same `seq`.
+    fn claim(&self, seq: u32) -> bool {
+        let claimed = self
+            .seq
+            .compare_exchange(seq, seq.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if claimed {
+            // Orders the odd sequence before the data stores below it.
+            fence(Ordering::Release);
+        }
+        claimed
+    }
+
+    fn release(&self, seq: u32) {
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+}
+
+impl Snapshot {
+    fn matches(&self, key: &FlowKey) -> bool {
+        self.state == LIVE && self.key_addrs == key.addrs() && self.key_ports == key.ports()
+    }
+
+    fn target(&self) -> Endpoint {
+        Endpoint::new(((self.target >> 16) as u32).to_be_bytes(), self.target as u16)
+    }
+}
+
+/// The connection table. `Sync`: share it by reference or `Arc`.
+#[derive(Debug)]
+pub struct ConnTable {
+    slots: Box<[Slot]>,
+    mask: usize,
+    max_entries: usize,
+    idle_timeout: u32,
+    live: AtomicUsize,
+    seed: (u64, u64),
+}
+
+impl ConnTable {
+    /// A table for at most `max_entries` entries (two per connection) that
+    /// forgets an entry unused for `idle_timeout` seconds. Allocates all of
+    /// its memory now.
+    pub fn new(max_entries: usize, idle_timeout: u32) -> Self {
+        let max_entries = max_entries.max(1);
+        let slot_count = (max_entries * 2).next_power_of_two();
+        let slots: Box<[Slot]> = (0..slot_count).map(|_| Slot::default()).collect();
+        // Random per-table hash keys: a peer cannot aim flows at one probe
+        // window to push others out.
+        let random = std::collections::hash_map::RandomState::new();
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(0x4845_4c53);
+        let seed0 = hasher.finish();
+        hasher.write_u64(seed0);
+        let seed1 = hasher.finish() | 1;
+        ConnTable {
+            slots,
+            mask: slot_count - 1,
+            max_entries,
+            idle_timeout,
+            live: AtomicUsize::new(0),
+            seed: (seed0, seed1),
+        }
+    }
+
+    /// Most entries the table holds.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Bytes of slot memory the table owns.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len() * SLOT_BYTES
+    }
+
+    /// Live entries (expired ones count until [`ConnTable::expire`] runs).
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// True when no entry is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn home(&self, key: &FlowKey) -> usize {
+        let a = (key.addrs() ^ self.seed.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let b = (u64::from(key.ports()) ^ self.seed.1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        let h = a ^ b.rotate_left(29);
+        (h ^ (h >> 32)) as usize & self.mask
+    }
+
+    fn expired(&self, slot: &Slot, now: u32) -> bool {
+        now.wrapping_sub(slot.last_used.load(Ordering::Relaxed)) > self.idle_timeout
+    }
+
+    /// The target for `key`, refreshing the entry's idle clock. No lock, no
+    /// allocation.
+    pub fn lookup(&self, key: &FlowKey, now: u32) -> Option<Endpoint> {
+        let home = self.home(key);
+        for i in 0..MAX_PROBE {
+            let slot = &self.slots[(home + i) & self.mask];
+            let snapshot = slot.read()?;
+            if snapshot.state == EMPTY {
+                return None;
+            }
+            if snapshot.matches(key) {
+                if self.expired(slot, now) {
+                    return None;
+                }
+                // One store a second at most keeps the line shared between cores.
+                if slot.last_used.load(Ordering::Relaxed) != now {
+                    slot.last_used.store(now, Ordering::Relaxed);
+                }
+                return Some(snapshot.target());
+            }
+        }
+        None
+    }
+
+    /// Inserts or updates the entry for `key`.
+    pub fn insert(&self, key: FlowKey, target: Endpoint, now: u32) -> Result<(), TableFull> {
+        // A claim lost to another writer restarts the search; writers are
+        // rare (one per handshake), so a few rounds always suffice.
+        for _ in 0..MAX_PROBE {
+            match self.try_insert(&key, target, now) {
+                Some(result) => return result,
+                None => continue,
+            }
+        }
+        Err(TableFull)
+    }
+
+    /// One round of insert; `None` when a concurrent writer got in the way.
+    fn try_insert(&self, key: &FlowKey, target: Endpoint, now: u32) -> Option<Result<(), TableFull>> {
+        let home = self.home(key);
+        let mut free: Option<(usize, Snapshot)> = None;
+        for i in 0..MAX_PROBE {
+            let index = (home + i) & self.mask;
+            let slot = &self.slots[index];
+            let snapshot = slot.read()?;
+            if snapshot.matches(key) {
+                return self.write(index, snapshot, key, target, now).then_some(Ok(()));
+            }
+            let reusable = snapshot.state != LIVE || self.expired(slot, now);
+            if reusable && free.is_none() {
+                free = Some((index, snapshot));
+            }
+            if snapshot.state == EMPTY {
+                break;
+            }
+        }
+        let Some((index, snapshot)) = free else {
+            return Some(Err(TableFull));
+        };
+        let reusing_live = snapshot.state == LIVE;
+        if !reusing_live && self.live.load(Ordering::Relaxed) >= self.max_entries {
+            return Some(Err(TableFull));
+        }
+        if !self.write(index, snapshot, key, target, now) {
+            return None;
+        }
+        if !reusing_live {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Ok(()))
+    }
+
+    /// Writes an entry into slot `index` if it is unchanged since `seen`.
+    fn write(&self, index: usize, seen: Snapshot, key: &FlowKey, target: Endpoint, now: u32) -> bool {
+        let slot = &self.slots[index];
+        if !slot.claim(seen.seq) {
+            return false;
+        }
+        slot.key_addrs.store(key.addrs(), Ordering::Relaxed);
+        slot.key_ports.store(key.ports(), Ordering::Relaxed);
+        let target = u64::from(u32::from_be_bytes(target.addr)) << 16 | u64::from(target.port);
+        slot.target.store(target, Ordering::Relaxed);
+        slot.state.store(LIVE, Ordering::Relaxed);
+        slot.last_used.store(now, Ordering::Relaxed);
+        slot.release(seen.seq);
+        true
+    }
+
+    /// Marks a slot seen as `seen` a tombstone; false if it changed meanwhile.
+    fn bury(&self, index: usize, seen: Snapshot) -> bool {
+        let slot = &self.slots[index];
+        if !slot.claim(seen.seq) {
+            return false;
+        }
+        slot.state.store(TOMBSTONE, Ordering::Relaxed);
+        slot.release(seen.seq);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Removes every entry for `key`; returns how many there were.
+    pub fn remove(&self, key: &FlowKey) -> usize {
+        let home = self.home(key);
+        let mut removed = 0;
+        for i in 0..MAX_PROBE {
+            let index = (home + i) & self.mask;
+            let Some(snapshot) = self.slots[index].read() else {
+                continue;
+            };
+            if snapshot.state == EMPTY {
+                break;
+            }
+            if snapshot.matches(key) && self.bury(index, snapshot) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Turns entries idle for longer than the timeout into tombstones;
+    /// returns how many. Walks the whole table: run it from the control
+    /// thread, not per packet.
+    pub fn expire(&self, now: u32) -> usize {
+        let mut expired = 0;
+        for (index, slot) in self.slots.iter().enumerate() {
+            let Some(snapshot) = slot.read() else {
+                continue;
+            };
+            if snapshot.state == LIVE && self.expired(slot, now) && self.bury(index, snapshot) {
+                expired += 1;
+            }
+        }
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey {
+            src: Endpoint::new([10, 10, (i >> 16) as u8, (i >> 8) as u8], 1024 + (i & 0xff) as u16),
+            dst: Endpoint::new([10, 10, 100, 1], 80),
+        }
+    }
+
+    fn target(i: u32) -> Endpoint {
+        Endpoint::new(i.to_be_bytes(), (i % 60000) as u16 + 1)
+    }
+
+    #[test]
+    fn slot_is_32_bytes() {
+        assert_eq!(SLOT_BYTES, 32);
+        let table = ConnTable::new(1_000_000, 60);
+        assert_eq!(table.memory_bytes(), 64 << 20);
+    }
+
+    #[test]
+    fn insert_lookup_remove() {
+        let table = ConnTable::new(16, 60);
+        assert_eq!(table.lookup(&key(1), 0), None);
+        table.insert(key(1), target(1), 0).unwrap();
+        assert_eq!(table.lookup(&key(1), 0), Some(target(1)));
+        assert_eq!(table.lookup(&key(2), 0), None);
+        // Update in place.
+        table.insert(key(1), target(7), 1).unwrap();
+        assert_eq!(table.lookup(&key(1), 1), Some(target(7)));
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.remove(&key(1)), 1);
+        assert_eq!(table.lookup(&key(1), 1), None);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn fills_to_max_entries_then_refuses() {
+        let table = ConnTable::new(1000, 60);
+        for i in 0..1000 {
+            table.insert(key(i), target(i), 0).unwrap();
+        }
+        assert_eq!(table.insert(key(5000), target(0), 0), Err(TableFull));
+        for i in 0..1000 {
+            assert_eq!(table.lookup(&key(i), 0), Some(target(i)), "entry {i}");
+        }
+        // Removing one makes room again, in its tombstone or elsewhere.
+        table.remove(&key(3));
+        table.insert(key(5000), target(5000), 0).unwrap();
+        assert_eq!(table.lookup(&key(5000), 0), Some(target(5000)));
+    }
+
+    #[test]
+    fn idle_entries_expire_and_used_ones_stay() {
+        let table = ConnTable::new(16, 10);
+        table.insert(key(1), target(1), 100).unwrap();
+        table.insert(key(2), target(2), 100).unwrap();
+        // key(1) is used at 105; key(2) is not.
+        assert!(table.lookup(&key(1), 105).is_some());
+        assert_eq!(table.lookup(&key(2), 111), None, "idle past the timeout");
+        assert!(table.lookup(&key(1), 111).is_some());
+        assert_eq!(table.expire(111), 1);
+        assert_eq!(table.len(), 1);
+        // An expired slot is reusable before the sweep too.
+        table.insert(key(3), target(3), 200).unwrap();
+        assert_eq!(table.lookup(&key(3), 200), Some(target(3)));
+    }
+
+    #[test]
+    fn concurrent_readers_never_see_torn_entries() {
+        // One writer keeps rewriting key(1) between two targets whose halves
+        // differ; readers must only ever see one of the two.
+        let table = Arc::new(ConnTable::new(64, 1000));
+        let (a, b) = (Endpoint::new([1, 1, 1, 1], 1111), Endpoint::new([2, 2, 2, 2], 2222));
+        table.insert(key(1), a, 0).unwrap();
+        let writer = {
+            let table = Arc::clone(&table);
+            std::thread::spawn(move || {
+                for round in 0..200_000 {
+                    let t = if round % 2 == 0 { b } else { a };
+                    table.insert(key(1), t, 0).unwrap();
+                }
+            })
+        };
+        let mut seen_b = false;
+        while !writer.is_finished() {
+            if let Some(t) = table.lookup(&key(1), 0) {
+                assert!(t == a || t == b, "torn read: {t:?}");
+                seen_b |= t == b;
+            }
+        }
+        writer.join().unwrap();
+        assert!(seen_b || table.lookup(&key(1), 0) == Some(a));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn concurrent_inserts_from_two_threads_all_land() {
+        let table = Arc::new(ConnTable::new(20_000, 60));
+        let threads: Vec<_> = (0..2u32)
+            .map(|t| {
+                let table = Arc::clone(&table);
+                std::thread::spawn(move || {
+                    for i in (t * 10_000)..((t + 1) * 10_000) {
+                        table.insert(key(i), target(i), 0).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(table.len(), 20_000);
+        for i in 0..20_000 {
+            assert_eq!(table.lookup(&key(i), 0), Some(target(i)));
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The translations of DESIGN section 4 as pure functions over a frame
+//! (Ethernet onwards) in a `&mut [u8]`. Each returns a [`Verdict`]; a frame
+//! that is not rewritten is left exactly as it came, byte for byte.
+//!
+//! - [`server_syn_ingress`]: a SYN carrying the SYN form, possibly IPIP
+//!   encapsulated, becomes CIP:cport -> DIP:dport before the server's stack
+//!   sees it.
+//! - [`client_egress`]: CIP:cport -> VIP:vport of a bypassed connection
+//!   leaves as CIP:cport -> DIP:dport.
+//! - [`client_ingress`]: a SYN-ACK carrying the SYN-ACK form creates the
+//!   connection's entries; DIP:dport -> CIP:cport comes in as VIP:vport -> CIP:cport.
+//!
+//! Checksums are updated incrementally (RFC 1624) for the frame's
+//! [`Mode`]. Handshake packets that create state (the server's SYN, the
+//! client's SYN-ACK) must carry valid checksums first: nothing is learnt
+//! from a corrupt frame. Data packets are not verified (that would cost a
+//! pass over the payload); their rewrite keeps a valid checksum valid and an
+//! invalid one invalid, so the receiving stack still drops a corrupt segment.
+
+use core::fmt;
+use core::str::FromStr;
+
+use crate::checksum::Mode;
+use crate::conntrack::{ConnTable, FlowKey};
+use crate::option::{self, Endpoint};
+use crate::wire::{ethernet, EtherType, EthernetFrame, Ipv4Packet, Protocol, TcpPacket};
+
+/// An IPv4 prefix such as `10.10.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    addr: [u8; 4],
+    len: u8,
+}
+
+impl Prefix {
+    /// A prefix; `None` when `len > 32`. Host bits are cleared.
+    pub fn new(addr: [u8; 4], len: u8) -> Option<Self> {
+        (len <= 32).then(|| Prefix { addr: (u32::from_be_bytes(addr) & Self::mask(len)).to_be_bytes(), len })
+    }
+
+    fn mask(len: u8) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> [u8; 4] {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// True for `/0`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `addr` lies inside the prefix.
+    pub fn contains(&self, addr: [u8; 4]) -> bool {
+        u32::from_be_bytes(addr) & Self::mask(self.len) == u32::from_be_bytes(self.addr)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", core::net::Ipv4Addr::from(self.addr), self.len)
+    }
+}
+
+/// A prefix that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPrefix;
+
+impl fmt::Display for BadPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected an IPv4 prefix such as 10.0.0.0/8")
+    }
+}
+
+impl std::error::Error for BadPrefix {}
+
+impl FromStr for Prefix {
+    type Err = BadPrefix;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: core::net::Ipv4Addr = addr.parse().map_err(|_| BadPrefix)?;
+        let len: u8 = len.parse().map_err(|_| BadPrefix)?;
+        Prefix::new(addr.octets(), len).ok_or(BadPrefix)
+    }
+}
+
+/// A service this host serves: VIP:vport as the client sees it, and the
+/// local port the server application listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    /// VIP:vport.
+    pub vip: Endpoint,
+    /// The server's local port (by default vport).
+    pub local_port: u16,
+}
+
+/// What a host accepts. A host can be client, server or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses of this host (its DIPs, and IPIP outer destinations).
+    pub local_addrs: Vec<[u8; 4]>,
+    /// Services this host serves.
+    pub services: Vec<Service>,
+    /// Where load balancers send from (full-NAT SNAT ranges, IPIP outer sources).
+    pub lb_sources: Vec<Prefix>,
+    /// VIP:vport this host connects to as a client; port 0 means every port.
+    pub vips: Vec<Endpoint>,
+    /// Where backends may be: a SYN-ACK naming a DIP elsewhere is ignored.
+    pub backends: Vec<Prefix>,
+}
+
+impl Config {
+    fn is_local(&self, addr: [u8; 4]) -> bool {
+        self.local_addrs.contains(&addr)
+    }
+
+    fn local_port(&self, vip: Endpoint) -> Option<u16> {
+        self.services.iter().find(|s| s.vip == vip).map(|s| s.local_port)
+    }
+
+    fn from_lb(&self, addr: [u8; 4]) -> bool {
+        self.lb_sources.iter().any(|p| p.contains(addr))
+    }
+
+    fn is_vip(&self, vip: Endpoint) -> bool {
+        self.vips.iter().any(|v| v.addr == vip.addr && (v.port == 0 || v.port == vip.port))
+    }
+
+    fn is_backend(&self, addr: [u8; 4]) -> bool {
+        self.backends.iter().any(|p| p.contains(addr))
+    }
+}
+
+/// Why a frame was left as it came (or dropped). `Copy`; doubles as the
+/// index of a per-reason counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// Not an IPv4 Ethernet frame.
+    NotIpv4,
+    /// Not TCP (nor IPIP carrying TCP, where IPIP is accepted).
+    NotTcp,
+    /// An IPv4 fragment.
+    Fragment,
+    /// A header that does not parse.
+    Malformed,
+    /// A handshake packet whose checksum does not verify.
+    BadChecksum,
+    /// Not the handshake packet this entry point acts on.
+    NotHandshake,
+    /// No HEELS option.
+    NoOption,
+    /// A malformed option list.
+    BadOption,
+    /// Addressed (or IPIP-encapsulated) to an address that is not this host's.
+    NotLocal,
+    /// The SYN form names a VIP:vport this host does not serve.
+    UnknownService,
+    /// The SYN comes neither from the client it names nor from an LB source prefix.
+    SourceNotAllowed,
+    /// The SYN-ACK form names a VIP:vport this host does not connect to.
+    UnknownVip,
+    /// The SYN-ACK form names a DIP outside the backend prefixes.
+    BackendNotAllowed,
+    /// The SYN-ACK comes from neither the DIP nor the VIP its option names.
+    SourceMismatch,
+    /// No connection entry for the packet.
+    NoEntry,
+    /// A SYN leaving the client: always through the LB.
+    ClientSyn,
+    /// A SYN-ACK that came back through the LB: entries created, frame as it came.
+    LearnedViaLb,
+    /// No room for the connection's entries.
+    TableFull,
+}
+
+impl Reason {
+    /// Every reason, in counter order.
+    pub const ALL: [Reason; 18] = [
+        Reason::NotIpv4,
+        Reason::NotTcp,
+        Reason::Fragment,
+        Reason::Malformed,
+        Reason::BadChecksum,
+        Reason::NotHandshake,
+        Reason::NoOption,
+        Reason::BadOption,
+        Reason::NotLocal,
+        Reason::UnknownService,
+        Reason::SourceNotAllowed,
+        Reason::UnknownVip,
+        Reason::BackendNotAllowed,
+        Reason::SourceMismatch,
+        Reason::NoEntry,
+        Reason::ClientSyn,
+        Reason::LearnedViaLb,
+        Reason::TableFull,
+    ];
+
+    /// A short snake_case name for counters and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotIpv4 => "not_ipv4",
+            Reason::NotTcp => "not_tcp",
+            Reason::Fragment => "fragment",
+            Reason::Malformed => "malformed",
+            Reason::BadChecksum => "bad_checksum",
+            Reason::NotHandshake => "not_handshake",
+            Reason::NoOption => "no_option",
+            Reason::BadOption => "bad_option",
+            Reason::NotLocal => "not_local",
+            Reason::UnknownService => "unknown_service",
+            Reason::SourceNotAllowed => "source_not_allowed",
+            Reason::UnknownVip => "unknown_vip",
+            Reason::BackendNotAllowed => "backend_not_allowed",
+            Reason::SourceMismatch => "source_mismatch",
+            Reason::NoEntry => "no_entry",
+            Reason::ClientSyn => "client_syn",
+            Reason::LearnedViaLb => "learned_via_lb",
+            Reason::TableFull => "table_full",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What became of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Left exactly as it came; deliver or send it as usual.
+    Pass(Reason),
+    /// Rewritten in place. The frame now starts `start` bytes into the
+    /// buffer (non-zero after IPIP decapsulation: the caller drops those
+    /// bytes, with `bpf_xdp_adjust_head` or by moving its frame offset).
+    Rewritten {
+        /// Offset of the new Ethernet header.
+        start: usize,
+    },
+    /// Left as it came but must not be delivered (TCP will retransmit).
+    Drop(Reason),
+}
+
+/// Where the headers of a TCP frame are.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    /// Offset of the (inner) IPv4 header.
+    ip: usize,
+    /// Offset of the TCP header.
+    tcp: usize,
+    /// End of the (inner) IPv4 packet (`total_len`; padding excluded).
+    end: usize,
+    /// Outer header length and addresses when IPIP encapsulated.
+    tunnel: Option<Tunnel>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tunnel {
+    header_len: usize,
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// Finds the IPv4 and TCP headers, through one IPIP header if `decap`.
+fn locate(frame: &[u8], decap: bool) -> Result<Located, Reason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| Reason::Malformed)?;
+    if eth.ethertype() != EtherType::Ipv4 {
+        return Err(Reason::NotIpv4);
+    }
+    let mut ip = ethernet::HEADER_LEN;
+    let outer = Ipv4Packet::new_checked(&frame[ip..]).map_err(|_| Reason::Malformed)?;
+    if outer.is_fragment() {
+        return Err(Reason::Fragment);
+    }
+    let mut end = ip + usize::from(outer.total_len());
+    let mut tunnel = None;
+    let packet = match outer.protocol() {
+        Protocol::Tcp => outer,
+        Protocol::Ipip if decap => {
+            let header_len = usize::from(outer.header_len());
+            tunnel = Some(Tunnel { header_len, src: outer.src_addr(), dst: outer.dst_addr() });
+            ip += header_len;
+            let inner = Ipv4Packet::new_checked(&frame[ip..end]).map_err(|_| Reason::Malformed)?;
+            if inner.is_fragment() {
+                return Err(Reason::Fragment);
+            }
+            if inner.protocol() != Protocol::Tcp {
+                return Err(Reason::NotTcp);
+            }
+            end = ip + usize::from(inner.total_len());
+            inner
+        }
+        _ => return Err(Reason::NotTcp),
+    };
+    let tcp = ip + usize::from(packet.header_len());
+    TcpPacket::new_checked(&frame[tcp..end]).map_err(|_| Reason::Malformed)?;
+    Ok(Located { ip, tcp, end, tunnel })
+}
+
+impl Located {
+    fn ip<'a>(&self, frame: &'a [u8]) -> Ipv4Packet<&'a [u8]> {
+        Ipv4Packet::new_unchecked(&frame[self.ip..self.end])
+    }
+
+    fn tcp<'a>(&self, frame: &'a [u8]) -> TcpPacket<&'a [u8]> {
+        TcpPacket::new_unchecked(&frame[self.tcp..self.end])
+    }
+
+    fn src(&self, frame: &[u8]) -> Endpoint {
+        Endpoint::new(self.ip(frame).src_addr(), self.tcp(frame).src_port())
+    }
+
+    fn dst(&self, frame: &[u8]) -> Endpoint {
+        Endpoint::new(self.ip(frame).dst_addr(), self.tcp(frame).dst_port())
+    }
+
+    /// Full verification of every IPv4 header and the TCP checksum (the
+    /// latter only when the frame carries a complete one).
+    fn checksums_verify(&self, frame: &[u8], mode: Mode) -> bool {
+        let outer_ok = match self.tunnel {
+            Some(_) => Ipv4Packet::new_unchecked(&frame[ethernet::HEADER_LEN..]).verify_checksum(),
+            None => true,
+        };
+        let ip = self.ip(frame);
+        outer_ok
+            && ip.verify_checksum()
+            && (mode == Mode::PseudoHeaderOnly
+                || self.tcp(frame).verify_checksum(ip.src_addr(), ip.dst_addr()))
+    }
+
+    /// Rewrites the source endpoint, updating both checksums.
+    fn rewrite_src(&self, frame: &mut [u8], to: Endpoint, mode: Mode) {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[self.ip..self.end]);
+        let old = ip.src_addr();
+        if old != to.addr {
+            ip.rewrite_src_addr(to.addr);
+        }
+        let mut tcp = TcpPacket::new_unchecked(&mut frame[self.tcp..self.end]);
+        if old != to.addr {
+            tcp.update_for_address(old, to.addr, mode);
+        }
+        if tcp.src_port() != to.port {
+            tcp.rewrite_src_port(to.port, mode);
+        }
+    }
+
+    /// Rewrites the destination endpoint, updating both checksums.
+    fn rewrite_dst(&self, frame: &mut [u8], to: Endpoint, mode: Mode) {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[self.ip..self.end]);
+        let old = ip.dst_addr();
+        if old != to.addr {
+            ip.rewrite_dst_addr(to.addr);
+        }
+        let mut tcp = TcpPacket::new_unchecked(&mut frame[self.tcp..self.end]);
+        if old != to.addr {
+            tcp.update_for_address(old, to.addr, mode);
+        }
+        if tcp.dst_port() != to.port {
+            tcp.rewrite_dst_port(to.port, mode);
+        }
+    }
+}
+
+fn pass_on_err<T>(result: Result<T, Reason>) -> Result<T, Verdict> {
+    result.map_err(Verdict::Pass)
+}
+
+/// Server ingress (DESIGN section 4): a SYN carrying the SYN form, for one
+/// of this host's services, from the client it names or an LB source, is
+/// rewritten to CIP:cport -> DIP:dport (decapsulated first if it came in
+/// IPIP to a local address). The option stays for the sockops program.
+///
+/// The caller marks a rewritten SYN (skb mark) so that replies of the
+/// connection can be routed around a DNAT LB.
+pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Verdict {
+    match try_server_syn_ingress(frame, mode, config) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+fn try_server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Result<Verdict, Verdict> {
+    let at = pass_on_err(locate(frame, true))?;
+    let tcp = at.tcp(frame);
+    if !tcp.flags().is_syn() {
+        return Err(Verdict::Pass(Reason::NotHandshake));
+    }
+    let found = option::find(tcp.options())
+        .map_err(|_| Verdict::Pass(Reason::BadOption))?
+        .ok_or(Verdict::Pass(Reason::NoOption))?;
+    let syn = found.syn();
+    // DIP: where the packet was sent, the outer destination for IPIP.
+    let dip = match at.tunnel {
+        Some(tunnel) => tunnel.dst,
+        None => at.ip(frame).dst_addr(),
+    };
+    if !config.is_local(dip) {
+        return Err(Verdict::Pass(Reason::NotLocal));
+    }
+    let local_port = config.local_port(syn.vip).ok_or(Verdict::Pass(Reason::UnknownService))?;
+    let src = at.src(frame);
+    let from_lb = config.from_lb(src.addr) || at.tunnel.is_some_and(|t| config.from_lb(t.src));
+    if src != syn.client && !from_lb {
+        return Err(Verdict::Pass(Reason::SourceNotAllowed));
+    }
+    if !at.checksums_verify(frame, mode) {
+        return Err(Verdict::Pass(Reason::BadChecksum));
+    }
+    at.rewrite_src(frame, syn.client, mode);
+    at.rewrite_dst(frame, Endpoint::new(dip, local_port), mode);
+    let start = match at.tunnel {
+        Some(tunnel) => {
+            frame.copy_within(0..ethernet::HEADER_LEN, tunnel.header_len);
+            tunnel.header_len
+        }
+        None => 0,
+    };
+    Ok(Verdict::Rewritten { start })
+}
+
+/// Client egress: a packet of a bypassed connection (CIP:cport ->
+/// VIP:vport) leaves for DIP:dport. A SYN always goes through the LB; one
+/// that finds a stale entry for its 4-tuple (a reused port) removes it.
+pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) -> Verdict {
+    let at = match locate(frame, false) {
+        Ok(at) => at,
+        Err(reason) => return Verdict::Pass(reason),
+    };
+    let key = FlowKey { src: at.src(frame), dst: at.dst(frame) };
+    if at.tcp(frame).flags().is_syn() {
+        if let Some(backend) = table.lookup(&key, now) {
+            table.remove(&key);
+            table.remove(&FlowKey { src: backend, dst: key.src });
+        }
+        return Verdict::Pass(Reason::ClientSyn);
+    }
+    match table.lookup(&key, now) {
+        Some(backend) => {
+            at.rewrite_dst(frame, backend, mode);
+            Verdict::Rewritten { start: 0 }
+        }
+        None => Verdict::Pass(Reason::NoEntry),
+    }
+}
+
+/// Client ingress: a SYN-ACK carrying the SYN-ACK form, for a VIP this host
+/// connects to and a DIP inside the backend prefixes, creates the
+/// connection's two entries; then every packet from DIP:dport to CIP:cport
+/// comes in from VIP:vport. A SYN-ACK that came back through the LB (from
+/// the VIP) creates the entries and is left as it came.
+pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &ConnTable, now: u32) -> Verdict {
+    let at = match locate(frame, false) {
+        Ok(at) => at,
+        Err(reason) => return Verdict::Pass(reason),
+    };
+    let tcp = at.tcp(frame);
+    if tcp.flags().is_syn_ack() {
+        match option::find(tcp.options()) {
+            Ok(Some(found)) => return learn(frame, &at, found.syn_ack(), mode, config, table, now),
+            Ok(None) => {}
+            Err(_) => return Verdict::Pass(Reason::BadOption),
+        }
+    }
+    let key = FlowKey { src: at.src(frame), dst: at.dst(frame) };
+    match table.lookup(&key, now) {
+        Some(vip) => {
+            at.rewrite_src(frame, vip, mode);
+            Verdict::Rewritten { start: 0 }
+        }
+        None => Verdict::Pass(Reason::NoEntry),
+    }
+}
+
+fn learn(
+    frame: &mut [u8],
+    at: &Located,
+    option: option::SynAckOption,
+    mode: Mode,
+    config: &Config,
+    table: &ConnTable,
+    now: u32,
+) -> Verdict {
+    if !config.is_vip(option.vip) {
+        return Verdict::Pass(Reason::UnknownVip);
+    }
+    if !config.is_backend(option.backend.addr) {
+        return Verdict::Pass(Reason::BackendNotAllowed);
+    }
+    let src = at.src(frame);
+    let direct = src == option.backend;
+    if !direct && src != option.vip {
+        return Verdict::Pass(Reason::SourceMismatch);
+    }
+    if !at.checksums_verify(frame, mode) {
+        return Verdict::Pass(Reason::BadChecksum);
+    }
+    let client = at.dst(frame);
+    let egress = FlowKey { src: client, dst: option.vip };
+    let ingress = FlowKey { src: option.backend, dst: client };
+    let inserted = table
+        .insert(egress, option.backend, now)
+        .and_then(|()| table.insert(ingress, option.vip, now));
+    if inserted.is_err() {
+        table.remove(&egress);
+        // A direct SYN-ACK the stack cannot match would draw a reset; the
+        // server retransmits it, perhaps when there is room.
+        return if direct { Verdict::Drop(Reason::TableFull) } else { Verdict::Pass(Reason::TableFull) };
+    }
+    if direct {
+        at.rewrite_src(frame, option.vip, mode);
+        Verdict::Rewritten { start: 0 }
+    } else {
+        Verdict::Pass(Reason::LearnedViaLb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let p: Prefix = "10.10.3.77/24".parse().unwrap();
+        assert_eq!(p.addr(), [10, 10, 3, 0]);
+        assert_eq!(p.to_string(), "10.10.3.0/24");
+        assert!(p.contains([10, 10, 3, 255]));
+        assert!(!p.contains([10, 10, 4, 0]));
+        let all: Prefix = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains([255, 1, 2, 3]));
+        let host: Prefix = "1.2.3.4".parse().unwrap();
+        assert_eq!(host.len(), 32);
+        assert!(host.contains([1, 2, 3, 4]) && !host.contains([1, 2, 3, 5]));
+        assert_eq!("1.2.3.4/33".parse::<Prefix>(), Err(BadPrefix));
+        assert_eq!("1.2.3/8".parse::<Prefix>(), Err(BadPrefix));
+    }
+
+    #[test]
+    fn reasons_are_listed_once_in_order() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason}");
+        }
+    }
+}

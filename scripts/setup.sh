@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Makes a fresh machine ready to build and test heels. Idempotent and quick
+# when everything is already in place. Needs root (apt, bpffs mount).
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Debian packages the build, tests and lab need.
+APT_PACKAGES=(iproute2 nftables iperf3 tcpdump bpftool ethtool util-linux)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The eBPF crate is built with nightly (build-std needs rust-src).
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "adding rust-src to the nightly toolchain"
+    rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker must link against the same LLVM as rustc nightly (LLVM 22), which
+# Debian does not ship: point it at the toolchain's own libLLVM.
+BPF_LINKER_VERSION=0.13.0
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    sysroot=$(rustc +nightly --print sysroot)
+    libllvm=$(find "$sysroot/lib" -maxdepth 1 -name 'libLLVM.so.22*' | head -n1)
+    if [[ -z "$libllvm" ]]; then
+        log "error: no libLLVM.so.22* in $sysroot/lib; nightly is not on LLVM 22"
+        exit 1
+    fi
+    prefix="${CARGO_HOME:-$HOME/.cargo}/heels-llvm"
+    mkdir -p "$prefix/lib"
+    ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
+    ln -sf "$libllvm" "$prefix/lib/$(basename "$libllvm")"
+    log "building bpf-linker $BPF_LINKER_VERSION against $libllvm (a few minutes)"
+    LLVM_PREFIX="$prefix" cargo install bpf-linker --version "$BPF_LINKER_VERSION" \
+        --locked --no-default-features --features llvm-22
+fi
+
+# bpffs for pinned maps.
+if ! mountpoint -q /sys/fs/bpf; then
+    log "mounting bpffs at /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+fi
+
+log "ready"
