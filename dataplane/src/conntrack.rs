@@ -52,7 +52,8 @@ pub struct FlowKey {
 
 impl FlowKey {
     fn addrs(&self) -> u64 {
-        u64::from(u32::from_be_bytes(self.src.addr)) << 32 | u64::from(u32::from_be_bytes(self.dst.addr))
+        u64::from(u32::from_be_bytes(self.src.addr)) << 32
+            | u64::from(u32::from_be_bytes(self.dst.addr))
     }
 
     fn ports(&self) -> u32 {
@@ -127,7 +128,12 @@ impl Slot {
     fn claim(&self, seq: u32) -> bool {
         let claimed = self
             .seq
-            .compare_exchange(seq, seq.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                seq,
+                seq.wrapping_add(1),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_ok();
         if claimed {
             // Orders the odd sequence before the data stores below it.
@@ -147,7 +153,10 @@ impl Snapshot {
     }
 
     fn target(&self) -> Endpoint {
-        Endpoint::new(((self.target >> 16) as u32).to_be_bytes(), self.target as u16)
+        Endpoint::new(
+            ((self.target >> 16) as u32).to_be_bytes(),
+            self.target as u16,
+        )
     }
 }
 
@@ -257,7 +266,12 @@ impl ConnTable {
     }
 
     /// One round of insert; `None` when a concurrent writer got in the way.
-    fn try_insert(&self, key: &FlowKey, target: Endpoint, now: u32) -> Option<Result<(), TableFull>> {
+    fn try_insert(
+        &self,
+        key: &FlowKey,
+        target: Endpoint,
+        now: u32,
+    ) -> Option<Result<(), TableFull>> {
         let home = self.home(key);
         let mut free: Option<(usize, Snapshot)> = None;
         for i in 0..MAX_PROBE {
@@ -265,7 +279,9 @@ impl ConnTable {
             let slot = &self.slots[index];
             let snapshot = slot.read()?;
             if snapshot.matches(key) {
-                return self.write(index, snapshot, key, target, now).then_some(Ok(()));
+                return self
+                    .write(index, snapshot, key, target, now)
+                    .then_some(Ok(()));
             }
             let reusable = snapshot.state != LIVE || self.expired(slot, now);
             if reusable && free.is_none() {
@@ -292,7 +308,14 @@ impl ConnTable {
     }
 
     /// Writes an entry into slot `index` if it is unchanged since `seen`.
-    fn write(&self, index: usize, seen: Snapshot, key: &FlowKey, target: Endpoint, now: u32) -> bool {
+    fn write(
+        &self,
+        index: usize,
+        seen: Snapshot,
+        key: &FlowKey,
+        target: Endpoint,
+        now: u32,
+    ) -> bool {
         let slot = &self.slots[index];
         if !slot.claim(seen.seq) {
             return false;
@@ -362,7 +385,10 @@ mod tests {
 
     fn key(i: u32) -> FlowKey {
         FlowKey {
-            src: Endpoint::new([10, 10, (i >> 16) as u8, (i >> 8) as u8], 1024 + (i & 0xff) as u16),
+            src: Endpoint::new(
+                [10, 10, (i >> 16) as u8, (i >> 8) as u8],
+                1024 + (i & 0xff) as u16,
+            ),
             dst: Endpoint::new([10, 10, 100, 1], 80),
         }
     }
@@ -431,7 +457,10 @@ mod tests {
         // One writer keeps rewriting key(1) between two targets whose halves
         // differ; readers must only ever see one of the two.
         let table = Arc::new(ConnTable::new(64, 1000));
-        let (a, b) = (Endpoint::new([1, 1, 1, 1], 1111), Endpoint::new([2, 2, 2, 2], 2222));
+        let (a, b) = (
+            Endpoint::new([1, 1, 1, 1], 1111),
+            Endpoint::new([2, 2, 2, 2], 2222),
+        );
         table.insert(key(1), a, 0).unwrap();
         let writer = {
             let table = Arc::clone(&table);

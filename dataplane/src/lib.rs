@@ -13,10 +13,10 @@
 
 pub mod checksum;
 pub mod conntrack;
-//pub mod fuzzing;
+pub mod fuzzing;
 pub mod option;
 pub mod translate;
 pub mod wire;
 
-
-//mod vectors;
+#[cfg(test)]
+mod vectors;

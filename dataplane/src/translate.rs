@@ -35,7 +35,10 @@ pub struct Prefix {
 impl Prefix {
     /// A prefix; `None` when `len > 32`. Host bits are cleared.
     pub fn new(addr: [u8; 4], len: u8) -> Option<Self> {
-        (len <= 32).then(|| Prefix { addr: (u32::from_be_bytes(addr) & Self::mask(len)).to_be_bytes(), len })
+        (len <= 32).then(|| Prefix {
+            addr: (u32::from_be_bytes(addr) & Self::mask(len)).to_be_bytes(),
+            len,
+        })
     }
 
     fn mask(len: u8) -> u32 {
@@ -123,7 +126,10 @@ impl Config {
     }
 
     fn local_port(&self, vip: Endpoint) -> Option<u16> {
-        self.services.iter().find(|s| s.vip == vip).map(|s| s.local_port)
+        self.services
+            .iter()
+            .find(|s| s.vip == vip)
+            .map(|s| s.local_port)
     }
 
     fn from_lb(&self, addr: [u8; 4]) -> bool {
@@ -131,7 +137,9 @@ impl Config {
     }
 
     fn is_vip(&self, vip: Endpoint) -> bool {
-        self.vips.iter().any(|v| v.addr == vip.addr && (v.port == 0 || v.port == vip.port))
+        self.vips
+            .iter()
+            .any(|v| v.addr == vip.addr && (v.port == 0 || v.port == vip.port))
     }
 
     fn is_backend(&self, addr: [u8; 4]) -> bool {
@@ -289,7 +297,11 @@ fn locate(frame: &[u8], decap: bool) -> Result<Located, Reason> {
         Protocol::Tcp => outer,
         Protocol::Ipip if decap => {
             let header_len = usize::from(outer.header_len());
-            tunnel = Some(Tunnel { header_len, src: outer.src_addr(), dst: outer.dst_addr() });
+            tunnel = Some(Tunnel {
+                header_len,
+                src: outer.src_addr(),
+                dst: outer.dst_addr(),
+            });
             ip += header_len;
             let inner = Ipv4Packet::new_checked(&frame[ip..end]).map_err(|_| Reason::Malformed)?;
             if inner.is_fragment() {
@@ -305,7 +317,12 @@ fn locate(frame: &[u8], decap: bool) -> Result<Located, Reason> {
     };
     let tcp = ip + usize::from(packet.header_len());
     TcpPacket::new_checked(&frame[tcp..end]).map_err(|_| Reason::Malformed)?;
-    Ok(Located { ip, tcp, end, tunnel })
+    Ok(Located {
+        ip,
+        tcp,
+        end,
+        tunnel,
+    })
 }
 
 impl Located {
@@ -336,7 +353,9 @@ impl Located {
         outer_ok
             && ip.verify_checksum()
             && (mode == Mode::PseudoHeaderOnly
-                || self.tcp(frame).verify_checksum(ip.src_addr(), ip.dst_addr()))
+                || self
+                    .tcp(frame)
+                    .verify_checksum(ip.src_addr(), ip.dst_addr()))
     }
 
     /// Rewrites the source endpoint, updating both checksums.
@@ -389,7 +408,11 @@ pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Verd
     }
 }
 
-fn try_server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Result<Verdict, Verdict> {
+fn try_server_syn_ingress(
+    frame: &mut [u8],
+    mode: Mode,
+    config: &Config,
+) -> Result<Verdict, Verdict> {
     let at = pass_on_err(locate(frame, true))?;
     let tcp = at.tcp(frame);
     if !tcp.flags().is_syn() {
@@ -407,7 +430,9 @@ fn try_server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Resu
     if !config.is_local(dip) {
         return Err(Verdict::Pass(Reason::NotLocal));
     }
-    let local_port = config.local_port(syn.vip).ok_or(Verdict::Pass(Reason::UnknownService))?;
+    let local_port = config
+        .local_port(syn.vip)
+        .ok_or(Verdict::Pass(Reason::UnknownService))?;
     let src = at.src(frame);
     let from_lb = config.from_lb(src.addr) || at.tunnel.is_some_and(|t| config.from_lb(t.src));
     if src != syn.client && !from_lb {
@@ -436,11 +461,17 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
         Ok(at) => at,
         Err(reason) => return Verdict::Pass(reason),
     };
-    let key = FlowKey { src: at.src(frame), dst: at.dst(frame) };
+    let key = FlowKey {
+        src: at.src(frame),
+        dst: at.dst(frame),
+    };
     if at.tcp(frame).flags().is_syn() {
         if let Some(backend) = table.lookup(&key, now) {
             table.remove(&key);
-            table.remove(&FlowKey { src: backend, dst: key.src });
+            table.remove(&FlowKey {
+                src: backend,
+                dst: key.src,
+            });
         }
         return Verdict::Pass(Reason::ClientSyn);
     }
@@ -458,7 +489,13 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
 /// connection's two entries; then every packet from DIP:dport to CIP:cport
 /// comes in from VIP:vport. A SYN-ACK that came back through the LB (from
 /// the VIP) creates the entries and is left as it came.
-pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &ConnTable, now: u32) -> Verdict {
+pub fn client_ingress(
+    frame: &mut [u8],
+    mode: Mode,
+    config: &Config,
+    table: &ConnTable,
+    now: u32,
+) -> Verdict {
     let at = match locate(frame, false) {
         Ok(at) => at,
         Err(reason) => return Verdict::Pass(reason),
@@ -471,7 +508,10 @@ pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &Con
             Err(_) => return Verdict::Pass(Reason::BadOption),
         }
     }
-    let key = FlowKey { src: at.src(frame), dst: at.dst(frame) };
+    let key = FlowKey {
+        src: at.src(frame),
+        dst: at.dst(frame),
+    };
     match table.lookup(&key, now) {
         Some(vip) => {
             at.rewrite_src(frame, vip, mode);
@@ -505,8 +545,14 @@ fn learn(
         return Verdict::Pass(Reason::BadChecksum);
     }
     let client = at.dst(frame);
-    let egress = FlowKey { src: client, dst: option.vip };
-    let ingress = FlowKey { src: option.backend, dst: client };
+    let egress = FlowKey {
+        src: client,
+        dst: option.vip,
+    };
+    let ingress = FlowKey {
+        src: option.backend,
+        dst: client,
+    };
     let inserted = table
         .insert(egress, option.backend, now)
         .and_then(|()| table.insert(ingress, option.vip, now));
@@ -514,7 +560,11 @@ fn learn(
         table.remove(&egress);
         // A direct SYN-ACK the stack cannot match would draw a reset; the
         // server retransmits it, perhaps when there is room.
-        return if direct { Verdict::Drop(Reason::TableFull) } else { Verdict::Pass(Reason::TableFull) };
+        return if direct {
+            Verdict::Drop(Reason::TableFull)
+        } else {
+            Verdict::Pass(Reason::TableFull)
+        };
     }
     if direct {
         at.rewrite_src(frame, option.vip, mode);

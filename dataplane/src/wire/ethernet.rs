@@ -111,7 +111,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 
     /// Sets the EtherType.
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
-        write_u16(self.buffer.as_mut(), field::ETHERTYPE.start, ethertype.into());
+        write_u16(
+            self.buffer.as_mut(),
+            field::ETHERTYPE.start,
+            ethertype.into(),
+        );
     }
 
     /// The bytes after the header, writable.
@@ -186,7 +190,10 @@ mod tests {
 
     #[test]
     fn truncated() {
-        assert_eq!(Frame::new_checked(&FRAME_BYTES[..13]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Frame::new_checked(&FRAME_BYTES[..13]).unwrap_err(),
+            Error::Truncated
+        );
     }
 
     #[test]

@@ -222,12 +222,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Sets the source address without touching the checksum.
     pub fn set_src_addr(&mut self, addr: [u8; 4]) {
-        write_u32(self.buffer.as_mut(), field::SRC_ADDR.start, u32::from_be_bytes(addr));
+        write_u32(
+            self.buffer.as_mut(),
+            field::SRC_ADDR.start,
+            u32::from_be_bytes(addr),
+        );
     }
 
     /// Sets the destination address without touching the checksum.
     pub fn set_dst_addr(&mut self, addr: [u8; 4]) {
-        write_u32(self.buffer.as_mut(), field::DST_ADDR.start, u32::from_be_bytes(addr));
+        write_u32(
+            self.buffer.as_mut(),
+            field::DST_ADDR.start,
+            u32::from_be_bytes(addr),
+        );
     }
 
     /// Rewrites the source address and updates the header checksum
@@ -380,17 +388,32 @@ mod tests {
     fn rejects_malformed() {
         let mut bytes = PACKET_BYTES;
         bytes[0] = 0x65; // version 6
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            Error::Malformed
+        );
         bytes[0] = 0x44; // IHL 4
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            Error::Malformed
+        );
         bytes[0] = 0x4f; // IHL 15 = 60 bytes, total length 60: legal
         assert!(Packet::new_checked(&bytes[..]).is_ok());
         bytes[3] = 0x3d; // total length 61 > buffer
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            Error::Truncated
+        );
         bytes[0] = 0x45;
         bytes[2..4].copy_from_slice(&19u16.to_be_bytes()); // total < header
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
-        assert_eq!(Packet::new_checked(&PACKET_BYTES[..19]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            Error::Malformed
+        );
+        assert_eq!(
+            Packet::new_checked(&PACKET_BYTES[..19]).unwrap_err(),
+            Error::Truncated
+        );
     }
 
     #[test]

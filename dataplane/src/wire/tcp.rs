@@ -404,12 +404,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_lengths() {
-        assert_eq!(Packet::new_checked(&SYN_BYTES[..19]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Packet::new_checked(&SYN_BYTES[..19]).unwrap_err(),
+            Error::Truncated
+        );
         let mut bytes = SYN_BYTES;
         bytes[12] = 0x40; // data offset 4
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            Error::Malformed
+        );
         bytes[12] = 0xf0; // data offset 15 = 60 bytes > 40
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            Error::Truncated
+        );
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the property
+//! tests: each runs one parser or translation on arbitrary bytes and panics
+//! if an invariant breaks:
+//!
+//! - nothing panics, whatever the bytes;
+//! - a frame that is not rewritten is byte for byte as it came;
+//! - a rewritten frame still parses, and its IPv4 and TCP checksums verify
+//!   by full recomputation whenever the input's did (handshake rewrites
+//!   verify their input first, so for them always).
+//!
+//! The configuration and table match docs/protocol.md, so a fuzzer seeded
+//! with its vectors reaches every rewrite.
+
+use crate::checksum::Mode;
+use crate::conntrack::{ConnTable, FlowKey};
+use crate::option::{self, Endpoint};
+use crate::translate::{self, Config, Service, Verdict};
+use crate::wire::{ethernet, EtherType, EthernetFrame, Ipv4Packet, Protocol, TcpPacket};
+
+/// The client of docs/protocol.md.
+pub const CLIENT: Endpoint = Endpoint::new([10, 10, 1, 2], 40000);
+/// The service of docs/protocol.md.
+pub const VIP: Endpoint = Endpoint::new([10, 10, 100, 1], 80);
+/// The backend of docs/protocol.md.
+pub const BACKEND: Endpoint = Endpoint::new([10, 10, 3, 2], 8080);
+
+/// The host configuration of docs/protocol.md (server and client in one).
+pub fn config() -> Config {
+    Config {
+        local_addrs: vec![BACKEND.addr],
+        services: vec![Service {
+            vip: VIP,
+            local_port: BACKEND.port,
+        }],
+        lb_sources: vec![
+            "10.10.2.0/24".parse().expect("prefix"),
+            "172.16.0.0/16".parse().expect("prefix"),
+        ],
+        vips: vec![VIP],
+        backends: vec!["10.10.3.0/24".parse().expect("prefix")],
+    }
+}
+
+/// A client table holding the connection of docs/protocol.md.
+pub fn table_with_connection() -> ConnTable {
+    let table = ConnTable::new(16, 60);
+    table
+        .insert(
+            FlowKey {
+                src: CLIENT,
+                dst: VIP,
+            },
+            BACKEND,
+            0,
+        )
+        .expect("room");
+    table
+        .insert(
+            FlowKey {
+                src: BACKEND,
+                dst: CLIENT,
+            },
+            VIP,
+            0,
+        )
+        .expect("room");
+    table
+}
+
+/// `Some(true)` when every IPv4 header and the TCP checksum of the frame
+/// verify, `Some(false)` when one does not, `None` when it is not an
+/// Ethernet/IPv4[/IPIP]/TCP frame.
+pub fn checksums_verify(frame: &[u8]) -> Option<bool> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EtherType::Ipv4 {
+        return None;
+    }
+    let mut ip = Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]).ok()?;
+    let mut ok = true;
+    if ip.protocol() == Protocol::Ipip {
+        ok &= ip.verify_checksum();
+        let start = ethernet::HEADER_LEN + usize::from(ip.header_len());
+        let end = ethernet::HEADER_LEN + usize::from(ip.total_len());
+        ip = Ipv4Packet::new_checked(&frame[start..end]).ok()?;
+    }
+    if ip.protocol() != Protocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some(ok && ip.verify_checksum() && tcp.verify_checksum(ip.src_addr(), ip.dst_addr()))
+}
+
+/// Checks a translation's outcome against the invariants above.
+pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
+    assert_eq!(before.len(), after.len(), "the frame changed length");
+    match verdict {
+        Verdict::Pass(_) | Verdict::Drop(_) => {
+            assert_eq!(before, after, "{verdict:?} but the frame changed")
+        }
+        Verdict::Rewritten { start } => {
+            assert!(start < after.len(), "start {start} past the frame");
+            let valid_after = checksums_verify(&after[start..]).expect("a rewritten frame parses");
+            if checksums_verify(before) == Some(true) {
+                assert!(valid_after, "checksums broken by the rewrite");
+            }
+        }
+    }
+}
+
+/// The option parser on arbitrary bytes.
+pub fn option_list(data: &[u8]) {
+    if let Ok(Some(found)) = option::find(data) {
+        assert!(found.offset + option::LEN <= data.len());
+        assert_eq!(
+            data[found.offset..found.offset + 4],
+            [option::KIND, option::LEN as u8, 0x48, 0x45]
+        );
+    }
+}
+
+/// Server SYN ingress on an arbitrary frame; returns the verdict.
+pub fn server_syn_ingress(data: &[u8]) -> Verdict {
+    let mut frame = data.to_vec();
+    let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &config());
+    if let Verdict::Rewritten { .. } = verdict {
+        assert_eq!(
+            checksums_verify(data),
+            Some(true),
+            "rewrote a frame with bad checksums"
+        );
+    }
+    check_outcome(data, &frame, verdict);
+    verdict
+}
+
+/// Client egress on an arbitrary frame; returns the verdict.
+pub fn client_egress(data: &[u8]) -> Verdict {
+    let mut frame = data.to_vec();
+    let verdict = translate::client_egress(&mut frame, Mode::Full, &table_with_connection(), 1);
+    check_outcome(data, &frame, verdict);
+    verdict
+}
+
+/// Client ingress (learning and data) on an arbitrary frame; returns the verdict.
+pub fn client_ingress(data: &[u8]) -> Verdict {
+    let mut frame = data.to_vec();
+    // An empty table: SYN-ACKs learn; then the frame runs again as data.
+    let table = ConnTable::new(16, 60);
+    let verdict = translate::client_ingress(&mut frame, Mode::Full, &config(), &table, 1);
+    check_outcome(data, &frame, verdict);
+    let mut again = data.to_vec();
+    let table = table_with_connection();
+    let second = translate::client_ingress(&mut again, Mode::Full, &config(), &table, 1);
+    check_outcome(data, &again, second);
+    verdict
+}
