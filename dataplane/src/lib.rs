@@ -16,7 +16,5 @@ pub mod conntrack;
 pub mod fuzzing;
 pub mod option;
 pub mod translate;
+pub mod vectors;
 pub mod wire;
-
-#[cfg(test)]
-mod vectors;

@@ -1,16 +1,12 @@
-//! The test vectors of docs/protocol.md, run through the translations.
-//! Every frame also goes through etherparse, an independent parser, which
-//! checks its checksums by full recomputation.
-
-use crate::checksum::Mode;
-use crate::conntrack::{ConnTable, FlowKey};
-use crate::fuzzing::{self, BACKEND, CLIENT, VIP};
-use crate::translate::{self, Reason, Verdict};
+//! The test vectors of docs/protocol.md: whole frames of each translation,
+//! before and after, read from the document itself so that the tests of
+//! every crate (the dataplane's, the eBPF programs', the benchmarks) use
+//! exactly what the document shows.
 
 const PROTOCOL_MD: &str = include_str!("../../docs/protocol.md");
 
 /// The bytes of the vector called `name` in docs/protocol.md.
-pub(crate) fn vector(name: &str) -> Vec<u8> {
+pub fn vector(name: &str) -> Vec<u8> {
     let marker = format!("<!-- vector: {name} -->\n```text\n");
     let start = PROTOCOL_MD
         .find(&marker)
@@ -30,49 +26,8 @@ pub(crate) fn vector(name: &str) -> Vec<u8> {
     bytes
 }
 
-/// Verifies a frame's IPv4 and TCP checksums with etherparse (through one
-/// IPIP header if present).
-fn etherparse_verifies(frame: &[u8]) {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse parses the frame");
-    let Some(NetSlice::Ipv4(ipv4)) = sliced.net else {
-        panic!("not IPv4")
-    };
-    let header = ipv4.header().to_header();
-    assert_eq!(
-        header.header_checksum,
-        header.calc_header_checksum(),
-        "IPv4 checksum"
-    );
-    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
-        panic!("not TCP")
-    };
-    let expected = tcp
-        .to_header()
-        .calc_checksum_ipv4(&header, tcp.payload())
-        .expect("checksum computable");
-    assert_eq!(tcp.checksum(), expected, "TCP checksum");
-}
-
-fn etherparse_verifies_ipip(frame: &[u8]) {
-    use etherparse::{Ipv4HeaderSlice, Ipv4Slice};
-    let outer = Ipv4HeaderSlice::from_slice(&frame[14..]).expect("outer header");
-    let header = outer.to_header();
-    assert_eq!(
-        header.header_checksum,
-        header.calc_header_checksum(),
-        "outer IPv4 checksum"
-    );
-    assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
-    // Verify the inner packet as if it were a frame of its own.
-    let inner = Ipv4Slice::from_slice(&frame[14 + 20..]).expect("inner packet");
-    let mut as_frame = frame[..14].to_vec();
-    as_frame.extend_from_slice(inner.header().slice());
-    as_frame.extend_from_slice(inner.payload().payload);
-    etherparse_verifies(&as_frame);
-}
-
-const ALL: [&str; 13] = [
+/// The name of every vector, in document order.
+pub const ALL: [&str; 13] = [
     "fullnat-syn-before",
     "fullnat-syn-after",
     "dnat-syn-before",
@@ -88,449 +43,508 @@ const ALL: [&str; 13] = [
     "ingress-data-after",
 ];
 
-#[test]
-fn every_vector_verifies_with_etherparse() {
-    for name in ALL {
-        let frame = vector(name);
-        if name == "ipip-syn-before" {
-            etherparse_verifies_ipip(&frame);
-        } else {
-            etherparse_verifies(&frame);
-        }
-        assert_eq!(fuzzing::checksums_verify(&frame), Some(true), "{name}");
+#[cfg(test)]
+mod tests {
+    //! Each vector through the translations; every frame also through
+    //! etherparse, an independent parser that checks checksums by full
+    //! recomputation.
+
+    use super::{vector, ALL};
+    use crate::checksum::Mode;
+    use crate::conntrack::{ConnTable, FlowKey};
+    use crate::fuzzing::{self, BACKEND, CLIENT, VIP};
+    use crate::translate::{self, Reason, Verdict};
+
+    /// Verifies a frame's IPv4 and TCP checksums with etherparse (through one
+    /// IPIP header if present).
+    fn etherparse_verifies(frame: &[u8]) {
+        use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+        let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse parses the frame");
+        let Some(NetSlice::Ipv4(ipv4)) = sliced.net else {
+            panic!("not IPv4")
+        };
+        let header = ipv4.header().to_header();
+        assert_eq!(
+            header.header_checksum,
+            header.calc_header_checksum(),
+            "IPv4 checksum"
+        );
+        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+            panic!("not TCP")
+        };
+        let expected = tcp
+            .to_header()
+            .calc_checksum_ipv4(&header, tcp.payload())
+            .expect("checksum computable");
+        assert_eq!(tcp.checksum(), expected, "TCP checksum");
     }
-}
 
-fn server_case(before: &str, after: &str, start: usize) {
-    let mut frame = vector(before);
-    let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &fuzzing::config());
-    assert_eq!(verdict, Verdict::Rewritten { start }, "{before}");
-    assert_eq!(frame[start..], vector(after)[..], "{before} -> {after}");
-    etherparse_verifies(&frame[start..]);
-}
+    fn etherparse_verifies_ipip(frame: &[u8]) {
+        use etherparse::{Ipv4HeaderSlice, Ipv4Slice};
+        let outer = Ipv4HeaderSlice::from_slice(&frame[14..]).expect("outer header");
+        let header = outer.to_header();
+        assert_eq!(
+            header.header_checksum,
+            header.calc_header_checksum(),
+            "outer IPv4 checksum"
+        );
+        assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
+        // Verify the inner packet as if it were a frame of its own.
+        let inner = Ipv4Slice::from_slice(&frame[14 + 20..]).expect("inner packet");
+        let mut as_frame = frame[..14].to_vec();
+        as_frame.extend_from_slice(inner.header().slice());
+        as_frame.extend_from_slice(inner.payload().payload);
+        etherparse_verifies(&as_frame);
+    }
 
-#[test]
-fn fullnat_syn() {
-    server_case("fullnat-syn-before", "fullnat-syn-after", 0);
-}
+    #[test]
+    fn every_vector_verifies_with_etherparse() {
+        for name in ALL {
+            let frame = vector(name);
+            if name == "ipip-syn-before" {
+                etherparse_verifies_ipip(&frame);
+            } else {
+                etherparse_verifies(&frame);
+            }
+            assert_eq!(fuzzing::checksums_verify(&frame), Some(true), "{name}");
+        }
+    }
 
-#[test]
-fn dnat_syn() {
-    server_case("dnat-syn-before", "dnat-syn-after", 0);
-}
+    fn server_case(before: &str, after: &str, start: usize) {
+        let mut frame = vector(before);
+        let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &fuzzing::config());
+        assert_eq!(verdict, Verdict::Rewritten { start }, "{before}");
+        assert_eq!(frame[start..], vector(after)[..], "{before} -> {after}");
+        etherparse_verifies(&frame[start..]);
+    }
 
-#[test]
-fn ipip_syn() {
-    server_case("ipip-syn-before", "ipip-syn-after", 20);
-}
+    #[test]
+    fn fullnat_syn() {
+        server_case("fullnat-syn-before", "fullnat-syn-after", 0);
+    }
 
-#[test]
-fn direct_syn_ack_learns_and_is_rewritten() {
-    let table = ConnTable::new(16, 60);
-    let mut frame = vector("syn-ack-before");
-    let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
-    assert_eq!(verdict, Verdict::Rewritten { start: 0 });
-    assert_eq!(frame, vector("syn-ack-after"));
-    etherparse_verifies(&frame);
-    assert_eq!(
-        table.lookup(
-            &FlowKey {
-                src: CLIENT,
-                dst: VIP
-            },
-            5
-        ),
-        Some(BACKEND)
-    );
-    assert_eq!(
-        table.lookup(
-            &FlowKey {
-                src: BACKEND,
-                dst: CLIENT
-            },
-            5
-        ),
-        Some(VIP)
-    );
-}
+    #[test]
+    fn dnat_syn() {
+        server_case("dnat-syn-before", "dnat-syn-after", 0);
+    }
 
-#[test]
-fn syn_ack_via_lb_learns_and_stays() {
-    let table = ConnTable::new(16, 60);
-    let mut frame = vector("syn-ack-via-lb");
-    let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
-    assert_eq!(verdict, Verdict::Pass(Reason::LearnedViaLb));
-    assert_eq!(frame, vector("syn-ack-via-lb"));
-    assert_eq!(
-        table.lookup(
-            &FlowKey {
-                src: CLIENT,
-                dst: VIP
-            },
-            5
-        ),
-        Some(BACKEND)
-    );
-}
+    #[test]
+    fn ipip_syn() {
+        server_case("ipip-syn-before", "ipip-syn-after", 20);
+    }
 
-#[test]
-fn client_data_both_ways() {
-    let table = fuzzing::table_with_connection();
-    let mut frame = vector("egress-data-before");
-    assert_eq!(
-        translate::client_egress(&mut frame, Mode::Full, &table, 1),
-        Verdict::Rewritten { start: 0 }
-    );
-    assert_eq!(frame, vector("egress-data-after"));
-    etherparse_verifies(&frame);
-    let mut frame = vector("ingress-data-before");
-    let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
-    assert_eq!(verdict, Verdict::Rewritten { start: 0 });
-    assert_eq!(frame, vector("ingress-data-after"));
-    etherparse_verifies(&frame);
-}
-
-#[test]
-fn offloaded_egress_keeps_a_pseudo_header_checksum() {
-    // The egress vector as the stack hands it over with tx offload: the TCP
-    // checksum field holds the pseudo-header sum.
-    use crate::checksum::{fold, pseudo_header_sum};
-    let table = fuzzing::table_with_connection();
-    let mut frame = vector("egress-data-before");
-    let tcp_len = (frame.len() - 34) as u16;
-    let partial = fold(pseudo_header_sum(CLIENT.addr, VIP.addr, 6, tcp_len));
-    frame[50..52].copy_from_slice(&partial.to_be_bytes());
-    let verdict = translate::client_egress(&mut frame, Mode::PseudoHeaderOnly, &table, 1);
-    assert_eq!(verdict, Verdict::Rewritten { start: 0 });
-    let expected = fold(pseudo_header_sum(CLIENT.addr, BACKEND.addr, 6, tcp_len));
-    assert_eq!(frame[50..52], expected.to_be_bytes());
-    // The rest equals the complete-checksum result.
-    let mut after = vector("egress-data-after");
-    after[50..52].copy_from_slice(&expected.to_be_bytes());
-    assert_eq!(frame, after);
-}
-
-/// Runs a server translation with one config change and expects the frame
-/// untouched with `reason`.
-fn server_refuses(name: &str, change: impl FnOnce(&mut translate::Config), reason: Reason) {
-    let mut config = fuzzing::config();
-    change(&mut config);
-    let mut frame = vector(name);
-    assert_eq!(
-        translate::server_syn_ingress(&mut frame, Mode::Full, &config),
-        Verdict::Pass(reason),
-        "{name}"
-    );
-    assert_eq!(frame, vector(name), "{name} must stay as it came");
-}
-
-#[test]
-fn server_validation() {
-    for name in ["fullnat-syn-before", "dnat-syn-before", "ipip-syn-before"] {
-        server_refuses(name, |c| c.services.clear(), Reason::UnknownService);
-        server_refuses(
-            name,
-            |c| c.local_addrs = vec![[10, 10, 3, 3]],
-            Reason::NotLocal,
+    #[test]
+    fn direct_syn_ack_learns_and_is_rewritten() {
+        let table = ConnTable::new(16, 60);
+        let mut frame = vector("syn-ack-before");
+        let verdict =
+            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
+        assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+        assert_eq!(frame, vector("syn-ack-after"));
+        etherparse_verifies(&frame);
+        assert_eq!(
+            table.lookup(
+                &FlowKey {
+                    src: CLIENT,
+                    dst: VIP
+                },
+                5
+            ),
+            Some(BACKEND)
+        );
+        assert_eq!(
+            table.lookup(
+                &FlowKey {
+                    src: BACKEND,
+                    dst: CLIENT
+                },
+                5
+            ),
+            Some(VIP)
         );
     }
-    // Full-NAT comes from the LB's address: outside the LB prefixes it is refused.
-    server_refuses(
-        "fullnat-syn-before",
-        |c| c.lb_sources.clear(),
-        Reason::SourceNotAllowed,
-    );
-    // DNAT and IPIP keep the client's own address: no LB prefix needed.
-    for name in ["dnat-syn-before", "ipip-syn-before"] {
-        let mut frame = vector(name);
-        let mut config = fuzzing::config();
-        config.lb_sources.clear();
-        assert!(matches!(
-            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
-            Verdict::Rewritten { .. }
-        ));
-    }
-}
 
-#[test]
-fn server_leaves_non_syn_and_corrupt_frames() {
-    let config = fuzzing::config();
-    // A SYN-ACK carrying an option is not the server's business.
-    let mut frame = vector("syn-ack-before");
-    assert_eq!(
-        translate::server_syn_ingress(&mut frame, Mode::Full, &config),
-        Verdict::Pass(Reason::NotHandshake)
-    );
-    // A plain data segment.
-    let mut frame = vector("egress-data-before");
-    assert_eq!(
-        translate::server_syn_ingress(&mut frame, Mode::Full, &config),
-        Verdict::Pass(Reason::NotHandshake)
-    );
-    // A corrupted SYN (one payload-free byte flipped in the options' timestamp).
-    let mut frame = vector("dnat-syn-before");
-    frame[62] ^= 0x01;
-    let copy = frame.clone();
-    assert_eq!(
-        translate::server_syn_ingress(&mut frame, Mode::Full, &config),
-        Verdict::Pass(Reason::BadChecksum)
-    );
-    assert_eq!(frame, copy);
-}
-
-#[test]
-fn client_validation() {
-    let learn = |change: &dyn Fn(&mut translate::Config), name: &str| {
-        let mut config = fuzzing::config();
-        change(&mut config);
+    #[test]
+    fn syn_ack_via_lb_learns_and_stays() {
         let table = ConnTable::new(16, 60);
-        let mut frame = vector(name);
-        let verdict = translate::client_ingress(&mut frame, Mode::Full, &config, &table, 1);
-        assert_eq!(frame, vector(name));
-        assert!(table.is_empty(), "no entry may be made");
-        verdict
-    };
-    assert_eq!(
-        learn(
-            &|c| c.backends = vec!["10.10.4.0/24".parse().unwrap()],
-            "syn-ack-before"
-        ),
-        Verdict::Pass(Reason::BackendNotAllowed)
-    );
-    assert_eq!(
-        learn(&|c| c.vips.clear(), "syn-ack-before"),
-        Verdict::Pass(Reason::UnknownVip)
-    );
-    // Port 0 in the VIP list means every port of that VIP.
-    let table = ConnTable::new(16, 60);
-    let mut config = fuzzing::config();
-    config.vips = vec![crate::option::Endpoint::new(VIP.addr, 0)];
-    let mut frame = vector("syn-ack-before");
-    assert_eq!(
-        translate::client_ingress(&mut frame, Mode::Full, &config, &table, 1),
-        Verdict::Rewritten { start: 0 }
-    );
-}
+        let mut frame = vector("syn-ack-via-lb");
+        let verdict =
+            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
+        assert_eq!(verdict, Verdict::Pass(Reason::LearnedViaLb));
+        assert_eq!(frame, vector("syn-ack-via-lb"));
+        assert_eq!(
+            table.lookup(
+                &FlowKey {
+                    src: CLIENT,
+                    dst: VIP
+                },
+                5
+            ),
+            Some(BACKEND)
+        );
+    }
 
-#[test]
-fn full_table_drops_a_direct_syn_ack_and_leaves_no_half_entry() {
-    let table = ConnTable::new(1, 60);
-    table
-        .insert(FlowKey { src: VIP, dst: VIP }, VIP, 0)
-        .unwrap();
-    let mut frame = vector("syn-ack-before");
-    let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
-    assert_eq!(verdict, Verdict::Drop(Reason::TableFull));
-    assert_eq!(frame, vector("syn-ack-before"));
-    assert_eq!(table.len(), 1);
-}
-
-#[test]
-fn client_syn_goes_through_the_lb_and_clears_a_stale_entry() {
-    let table = fuzzing::table_with_connection();
-    // Turn the data vector into a SYN of the same 4-tuple (a reused port).
-    let mut frame = vector("egress-data-before");
-    frame[47] = 0x02;
-    let copy = frame.clone();
-    assert_eq!(
-        translate::client_egress(&mut frame, Mode::Full, &table, 1),
-        Verdict::Pass(Reason::ClientSyn)
-    );
-    assert_eq!(frame, copy);
-    assert!(table.is_empty());
-}
-
-#[test]
-fn unknown_traffic_passes_untouched() {
-    let table = ConnTable::new(16, 60);
-    for name in ["egress-data-before", "ingress-data-before"] {
-        let mut frame = vector(name);
+    #[test]
+    fn client_data_both_ways() {
+        let table = fuzzing::table_with_connection();
+        let mut frame = vector("egress-data-before");
         assert_eq!(
             translate::client_egress(&mut frame, Mode::Full, &table, 1),
-            Verdict::Pass(Reason::NoEntry)
+            Verdict::Rewritten { start: 0 }
+        );
+        assert_eq!(frame, vector("egress-data-after"));
+        etherparse_verifies(&frame);
+        let mut frame = vector("ingress-data-before");
+        let verdict =
+            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+        assert_eq!(frame, vector("ingress-data-after"));
+        etherparse_verifies(&frame);
+    }
+
+    #[test]
+    fn offloaded_egress_keeps_a_pseudo_header_checksum() {
+        // The egress vector as the stack hands it over with tx offload: the TCP
+        // checksum field holds the pseudo-header sum.
+        use crate::checksum::{fold, pseudo_header_sum};
+        let table = fuzzing::table_with_connection();
+        let mut frame = vector("egress-data-before");
+        let tcp_len = (frame.len() - 34) as u16;
+        let partial = fold(pseudo_header_sum(CLIENT.addr, VIP.addr, 6, tcp_len));
+        frame[50..52].copy_from_slice(&partial.to_be_bytes());
+        let verdict = translate::client_egress(&mut frame, Mode::PseudoHeaderOnly, &table, 1);
+        assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+        let expected = fold(pseudo_header_sum(CLIENT.addr, BACKEND.addr, 6, tcp_len));
+        assert_eq!(frame[50..52], expected.to_be_bytes());
+        // The rest equals the complete-checksum result.
+        let mut after = vector("egress-data-after");
+        after[50..52].copy_from_slice(&expected.to_be_bytes());
+        assert_eq!(frame, after);
+    }
+
+    /// Runs a server translation with one config change and expects the frame
+    /// untouched with `reason`.
+    fn server_refuses(name: &str, change: impl FnOnce(&mut translate::Config), reason: Reason) {
+        let mut config = fuzzing::config();
+        change(&mut config);
+        let mut frame = vector(name);
+        assert_eq!(
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            Verdict::Pass(reason),
+            "{name}"
+        );
+        assert_eq!(frame, vector(name), "{name} must stay as it came");
+    }
+
+    #[test]
+    fn server_validation() {
+        for name in ["fullnat-syn-before", "dnat-syn-before", "ipip-syn-before"] {
+            server_refuses(name, |c| c.services.clear(), Reason::UnknownService);
+            server_refuses(
+                name,
+                |c| c.local_addrs = vec![[10, 10, 3, 3]],
+                Reason::NotLocal,
+            );
+        }
+        // Full-NAT comes from the LB's address: outside the LB prefixes it is refused.
+        server_refuses(
+            "fullnat-syn-before",
+            |c| c.lb_sources.clear(),
+            Reason::SourceNotAllowed,
+        );
+        // DNAT and IPIP keep the client's own address: no LB prefix needed.
+        for name in ["dnat-syn-before", "ipip-syn-before"] {
+            let mut frame = vector(name);
+            let mut config = fuzzing::config();
+            config.lb_sources.clear();
+            assert!(matches!(
+                translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+                Verdict::Rewritten { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn server_leaves_non_syn_and_corrupt_frames() {
+        let config = fuzzing::config();
+        // A SYN-ACK carrying an option is not the server's business.
+        let mut frame = vector("syn-ack-before");
+        assert_eq!(
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            Verdict::Pass(Reason::NotHandshake)
+        );
+        // A plain data segment.
+        let mut frame = vector("egress-data-before");
+        assert_eq!(
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            Verdict::Pass(Reason::NotHandshake)
+        );
+        // A corrupted SYN (one payload-free byte flipped in the options' timestamp).
+        let mut frame = vector("dnat-syn-before");
+        frame[62] ^= 0x01;
+        let copy = frame.clone();
+        assert_eq!(
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            Verdict::Pass(Reason::BadChecksum)
+        );
+        assert_eq!(frame, copy);
+    }
+
+    #[test]
+    fn client_validation() {
+        let learn = |change: &dyn Fn(&mut translate::Config), name: &str| {
+            let mut config = fuzzing::config();
+            change(&mut config);
+            let table = ConnTable::new(16, 60);
+            let mut frame = vector(name);
+            let verdict = translate::client_ingress(&mut frame, Mode::Full, &config, &table, 1);
+            assert_eq!(frame, vector(name));
+            assert!(table.is_empty(), "no entry may be made");
+            verdict
+        };
+        assert_eq!(
+            learn(
+                &|c| c.backends = vec!["10.10.4.0/24".parse().unwrap()],
+                "syn-ack-before"
+            ),
+            Verdict::Pass(Reason::BackendNotAllowed)
         );
         assert_eq!(
-            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1),
-            Verdict::Pass(Reason::NoEntry)
+            learn(&|c| c.vips.clear(), "syn-ack-before"),
+            Verdict::Pass(Reason::UnknownVip)
         );
-        assert_eq!(frame, vector(name));
-    }
-    let mut arp = vector("egress-data-before");
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(
-        translate::client_egress(&mut arp, Mode::Full, &table, 1),
-        Verdict::Pass(Reason::NotIpv4)
-    );
-}
-
-mod properties {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A vector with random bytes changed, cut or extended.
-    fn mutated() -> impl Strategy<Value = Vec<u8>> {
-        (
-            0..ALL.len(),
-            proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
-            proptest::option::of(any::<usize>()),
-        )
-            .prop_map(|(which, flips, cut)| {
-                let mut frame = vector(ALL[which]);
-                for (at, value) in flips {
-                    let at = at % frame.len();
-                    frame[at] = value;
-                }
-                if let Some(cut) = cut {
-                    frame.truncate(cut % (frame.len() + 1));
-                }
-                frame
-            })
+        // Port 0 in the VIP list means every port of that VIP.
+        let table = ConnTable::new(16, 60);
+        let mut config = fuzzing::config();
+        config.vips = vec![crate::option::Endpoint::new(VIP.addr, 0)];
+        let mut frame = vector("syn-ack-before");
+        assert_eq!(
+            translate::client_ingress(&mut frame, Mode::Full, &config, &table, 1),
+            Verdict::Rewritten { start: 0 }
+        );
     }
 
-    /// A well-formed frame from random headers and a random option list
-    /// (with the HEELS option, in either form, sometimes).
-    fn random_frame() -> impl Strategy<Value = Vec<u8>> {
-        use crate::option::{SynAckOption, SynOption};
-        use crate::wire::{
-            EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags,
-            TcpPacket, TcpRepr,
-        };
-        (
-            any::<bool>(),
-            prop_oneof![
-                Just(VIP),
-                Just(CLIENT),
-                Just(BACKEND),
-                any::<([u8; 4], u16)>().prop_map(|(a, p)| crate::option::Endpoint::new(a, p))
-            ],
-            prop_oneof![
-                Just(VIP),
-                Just(CLIENT),
-                Just(BACKEND),
-                any::<([u8; 4], u16)>().prop_map(|(a, p)| crate::option::Endpoint::new(a, p))
-            ],
-            any::<u8>(),
-            proptest::collection::vec(
-                prop_oneof![Just(vec![1u8]), (2u8..30).prop_map(|k| vec![k, 4, 0, 0])],
-                0..4,
-            ),
-            0u8..3,
-            proptest::collection::vec(any::<u8>(), 0..64),
-        )
-            .prop_map(|(ipip, src, dst, flags, pre, heels, payload)| {
-                let mut options: Vec<u8> = pre.concat();
-                match heels {
-                    1 => options.extend_from_slice(
-                        &SynOption {
-                            vip: VIP,
-                            client: src,
-                        }
-                        .emit(),
-                    ),
-                    2 => options.extend_from_slice(
-                        &SynAckOption {
-                            backend: src,
-                            vip: VIP,
-                        }
-                        .emit(),
-                    ),
-                    _ => {}
-                }
-                options.truncate(40);
-                while options.len() % 4 != 0 {
-                    options.push(0);
-                }
-                let tcp = TcpRepr {
-                    src_port: src.port,
-                    dst_port: dst.port,
-                    seq_number: 1,
-                    ack_number: 2,
-                    flags: TcpFlags(flags),
-                    window_len: 1000,
-                    options: &options,
-                    payload: &payload,
-                };
-                let ip = Ipv4Repr {
-                    src_addr: src.addr,
-                    dst_addr: dst.addr,
-                    protocol: Protocol::Tcp,
-                    payload_len: tcp.buffer_len(),
-                    ttl: 64,
-                    ident: 7,
-                    dont_frag: true,
-                };
-                let mut packet = vec![0; 20 + tcp.buffer_len()];
-                ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet[..]));
-                tcp.emit(
-                    &mut TcpPacket::new_unchecked(&mut packet[20..]),
-                    src.addr,
-                    dst.addr,
-                );
-                if ipip {
-                    let outer = Ipv4Repr {
-                        src_addr: [172, 16, 1, 1],
-                        dst_addr: BACKEND.addr,
-                        protocol: Protocol::Ipip,
-                        payload_len: packet.len(),
-                        ttl: 64,
-                        ident: 0,
-                        dont_frag: false,
+    #[test]
+    fn full_table_drops_a_direct_syn_ack_and_leaves_no_half_entry() {
+        let table = ConnTable::new(1, 60);
+        table
+            .insert(FlowKey { src: VIP, dst: VIP }, VIP, 0)
+            .unwrap();
+        let mut frame = vector("syn-ack-before");
+        let verdict =
+            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        assert_eq!(verdict, Verdict::Drop(Reason::TableFull));
+        assert_eq!(frame, vector("syn-ack-before"));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn client_syn_goes_through_the_lb_and_clears_a_stale_entry() {
+        let table = fuzzing::table_with_connection();
+        // Turn the data vector into a SYN of the same 4-tuple (a reused port).
+        let mut frame = vector("egress-data-before");
+        frame[47] = 0x02;
+        let copy = frame.clone();
+        assert_eq!(
+            translate::client_egress(&mut frame, Mode::Full, &table, 1),
+            Verdict::Pass(Reason::ClientSyn)
+        );
+        assert_eq!(frame, copy);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn unknown_traffic_passes_untouched() {
+        let table = ConnTable::new(16, 60);
+        for name in ["egress-data-before", "ingress-data-before"] {
+            let mut frame = vector(name);
+            assert_eq!(
+                translate::client_egress(&mut frame, Mode::Full, &table, 1),
+                Verdict::Pass(Reason::NoEntry)
+            );
+            assert_eq!(
+                translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1),
+                Verdict::Pass(Reason::NoEntry)
+            );
+            assert_eq!(frame, vector(name));
+        }
+        let mut arp = vector("egress-data-before");
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            translate::client_egress(&mut arp, Mode::Full, &table, 1),
+            Verdict::Pass(Reason::NotIpv4)
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A vector with random bytes changed, cut or extended.
+        fn mutated() -> impl Strategy<Value = Vec<u8>> {
+            (
+                0..ALL.len(),
+                proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                proptest::option::of(any::<usize>()),
+            )
+                .prop_map(|(which, flips, cut)| {
+                    let mut frame = vector(ALL[which]);
+                    for (at, value) in flips {
+                        let at = at % frame.len();
+                        frame[at] = value;
+                    }
+                    if let Some(cut) = cut {
+                        frame.truncate(cut % (frame.len() + 1));
+                    }
+                    frame
+                })
+        }
+
+        /// A well-formed frame from random headers and a random option list
+        /// (with the HEELS option, in either form, sometimes).
+        fn random_frame() -> impl Strategy<Value = Vec<u8>> {
+            use crate::option::{SynAckOption, SynOption};
+            use crate::wire::{
+                EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags,
+                TcpPacket, TcpRepr,
+            };
+            (
+                any::<bool>(),
+                prop_oneof![
+                    Just(VIP),
+                    Just(CLIENT),
+                    Just(BACKEND),
+                    any::<([u8; 4], u16)>().prop_map(|(a, p)| crate::option::Endpoint::new(a, p))
+                ],
+                prop_oneof![
+                    Just(VIP),
+                    Just(CLIENT),
+                    Just(BACKEND),
+                    any::<([u8; 4], u16)>().prop_map(|(a, p)| crate::option::Endpoint::new(a, p))
+                ],
+                any::<u8>(),
+                proptest::collection::vec(
+                    prop_oneof![Just(vec![1u8]), (2u8..30).prop_map(|k| vec![k, 4, 0, 0])],
+                    0..4,
+                ),
+                0u8..3,
+                proptest::collection::vec(any::<u8>(), 0..64),
+            )
+                .prop_map(|(ipip, src, dst, flags, pre, heels, payload)| {
+                    let mut options: Vec<u8> = pre.concat();
+                    match heels {
+                        1 => options.extend_from_slice(
+                            &SynOption {
+                                vip: VIP,
+                                client: src,
+                            }
+                            .emit(),
+                        ),
+                        2 => options.extend_from_slice(
+                            &SynAckOption {
+                                backend: src,
+                                vip: VIP,
+                            }
+                            .emit(),
+                        ),
+                        _ => {}
+                    }
+                    options.truncate(40);
+                    while options.len() % 4 != 0 {
+                        options.push(0);
+                    }
+                    let tcp = TcpRepr {
+                        src_port: src.port,
+                        dst_port: dst.port,
+                        seq_number: 1,
+                        ack_number: 2,
+                        flags: TcpFlags(flags),
+                        window_len: 1000,
+                        options: &options,
+                        payload: &payload,
                     };
-                    let mut encapsulated = vec![0; 20];
-                    outer.emit(&mut Ipv4Packet::new_unchecked(&mut encapsulated[..]));
-                    encapsulated.extend_from_slice(&packet);
-                    packet = encapsulated;
-                }
-                let eth = EthernetRepr {
-                    src_addr: [2; 6],
-                    dst_addr: [4; 6],
-                    ethertype: EtherType::Ipv4,
-                };
-                let mut frame = vec![0; 14];
-                eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-                frame.extend_from_slice(&packet);
-                frame
-            })
-    }
-
-    fn run_all(frame: &[u8]) {
-        // Guard bytes around the frame: a write outside it would show.
-        let mut guarded = vec![0xa5; frame.len() + 64];
-        guarded[32..32 + frame.len()].copy_from_slice(frame);
-        let verdict = translate::server_syn_ingress(
-            &mut guarded[32..32 + frame.len()],
-            Mode::Full,
-            &fuzzing::config(),
-        );
-        fuzzing::check_outcome(frame, &guarded[32..32 + frame.len()], verdict);
-        assert!(guarded[..32]
-            .iter()
-            .chain(&guarded[32 + frame.len()..])
-            .all(|&b| b == 0xa5));
-        fuzzing::server_syn_ingress(frame);
-        fuzzing::client_egress(frame);
-        fuzzing::client_ingress(frame);
-        if frame.len() > 54 {
-            fuzzing::option_list(&frame[54..]);
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
-        #[test]
-        fn mutated_vectors(frame in mutated()) {
-            run_all(&frame);
+                    let ip = Ipv4Repr {
+                        src_addr: src.addr,
+                        dst_addr: dst.addr,
+                        protocol: Protocol::Tcp,
+                        payload_len: tcp.buffer_len(),
+                        ttl: 64,
+                        ident: 7,
+                        dont_frag: true,
+                    };
+                    let mut packet = vec![0; 20 + tcp.buffer_len()];
+                    ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet[..]));
+                    tcp.emit(
+                        &mut TcpPacket::new_unchecked(&mut packet[20..]),
+                        src.addr,
+                        dst.addr,
+                    );
+                    if ipip {
+                        let outer = Ipv4Repr {
+                            src_addr: [172, 16, 1, 1],
+                            dst_addr: BACKEND.addr,
+                            protocol: Protocol::Ipip,
+                            payload_len: packet.len(),
+                            ttl: 64,
+                            ident: 0,
+                            dont_frag: false,
+                        };
+                        let mut encapsulated = vec![0; 20];
+                        outer.emit(&mut Ipv4Packet::new_unchecked(&mut encapsulated[..]));
+                        encapsulated.extend_from_slice(&packet);
+                        packet = encapsulated;
+                    }
+                    let eth = EthernetRepr {
+                        src_addr: [2; 6],
+                        dst_addr: [4; 6],
+                        ethertype: EtherType::Ipv4,
+                    };
+                    let mut frame = vec![0; 14];
+                    eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+                    frame.extend_from_slice(&packet);
+                    frame
+                })
         }
 
-        #[test]
-        fn random_frames(frame in random_frame()) {
-            run_all(&frame);
+        fn run_all(frame: &[u8]) {
+            // Guard bytes around the frame: a write outside it would show.
+            let mut guarded = vec![0xa5; frame.len() + 64];
+            guarded[32..32 + frame.len()].copy_from_slice(frame);
+            let verdict = translate::server_syn_ingress(
+                &mut guarded[32..32 + frame.len()],
+                Mode::Full,
+                &fuzzing::config(),
+            );
+            fuzzing::check_outcome(frame, &guarded[32..32 + frame.len()], verdict);
+            assert!(guarded[..32]
+                .iter()
+                .chain(&guarded[32 + frame.len()..])
+                .all(|&b| b == 0xa5));
+            fuzzing::server_syn_ingress(frame);
+            fuzzing::client_egress(frame);
+            fuzzing::client_ingress(frame);
+            if frame.len() > 54 {
+                fuzzing::option_list(&frame[54..]);
+            }
         }
 
-        #[test]
-        fn random_bytes(frame in proptest::collection::vec(any::<u8>(), 0..128)) {
-            run_all(&frame);
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn mutated_vectors(frame in mutated()) {
+                run_all(&frame);
+            }
+
+            #[test]
+            fn random_frames(frame in random_frame()) {
+                run_all(&frame);
+            }
+
+            #[test]
+            fn random_bytes(frame in proptest::collection::vec(any::<u8>(), 0..128)) {
+                run_all(&frame);
+            }
         }
     }
 }

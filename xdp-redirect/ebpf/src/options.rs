@@ -1,0 +1,128 @@
+//! Finding the HEELS option in a TCP option list, for any program type.
+//!
+//! The walk runs in `bpf_loop` (kernel 5.17+), one option per call, as the
+//! kernel's xdp_synproxy selftest does: an unrolled or bounded loop over a
+//! list whose layout branches at every option grows the verifier's state
+//! tree past its one-million-instruction limit (seen here: E2BIG).
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_loop;
+use heels_common::{OPTION_EXID, OPTION_KIND, OPTION_LEN};
+
+/// Longest TCP option list (data offset 15).
+pub const MAX_OPTIONS_LEN: u64 = 40;
+
+/// What a walk found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// The HEELS option starts this many bytes into the list.
+    Found(u64),
+    /// A well-formed walk up to EOL or the end met no HEELS option.
+    Absent,
+    /// An option with no length byte, a length below 2, or past the end.
+    Malformed,
+}
+
+const SEARCHING: u64 = 0;
+const FOUND: u64 = 1;
+const MALFORMED: u64 = 2;
+
+/// The loop state, on the caller's stack.
+#[repr(C)]
+struct Walk {
+    /// Address of the first option byte (a packet pointer).
+    start: usize,
+    /// The packet's end.
+    data_end: usize,
+    /// Bytes in the list.
+    len: u64,
+    /// Offset of the next option.
+    at: u64,
+    /// SEARCHING, FOUND or MALFORMED.
+    outcome: u64,
+}
+
+#[inline(always)]
+fn byte_at(walk: &Walk, offset: u64) -> Option<u8> {
+    // Bounds the offset for the verifier: offsets never pass 40.
+    if offset >= MAX_OPTIONS_LEN {
+        return None;
+    }
+    let address = walk.start + offset as usize;
+    if address + 1 > walk.data_end {
+        return None;
+    }
+    // SAFETY: the byte lies before data_end, checked just above.
+    Some(unsafe { *(address as *const u8) })
+}
+
+/// One option per call; returns 1 to stop the loop.
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the `&mut Walk` that `find` passes to bpf_loop.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let at = walk.at;
+    if at >= walk.len {
+        return 1;
+    }
+    let Some(kind) = byte_at(walk, at) else {
+        walk.outcome = MALFORMED;
+        return 1;
+    };
+    match kind {
+        0 => return 1,
+        1 => {
+            walk.at = at + 1;
+            return 0;
+        }
+        _ => {}
+    }
+    let len = match byte_at(walk, at + 1) {
+        Some(len) if len >= 2 && at + u64::from(len) <= walk.len => u64::from(len),
+        _ => {
+            walk.outcome = MALFORMED;
+            return 1;
+        }
+    };
+    if kind == OPTION_KIND
+        && len == u64::from(OPTION_LEN)
+        && byte_at(walk, at + 2) == Some(OPTION_EXID[0])
+        && byte_at(walk, at + 3) == Some(OPTION_EXID[1])
+    {
+        walk.outcome = FOUND;
+        return 1;
+    }
+    walk.at = at + len;
+    0
+}
+
+/// Walks the `len` option bytes at packet address `start` (with the packet
+/// ending at `data_end`) up to the first HEELS option.
+#[inline(always)]
+pub fn find(start: usize, data_end: usize, len: u64) -> Search {
+    let mut walk = Walk {
+        start,
+        data_end,
+        len: len.min(MAX_OPTIONS_LEN),
+        at: 0,
+        outcome: SEARCHING,
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects and only
+    // touches the Walk passed as its context, which outlives the call.
+    let calls = unsafe {
+        bpf_loop(
+            MAX_OPTIONS_LEN as u32,
+            step as *mut c_void,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        )
+    };
+    if calls < 0 {
+        return Search::Malformed;
+    }
+    match walk.outcome {
+        FOUND => Search::Found(walk.at),
+        MALFORMED => Search::Malformed,
+        _ => Search::Absent,
+    }
+}

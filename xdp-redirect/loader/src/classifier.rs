@@ -1,0 +1,152 @@
+//! The XDP classifier of the `afxdp` dataplane: load it, fill its maps, run
+//! it on a frame (BPF_PROG_TEST_RUN) or attach it to an interface.
+
+use std::collections::HashMap as StdHashMap;
+use std::net::SocketAddrV4;
+
+use aya::maps::{HashMap, MapError, PerCpuArray};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use heels_common::{
+    FlowV4, ServiceV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM,
+};
+
+/// Why the classifier could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    /// The object did not load (the verifier log is inside).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// The program is missing from the object or failed to load or run.
+    #[error("program {XDP_PROGRAM}: {0}")]
+    Program(#[from] ProgramError),
+    /// A map is missing or an operation on it failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Which map.
+        name: &'static str,
+        /// What failed.
+        source: MapError,
+    },
+    /// The object has no program of that name or type.
+    #[error("the eBPF object has no XDP program {XDP_PROGRAM}")]
+    MissingProgram,
+}
+
+/// What one run of the program did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The XDP action returned (`XDP_PASS` = 2, `XDP_REDIRECT` = 4).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+}
+
+/// The loaded classifier.
+#[derive(Debug)]
+pub struct Classifier {
+    ebpf: Ebpf,
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ClassifierError {
+    move |source| ClassifierError::Map { name, source }
+}
+
+impl Classifier {
+    /// Loads the embedded object and the XDP program into the kernel.
+    pub fn load() -> Result<Self, ClassifierError> {
+        let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(ClassifierError::MissingProgram)?
+            .try_into()?;
+        program.load()?;
+        Ok(Classifier { ebpf })
+    }
+
+    fn program(&self) -> Result<&Xdp, ClassifierError> {
+        self.ebpf
+            .program(XDP_PROGRAM)
+            .ok_or(ClassifierError::MissingProgram)?
+            .try_into()
+            .map_err(ClassifierError::Program)
+    }
+
+    /// Declares a service (VIP:vport) of this host whose HEELS SYNs go to
+    /// the workers; `local_port` is where the server listens.
+    pub fn add_service(
+        &mut self,
+        vip: SocketAddrV4,
+        local_port: u16,
+    ) -> Result<(), ClassifierError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_SERVICES)
+            .ok_or(ClassifierError::Map {
+                name: MAP_SERVICES,
+                source: MapError::InvalidName {
+                    name: MAP_SERVICES.into(),
+                },
+            })?;
+        let mut services: HashMap<_, ServiceV4, [u8; 2]> =
+            HashMap::try_from(map).map_err(map_error(MAP_SERVICES))?;
+        let key = ServiceV4 {
+            addr: vip.ip().octets(),
+            port: vip.port().to_be_bytes(),
+            pad: [0; 2],
+        };
+        services
+            .insert(key, local_port.to_be_bytes(), 0)
+            .map_err(map_error(MAP_SERVICES))
+    }
+
+    /// Sends every packet of `flow` (as on the wire) to the workers.
+    pub fn steer(&mut self, flow: FlowV4) -> Result<(), ClassifierError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_STEERING)
+            .ok_or(ClassifierError::Map {
+                name: MAP_STEERING,
+                source: MapError::InvalidName {
+                    name: MAP_STEERING.into(),
+                },
+            })?;
+        let mut steering: HashMap<_, FlowV4, u8> =
+            HashMap::try_from(map).map_err(map_error(MAP_STEERING))?;
+        steering.insert(flow, 1, 0).map_err(map_error(MAP_STEERING))
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<StdHashMap<XdpCounter, u64>, ClassifierError> {
+        let map = self.ebpf.map(MAP_XDP_STATS).ok_or(ClassifierError::Map {
+            name: MAP_XDP_STATS,
+            source: MapError::InvalidName {
+                name: MAP_XDP_STATS.into(),
+            },
+        })?;
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(map_error(MAP_XDP_STATS))?;
+        let mut out = StdHashMap::new();
+        for counter in XdpCounter::ALL {
+            let values = stats
+                .get(&(counter as u32), 0)
+                .map_err(map_error(MAP_XDP_STATS))?;
+            out.insert(counter, values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once on `frame` in the kernel (BPF_PROG_TEST_RUN).
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutcome, ClassifierError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        let result = self.program()?.test_run(options)?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            frame: out,
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! The XDP classifier, loaded into the running kernel and run with
+//! BPF_PROG_TEST_RUN on the frames of docs/protocol.md. Needs root (CAP_BPF
+//! and CAP_NET_ADMIN); without it the test fails and says so.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+
+use heels_common::{FlowV4, XdpCounter};
+use heels_dataplane::vectors::vector;
+use heels_xdp::Classifier;
+
+const XDP_PASS: u32 = 2;
+
+fn load() -> Classifier {
+    assert!(
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() } == 0,
+        "the classifier tests load eBPF programs and must run as root"
+    );
+    Classifier::load().expect("the classifier loads and passes the verifier")
+}
+
+/// Runs the program on `frame`; returns the action and the counters that moved.
+fn run(classifier: &Classifier, frame: &[u8]) -> (u32, HashMap<XdpCounter, u64>) {
+    let before = classifier.counters().unwrap();
+    let outcome = classifier.test_run(frame).unwrap();
+    assert_eq!(outcome.frame, frame, "the classifier never changes a frame");
+    let after = classifier.counters().unwrap();
+    let moved = after
+        .into_iter()
+        .filter_map(|(counter, value)| {
+            let delta = value - before[&counter];
+            (delta != 0).then_some((counter, delta))
+        })
+        .collect();
+    (outcome.action, moved)
+}
+
+fn expect(classifier: &Classifier, frame: &[u8], counters: &[XdpCounter]) {
+    let (action, moved) = run(classifier, frame);
+    // No AF_XDP socket is bound in this test, so redirects fall back to pass.
+    assert_eq!(action, XDP_PASS);
+    let expected: HashMap<XdpCounter, u64> = counters.iter().map(|&c| (c, 1)).collect();
+    assert_eq!(moved, expected);
+}
+
+fn with_service() -> Classifier {
+    let mut classifier = load();
+    classifier
+        .add_service(SocketAddrV4::new([10, 10, 100, 1].into(), 80), 8080)
+        .unwrap();
+    classifier
+}
+
+#[test]
+fn syns_with_the_option_for_a_service_go_to_the_workers() {
+    let classifier = with_service();
+    for name in ["fullnat-syn-before", "dnat-syn-before"] {
+        expect(
+            &classifier,
+            &vector(name),
+            &[XdpCounter::SynWithOption, XdpCounter::NoSocket],
+        );
+    }
+    expect(
+        &classifier,
+        &vector("ipip-syn-before"),
+        &[XdpCounter::Ipip, XdpCounter::NoSocket],
+    );
+    expect(
+        &classifier,
+        &vector("syn-ack-before"),
+        &[XdpCounter::SynAckWithOption, XdpCounter::NoSocket],
+    );
+}
+
+#[test]
+fn a_syn_for_another_service_passes() {
+    let classifier = load();
+    expect(
+        &classifier,
+        &vector("fullnat-syn-before"),
+        &[XdpCounter::Passed],
+    );
+}
+
+#[test]
+fn data_passes_unless_its_flow_is_steered() {
+    let mut classifier = with_service();
+    let frame = vector("ingress-data-before");
+    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    classifier
+        .steer(FlowV4 {
+            src_addr: [10, 10, 3, 2],
+            dst_addr: [10, 10, 1, 2],
+            src_port: 8080u16.to_be_bytes(),
+            dst_port: 40000u16.to_be_bytes(),
+        })
+        .unwrap();
+    expect(
+        &classifier,
+        &frame,
+        &[XdpCounter::Steered, XdpCounter::NoSocket],
+    );
+    // The other direction of the flow is not steered.
+    expect(
+        &classifier,
+        &vector("egress-data-before"),
+        &[XdpCounter::Passed],
+    );
+}
+
+#[test]
+fn malformed_and_foreign_frames_pass() {
+    let classifier = with_service();
+    // The SYN's MSS option given length 0.
+    let mut frame = vector("dnat-syn-before");
+    frame[55] = 0;
+    expect(&classifier, &frame, &[XdpCounter::BadOption]);
+    // The HEELS option cut by a smaller data offset (10 words: 20 option bytes).
+    let mut frame = vector("dnat-syn-before");
+    frame[46] = 0xa0;
+    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    // ARP.
+    let mut frame = vector("dnat-syn-before");
+    frame[12..14].copy_from_slice(&[0x08, 0x06]);
+    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    // Truncated inside the TCP header.
+    expect(
+        &classifier,
+        &vector("dnat-syn-before")[..40],
+        &[XdpCounter::Passed],
+    );
+    // A fragment.
+    let mut frame = vector("dnat-syn-before");
+    frame[20] = 0x20;
+    expect(&classifier, &frame, &[XdpCounter::Passed]);
+}
