@@ -8,7 +8,8 @@
 //! `before` frame and require exactly the `after` bytes.
 //!
 //! `cargo run -p heels-dataplane --example protocol_vectors -- docs/protocol.md`
-//! rewrites the part of the file between the vector markers.
+//! rewrites the part of the file between the vector markers; `-- --frames DIR`
+//! writes each frame as a raw file (fuzz corpus seeds).
 
 use heels_dataplane::option::{Endpoint, SynAckOption, SynOption};
 use heels_dataplane::wire::{
@@ -268,14 +269,22 @@ fn main() {
         ));
     }
     section.push_str(END);
-    match std::env::args().nth(1) {
-        Some(path) => {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, dir] if flag == "--frames" => {
+            std::fs::create_dir_all(dir).expect("create the frames directory");
+            for vector in vectors() {
+                std::fs::write(format!("{dir}/{}", vector.name), &vector.frame)
+                    .expect("write a frame");
+            }
+        }
+        [path] => {
             let doc = std::fs::read_to_string(&path).expect("read the protocol document");
             let (head, rest) = doc.split_once(BEGIN).expect("begin marker");
             let (_, tail) = rest.split_once(END).expect("end marker");
             std::fs::write(&path, format!("{head}{section}{tail}"))
                 .expect("write the protocol document");
         }
-        None => println!("{section}"),
+        _ => println!("{section}"),
     }
 }

@@ -93,6 +93,21 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// RFC 1624 equation 3 for an address and a port changing together (one
+/// endpoint of a TCP segment: the address in the pseudo-header, the port in
+/// the header), folded once.
+#[inline]
+pub fn update48(check: u16, old_addr: u32, old_port: u16, new_addr: u32, new_port: u16) -> u16 {
+    let sum = u32::from(!check)
+        + u32::from(!(old_addr >> 16) as u16)
+        + u32::from(!old_addr as u16)
+        + u32::from(!old_port)
+        + (new_addr >> 16)
+        + (new_addr & 0xffff)
+        + u32::from(new_port);
+    !fold(sum)
+}
+
 /// Adjusts a pseudo-header-only ([`Mode::PseudoHeaderOnly`]) TCP checksum
 /// field for a pseudo-header word changing from `old` to `new`.
 #[inline]
@@ -187,6 +202,29 @@ mod tests {
             let old = u32::from_be_bytes([data[2], data[3], data[4], data[5]]);
             data[2..6].copy_from_slice(&new.to_be_bytes());
             let updated = update32(check, old, new);
+            data[0..2].fill(0);
+            prop_assume!(data.iter().any(|&b| b != 0));
+            prop_assert_eq!(updated, checksum(&data));
+        }
+
+        /// An address and port changing together: one fold equals two
+        /// updates and the full recomputation.
+        #[test]
+        fn update48_equals_recomputation(
+            mut data in proptest::collection::vec(any::<u8>(), 2..32),
+            new_addr in any::<u32>(),
+            new_port in any::<u16>(),
+        ) {
+            // Checksum at 0..2, address at 2..6, port at 6..8.
+            data.splice(0..0, [0u8, 0, 0x45, 0, 0, 0, 0, 0]);
+            let check = checksum(&data);
+            data[0..2].copy_from_slice(&check.to_be_bytes());
+            let old_addr = u32::from_be_bytes([data[2], data[3], data[4], data[5]]);
+            let old_port = u16::from_be_bytes([data[6], data[7]]);
+            data[2..6].copy_from_slice(&new_addr.to_be_bytes());
+            data[6..8].copy_from_slice(&new_port.to_be_bytes());
+            let updated = update48(check, old_addr, old_port, new_addr, new_port);
+            prop_assert_eq!(updated, update16(update32(check, old_addr, new_addr), old_port, new_port));
             data[0..2].fill(0);
             prop_assume!(data.iter().any(|&b| b != 0));
             prop_assert_eq!(updated, checksum(&data));

@@ -450,7 +450,7 @@ mod tests {
                         _ => {}
                     }
                     options.truncate(40);
-                    while options.len() % 4 != 0 {
+                    while !options.len().is_multiple_of(4) {
                         options.push(0);
                     }
                     let tcp = TcpRepr {

@@ -376,7 +376,7 @@ mod tests {
         packet.set_total_len(24);
         packet.set_ttl(1);
         packet.set_protocol(Protocol::Tcp);
-        packet.buffer.as_mut()[20..24].copy_from_slice(&[1, 1, 1, 0]);
+        packet.buffer[20..24].copy_from_slice(&[1, 1, 1, 0]);
         packet.fill_checksum();
         let packet = Packet::new_checked(&bytes[..]).unwrap();
         assert_eq!(packet.header_len(), 24);

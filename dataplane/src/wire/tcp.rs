@@ -3,6 +3,7 @@
 
 use super::{read_u16, read_u32, write_u16, write_u32, Error, Field, Result};
 use crate::checksum::{self, Mode};
+use crate::option::Endpoint;
 
 mod field {
     use super::Field;
@@ -248,6 +249,32 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_dst_port(port);
     }
 
+    /// Rewrites the source port, and updates the checksum for the source
+    /// address changing from `old.addr` to `to.addr` (the IP header itself is
+    /// the caller's), in one fold.
+    pub fn rewrite_src(&mut self, old: Endpoint, to: Endpoint, mode: Mode) {
+        self.rewrite_endpoint(field::SRC_PORT.start, old, to, mode);
+    }
+
+    /// As [`Packet::rewrite_src`], for the destination.
+    pub fn rewrite_dst(&mut self, old: Endpoint, to: Endpoint, mode: Mode) {
+        self.rewrite_endpoint(field::DST_PORT.start, old, to, mode);
+    }
+
+    fn rewrite_endpoint(&mut self, port_at: usize, old: Endpoint, to: Endpoint, mode: Mode) {
+        let (old_addr, new_addr) = (u32::from_be_bytes(old.addr), u32::from_be_bytes(to.addr));
+        let check = match mode {
+            Mode::Full => {
+                checksum::update48(self.checksum(), old_addr, old.port, new_addr, to.port)
+            }
+            Mode::PseudoHeaderOnly => {
+                checksum::update32_pseudo_only(self.checksum(), old_addr, new_addr)
+            }
+        };
+        self.set_checksum(check);
+        write_u16(self.buffer.as_mut(), port_at, to.port);
+    }
+
     /// Updates the checksum for a pseudo-header address changing from `old`
     /// to `new` (the IP header itself is rewritten by the caller).
     pub fn update_for_address(&mut self, old: [u8; 4], new: [u8; 4], mode: Mode) {
@@ -328,7 +355,7 @@ impl<'a> Repr<'a> {
         src: [u8; 4],
         dst: [u8; 4],
     ) {
-        debug_assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        debug_assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         packet.set_src_port(self.src_port);
         packet.set_dst_port(self.dst_port);
         packet.set_seq_number(self.seq_number);

@@ -1,0 +1,214 @@
+//! ns per packet of each translation on the frames of docs/protocol.md, and
+//! connection-table lookups at 1k, 100k and 1M entries.
+//!
+//! Data-packet rewrites run in place with no copy: two tables send the
+//! frame to DIP:dport and back again, so every iteration is one real rewrite
+//! of the same frame. A handshake rewrite changes what the next run would
+//! see, so those iterations first copy the original frame back;
+//! `copy_only` measures that copy alone, to be subtracted.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use heels_dataplane::checksum::Mode;
+use heels_dataplane::conntrack::{ConnTable, FlowKey};
+use heels_dataplane::fuzzing::{config, table_with_connection, BACKEND, CLIENT, VIP};
+use heels_dataplane::option::{self, Endpoint};
+use heels_dataplane::translate::{self, Verdict};
+use heels_dataplane::vectors::vector;
+
+fn translations(c: &mut Criterion) {
+    let mut group = c.benchmark_group("translate");
+    group.throughput(Throughput::Elements(1));
+    let config = config();
+    let table = table_with_connection();
+
+    let frame = vector("egress-data-before");
+    let mut buf = frame.clone();
+    group.bench_function("copy_only", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(black_box(&frame));
+            black_box(&buf);
+        })
+    });
+
+    data_rewrites(&mut group);
+
+    let cases: [(&str, &str); 4] = [
+        ("client_ingress_syn_ack_learn", "syn-ack-before"),
+        ("server_syn_fullnat", "fullnat-syn-before"),
+        ("server_syn_dnat", "dnat-syn-before"),
+        ("server_syn_ipip", "ipip-syn-before"),
+    ];
+    for (name, vector_name) in cases {
+        let frame = vector(vector_name);
+        let mut buf = frame.clone();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&frame);
+                let verdict = match name {
+                    "client_ingress_syn_ack_learn" => {
+                        translate::client_ingress(&mut buf, Mode::Full, &config, &table, 1)
+                    }
+                    _ => translate::server_syn_ingress(&mut buf, Mode::Full, &config),
+                };
+                debug_assert!(matches!(verdict, Verdict::Rewritten { .. }));
+                black_box(verdict)
+            })
+        });
+    }
+
+    // A packet heels does not know: the cost every other packet pays.
+    let frame = vector("egress-data-before");
+    let empty = ConnTable::new(16, 60);
+    let mut buf = frame.clone();
+    group.bench_function("client_egress_miss", |b| {
+        b.iter(|| {
+            black_box(translate::client_egress(
+                black_box(&mut buf),
+                Mode::Full,
+                &empty,
+                1,
+            ))
+        })
+    });
+
+    let syn = vector("fullnat-syn-before");
+    group.bench_function("option_find", |b| {
+        b.iter(|| black_box(option::find(black_box(&syn[54..90]))))
+    });
+    group.finish();
+}
+
+/// One rewrite per iteration, in place: `forth` maps the frame's flow to
+/// the other endpoint, `back` maps it home again.
+fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let config = config();
+    let two_tables = |forth: (FlowKey, Endpoint), back: (FlowKey, Endpoint)| {
+        let (a, b) = (ConnTable::new(16, 60), ConnTable::new(16, 60));
+        a.insert(forth.0, forth.1, 0).expect("room");
+        b.insert(back.0, back.1, 0).expect("room");
+        (a, b)
+    };
+    let (forth, back) = two_tables(
+        (
+            FlowKey {
+                src: CLIENT,
+                dst: VIP,
+            },
+            BACKEND,
+        ),
+        (
+            FlowKey {
+                src: CLIENT,
+                dst: BACKEND,
+            },
+            VIP,
+        ),
+    );
+    let mut buf = vector("egress-data-before");
+    let mut flip = false;
+    group.bench_function("client_egress_data", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let table = if flip { &forth } else { &back };
+            let verdict = translate::client_egress(black_box(&mut buf), Mode::Full, table, 1);
+            debug_assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+            black_box(verdict)
+        })
+    });
+    let (forth, back) = two_tables(
+        (
+            FlowKey {
+                src: BACKEND,
+                dst: CLIENT,
+            },
+            VIP,
+        ),
+        (
+            FlowKey {
+                src: VIP,
+                dst: CLIENT,
+            },
+            BACKEND,
+        ),
+    );
+    let mut buf = vector("ingress-data-before");
+    group.bench_function("client_ingress_data", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let table = if flip { &forth } else { &back };
+            let verdict =
+                translate::client_ingress(black_box(&mut buf), Mode::Full, &config, table, 1);
+            debug_assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+            black_box(verdict)
+        })
+    });
+}
+
+/// Keys spread over addresses and ports, as many clients would make them.
+fn key(i: u32) -> FlowKey {
+    let mixed = i.wrapping_mul(0x9e37_79b1);
+    FlowKey {
+        src: Endpoint::new(
+            [10, (mixed >> 24) as u8, (i >> 8) as u8, i as u8],
+            1024 + (i >> 16) as u16,
+        ),
+        dst: Endpoint::new([10, 10, 100, 1], 80),
+    }
+}
+
+fn lookups(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conntrack_lookup");
+    group.throughput(Throughput::Elements(1));
+    for flows in [1_000u32, 100_000, 1_000_000] {
+        let table = ConnTable::new(flows as usize, 60);
+        for i in 0..flows {
+            table
+                .insert(key(i), Endpoint::new(i.to_be_bytes(), 8080), 0)
+                .expect("room");
+        }
+        // Look up in a scrambled order so that large tables miss the cache
+        // as real traffic would.
+        let order: Vec<FlowKey> = (0..flows)
+            .map(|i| key(i.wrapping_mul(2_654_435_761) % flows))
+            .collect();
+        let mut next = 0usize;
+        group.bench_with_input(BenchmarkId::new("hit", flows), &flows, |b, _| {
+            b.iter(|| {
+                let k = &order[next];
+                next = if next + 1 == order.len() { 0 } else { next + 1 };
+                black_box(table.lookup(k, 0))
+            })
+        });
+        // As an AF_XDP worker does with a batch of 32 frames: prefetch every
+        // slot, then look up. Reported per lookup.
+        let mut out = [None; 32];
+        let mut at = 0usize;
+        group.throughput(Throughput::Elements(32));
+        group.bench_with_input(BenchmarkId::new("hit_batch32", flows), &flows, |b, _| {
+            b.iter(|| {
+                let batch = &order[at..at + 32];
+                at = if at + 64 > order.len() { 0 } else { at + 32 };
+                table.lookup_batch(batch, &mut out, 0);
+                black_box(&out);
+            })
+        });
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("miss", flows), &flows, |b, _| {
+            let mut i = flows;
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                black_box(table.lookup(&key(i), 0))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    targets = translations, lookups
+}
+criterion_main!(benches);
