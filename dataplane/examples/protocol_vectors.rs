@@ -279,10 +279,10 @@ fn main() {
             }
         }
         [path] => {
-            let doc = std::fs::read_to_string(&path).expect("read the protocol document");
+            let doc = std::fs::read_to_string(path).expect("read the protocol document");
             let (head, rest) = doc.split_once(BEGIN).expect("begin marker");
             let (_, tail) = rest.split_once(END).expect("end marker");
-            std::fs::write(&path, format!("{head}{section}{tail}"))
+            std::fs::write(path, format!("{head}{section}{tail}"))
                 .expect("write the protocol document");
         }
         _ => println!("{section}"),
