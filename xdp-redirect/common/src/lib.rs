@@ -16,8 +16,37 @@ pub const OPTION_EXID: [u8; 2] = [0x48, 0x45];
 pub const XDP_PROGRAM: &str = "heels_classify";
 /// `XSKMAP` of AF_XDP sockets, indexed by receive queue.
 pub const MAP_XSKS: &str = "HEELS_XSKS";
-/// Services of this host: [`ServiceV4`] -> local port (network order).
+/// Services of this host: VIP:vport ([`EndpointV4`]) -> local port (network order).
 pub const MAP_SERVICES: &str = "HEELS_SERVICES";
+/// Addresses of this host: `[u8; 4]` -> unused byte.
+pub const MAP_LOCAL_ADDRS: &str = "HEELS_LOCAL_ADDRS";
+/// LB source prefixes: LPM trie of `[u8; 4]` -> unused byte.
+pub const MAP_LB_SOURCES: &str = "HEELS_LB_SOURCES";
+/// VIPs this host connects to: VIP:vport (port 0: every port) -> unused byte.
+pub const MAP_CLIENT_VIPS: &str = "HEELS_CLIENT_VIPS";
+/// Backend prefixes: LPM trie of `[u8; 4]` -> unused byte.
+pub const MAP_BACKENDS: &str = "HEELS_BACKENDS";
+/// Client egress rewrites: CIP:cport -> VIP:vport ([`FlowV4`]) -> DIP:dport.
+pub const MAP_EGRESS: &str = "HEELS_EGRESS";
+/// Client ingress rewrites: DIP:dport -> CIP:cport ([`FlowV4`]) -> VIP:vport.
+pub const MAP_INGRESS: &str = "HEELS_INGRESS";
+/// [`TcConfig`] at index 0.
+pub const MAP_TC_CONFIG: &str = "HEELS_TC_CONFIG";
+/// Per-CPU `u64` counters indexed by [`TcCounter`].
+pub const MAP_TC_STATS: &str = "HEELS_TC_STATS";
+
+/// Name of the TC ingress program.
+pub const TC_INGRESS_PROGRAM: &str = "heels_tc_ingress";
+/// Name of the TC egress program.
+pub const TC_EGRESS_PROGRAM: &str = "heels_tc_egress";
+/// Name of the sockops program.
+pub const SOCKOPS_PROGRAM: &str = "heels_sockops";
+
+/// Most connections a client tracks (each takes one entry in each of
+/// [`MAP_EGRESS`] and [`MAP_INGRESS`]; least recently used go first).
+pub const MAX_CONNECTIONS: u32 = 262_144;
+/// Most local addresses, VIPs or prefixes of each kind.
+pub const MAX_CONFIG_ENTRIES: u32 = 1024;
 /// Flows the AF_XDP workers must see: [`FlowV4`] -> unused byte.
 pub const MAP_STEERING: &str = "HEELS_STEERING";
 /// Per-CPU `u64` counters indexed by [`XdpCounter`].
@@ -44,16 +73,35 @@ pub struct FlowV4 {
     pub dst_port: [u8; 2],
 }
 
-/// A service's VIP:vport as the HEELS SYN form carries it.
+/// An IPv4 address and TCP port as on the wire: a service's VIP:vport, a
+/// backend's DIP:dport, a rewrite target.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ServiceV4 {
-    /// VIP.
+pub struct EndpointV4 {
+    /// Address.
     pub addr: [u8; 4],
-    /// vport.
+    /// Port, network order.
     pub port: [u8; 2],
     /// Always zero: keys are compared byte for byte.
     pub pad: [u8; 2],
+}
+
+impl EndpointV4 {
+    /// An endpoint from address octets and a port in host order.
+    pub const fn new(addr: [u8; 4], port: u16) -> Self {
+        EndpointV4 { addr, port: port.to_be_bytes(), pad: [0; 2] }
+    }
+}
+
+/// Settings of one instance's TC and sockops programs (one element).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcConfig {
+    /// skb mark given to a translated SYN (0: none), for the policy rule
+    /// that routes replies around a DNAT LB.
+    pub syn_mark: u32,
+    /// Reserved, zero.
+    pub flags: u32,
 }
 
 /// What the XDP classifier saw; each is a per-CPU counter.
@@ -104,10 +152,149 @@ impl XdpCounter {
     }
 }
 
+/// What the TC and sockops programs did; each is a per-CPU counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TcCounter {
+    /// A SYN carrying the SYN form, rewritten to CIP:cport -> DIP:dport.
+    SynTranslated = 0,
+    /// A SYN carrying the SYN form that failed a check: left as it came.
+    SynRefused = 1,
+    /// An IPIP packet to a local address, decapsulated.
+    IpipDecapsulated = 2,
+    /// A SYN-ACK form accepted: the connection's entries were made.
+    SynAckLearned = 3,
+    /// A SYN-ACK form that failed a check: no entry.
+    SynAckRefused = 4,
+    /// A client packet sent to DIP:dport instead of VIP:vport.
+    EgressRewritten = 5,
+    /// A packet from DIP:dport delivered as from VIP:vport.
+    IngressRewritten = 6,
+    /// The SYN form written by sockops.
+    SynOptionWritten = 7,
+    /// The SYN-ACK form written by sockops.
+    SynAckOptionWritten = 8,
+    /// No room for the option: the segment left without it.
+    NoOptionRoom = 9,
+    /// A connection's entries removed when its socket closed.
+    EntriesRemoved = 10,
+    /// A helper failed; the packet was passed on as far as it got.
+    Errors = 11,
+}
+
+impl TcCounter {
+    /// Number of counters.
+    pub const COUNT: u32 = 12;
+    /// Every counter, in index order.
+    pub const ALL: [TcCounter; 12] = [
+        TcCounter::SynTranslated,
+        TcCounter::SynRefused,
+        TcCounter::IpipDecapsulated,
+        TcCounter::SynAckLearned,
+        TcCounter::SynAckRefused,
+        TcCounter::EgressRewritten,
+        TcCounter::IngressRewritten,
+        TcCounter::SynOptionWritten,
+        TcCounter::SynAckOptionWritten,
+        TcCounter::NoOptionRoom,
+        TcCounter::EntriesRemoved,
+        TcCounter::Errors,
+    ];
+
+    /// A snake_case name for output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcCounter::SynTranslated => "syn_translated",
+            TcCounter::SynRefused => "syn_refused",
+            TcCounter::IpipDecapsulated => "ipip_decapsulated",
+            TcCounter::SynAckLearned => "syn_ack_learned",
+            TcCounter::SynAckRefused => "syn_ack_refused",
+            TcCounter::EgressRewritten => "egress_rewritten",
+            TcCounter::IngressRewritten => "ingress_rewritten",
+            TcCounter::SynOptionWritten => "syn_option_written",
+            TcCounter::SynAckOptionWritten => "syn_ack_option_written",
+            TcCounter::NoOptionRoom => "no_option_room",
+            TcCounter::EntriesRemoved => "entries_removed",
+            TcCounter::Errors => "errors",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: #[repr(C)] of byte arrays only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::FlowV4 {}
     // SAFETY: #[repr(C)] of byte arrays only: no padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::ServiceV4 {}
+    unsafe impl aya::Pod for super::EndpointV4 {}
+    // SAFETY: #[repr(C)] of two u32: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::TcConfig {}
+}
+
+/// The lab's Katran-style IPIP load balancer fixture (not part of heels):
+/// its settings, at index 0 of [`MAP_LAB_LB_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LabLbConfig {
+    /// The VIP.
+    pub vip: [u8; 4],
+    /// The vport, network order.
+    pub vport: [u8; 2],
+    /// Number of backends in [`MAP_LAB_LB_BACKENDS`] (host order).
+    pub backends: u16,
+    /// The LB's own MAC (source of encapsulated frames).
+    pub mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+/// One backend of the lab LB fixture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LabLbBackend {
+    /// DIP.
+    pub addr: [u8; 4],
+    /// Its MAC (the fixture sends on-link).
+    pub mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 6],
+}
+
+/// Settings of the lab LB fixture.
+pub const MAP_LAB_LB_CONFIG: &str = "LAB_LB_CONFIG";
+/// Backends of the lab LB fixture.
+pub const MAP_LAB_LB_BACKENDS: &str = "LAB_LB_BACKENDS";
+/// Per-CPU `u64` counters of the lab LB fixture, indexed by [`LabLbCounter`].
+pub const MAP_LAB_LB_STATS: &str = "LAB_LB_STATS";
+/// The fixture's XDP program.
+pub const LAB_LB_PROGRAM: &str = "lab_ipip_lb";
+/// An XDP program that passes everything (for a veth peer, so that frames
+/// sent with XDP_TX are not dropped).
+pub const LAB_PASS_PROGRAM: &str = "lab_xdp_pass";
+/// Most backends of the fixture.
+pub const LAB_LB_MAX_BACKENDS: u32 = 16;
+
+/// Counters of the lab LB fixture.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LabLbCounter {
+    /// Packets to the VIP, encapsulated and sent.
+    Packets = 0,
+    /// Their bytes, as received (Ethernet frame).
+    Bytes = 1,
+    /// Those that were SYNs (without ACK).
+    Syns = 2,
+}
+
+impl LabLbCounter {
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+mod lab_user {
+    // SAFETY: #[repr(C)] of byte arrays and a u16 at an even offset: no
+    // padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::LabLbConfig {}
+    // SAFETY: #[repr(C)] of byte arrays only: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::LabLbBackend {}
 }

@@ -7,30 +7,12 @@
 //! - a packet of a flow in the steering map.
 //! With no socket on the queue, the packet passes (fail open).
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, XskMap},
-    programs::XdpContext,
-};
-use heels_common::{
-    FlowV4, ServiceV4, XdpCounter, MAX_SERVICES, MAX_STEERED_FLOWS, MAX_XSKS, OPTION_LEN,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use heels_common::{EndpointV4, FlowV4, XdpCounter, OPTION_LEN};
 
+use crate::maps::{bump, SERVICES, STEERING, XDP_STATS, XSKS};
 use crate::options::{self, Search};
-use crate::packet::read;
-
-#[map(name = "HEELS_XSKS")]
-static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
-
-#[map(name = "HEELS_SERVICES")]
-static SERVICES: HashMap<ServiceV4, [u8; 2]> = HashMap::with_max_entries(MAX_SERVICES, 0);
-
-#[map(name = "HEELS_STEERING")]
-static STEERING: HashMap<FlowV4, u8> = HashMap::with_max_entries(MAX_STEERED_FLOWS, 0);
-
-#[map(name = "HEELS_XDP_STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounter::COUNT, 0);
+use crate::packet::{read, Packet};
 
 const ETH_HLEN: usize = 14;
 const TCP_SYN: u8 = 0x02;
@@ -57,11 +39,7 @@ pub fn heels_classify(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn count(counter: XdpCounter) {
-    if let Some(value) = STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU array slot of this CPU; XDP programs run with
-        // preemption off, so nothing else writes it meanwhile.
-        unsafe { *value += 1 };
-    }
+    bump(&XDP_STATS, counter as u32);
 }
 
 /// What the packet is; `Err` (truncated, not IPv4) means pass.
@@ -112,7 +90,7 @@ fn classify(ctx: &XdpContext) -> Result<XdpCounter, ()> {
     }
     let options_len = (usize::from(offset_flags[0] >> 4) * 4).saturating_sub(20);
     let options = tcp + 20;
-    let at = match options::find(ctx.data() + options, ctx.data_end(), options_len as u64) {
+    let at = match options::find(ctx.start() + options, ctx.end(), options_len as u64) {
         Search::Found(at) => at as usize,
         Search::Absent => return Ok(XdpCounter::Passed),
         Search::Malformed => return Ok(XdpCounter::BadOption),
@@ -123,7 +101,7 @@ fn classify(ctx: &XdpContext) -> Result<XdpCounter, ()> {
         return Ok(XdpCounter::SynAckWithOption);
     }
     // SYN form: VIP(4) vport(2) at bytes 4..10 of the option.
-    let service = ServiceV4 {
+    let service = EndpointV4 {
         addr: [option[4], option[5], option[6], option[7]],
         port: [option[8], option[9]],
         pad: [0, 0],

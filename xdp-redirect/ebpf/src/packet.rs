@@ -1,15 +1,44 @@
 //! Bounds-checked access to packet bytes: the one place that turns an
-//! offset into a pointer.
+//! offset into a pointer, for XDP and TC alike.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+/// A context with direct packet access.
+pub trait Packet {
+    /// Address of the first byte.
+    fn start(&self) -> usize;
+    /// Address one past the last byte.
+    fn end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
 
 /// A pointer to a `T` at `offset` bytes into the packet, if all of it lies
-/// before `data_end` (the check the verifier needs before any access).
+/// before the end (the check the verifier needs before any access).
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
+pub fn ptr_at<T, P: Packet>(ctx: &P, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.start();
+    if start + offset + core::mem::size_of::<T>() > ctx.end() {
         return Err(());
     }
     Ok((start + offset) as *const T)
@@ -17,8 +46,8 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
 
 /// Reads a `T` (plain bytes) at `offset`.
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
-    let ptr = ptr_at::<T>(ctx, offset)?;
+pub fn read<T: Copy, P: Packet>(ctx: &P, offset: usize) -> Result<T, ()> {
+    let ptr = ptr_at::<T, P>(ctx, offset)?;
     // SAFETY: ptr_at proved [offset, offset + size_of::<T>()) lies inside the
     // packet; T is a byte array or integer, valid for any bits, and the read
     // is unaligned-safe.

@@ -8,7 +8,7 @@ use aya::maps::{HashMap, MapError, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use heels_common::{
-    FlowV4, ServiceV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM,
+    FlowV4, EndpointV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM,
 };
 
 /// Why the classifier could not be loaded or used.
@@ -53,9 +53,11 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ClassifierError {
 }
 
 impl Classifier {
-    /// Loads the embedded object and the XDP program into the kernel.
-    pub fn load() -> Result<Self, ClassifierError> {
-        let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
+    /// Loads the embedded object and the XDP program into the kernel; the
+    /// object's pinned maps (shared with the TC programs) live in `pin_dir`
+    /// on bpffs.
+    pub fn load(pin_dir: &std::path::Path) -> Result<Self, ClassifierError> {
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::EBPF_OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(ClassifierError::MissingProgram)?
@@ -88,9 +90,9 @@ impl Classifier {
                     name: MAP_SERVICES.into(),
                 },
             })?;
-        let mut services: HashMap<_, ServiceV4, [u8; 2]> =
+        let mut services: HashMap<_, EndpointV4, [u8; 2]> =
             HashMap::try_from(map).map_err(map_error(MAP_SERVICES))?;
-        let key = ServiceV4 {
+        let key = EndpointV4 {
             addr: vip.ip().octets(),
             port: vip.port().to_be_bytes(),
             pad: [0; 2],

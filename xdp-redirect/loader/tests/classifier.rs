@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use heels_common::{FlowV4, XdpCounter};
 use heels_dataplane::vectors::vector;
@@ -11,17 +13,51 @@ use heels_xdp::Classifier;
 
 const XDP_PASS: u32 = 2;
 
-fn load() -> Classifier {
+/// A classifier whose pinned maps live in a directory of its own, removed
+/// when the test ends, passed or failed.
+struct Loaded {
+    classifier: Classifier,
+    dir: PathBuf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = Classifier;
+    fn deref(&self) -> &Classifier {
+        &self.classifier
+    }
+}
+
+impl std::ops::DerefMut for Loaded {
+    fn deref_mut(&mut self) -> &mut Classifier {
+        &mut self.classifier
+    }
+}
+
+fn load() -> Loaded {
     assert!(
         // SAFETY: geteuid has no preconditions and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "the classifier tests load eBPF programs and must run as root"
     );
-    Classifier::load().expect("the classifier loads and passes the verifier")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/heels-test-classifier-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("bpffs is mounted at /sys/fs/bpf");
+    let classifier = Classifier::load(&dir).expect("the classifier loads and passes the verifier");
+    Loaded { classifier, dir }
 }
 
 /// Runs the program on `frame`; returns the action and the counters that moved.
-fn run(classifier: &Classifier, frame: &[u8]) -> (u32, HashMap<XdpCounter, u64>) {
+fn run(classifier: &Loaded, frame: &[u8]) -> (u32, HashMap<XdpCounter, u64>) {
     let before = classifier.counters().unwrap();
     let outcome = classifier.test_run(frame).unwrap();
     assert_eq!(outcome.frame, frame, "the classifier never changes a frame");
@@ -36,7 +72,7 @@ fn run(classifier: &Classifier, frame: &[u8]) -> (u32, HashMap<XdpCounter, u64>)
     (outcome.action, moved)
 }
 
-fn expect(classifier: &Classifier, frame: &[u8], counters: &[XdpCounter]) {
+fn expect(classifier: &Loaded, frame: &[u8], counters: &[XdpCounter]) {
     let (action, moved) = run(classifier, frame);
     // No AF_XDP socket is bound in this test, so redirects fall back to pass.
     assert_eq!(action, XDP_PASS);
@@ -44,7 +80,7 @@ fn expect(classifier: &Classifier, frame: &[u8], counters: &[XdpCounter]) {
     assert_eq!(moved, expected);
 }
 
-fn with_service() -> Classifier {
+fn with_service() -> Loaded {
     let mut classifier = load();
     classifier
         .add_service(SocketAddrV4::new([10, 10, 100, 1].into(), 80), 8080)

@@ -1,0 +1,270 @@
+//! The agent's TOML configuration.
+//!
+//! ```toml
+//! instance = "server1"              # pins live in /sys/fs/bpf/heels/<instance>
+//! interfaces = ["eth0"]             # TC programs go here
+//! cgroup = "/sys/fs/cgroup/unified/heels"   # sockops sees sockets of this cgroup v2
+//! addresses = ["10.10.0.11"]        # this host's addresses (DIPs, IPIP destinations)
+//!
+//! [server]                          # omit on a host that serves nothing
+//! services = [{ vip = "10.10.100.1:80", port = 8080 }]
+//! lb_sources = ["10.10.0.3/32"]     # full-NAT SNAT ranges, IPIP outer sources
+//! # Replies of translated connections leave by this gateway, around a DNAT LB:
+//! direct_route = { gateway = "10.10.0.1", mark = 0x4845, table = 4845 }
+//!
+//! [client]                          # omit on a host that connects to no VIP
+//! vips = ["10.10.100.1:80"]         # port 0: every port of that VIP
+//! backends = ["10.10.0.0/24"]       # a SYN-ACK naming a DIP elsewhere is ignored
+//! ```
+//!
+//! Every error names the field it is about.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use heels_dataplane::translate::Prefix;
+use heels_xdp::DatapathConfig;
+use serde::{Deserialize, Serialize};
+
+/// A configuration that does not parse or does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not TOML, or a field of the wrong type (toml names the field and line).
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    /// A field with a value that cannot work.
+    #[error("field `{field}`: {message}")]
+    Invalid {
+        /// The field, as a TOML path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// A service of this host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// VIP:vport, as clients connect to it.
+    pub vip: SocketAddrV4,
+    /// Where the server listens (default: vport).
+    pub port: Option<u16>,
+}
+
+/// Policy routing that sends replies of translated connections directly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectRoute {
+    /// Next hop toward clients that avoids the LB.
+    pub gateway: Ipv4Addr,
+    /// skb mark of translated SYNs, carried to their sockets by
+    /// `net.ipv4.tcp_fwmark_accept` (default 0x4845).
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// Routing table of the direct route (default 4845).
+    #[serde(default = "default_table")]
+    pub table: u32,
+}
+
+fn default_mark() -> u32 {
+    0x4845
+}
+
+fn default_table() -> u32 {
+    4845
+}
+
+/// The server role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Services.
+    pub services: Vec<Service>,
+    /// LB source prefixes.
+    #[serde(default)]
+    pub lb_sources: Vec<String>,
+    /// Direct route for replies (DNAT LBs).
+    pub direct_route: Option<DirectRoute>,
+}
+
+/// The client role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// VIP:vport this host connects to.
+    pub vips: Vec<SocketAddrV4>,
+    /// Backend prefixes.
+    pub backends: Vec<String>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Instance name.
+    pub instance: String,
+    /// Interfaces.
+    pub interfaces: Vec<String>,
+    /// cgroup v2 directory.
+    pub cgroup: PathBuf,
+    /// This host's addresses.
+    pub addresses: Vec<Ipv4Addr>,
+    /// Server role.
+    pub server: Option<Server>,
+    /// Client role.
+    pub client: Option<Client>,
+}
+
+fn prefixes(field: &str, values: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let prefix: Prefix = value
+                .parse()
+                .map_err(|e| invalid(format!("{field}[{i}]"), format!("{value:?}: {e}")))?;
+            Ok((Ipv4Addr::from(prefix.addr()), prefix.len()))
+        })
+        .collect()
+}
+
+impl AgentConfig {
+    /// Parses and checks a configuration.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: AgentConfig = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let name_ok = !self.instance.is_empty()
+            && self.instance.len() <= 64
+            && self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(invalid("instance", "1 to 64 letters, digits, '-' or '_'"));
+        }
+        if self.interfaces.is_empty() {
+            return Err(invalid("interfaces", "name at least one interface"));
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                return Err(invalid(format!("interfaces[{i}]"), format!("{name:?} is not an interface name")));
+            }
+        }
+        if !self.cgroup.is_absolute() {
+            return Err(invalid("cgroup", "an absolute path to a cgroup v2 directory"));
+        }
+        if self.addresses.is_empty() {
+            return Err(invalid("addresses", "name at least one address of this host"));
+        }
+        if self.server.is_none() && self.client.is_none() {
+            return Err(invalid("server", "configure [server], [client] or both"));
+        }
+        if let Some(server) = &self.server {
+            if server.services.is_empty() {
+                return Err(invalid("server.services", "name at least one service"));
+            }
+            prefixes("server.lb_sources", &server.lb_sources)?;
+            if let Some(route) = &server.direct_route {
+                if route.mark == 0 {
+                    return Err(invalid("server.direct_route.mark", "must not be 0"));
+                }
+                if route.table == 0 || route.table >= 253 && route.table <= 255 {
+                    return Err(invalid("server.direct_route.table", "not 0 and not a reserved table (253-255)"));
+                }
+            }
+        }
+        if let Some(client) = &self.client {
+            if client.vips.is_empty() {
+                return Err(invalid("client.vips", "name at least one VIP"));
+            }
+            let backends = prefixes("client.backends", &client.backends)?;
+            if backends.is_empty() {
+                return Err(invalid("client.backends", "name at least one backend prefix"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel-side form of the configuration.
+    pub fn datapath(&self) -> Result<DatapathConfig, ConfigError> {
+        let server = self.server.clone().unwrap_or_default();
+        let client = self.client.clone().unwrap_or_default();
+        Ok(DatapathConfig {
+            instance: self.instance.clone(),
+            interfaces: self.interfaces.clone(),
+            cgroup: self.cgroup.clone(),
+            local_addrs: self.addresses.clone(),
+            services: server.services.iter().map(|s| (s.vip, s.port.unwrap_or(s.vip.port()))).collect(),
+            lb_sources: prefixes("server.lb_sources", &server.lb_sources)?,
+            vips: client.vips.clone(),
+            backends: prefixes("client.backends", &client.backends)?,
+            syn_mark: server.direct_route.as_ref().map_or(0, |r| r.mark),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+instance = "server1"
+interfaces = ["eth0"]
+cgroup = "/sys/fs/cgroup/unified/heels"
+addresses = ["10.10.0.11"]
+
+[server]
+services = [{ vip = "10.10.100.1:80", port = 8080 }, { vip = "10.10.100.2:443" }]
+lb_sources = ["10.10.0.3/32"]
+direct_route = { gateway = "10.10.0.1" }
+
+[client]
+vips = ["10.10.100.1:0"]
+backends = ["10.10.0.0/24"]
+"#;
+
+    #[test]
+    fn parses_a_full_configuration() {
+        let config = AgentConfig::parse(FULL).unwrap();
+        let datapath = config.datapath().unwrap();
+        assert_eq!(datapath.services, vec![("10.10.100.1:80".parse().unwrap(), 8080), ("10.10.100.2:443".parse().unwrap(), 443)]);
+        assert_eq!(datapath.lb_sources, vec![(Ipv4Addr::new(10, 10, 0, 3), 32)]);
+        assert_eq!(datapath.backends, vec![(Ipv4Addr::new(10, 10, 0, 0), 24)]);
+        assert_eq!(datapath.syn_mark, 0x4845);
+        assert_eq!(config.server.unwrap().direct_route.unwrap().table, 4845);
+    }
+
+    fn error_of(text: &str) -> String {
+        AgentConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_prefix = FULL.replace("10.10.0.0/24", "10.10.0.0/33");
+        assert!(error_of(&bad_prefix).contains("client.backends[0]"), "{}", error_of(&bad_prefix));
+        let bad_vip = FULL.replace("10.10.100.1:80", "10.10.100.1");
+        assert!(error_of(&bad_vip).contains("vip"), "{}", error_of(&bad_vip));
+        let no_interfaces = FULL.replace(r#"interfaces = ["eth0"]"#, "interfaces = []");
+        assert!(error_of(&no_interfaces).contains("`interfaces`"));
+        let bad_name = FULL.replace("server1", "a/b");
+        assert!(error_of(&bad_name).contains("`instance`"));
+        let unknown = FULL.replace("[client]", "[client]\nvipz = []");
+        assert!(error_of(&unknown).contains("vipz"), "{}", error_of(&unknown));
+        let relative = FULL.replace("/sys/fs/cgroup/unified/heels", "heels");
+        assert!(error_of(&relative).contains("`cgroup`"));
+        let zero_mark = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#);
+        assert!(error_of(&zero_mark).contains("server.direct_route.mark"));
+    }
+
+    #[test]
+    fn a_host_needs_a_role() {
+        let text = "instance = \"x\"\ninterfaces = [\"eth0\"]\ncgroup = \"/c\"\naddresses = [\"10.0.0.1\"]\n";
+        assert!(error_of(text).contains("[server], [client]"));
+    }
+}

@@ -1,0 +1,140 @@
+//! `heels lab ...`.
+
+use std::net::SocketAddrV4;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::demo::{self, DemoSpec};
+use super::workload::{self, LoadSpec, Mode};
+use super::{Dataplane, LabSpec, LbKind};
+
+/// The lab's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab, run a real workload through it, print what crossed the LB.
+    Demo {
+        /// The load balancer.
+        #[arg(long, value_enum, default_value = "fullnat")]
+        lb: LbKind,
+        /// heels on every host (`none`: the vanilla LB path).
+        #[arg(long, value_enum, default_value = "tc")]
+        dataplane: Dataplane,
+        /// heels on the client only (overrides --dataplane for the client).
+        #[arg(long, value_enum)]
+        client_dataplane: Option<Dataplane>,
+        /// heels on the servers only (overrides --dataplane for the servers).
+        #[arg(long, value_enum)]
+        server_dataplane: Option<Dataplane>,
+        /// Servers behind the LB.
+        #[arg(long, default_value_t = 2)]
+        servers: usize,
+        /// Connections to run.
+        #[arg(long, default_value_t = 200)]
+        connections: usize,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the lab and keep it until SIGINT/SIGTERM (to explore it by hand).
+    Up {
+        /// The load balancer.
+        #[arg(long, value_enum, default_value = "fullnat")]
+        lb: LbKind,
+        /// heels on every host.
+        #[arg(long, value_enum, default_value = "tc")]
+        dataplane: Dataplane,
+        /// Servers behind the LB.
+        #[arg(long, default_value_t = 2)]
+        servers: usize,
+    },
+    /// Answer lab connections (runs inside a server's namespace).
+    #[command(hide = true)]
+    Serve {
+        /// Port.
+        #[arg(long)]
+        port: u16,
+        /// Server id, told to clients.
+        #[arg(long, default_value_t = 0)]
+        id: u16,
+    },
+    /// Run lab connections (runs inside the client's namespace).
+    #[command(hide = true)]
+    Load {
+        /// VIP:vport or DIP:port.
+        #[arg(long)]
+        target: SocketAddrV4,
+        /// What to do.
+        #[arg(long, value_enum, default_value = "verify")]
+        mode: Mode,
+        /// Connections (verify).
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Connections at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Request bytes.
+        #[arg(long, default_value_t = 65536)]
+        request: u64,
+        /// Response bytes.
+        #[arg(long, default_value_t = 262144)]
+        response: u64,
+        /// Exchanges (pingpong).
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Seconds (bulk, connect).
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a lab subcommand.
+pub fn run(command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Demo { lb, dataplane, client_dataplane, server_dataplane, servers, connections, json } => {
+            let heels = std::env::current_exe().context("locating the heels binary")?;
+            let spec = DemoSpec {
+                lab: LabSpec {
+                    lb,
+                    servers,
+                    client: client_dataplane.unwrap_or(dataplane),
+                    server: server_dataplane.unwrap_or(dataplane),
+                },
+                connections,
+                ..DemoSpec::default()
+            };
+            let report = demo::run(&spec, &heels)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", demo::render(&report));
+            }
+            if report.connections_failed > 0 {
+                anyhow::bail!("{} connections failed: {:?}", report.connections_failed, report.load.errors);
+            }
+            Ok(())
+        }
+        LabCommand::Up { lb, dataplane, servers } => {
+            let heels = std::env::current_exe().context("locating the heels binary")?;
+            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            let lab = super::Lab::build(LabSpec { lb, servers, client: dataplane, server: dataplane }, &heels)?;
+            println!("lab up: namespaces {}-*, instances {:?}; SIGINT or SIGTERM tears it down", lab.prefix, lab.instances());
+            signals.forever().next();
+            drop(lab);
+            Ok(())
+        }
+        LabCommand::Serve { port, id } => workload::serve(port, id),
+        LabCommand::Load { target, mode, connections, concurrency, request, response, count, seconds, json } => {
+            let report = workload::load(&LoadSpec { target, mode, connections, concurrency, request, response, count, seconds });
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report:#?}");
+            }
+            Ok(())
+        }
+    }
+}

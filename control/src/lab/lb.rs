@@ -1,0 +1,188 @@
+//! The lab's load balancers, real kernel LBs or the project's fixture, and
+//! their own counters of what they forwarded:
+//! - `fullnat`: nftables DNAT to a random server (`numgen random`) plus
+//!   masquerade (kube-proxy style); counters in the forward chain.
+//! - `dnat`: the same without masquerade; servers route back through it.
+//! - `ipip`: the Katran-compatible XDP fixture (`xdp-redirect/ebpf/src/lab_lb.rs`),
+//!   with per-CPU counters of what it encapsulated.
+
+use anyhow::{bail, Context};
+use aya::maps::{Array, PerCpuArray};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use heels_common::{LabLbBackend, LabLbConfig, LabLbCounter, LAB_LB_PROGRAM, LAB_PASS_PROGRAM};
+
+use super::netns::{run, NetNs};
+use super::{server_addr, server_mac, Host, LbKind, SERVER_PORT, VIP, VPORT};
+
+/// What the LB forwarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LbCounters {
+    /// Packets toward the servers.
+    pub to_servers_packets: u64,
+    /// Their bytes.
+    pub to_servers_bytes: u64,
+    /// Packets toward the clients (replies through the LB).
+    pub to_clients_packets: u64,
+    /// Their bytes.
+    pub to_clients_bytes: u64,
+    /// SYNs (without ACK) toward the servers.
+    pub syns: u64,
+}
+
+impl LbCounters {
+    /// Packets forwarded either way.
+    pub fn packets(&self) -> u64 {
+        self.to_servers_packets + self.to_clients_packets
+    }
+
+    /// Bytes forwarded either way.
+    pub fn bytes(&self) -> u64 {
+        self.to_servers_bytes + self.to_clients_bytes
+    }
+}
+
+/// A running LB.
+#[derive(Debug)]
+pub struct LoadBalancer {
+    kind: LbKind,
+    /// The XDP fixture (ipip), kept loaded and attached while it lives.
+    xdp: Option<Ebpf>,
+}
+
+fn ruleset(kind: LbKind, servers: usize) -> String {
+    let map: Vec<String> = (0..servers).map(|i| format!("{i} : {} . {SERVER_PORT}", server_addr(i))).collect();
+    let masquerade = if kind == LbKind::Fullnat {
+        format!("        ip daddr 10.10.0.0/24 tcp dport {SERVER_PORT} ct status dnat masquerade\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "table ip heels_lab {{
+    counter to_servers {{ }}
+    counter to_clients {{ }}
+    counter syns {{ }}
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {VIP} tcp dport {VPORT} dnat ip to numgen random mod {servers} map {{ {} }}
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+{masquerade}    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        ct direction original counter name \"to_servers\"
+        ct direction reply counter name \"to_clients\"
+        ct direction original tcp flags & (syn | ack) == syn counter name \"syns\"
+    }}
+}}
+",
+        map.join(", ")
+    )
+}
+
+impl LoadBalancer {
+    /// Sets the LB up on `host` (and, for the XDP fixture, the pass program
+    /// on its peer in the router namespace).
+    pub fn start(kind: LbKind, host: &Host, router: &NetNs, servers: usize) -> anyhow::Result<Self> {
+        // An LB that forwards out of the interface it received on would
+        // otherwise teach the router and servers to go around it.
+        for key in ["net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"] {
+            host.netns.sysctl(key, "0")?;
+        }
+        match kind {
+            LbKind::Fullnat | LbKind::Dnat => {
+                let rules = ruleset(kind, servers);
+                let path = std::env::temp_dir().join(format!("{}.nft", host.netns.name()));
+                std::fs::write(&path, rules)?;
+                host.netns.exec("nft", &["-f", &path.to_string_lossy()]).context("loading the nftables LB")?;
+                let _ = std::fs::remove_file(path);
+                Ok(LoadBalancer { kind, xdp: None })
+            }
+            LbKind::Ipip => {
+                let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
+                let mut config: Array<_, LabLbConfig> =
+                    Array::try_from(ebpf.map_mut(heels_common::MAP_LAB_LB_CONFIG).context("config map")?)?;
+                config.set(
+                    0,
+                    LabLbConfig {
+                        vip: VIP.octets(),
+                        vport: VPORT.to_be_bytes(),
+                        backends: servers as u16,
+                        mac: [0x02, 0x00, 0x0a, 0x0a, 0x00, 0x03],
+                        pad: [0; 2],
+                    },
+                    0,
+                )?;
+                let mut backends: Array<_, LabLbBackend> =
+                    Array::try_from(ebpf.map_mut(heels_common::MAP_LAB_LB_BACKENDS).context("backends map")?)?;
+                for i in 0..servers {
+                    backends.set(i as u32, LabLbBackend { addr: server_addr(i).octets(), mac: server_mac(i), pad: [0; 6] }, 0)?;
+                }
+                for name in [LAB_LB_PROGRAM, LAB_PASS_PROGRAM] {
+                    let program: &mut Xdp = ebpf.program_mut(name).context("fixture program")?.try_into()?;
+                    program.load()?;
+                }
+                let lb_program: &mut Xdp = ebpf.program_mut(LAB_LB_PROGRAM).context("lb program")?.try_into()?;
+                host.netns.enter(|| Ok(lb_program.attach("eth0", XdpMode::Driver)?))?;
+                let pass: &mut Xdp = ebpf.program_mut(LAB_PASS_PROGRAM).context("pass program")?.try_into()?;
+                let port = format!("to-{}", host.role);
+                router.enter(|| Ok(pass.attach(&port, XdpMode::Driver)?))?;
+                Ok(LoadBalancer { kind, xdp: Some(ebpf) })
+            }
+        }
+    }
+
+    /// What it forwarded so far.
+    pub fn counters(&self, host: &Host) -> anyhow::Result<LbCounters> {
+        match (&self.xdp, self.kind) {
+            (Some(ebpf), LbKind::Ipip) => {
+                let stats: PerCpuArray<_, u64> =
+                    PerCpuArray::try_from(ebpf.map(heels_common::MAP_LAB_LB_STATS).context("stats map")?)?;
+                let sum = |c: LabLbCounter| -> anyhow::Result<u64> { Ok(stats.get(&(c as u32), 0)?.iter().sum()) };
+                Ok(LbCounters {
+                    to_servers_packets: sum(LabLbCounter::Packets)?,
+                    to_servers_bytes: sum(LabLbCounter::Bytes)?,
+                    to_clients_packets: 0,
+                    to_clients_bytes: 0,
+                    syns: sum(LabLbCounter::Syns)?,
+                })
+            }
+            (None, LbKind::Fullnat | LbKind::Dnat) => {
+                let output = host.netns.exec("nft", &["-j", "list", "counters", "table", "ip", "heels_lab"])?;
+                let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+                let mut counters = LbCounters::default();
+                for item in value["nftables"].as_array().into_iter().flatten() {
+                    let counter = &item["counter"];
+                    let (packets, bytes) = (counter["packets"].as_u64().unwrap_or(0), counter["bytes"].as_u64().unwrap_or(0));
+                    match counter["name"].as_str() {
+                        Some("to_servers") => (counters.to_servers_packets, counters.to_servers_bytes) = (packets, bytes),
+                        Some("to_clients") => (counters.to_clients_packets, counters.to_clients_bytes) = (packets, bytes),
+                        Some("syns") => counters.syns = packets,
+                        _ => {}
+                    }
+                }
+                Ok(counters)
+            }
+            _ => bail!("LB state does not match its kind"),
+        }
+    }
+}
+
+/// Checks that nftables can express the LB (used by the setup check).
+pub fn nft_available() -> bool {
+    run("nft", &["--version"]).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fullnat_masquerades_and_dnat_does_not() {
+        let fullnat = ruleset(LbKind::Fullnat, 2);
+        assert!(fullnat.contains("masquerade"));
+        assert!(fullnat.contains("numgen random mod 2 map { 0 : 10.10.0.11 . 8080, 1 : 10.10.0.12 . 8080 }"));
+        assert!(!ruleset(LbKind::Dnat, 2).contains("masquerade"));
+    }
+}

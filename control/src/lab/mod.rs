@@ -1,0 +1,492 @@
+//! The lab test bed (DESIGN section 7): on one machine, network namespaces
+//! for a client, an LB, N servers and a router, each host's processes in a
+//! cgroup of its own, heels on the hosts asked for. Shared by `heels lab`
+//! and the integration tests. Everything it makes is removed when the
+//! [`Lab`] is dropped, whether the run passed or failed.
+//!
+//! ```text
+//!  client 10.10.1.2 --- router 10.10.1.1 | br0 10.10.0.1 --+-- lb      10.10.0.3
+//!                       (routes the VIP                    +-- server1 10.10.0.11
+//!                        10.10.100.1 via the LB)           +-- server2 10.10.0.12 ...
+//! ```
+//!
+//! Servers listen on port 8080; the service is VIP 10.10.100.1:80. Their
+//! default route goes through the router, except behind a DNAT LB, where it
+//! goes through the LB (so that replies return through it, as with an NLB
+//! that keeps client addresses).
+
+pub mod cli;
+pub mod demo;
+pub mod lb;
+pub mod netns;
+pub mod workload;
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use self::lb::{LbCounters, LoadBalancer};
+use self::netns::{spawn_in, Cgroup, NetNs};
+use self::workload::{LoadReport, LoadSpec};
+
+/// The service's VIP.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 1);
+/// The service's port on the VIP.
+pub const VPORT: u16 = 80;
+/// Where the servers listen.
+pub const SERVER_PORT: u16 = 8080;
+/// The client's address.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
+/// The LB's address.
+pub const LB: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 3);
+/// The router's address on the server side.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+/// Prefix of the backends.
+pub const BACKENDS: &str = "10.10.0.0/24";
+/// MTU of the server side, room for an IPIP header over the client's 1500.
+const SERVER_SIDE_MTU: &str = "1600";
+
+/// Address of server `i` (from 0).
+pub fn server_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 10, 0, 11 + i as u8)
+}
+
+/// MAC of server `i`, fixed so that the IPIP LB fixture can send to it.
+pub fn server_mac(i: usize) -> [u8; 6] {
+    [0x02, 0x00, 0x0a, 0x0a, 0x00, 11 + i as u8]
+}
+
+/// The LB kinds of DESIGN section 7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbKind {
+    /// nftables DNAT plus SNAT, `numgen random` (kube-proxy style).
+    Fullnat,
+    /// nftables DNAT only; servers route back through the LB.
+    Dnat,
+    /// The Katran-compatible IPIP XDP fixture, direct server return.
+    Ipip,
+}
+
+/// What runs on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// No heels: the vanilla LB path.
+    None,
+    /// heels with the TC programs.
+    Tc,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// The LB.
+    pub lb: LbKind,
+    /// How many servers.
+    pub servers: usize,
+    /// heels on the client.
+    pub client: Dataplane,
+    /// heels on the servers.
+    pub server: Dataplane,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec { lb: LbKind::Fullnat, servers: 2, client: Dataplane::Tc, server: Dataplane::Tc }
+    }
+}
+
+/// One host of the lab.
+#[derive(Debug)]
+pub struct Host {
+    /// Its role name (client, lb, server1...).
+    pub role: String,
+    /// Its namespace.
+    pub netns: NetNs,
+    /// Its cgroup.
+    pub cgroup: Cgroup,
+    /// Its address.
+    pub addr: Ipv4Addr,
+}
+
+/// A running heels agent.
+#[derive(Debug)]
+struct Agent {
+    host: usize,
+    instance: String,
+    config_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// The lab. Dropping it removes everything it made.
+#[derive(Debug)]
+pub struct Lab {
+    spec: LabSpec,
+    pub(crate) prefix: String,
+    heels: PathBuf,
+    work_dir: PathBuf,
+    /// Processes to kill on drop (servers, agents).
+    children: Vec<Child>,
+    agents: Vec<Agent>,
+    lb: Option<LoadBalancer>,
+    /// Hosts: 0 client, 1 lb, 2.. servers. Dropped after the processes.
+    hosts: Vec<Host>,
+    router: Option<NetNs>,
+    cgroup_root: Option<Cgroup>,
+}
+
+fn unique_prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("hl{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Waits until `child` prints "ready" on stdout (or fails).
+fn wait_ready(child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let stdout = child.stdout.take().with_context(|| format!("{what}: no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.next().and_then(Result::ok).is_some_and(|l| l.trim() == "ready");
+        let _ = tx.send(ready);
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(true) => Ok(()),
+        Ok(false) | Err(_) => {
+            let _ = child.kill();
+            let output = child.wait_with_output_stderr();
+            bail!("{what} did not start: {output}")
+        }
+    }
+}
+
+trait StderrOf {
+    fn wait_with_output_stderr(&mut self) -> String;
+}
+
+impl StderrOf for Child {
+    fn wait_with_output_stderr(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text.trim().to_owned()
+    }
+}
+
+impl Lab {
+    /// Builds the lab and starts heels and the servers. `heels` is the path
+    /// of the `heels` binary (run inside the namespaces).
+    pub fn build(spec: LabSpec, heels: &Path) -> anyhow::Result<Lab> {
+        if spec.servers == 0 || spec.servers > 4 {
+            bail!("the lab has 1 to 4 servers, not {}", spec.servers);
+        }
+        let prefix = unique_prefix();
+        let work_dir = std::env::temp_dir().join(format!("heels-lab-{prefix}"));
+        std::fs::create_dir_all(&work_dir)?;
+        let cgroup_root = Cgroup::create(PathBuf::from("/sys/fs/cgroup/unified/heels-lab").join(&prefix))?;
+        let mut lab = Lab {
+            spec,
+            prefix,
+            heels: heels.to_owned(),
+            work_dir,
+            children: Vec::new(),
+            agents: Vec::new(),
+            lb: None,
+            hosts: Vec::new(),
+            router: None,
+            cgroup_root: Some(cgroup_root),
+        };
+        lab.wire().context("building the namespaces")?;
+        lab.lb = Some(LoadBalancer::start(lab.spec.lb, &lab.hosts[1], lab.router.as_ref().expect("router"), lab.spec.servers)?);
+        // Agents first: a listener opened before the sockops program is
+        // attached never asks for the option callbacks (see docs/design.md).
+        lab.start_agents()?;
+        for i in 0..lab.spec.servers {
+            lab.start_server(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn host(&mut self, role: &str, addr: Ipv4Addr) -> anyhow::Result<usize> {
+        let netns = NetNs::create(&format!("{}-{role}", self.prefix))?;
+        let root = self.cgroup_root.as_ref().expect("cgroup root").path().to_owned();
+        let cgroup = Cgroup::create(root.join(role))?;
+        self.hosts.push(Host { role: role.to_owned(), netns, cgroup, addr });
+        Ok(self.hosts.len() - 1)
+    }
+
+    fn wire(&mut self) -> anyhow::Result<()> {
+        let router = NetNs::create(&format!("{}-router", self.prefix))?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.ip(&["link", "add", "br0", "type", "bridge"])?;
+        router.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "br0"])?;
+        router.ip(&["link", "set", "br0", "mtu", SERVER_SIDE_MTU, "up"])?;
+        self.router = Some(router);
+
+        let client = self.host("client", CLIENT)?;
+        let lb = self.host("lb", LB)?;
+        let mut servers = Vec::new();
+        for i in 0..self.spec.servers {
+            servers.push(self.host(&format!("server{}", i + 1), server_addr(i))?);
+        }
+        let router = self.router.as_ref().expect("router");
+
+        // The client's link: a /24 of its own behind the router.
+        let host = &self.hosts[client];
+        router.ip(&["link", "add", "to-client", "type", "veth", "peer", "name", "eth0", "netns", host.netns.name()])?;
+        router.ip(&["addr", "add", "10.10.1.1/24", "dev", "to-client"])?;
+        router.ip(&["link", "set", "to-client", "up"])?;
+        host.netns.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
+        host.netns.ip(&["link", "set", "eth0", "up"])?;
+        host.netns.ip(&["route", "add", "default", "via", "10.10.1.1"])?;
+
+        // The server side: one bridge in the router namespace.
+        for (index, mac) in std::iter::once((lb, [0x02, 0x00, 0x0a, 0x0a, 0x00, 0x03]))
+            .chain(servers.iter().enumerate().map(|(i, &h)| (h, server_mac(i))))
+        {
+            let host = &self.hosts[index];
+            let port = format!("to-{}", host.role);
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            router.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", host.netns.name()])?;
+            router.ip(&["link", "set", &port, "master", "br0", "mtu", SERVER_SIDE_MTU, "up"])?;
+            host.netns.ip(&["link", "set", "eth0", "address", &mac, "mtu", SERVER_SIDE_MTU, "up"])?;
+            host.netns.ip(&["addr", "add", &format!("{}/24", host.addr), "dev", "eth0"])?;
+        }
+        self.hosts[lb].netns.sysctl("net.ipv4.ip_forward", "1")?;
+        self.hosts[lb].netns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
+        router.ip(&["route", "add", &format!("{VIP}/32"), "via", &LB.to_string()])?;
+        for &index in &servers {
+            let host = &self.hosts[index];
+            let gateway = if self.spec.lb == LbKind::Dnat { LB } else { ROUTER };
+            host.netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            if self.spec.lb == LbKind::Ipip {
+                // Direct server return: the VIP is local on every server.
+                host.netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            }
+        }
+        if self.spec.lb == LbKind::Ipip {
+            // Frames that leave through XDP lose a pending (offloaded)
+            // checksum: have the client's stack finish its own.
+            self.hosts[client].netns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = &self.hosts[2 + i];
+        let mut command = Command::new(&self.heels);
+        command
+            .args(["lab", "serve", "--port", &SERVER_PORT.to_string(), "--id", &(i + 1).to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
+        wait_ready(&mut child, &format!("the server on {}", host.role))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// The agent configuration of host `index`.
+    fn agent_config(&self, index: usize) -> String {
+        let host = &self.hosts[index];
+        let instance = format!("{}-{}", self.prefix, host.role);
+        let mut text = format!(
+            "instance = \"{instance}\"\ninterfaces = [\"eth0\"]\ncgroup = \"{}\"\naddresses = [\"{}\"]\n",
+            host.cgroup.path().display(),
+            host.addr
+        );
+        if index == 0 {
+            text.push_str(&format!("\n[client]\nvips = [\"{VIP}:{VPORT}\"]\nbackends = [\"{BACKENDS}\"]\n"));
+        } else {
+            text.push_str(&format!(
+                "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {SERVER_PORT} }}]\nlb_sources = [\"{LB}/32\", \"172.16.0.0/16\"]\n"
+            ));
+            if self.spec.lb == LbKind::Dnat {
+                text.push_str(&format!("direct_route = {{ gateway = \"{ROUTER}\" }}\n"));
+            }
+        }
+        text
+    }
+
+    fn start_agents(&mut self) -> anyhow::Result<()> {
+        let mut wanted = Vec::new();
+        if self.spec.client == Dataplane::Tc {
+            wanted.push(0);
+        }
+        if self.spec.server == Dataplane::Tc {
+            wanted.extend(2..2 + self.spec.servers);
+        }
+        for index in wanted {
+            let config_path = self.work_dir.join(format!("{}.toml", self.hosts[index].role));
+            std::fs::write(&config_path, self.agent_config(index))?;
+            let instance = format!("{}-{}", self.prefix, self.hosts[index].role);
+            self.agents.push(Agent { host: index, instance, config_path, child: None });
+            let agent = self.agents.len() - 1;
+            self.start_agent(agent)?;
+        }
+        Ok(())
+    }
+
+    fn start_agent(&mut self, agent: usize) -> anyhow::Result<()> {
+        let Agent { host, config_path, .. } = &self.agents[agent];
+        let host = &self.hosts[*host];
+        let mut command = Command::new(&self.heels);
+        command.arg("agent").arg("--config").arg(config_path).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
+        wait_ready(&mut child, &format!("the agent on {}", host.role))?;
+        self.agents[agent].child = Some(child);
+        Ok(())
+    }
+
+    /// Stops every agent with SIGTERM and starts it again (the kernel
+    /// datapath stays throughout).
+    pub fn restart_agents(&mut self) -> anyhow::Result<()> {
+        for agent in 0..self.agents.len() {
+            if let Some(mut child) = self.agents[agent].child.take() {
+                // SAFETY: kill on the pid of a child we still own (not yet waited).
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let status = child.wait()?;
+                if !status.success() {
+                    bail!("agent {} exited with {status}: {}", self.agents[agent].instance, child.wait_with_output_stderr());
+                }
+            }
+            self.start_agent(agent)?;
+        }
+        Ok(())
+    }
+
+    /// Instance names of the running agents.
+    pub fn instances(&self) -> Vec<String> {
+        self.agents.iter().map(|a| a.instance.clone()).collect()
+    }
+
+    /// The instance of the client's agent, if it runs one.
+    pub fn client_instance(&self) -> Option<String> {
+        self.agents.iter().find(|a| a.host == 0).map(|a| a.instance.clone())
+    }
+
+    /// The instances of the servers' agents.
+    pub fn server_instances(&self) -> Vec<String> {
+        self.agents.iter().filter(|a| a.host >= 2).map(|a| a.instance.clone()).collect()
+    }
+
+    /// The client host.
+    pub fn client(&self) -> &Host {
+        &self.hosts[0]
+    }
+
+    /// Server host `i`.
+    pub fn server(&self, i: usize) -> &Host {
+        &self.hosts[2 + i]
+    }
+
+    /// What the lab was built with.
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    /// The LB's counters.
+    pub fn lb_counters(&self) -> anyhow::Result<LbCounters> {
+        self.lb.as_ref().expect("lb").counters(&self.hosts[1])
+    }
+
+    /// Starts `heels lab load` on the client; returns the child (stdout: one JSON report).
+    pub fn spawn_load(&self, spec: &LoadSpec) -> anyhow::Result<Child> {
+        let host = self.client();
+        let mut command = Command::new(&self.heels);
+        command
+            .args(["lab", "load", "--json"])
+            .args(["--target", &spec.target.to_string()])
+            .args(["--mode", &format!("{:?}", spec.mode).to_lowercase()])
+            .args(["--connections", &spec.connections.to_string()])
+            .args(["--concurrency", &spec.concurrency.to_string()])
+            .args(["--request", &spec.request.to_string()])
+            .args(["--response", &spec.response.to_string()])
+            .args(["--count", &spec.count.to_string()])
+            .args(["--seconds", &spec.seconds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        spawn_in(&host.netns, &host.cgroup, &mut command)
+    }
+
+    /// Runs `heels lab load` on the client to completion.
+    pub fn load(&self, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+        let child = self.spawn_load(spec)?;
+        finish_load(child)
+    }
+
+    /// Bytes and packets the client's interface sent and received.
+    pub fn client_interface(&self) -> anyhow::Result<InterfaceCounters> {
+        InterfaceCounters::read(&self.hosts[0].netns, "eth0")
+    }
+
+    /// The service as the client reaches it.
+    pub fn service(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(VIP, VPORT)
+    }
+}
+
+/// Waits for a load child and parses its report.
+pub fn finish_load(child: Child) -> anyhow::Result<LoadReport> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let output = child.wait_with_output()?;
+    if Instant::now() > deadline || !output.status.success() {
+        bail!("the load client failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("parsing the load report")
+}
+
+/// An interface's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InterfaceCounters {
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+}
+
+impl InterfaceCounters {
+    fn read(netns: &NetNs, interface: &str) -> anyhow::Result<Self> {
+        let output = netns.ip(&["-s", "-j", "link", "show", "dev", interface])?;
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let stats = &value[0]["stats64"];
+        let get = |dir: &str, what: &str| stats[dir][what].as_u64().unwrap_or(0);
+        Ok(InterfaceCounters {
+            tx_packets: get("tx", "packets"),
+            tx_bytes: get("tx", "bytes"),
+            rx_packets: get("rx", "packets"),
+            rx_bytes: get("rx", "bytes"),
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().chain(self.agents.iter_mut().filter_map(|a| a.child.as_mut())) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for agent in &self.agents {
+            let _ = heels_xdp::Datapath::remove(&agent.instance);
+            let _ = std::fs::remove_file(crate::agent::state_file(&agent.instance));
+        }
+        self.lb = None;
+        self.hosts.clear();
+        self.router = None;
+        self.cgroup_root = None;
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}

@@ -1,0 +1,7 @@
+//! The `heels` binary's library: the agent, its configuration, the
+//! read-only tools, and the lab test bed shared with the integration tests.
+
+pub mod agent;
+pub mod config;
+pub mod lab;
+pub mod report;

@@ -1,0 +1,88 @@
+//! `heels status`, `heels conns` and `heels stats`: read a running (or
+//! orphaned) instance from its pins, as text or JSON.
+//!
+//! The counters (`heels stats`):
+//!
+//! | counter | counts |
+//! | --- | --- |
+//! | `syn_translated` | SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server) |
+//! | `syn_refused` | SYNs with the SYN form that failed a check, left as they came (server) |
+//! | `ipip_decapsulated` | IPIP packets to a local address, decapsulated (server) |
+//! | `syn_ack_learned` | SYN-ACK forms accepted: a connection's entries made (client) |
+//! | `syn_ack_refused` | SYN-ACK forms that failed a check (client) |
+//! | `egress_rewritten` | packets sent to DIP:dport instead of VIP:vport (client) |
+//! | `ingress_rewritten` | packets from DIP:dport delivered as from VIP:vport (client) |
+//! | `syn_option_written` | SYN forms written by sockops (client) |
+//! | `syn_ack_option_written` | SYN-ACK forms written by sockops (server) |
+//! | `no_option_room` | segments that left without the option for lack of room |
+//! | `entries_removed` | connections forgotten when their socket closed (client) |
+//! | `errors` | helper failures; the packet went on as far as it got |
+//!
+//! Sample (`heels stats --instance client`):
+//!
+//! ```text
+//! syn_translated            0
+//! syn_ack_learned         200
+//! egress_rewritten       5412
+//! ...
+//! ```
+
+use heels_xdp::Datapath;
+use serde_json::json;
+
+use crate::agent::state_file;
+
+/// `heels stats`.
+pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
+    let counters = Datapath::open(instance)?.counters()?;
+    Ok(if as_json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            counters.iter().map(|(c, v)| (c.name().to_owned(), json!(v))).collect();
+        serde_json::to_string_pretty(&map)?
+    } else {
+        counters.iter().map(|(c, v)| format!("{:<24}{v:>12}\n", c.name())).collect()
+    })
+}
+
+/// `heels conns`.
+pub fn conns(instance: &str, as_json: bool) -> anyhow::Result<String> {
+    let connections = Datapath::open(instance)?.connections()?;
+    Ok(if as_json {
+        let list: Vec<_> = connections
+            .iter()
+            .map(|c| json!({"client": c.client.to_string(), "vip": c.vip.to_string(), "backend": c.backend.to_string()}))
+            .collect();
+        serde_json::to_string_pretty(&list)?
+    } else {
+        let mut out = format!("{:<22} {:<22} {:<22}\n", "client", "vip", "backend");
+        for c in &connections {
+            out.push_str(&format!("{:<22} {:<22} {:<22}\n", c.client.to_string(), c.vip.to_string(), c.backend.to_string()));
+        }
+        out.push_str(&format!("{} bypassed connections\n", connections.len()));
+        out
+    })
+}
+
+/// `heels status`.
+pub fn status(instance: &str, as_json: bool) -> anyhow::Result<String> {
+    let datapath = Datapath::open(instance)?;
+    let links = datapath.links();
+    let connections = datapath.connections()?.len();
+    let config = std::fs::read_to_string(state_file(instance)).ok();
+    Ok(if as_json {
+        serde_json::to_string_pretty(&json!({
+            "instance": instance,
+            "pins": datapath.dir().display().to_string(),
+            "attached": links,
+            "connections": connections,
+            "config": config,
+        }))?
+    } else {
+        format!(
+            "instance     {instance}\npins         {}\nattached     {}\nconnections  {connections}\nconfig       {}\n",
+            datapath.dir().display(),
+            if links.is_empty() { "nothing".to_owned() } else { links.join(", ") },
+            if config.is_some() { state_file(instance).display().to_string() } else { "(not saved)".to_owned() },
+        )
+    })
+}

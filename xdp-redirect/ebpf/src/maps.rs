@@ -1,0 +1,78 @@
+//! Every map of the heels programs. The ones that hold an instance's
+//! configuration and connection state are pinned by name under the
+//! instance's directory (the loader's `map_pin_path`), so a restarted agent
+//! finds them as they were; the AF_XDP classifier's own maps are not.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
+};
+use heels_common::{
+    EndpointV4, FlowV4, TcConfig, TcCounter, XdpCounter, MAX_CONFIG_ENTRIES, MAX_CONNECTIONS,
+    MAX_SERVICES, MAX_STEERED_FLOWS, MAX_XSKS,
+};
+
+#[map(name = "HEELS_SERVICES")]
+pub static SERVICES: HashMap<EndpointV4, [u8; 2]> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "HEELS_LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<[u8; 4], u8> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "HEELS_LB_SOURCES")]
+pub static LB_SOURCES: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "HEELS_CLIENT_VIPS")]
+pub static CLIENT_VIPS: HashMap<EndpointV4, u8> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "HEELS_BACKENDS")]
+pub static BACKENDS: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "HEELS_EGRESS")]
+pub static EGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+#[map(name = "HEELS_INGRESS")]
+pub static INGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+#[map(name = "HEELS_TC_CONFIG")]
+pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
+
+#[map(name = "HEELS_TC_STATS")]
+pub static TC_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TcCounter::COUNT, 0);
+
+#[map(name = "HEELS_XSKS")]
+pub static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
+
+#[map(name = "HEELS_STEERING")]
+pub static STEERING: HashMap<FlowV4, u8> = HashMap::with_max_entries(MAX_STEERED_FLOWS, 0);
+
+#[map(name = "HEELS_XDP_STATS")]
+pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounter::COUNT, 0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(value) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot of this CPU; the program runs with
+        // preemption (migration) off, so nothing else writes it meanwhile.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Adds one to a TC/sockops counter.
+#[inline(always)]
+pub fn count(counter: TcCounter) {
+    bump(&TC_STATS, counter as u32);
+}
+
+/// True when `addr` lies in one of the prefixes of an LPM trie.
+#[inline(always)]
+pub fn in_prefixes(trie: &LpmTrie<[u8; 4], u8>, addr: [u8; 4]) -> bool {
+    trie.get(aya_ebpf::maps::lpm_trie::Key::new(32, addr)).is_some()
+}
+
+/// True when VIP:vport (or the VIP with port 0: every port) is configured.
+#[inline(always)]
+pub fn is_client_vip(vip: &EndpointV4) -> bool {
+    CLIENT_VIPS.get_ptr(vip).is_some()
+        || CLIENT_VIPS.get_ptr(&EndpointV4 { port: [0, 0], ..*vip }).is_some()
+}

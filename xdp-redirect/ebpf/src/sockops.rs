@@ -1,0 +1,173 @@
+//! The sockops program: writes and reads the HEELS option (DESIGN section 3)
+//! and removes a client connection's entries when its socket closes.
+//!
+//! - Client: a socket connecting to a configured VIP asks for the header
+//!   option callbacks and writes the SYN form in its SYN.
+//! - Server: every listener asks for them; a SYN-ACK carries the SYN-ACK
+//!   form only if the SYN it answers carried a SYN form for one of this
+//!   host's services and was translated (its source is the client the
+//!   option names). This holds for syncookie SYN-ACKs too: the SYN is at
+//!   hand when they are written.
+//! - No room for the option: the segment goes without it. The program
+//!   always returns 1 (continue): HEELS never fails a connection.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
+    },
+    helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
+
+use crate::maps::{count, is_client_vip, EGRESS, INGRESS, SERVICES};
+
+const TCP_SYN: u32 = 0x02;
+/// `BPF_LOAD_HDR_OPT_TCP_SYN`: search the SYN this SYN-ACK answers (an
+/// anonymous enum in the bindings).
+const LOAD_FROM_SYN: u64 = 1;
+const TCP_ACK: u32 = 0x10;
+const OPTION_BYTES: usize = OPTION_LEN as usize;
+
+#[sock_ops]
+pub fn heels_sockops(ctx: SockOpsContext) -> u32 {
+    handle(&ctx);
+    1
+}
+
+/// The socket's own address and its peer's, as on the wire.
+#[inline(always)]
+fn endpoints(ctx: &SockOpsContext) -> (EndpointV4, EndpointV4) {
+    // local_port is in host order; remote_port holds the network-order port
+    // in its upper 16 bits on little-endian machines (see bpf_sock_ops).
+    let local = EndpointV4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
+    let remote = EndpointV4::new(ctx.remote_ip4().to_ne_bytes(), u32::from_be(ctx.remote_port()) as u16);
+    (local, remote)
+}
+
+#[inline(always)]
+fn handle(ctx: &SockOpsContext) {
+    if ctx.family() != 2 {
+        return;
+    }
+    let flags = ctx.cb_flags();
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            let (_, remote) = endpoints(ctx);
+            if is_client_vip(&remote) {
+                let want = (BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32;
+                let _ = ctx.set_cb_flags(flags as i32 | want);
+            }
+        }
+        BPF_SOCK_OPS_TCP_LISTEN_CB => {
+            let _ = ctx.set_cb_flags(flags as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG as i32);
+        }
+        // The handshake is over: no more options to write.
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let _ = ctx.set_cb_flags((flags & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+        }
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
+            if option_to_write(ctx).is_some() {
+                // SAFETY: ctx.ops is the program's own bpf_sock_ops.
+                let err = unsafe { bpf_reserve_hdr_opt(ctx.ops, OPTION_LEN.into(), 0) };
+                if err != 0 {
+                    count(TcCounter::NoOptionRoom);
+                }
+            }
+        }
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => {
+            if let Some(option) = option_to_write(ctx) {
+                // SAFETY: ctx.ops is the program's own bpf_sock_ops and the
+                // option is 16 bytes on the stack.
+                let err = unsafe {
+                    bpf_store_hdr_opt(ctx.ops, option.as_ptr() as *const _, OPTION_LEN.into(), 0)
+                };
+                if err == 0 {
+                    count(if skb_flags(ctx) & TCP_ACK != 0 {
+                        TcCounter::SynAckOptionWritten
+                    } else {
+                        TcCounter::SynOptionWritten
+                    });
+                }
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) == BPF_TCP_CLOSE {
+                forget(ctx);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn skb_flags(ctx: &SockOpsContext) -> u32 {
+    // SAFETY: ctx.ops is the program's own bpf_sock_ops.
+    unsafe { (*ctx.ops).skb_tcp_flags }
+}
+
+fn emit(first: &EndpointV4, second: &EndpointV4) -> [u8; OPTION_BYTES] {
+    let mut option = [0u8; OPTION_BYTES];
+    option[0] = OPTION_KIND;
+    option[1] = OPTION_LEN;
+    option[2] = OPTION_EXID[0];
+    option[3] = OPTION_EXID[1];
+    option[4..8].copy_from_slice(&first.addr);
+    option[8..10].copy_from_slice(&first.port);
+    option[10..14].copy_from_slice(&second.addr);
+    option[14..16].copy_from_slice(&second.port);
+    option
+}
+
+/// The option this segment must carry, if any.
+#[inline(always)]
+fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
+    let flags = skb_flags(ctx);
+    if flags & TCP_SYN == 0 {
+        return None;
+    }
+    let (local, remote) = endpoints(ctx);
+    if flags & TCP_ACK == 0 {
+        // Our SYN: VIP:vport where we connect, CIP:cport our own address.
+        return Some(emit(&remote, &local));
+    }
+    // Our SYN-ACK: only for a SYN that carried a valid SYN form.
+    let mut syn_option = [0u8; OPTION_BYTES];
+    syn_option[0] = OPTION_KIND;
+    syn_option[1] = 4;
+    syn_option[2] = OPTION_EXID[0];
+    syn_option[3] = OPTION_EXID[1];
+    // SAFETY: ctx.ops is the program's own bpf_sock_ops; the buffer is 16
+    // bytes and the kernel writes at most that many.
+    let len = unsafe {
+        bpf_load_hdr_opt(ctx.ops, syn_option.as_mut_ptr() as *mut _, OPTION_LEN.into(), LOAD_FROM_SYN)
+    };
+    if len != i64::from(OPTION_LEN) || syn_option[1] != OPTION_LEN {
+        return None;
+    }
+    let vip = EndpointV4 { addr: [syn_option[4], syn_option[5], syn_option[6], syn_option[7]], port: [syn_option[8], syn_option[9]], pad: [0; 2] };
+    let client = EndpointV4 { addr: [syn_option[10], syn_option[11], syn_option[12], syn_option[13]], port: [syn_option[14], syn_option[15]], pad: [0; 2] };
+    if remote != client || SERVICES.get_ptr(&vip).is_none() {
+        return None;
+    }
+    Some(emit(&local, &vip))
+}
+
+/// Removes a closing client socket's entries.
+#[inline(always)]
+fn forget(ctx: &SockOpsContext) {
+    let (local, remote) = endpoints(ctx);
+    let egress = FlowV4 { src_addr: local.addr, dst_addr: remote.addr, src_port: local.port, dst_port: remote.port };
+    // SAFETY: the value is copied out at once.
+    let Some(backend) = (unsafe { EGRESS.get(&egress) }).copied() else {
+        return;
+    };
+    let ingress = FlowV4 { src_addr: backend.addr, dst_addr: local.addr, src_port: backend.port, dst_port: local.port };
+    let _ = INGRESS.remove(&ingress);
+    let _ = EGRESS.remove(&egress);
+    count(TcCounter::EntriesRemoved);
+}

@@ -1,0 +1,301 @@
+//! The `tc` dataplane's packet programs (DESIGN section 4), at TC ingress
+//! and egress of each host interface:
+//! - ingress: IPIP decapsulation of packets to a local address; the
+//!   server's SYN translation (CIP:cport -> DIP:dport); the client's
+//!   SYN-ACK learning and source rewrite (DIP:dport -> VIP:vport);
+//! - egress: the client's destination rewrite (VIP:vport -> DIP:dport).
+//!
+//! Headers are read with direct packet access after `bpf_skb_pull_data`;
+//! writes go through `bpf_skb_store_bytes` and the checksum helpers, which
+//! also handle a checksum the stack left for offload (`BPF_F_PSEUDO_HDR`).
+//! Every entry point passes the packet on whatever happens (fail open).
+
+use aya_ebpf::{
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_PSEUDO_HDR},
+    macros::classifier,
+    programs::TcContext,
+};
+use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_LEN};
+
+use crate::maps::{
+    count, in_prefixes, is_client_vip, BACKENDS, EGRESS, INGRESS, LB_SOURCES, LOCAL_ADDRS,
+    SERVICES, TC_CONFIG,
+};
+use crate::options::{self, Search};
+use crate::packet::{read, Packet};
+
+const TC_ACT_OK: i32 = 0;
+const ETH_HLEN: usize = 14;
+const IP: usize = ETH_HLEN;
+/// Ethernet, an IPv4 header with options, a TCP header with options.
+const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 60) as u32;
+/// The same plus an outer IPv4 header with options.
+const MAX_ENCAPSULATED_HEADERS: u32 = MAX_HEADERS + 60;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+const IP_CHECK: usize = IP + 10;
+const IP_SRC: usize = IP + 12;
+const IP_DST: usize = IP + 16;
+
+#[classifier]
+pub fn heels_tc_ingress(ctx: TcContext) -> i32 {
+    if try_ingress(&ctx).is_err() {
+        count(TcCounter::Errors);
+    }
+    TC_ACT_OK
+}
+
+#[classifier]
+pub fn heels_tc_egress(ctx: TcContext) -> i32 {
+    if try_egress(&ctx).is_err() {
+        count(TcCounter::Errors);
+    }
+    TC_ACT_OK
+}
+
+/// The parts of a TCP/IPv4 packet the programs use.
+struct Segment {
+    /// Offset of the TCP header.
+    tcp: usize,
+    /// TCP header length.
+    tcp_len: usize,
+    flags: u8,
+    src: EndpointV4,
+    dst: EndpointV4,
+}
+
+impl Segment {
+    fn flow(&self) -> FlowV4 {
+        FlowV4 { src_addr: self.src.addr, dst_addr: self.dst.addr, src_port: self.src.port, dst_port: self.dst.port }
+    }
+}
+
+/// Makes the first `max` bytes (or the whole packet) linear for direct access.
+#[inline(always)]
+fn pull(ctx: &TcContext, max: u32) -> Result<(), ()> {
+    let len = if ctx.len() < max { ctx.len() } else { max };
+    ctx.pull_data(len).map_err(|_| ())
+}
+
+/// `Ok(None)` for anything but an unfragmented TCP/IPv4 packet.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
+    let ethertype: [u8; 2] = read(ctx, 12)?;
+    if ethertype != [0x08, 0x00] {
+        return Ok(None);
+    }
+    let ver_ihl: u8 = read(ctx, IP)?;
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    let frag: [u8; 2] = read(ctx, IP + 6)?;
+    let protocol: u8 = read(ctx, IP + 9)?;
+    if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 || protocol != 6 {
+        return Ok(None);
+    }
+    let addrs: [u8; 8] = read(ctx, IP_SRC)?;
+    let tcp = IP + ihl;
+    let ports: [u8; 4] = read(ctx, tcp)?;
+    let offset_flags: [u8; 2] = read(ctx, tcp + 12)?;
+    Ok(Some(Segment {
+        tcp,
+        tcp_len: usize::from(offset_flags[0] >> 4) * 4,
+        flags: offset_flags[1],
+        src: EndpointV4 { addr: [addrs[0], addrs[1], addrs[2], addrs[3]], port: [ports[0], ports[1]], pad: [0; 2] },
+        dst: EndpointV4 { addr: [addrs[4], addrs[5], addrs[6], addrs[7]], port: [ports[2], ports[3]], pad: [0; 2] },
+    }))
+}
+
+/// The 16 bytes of the HEELS option of `segment`, if it has one.
+#[inline(always)]
+fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION_LEN as usize]>, ()> {
+    let options_len = segment.tcp_len.saturating_sub(20);
+    if options_len == 0 {
+        return Ok(None);
+    }
+    let options = segment.tcp + 20;
+    match options::find(ctx.start() + options, ctx.end(), options_len as u64) {
+        Search::Found(at) => Ok(Some(read(ctx, options + (at as usize & 0x3f))?)),
+        Search::Absent | Search::Malformed => Ok(None),
+    }
+}
+
+fn endpoint(bytes: &[u8]) -> EndpointV4 {
+    EndpointV4 { addr: [bytes[0], bytes[1], bytes[2], bytes[3]], port: [bytes[4], bytes[5]], pad: [0; 2] }
+}
+
+/// Which endpoint of a segment to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Src,
+    Dst,
+}
+
+/// Rewrites one endpoint of `segment` to `to`, with both checksums.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, segment: &Segment, side: Side, to: &EndpointV4) -> Result<(), ()> {
+    let (old, addr_at, port_at) = match side {
+        Side::Src => (&segment.src, IP_SRC, segment.tcp),
+        Side::Dst => (&segment.dst, IP_DST, segment.tcp + 2),
+    };
+    let tcp_check = segment.tcp + 16;
+    if old.addr != to.addr {
+        let (from, into) = (u64::from(u32::from_ne_bytes(old.addr)), u64::from(u32::from_ne_bytes(to.addr)));
+        ctx.store(addr_at, &to.addr, 0).map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CHECK, from, into, 4).map_err(|_| ())?;
+        ctx.l4_csum_replace(tcp_check, from, into, u64::from(BPF_F_PSEUDO_HDR) | 4).map_err(|_| ())?;
+    }
+    if old.port != to.port {
+        let (from, into) = (u64::from(u16::from_ne_bytes(old.port)), u64::from(u16::from_ne_bytes(to.port)));
+        ctx.store(port_at, &to.port, 0).map_err(|_| ())?;
+        ctx.l4_csum_replace(tcp_check, from, into, 2).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// The outer addresses of a decapsulated IPIP packet.
+struct Tunnel {
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[inline(always)]
+fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
+    pull(ctx, MAX_ENCAPSULATED_HEADERS)?;
+    let ethertype: [u8; 2] = read(ctx, 12)?;
+    if ethertype != [0x08, 0x00] {
+        return Ok(());
+    }
+    let protocol: u8 = read(ctx, IP + 9)?;
+    let mut tunnel = None;
+    if protocol == 4 {
+        tunnel = decapsulate(ctx)?;
+        if tunnel.is_none() {
+            return Ok(());
+        }
+        pull(ctx, MAX_HEADERS)?;
+    }
+    let Some(segment) = parse(ctx)? else {
+        return Ok(());
+    };
+    let syn_flags = segment.flags & (TCP_SYN | TCP_ACK | TCP_RST);
+    if syn_flags == TCP_SYN {
+        return server_syn(ctx, &segment, tunnel.as_ref());
+    }
+    if syn_flags == TCP_SYN | TCP_ACK {
+        if let Some(option) = heels_option(ctx, &segment)? {
+            return client_learn(ctx, &segment, &option);
+        }
+    }
+    // A packet of a bypassed connection arrives from DIP:dport.
+    // SAFETY: the value is copied out at once; LRU entries are replaced
+    // whole, never written in place.
+    if let Some(vip) = unsafe { INGRESS.get(&segment.flow()) }.copied() {
+        rewrite(ctx, &segment, Side::Src, &vip)?;
+        count(TcCounter::IngressRewritten);
+    }
+    Ok(())
+}
+
+/// Strips the outer header of an IPIP packet to a local address (the host
+/// has no other decapsulator: no ipip module). `None`: not for this host.
+#[inline(always)]
+fn decapsulate(ctx: &TcContext) -> Result<Option<Tunnel>, ()> {
+    let ver_ihl: u8 = read(ctx, IP)?;
+    let outer_len = i32::from(ver_ihl & 0x0f) * 4;
+    let addrs: [u8; 8] = read(ctx, IP_SRC)?;
+    let tunnel = Tunnel { src: [addrs[0], addrs[1], addrs[2], addrs[3]], dst: [addrs[4], addrs[5], addrs[6], addrs[7]] };
+    if ver_ihl >> 4 != 4 || outer_len < 20 || LOCAL_ADDRS.get_ptr(&tunnel.dst).is_none() {
+        return Ok(None);
+    }
+    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    count(TcCounter::IpipDecapsulated);
+    Ok(Some(tunnel))
+}
+
+/// Server ingress: a SYN with the SYN form becomes CIP:cport -> DIP:dport.
+#[inline(always)]
+fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: Option<&Tunnel>) -> Result<(), ()> {
+    let Some(option) = heels_option(ctx, segment)? else {
+        return Ok(());
+    };
+    let vip = endpoint(&option[4..10]);
+    let client = endpoint(&option[10..16]);
+    // DIP: where the packet was sent (the outer destination for IPIP).
+    let dip = match tunnel {
+        Some(tunnel) => tunnel.dst,
+        None => segment.dst.addr,
+    };
+    // SAFETY: the value is copied out at once.
+    let local_port = unsafe { SERVICES.get(&vip) }.copied();
+    let from_client = segment.src == client;
+    let from_lb = in_prefixes(&LB_SOURCES, segment.src.addr)
+        || tunnel.is_some_and(|tunnel| in_prefixes(&LB_SOURCES, tunnel.src));
+    let (Some(local_port), true, true) = (local_port, LOCAL_ADDRS.get_ptr(&dip).is_some(), from_client || from_lb) else {
+        count(TcCounter::SynRefused);
+        return Ok(());
+    };
+    rewrite(ctx, segment, Side::Src, &client)?;
+    rewrite(ctx, segment, Side::Dst, &EndpointV4 { addr: dip, port: local_port, pad: [0; 2] })?;
+    if let Some(config) = TC_CONFIG.get(0) {
+        if config.syn_mark != 0 {
+            ctx.set_mark(config.syn_mark);
+        }
+    }
+    count(TcCounter::SynTranslated);
+    Ok(())
+}
+
+/// Client ingress: a SYN-ACK with the SYN-ACK form makes the connection's
+/// entries; a direct one is delivered as from VIP:vport.
+#[inline(always)]
+fn client_learn(ctx: &TcContext, segment: &Segment, option: &[u8; OPTION_LEN as usize]) -> Result<(), ()> {
+    let backend = endpoint(&option[4..10]);
+    let vip = endpoint(&option[10..16]);
+    let direct = segment.src == backend;
+    if !is_client_vip(&vip) || !in_prefixes(&BACKENDS, backend.addr) || !(direct || segment.src == vip) {
+        count(TcCounter::SynAckRefused);
+        return Ok(());
+    }
+    let client = segment.dst;
+    let egress = FlowV4 { src_addr: client.addr, dst_addr: vip.addr, src_port: client.port, dst_port: vip.port };
+    let ingress = FlowV4 { src_addr: backend.addr, dst_addr: client.addr, src_port: backend.port, dst_port: client.port };
+    EGRESS.insert(&egress, &backend, 0).map_err(|_| ())?;
+    INGRESS.insert(&ingress, &vip, 0).map_err(|_| ())?;
+    count(TcCounter::SynAckLearned);
+    if direct {
+        rewrite(ctx, segment, Side::Src, &vip)?;
+        count(TcCounter::IngressRewritten);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<(), ()> {
+    pull(ctx, MAX_HEADERS)?;
+    let Some(segment) = parse(ctx)? else {
+        return Ok(());
+    };
+    let flow = segment.flow();
+    // SAFETY: the value is copied out at once.
+    let Some(backend) = (unsafe { EGRESS.get(&flow) }).copied() else {
+        return Ok(());
+    };
+    if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection on a reused 4-tuple: it goes through the LB, and
+        // the old connection's entries go.
+        let reverse = FlowV4 {
+            src_addr: backend.addr,
+            dst_addr: flow.src_addr,
+            src_port: backend.port,
+            dst_port: flow.src_port,
+        };
+        let _ = INGRESS.remove(&reverse);
+        let _ = EGRESS.remove(&flow);
+        return Ok(());
+    }
+    rewrite(ctx, &segment, Side::Dst, &backend)?;
+    count(TcCounter::EgressRewritten);
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! The `tc` dataplane in the kernel: the TC programs on each interface, the
+//! sockops program on the host's cgroup, and their maps, all pinned under
+//! `/sys/fs/bpf/heels/<instance>/` so that the kernel keeps translating
+//! while no agent runs, and a restarted agent takes them over.
+//!
+//! Starting over a running (or orphaned) instance replaces each program in
+//! place: a TC link is updated atomically (`BPF_LINK_UPDATE`), the sockops
+//! link is attached anew before the old one is removed. No packet of a
+//! bypassed connection meets a moment without a program.
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
+use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
+use heels_common::{
+    EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS, MAP_INGRESS,
+    MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS, SOCKOPS_PROGRAM,
+    TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+};
+
+/// Root of every instance's pins.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/heels";
+
+/// Why the datapath could not be set up, read or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object did not load (the verifier log is inside).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// A program failed to load, attach or be replaced.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Which program.
+        name: &'static str,
+        /// What failed.
+        source: ProgramError,
+    },
+    /// A map is missing or an operation on it failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Which map.
+        name: &'static str,
+        /// What failed.
+        source: MapError,
+    },
+    /// A pinned link could not be opened, pinned or removed.
+    #[error("link {path}: {reason}")]
+    Link {
+        /// The pin.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A file system operation failed (bpffs, cgroup).
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// No instance of that name is set up.
+    #[error("no heels instance {0:?} (nothing pinned under {PIN_ROOT}/{0})")]
+    NoInstance(String),
+}
+
+/// What one instance does: the kernel-side form of the agent's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Instance name: the pin directory under [`PIN_ROOT`].
+    pub instance: String,
+    /// Interfaces to attach the TC programs to.
+    pub interfaces: Vec<String>,
+    /// cgroup v2 directory whose sockets the sockops program sees.
+    pub cgroup: PathBuf,
+    /// Addresses of this host.
+    pub local_addrs: Vec<Ipv4Addr>,
+    /// Services: VIP:vport and the local port.
+    pub services: Vec<(SocketAddrV4, u16)>,
+    /// LB source prefixes (address, length).
+    pub lb_sources: Vec<(Ipv4Addr, u8)>,
+    /// VIPs this host connects to (port 0: every port).
+    pub vips: Vec<SocketAddrV4>,
+    /// Backend prefixes (address, length).
+    pub backends: Vec<(Ipv4Addr, u8)>,
+    /// skb mark for translated SYNs (0: none).
+    pub syn_mark: u32,
+}
+
+/// A bypassed connection as the client's maps hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// CIP:cport.
+    pub client: SocketAddrV4,
+    /// VIP:vport.
+    pub vip: SocketAddrV4,
+    /// DIP:dport.
+    pub backend: SocketAddrV4,
+}
+
+/// The pin directory of an instance.
+pub fn instance_dir(instance: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(instance)
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io { what, path: path.to_owned(), source }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { name, source }
+}
+
+fn link_error(path: &Path) -> impl FnOnce(String) -> DatapathError + '_ {
+    move |reason| DatapathError::Link { path: path.to_owned(), reason }
+}
+
+fn endpoint(addr: &SocketAddrV4) -> EndpointV4 {
+    EndpointV4::new(addr.ip().octets(), addr.port())
+}
+
+fn socket(endpoint: &EndpointV4) -> SocketAddrV4 {
+    SocketAddrV4::new(endpoint.addr.into(), u16::from_be_bytes(endpoint.port))
+}
+
+/// An instance's programs, attached; its maps, filled.
+#[derive(Debug)]
+pub struct Datapath {
+    ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the programs, fills the maps (pinned: kept from a previous run,
+    /// their connection state included) and attaches or takes over every
+    /// program.
+    pub fn start(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let dir = instance_dir(&config.instance);
+        let maps_dir = dir.join("maps");
+        let links_dir = dir.join("links");
+        for path in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(path).map_err(io_error("creating", path))?;
+        }
+        let ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+        let mut datapath = Datapath { ebpf, dir };
+        datapath.configure(config)?;
+        datapath.attach(config, &links_dir)?;
+        Ok(datapath)
+    }
+
+    /// Opens the maps of a running (or orphaned) instance, to read them.
+    pub fn open(instance: &str) -> Result<Self, DatapathError> {
+        let dir = instance_dir(instance);
+        let maps_dir = dir.join("maps");
+        if !maps_dir.is_dir() {
+            return Err(DatapathError::NoInstance(instance.to_owned()));
+        }
+        // Loading with the pin directory reuses the pinned maps; no program
+        // is loaded into the kernel.
+        let ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+        Ok(Datapath { ebpf, dir })
+    }
+
+    /// Detaches every program of an instance and removes its pins.
+    pub fn remove(instance: &str) -> Result<(), DatapathError> {
+        let dir = instance_dir(instance);
+        if !dir.is_dir() {
+            return Err(DatapathError::NoInstance(instance.to_owned()));
+        }
+        let links_dir = dir.join("links");
+        if let Ok(entries) = std::fs::read_dir(&links_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                // Unpinning drops the last reference: the kernel detaches.
+                let link = PinnedLink::from_pin(&path).map_err(|e| link_error(&path)(e.to_string()))?;
+                link.unpin().map_err(|e| link_error(&path)(e.to_string()))?;
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(io_error("removing", &dir))
+    }
+
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn hash_map<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map {
+            name,
+            source: MapError::InvalidName { name: name.into() },
+        })?;
+        HashMap::try_from(map).map_err(map_error(name))
+    }
+
+    fn trie(&mut self, name: &'static str) -> Result<LpmTrie<&mut MapData, [u8; 4], u8>, DatapathError> {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map {
+            name,
+            source: MapError::InvalidName { name: name.into() },
+        })?;
+        LpmTrie::try_from(map).map_err(map_error(name))
+    }
+
+    /// Makes each configuration map hold exactly `config`: new entries
+    /// first, stale ones removed after, so a restart never shows an empty
+    /// configuration to packets in flight.
+    fn configure(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        let local: Vec<([u8; 4], u8)> = config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
+        replace(&mut self.hash_map(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
+        let services: Vec<(EndpointV4, [u8; 2])> =
+            config.services.iter().map(|(vip, port)| (endpoint(vip), port.to_be_bytes())).collect();
+        replace(&mut self.hash_map(MAP_SERVICES)?, MAP_SERVICES, &services)?;
+        let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (endpoint(vip), 1)).collect();
+        replace(&mut self.hash_map(MAP_CLIENT_VIPS)?, MAP_CLIENT_VIPS, &vips)?;
+        replace_prefixes(&mut self.trie(MAP_LB_SOURCES)?, MAP_LB_SOURCES, &config.lb_sources)?;
+        replace_prefixes(&mut self.trie(MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
+        let map = self.ebpf.map_mut(MAP_TC_CONFIG).ok_or(DatapathError::Map {
+            name: MAP_TC_CONFIG,
+            source: MapError::InvalidName { name: MAP_TC_CONFIG.into() },
+        })?;
+        let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
+        settings
+            .set(0, TcConfig { syn_mark: config.syn_mark, flags: 0 }, 0)
+            .map_err(map_error(MAP_TC_CONFIG))
+    }
+
+    fn attach(&mut self, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
+        for (name, attach_type, prefix) in [
+            (TC_INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
+            (TC_EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
+        ] {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+                .try_into()
+                .map_err(program_error(name))?;
+            program.load().map_err(program_error(name))?;
+            for interface in &config.interfaces {
+                let pin = links_dir.join(format!("{prefix}-{interface}"));
+                let id = match PinnedLink::from_pin(&pin) {
+                    Ok(old) => {
+                        let old = old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
+                        let link = SchedClassifierLink::try_from(old).map_err(|e| link_error(&pin)(e.to_string()))?;
+                        program.attach_to_link(link).map_err(program_error(name))?
+                    }
+                    Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => program
+                        .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                        .map_err(program_error(name))?,
+                    Err(e) => return Err(link_error(&pin)(e.to_string())),
+                };
+                let link = program.take_link(id).map_err(program_error(name))?;
+                let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
+                link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
+            }
+        }
+        let program: &mut SockOps = self
+            .ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .ok_or(DatapathError::Program { name: SOCKOPS_PROGRAM, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(program_error(SOCKOPS_PROGRAM))?;
+        program.load().map_err(program_error(SOCKOPS_PROGRAM))?;
+        let cgroup = File::open(&config.cgroup).map_err(io_error("opening the cgroup", &config.cgroup))?;
+        // A cgroup bpf_link is always "multi": the kernel wants no flags.
+        let id = program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(program_error(SOCKOPS_PROGRAM))?;
+        let pin = links_dir.join("sockops");
+        // The new program runs beside the old one for a moment, then the
+        // old one goes (a sockops link cannot be updated through aya).
+        if let Ok(old) = PinnedLink::from_pin(&pin) {
+            old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
+        }
+        let link = program.take_link(id).map_err(program_error(SOCKOPS_PROGRAM))?;
+        let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
+        link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(TcCounter, u64)>, DatapathError> {
+        let map = self.ebpf.map(MAP_TC_STATS).ok_or(DatapathError::Map {
+            name: MAP_TC_STATS,
+            source: MapError::InvalidName { name: MAP_TC_STATS.into() },
+        })?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error(MAP_TC_STATS))?;
+        TcCounter::ALL
+            .iter()
+            .map(|&counter| {
+                let values = stats.get(&(counter as u32), 0).map_err(map_error(MAP_TC_STATS))?;
+                Ok((counter, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// The bypassed connections the client side knows.
+    pub fn connections(&self) -> Result<Vec<Connection>, DatapathError> {
+        let map = self.ebpf.map(MAP_EGRESS).ok_or(DatapathError::Map {
+            name: MAP_EGRESS,
+            source: MapError::InvalidName { name: MAP_EGRESS.into() },
+        })?;
+        let egress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
+        let mut out = Vec::new();
+        for entry in egress.iter() {
+            let (flow, backend) = entry.map_err(map_error(MAP_EGRESS))?;
+            out.push(Connection {
+                client: SocketAddrV4::new(flow.src_addr.into(), u16::from_be_bytes(flow.src_port)),
+                vip: SocketAddrV4::new(flow.dst_addr.into(), u16::from_be_bytes(flow.dst_port)),
+                backend: socket(&backend),
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many entries the ingress map holds (one per bypassed connection).
+    pub fn ingress_entries(&self) -> Result<usize, DatapathError> {
+        let map = self.ebpf.map(MAP_INGRESS).ok_or(DatapathError::Map {
+            name: MAP_INGRESS,
+            source: MapError::InvalidName { name: MAP_INGRESS.into() },
+        })?;
+        let ingress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_INGRESS))?;
+        Ok(ingress.keys().filter(Result::is_ok).count())
+    }
+
+    /// The links pinned for this instance (what is attached).
+    pub fn links(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("links"))
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// Inserts every entry, then removes the keys not among them.
+fn replace<K: Pod + Eq + std::hash::Hash, V: Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    name: &'static str,
+    entries: &[(K, V)],
+) -> Result<(), DatapathError> {
+    for (key, value) in entries {
+        map.insert(key, value, 0).map_err(map_error(name))?;
+    }
+    let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+    for key in stale {
+        map.remove(&key).map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+fn replace_prefixes(
+    trie: &mut LpmTrie<&mut MapData, [u8; 4], u8>,
+    name: &'static str,
+    prefixes: &[(Ipv4Addr, u8)],
+) -> Result<(), DatapathError> {
+    let wanted: StdHashMap<([u8; 4], u32), ()> = prefixes
+        .iter()
+        .map(|(addr, len)| {
+            let masked = u32::from(*addr) & u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+            ((masked.to_be_bytes(), u32::from(*len)), ())
+        })
+        .collect();
+    for (addr, len) in wanted.keys() {
+        trie.insert(&Key::new(*len, *addr), 1, 0).map_err(map_error(name))?;
+    }
+    let stale: Vec<Key<[u8; 4]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted.contains_key(&(key.data(), key.prefix_len())))
+        .collect();
+    for key in stale {
+        trie.remove(&key).map_err(map_error(name))?;
+    }
+    Ok(())
+}
