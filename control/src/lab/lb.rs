@@ -8,11 +8,11 @@
 
 use anyhow::{bail, Context};
 use aya::maps::{Array, PerCpuArray};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use heels_common::{LabLbBackend, LabLbConfig, LabLbCounter, LAB_LB_PROGRAM, LAB_PASS_PROGRAM};
+use heels_common::{LabLbBackend, LabLbConfig, LabLbCounter, LAB_DECAP_PROGRAM, LAB_LB_PROGRAM, LAB_PASS_PROGRAM};
 
-use super::netns::{run, NetNs};
+use super::netns::NetNs;
 use super::{server_addr, server_mac, Host, LbKind, SERVER_PORT, VIP, VPORT};
 
 /// What the LB forwarded.
@@ -169,9 +169,17 @@ impl LoadBalancer {
     }
 }
 
-/// Checks that nftables can express the LB (used by the setup check).
-pub fn nft_available() -> bool {
-    run("nft", &["--version"]).is_ok()
+/// Attaches the stand-in for the kernel's ipip module (which this
+/// machine lacks) at TC ingress of servers that run no heels, as a Katran
+/// backend would have it. Kept attached while the returned object lives.
+pub fn attach_decap(servers: &[&Host]) -> anyhow::Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
+    let program: &mut SchedClassifier = ebpf.program_mut(LAB_DECAP_PROGRAM).context("decap program")?.try_into()?;
+    program.load()?;
+    for host in servers {
+        host.netns.enter(|| Ok(program.attach("eth0", TcAttachType::Ingress)?))?;
+    }
+    Ok(ebpf)
 }
 
 #[cfg(test)]

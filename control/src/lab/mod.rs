@@ -38,7 +38,7 @@ use self::workload::{LoadReport, LoadSpec};
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 1);
 /// The service's port on the VIP.
 pub const VPORT: u16 = 80;
-/// Where the servers listen.
+/// Where the servers listen behind the NAT LBs (which translate the port).
 pub const SERVER_PORT: u16 = 8080;
 /// The client's address.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
@@ -50,6 +50,15 @@ pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 pub const BACKENDS: &str = "10.10.0.0/24";
 /// MTU of the server side, room for an IPIP header over the client's 1500.
 const SERVER_SIDE_MTU: &str = "1600";
+
+/// Where the servers listen behind an LB of `kind`.
+pub fn server_port(kind: LbKind) -> u16 {
+    if kind == LbKind::Ipip {
+        VPORT
+    } else {
+        SERVER_PORT
+    }
+}
 
 /// Address of server `i` (from 0).
 pub fn server_addr(i: usize) -> Ipv4Addr {
@@ -135,6 +144,8 @@ pub struct Lab {
     children: Vec<Child>,
     agents: Vec<Agent>,
     lb: Option<LoadBalancer>,
+    /// The ipip-module stand-in on servers without heels (IPIP LB).
+    decap: Option<aya::Ebpf>,
     /// Hosts: 0 client, 1 lb, 2.. servers. Dropped after the processes.
     hosts: Vec<Host>,
     router: Option<NetNs>,
@@ -202,12 +213,17 @@ impl Lab {
             children: Vec::new(),
             agents: Vec::new(),
             lb: None,
+            decap: None,
             hosts: Vec::new(),
             router: None,
             cgroup_root: Some(cgroup_root),
         };
         lab.wire().context("building the namespaces")?;
         lab.lb = Some(LoadBalancer::start(lab.spec.lb, &lab.hosts[1], lab.router.as_ref().expect("router"), lab.spec.servers)?);
+        if lab.spec.lb == LbKind::Ipip && lab.spec.server == Dataplane::None {
+            let servers: Vec<&Host> = lab.hosts[2..].iter().collect();
+            lab.decap = Some(lb::attach_decap(&servers)?);
+        }
         // Agents first: a listener opened before the sockops program is
         // attached never asks for the option callbacks (see docs/design.md).
         lab.start_agents()?;
@@ -282,11 +298,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Where the servers listen: behind the IPIP LB (direct server return,
+    /// no translation) on the service's own port, else on [`SERVER_PORT`].
+    pub fn server_port(&self) -> u16 {
+        server_port(self.spec.lb)
+    }
+
     fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
         let host = &self.hosts[2 + i];
         let mut command = Command::new(&self.heels);
         command
-            .args(["lab", "serve", "--port", &SERVER_PORT.to_string(), "--id", &(i + 1).to_string()])
+            .args(["lab", "serve", "--port", &self.server_port().to_string(), "--id", &(i + 1).to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
@@ -308,7 +330,8 @@ impl Lab {
             text.push_str(&format!("\n[client]\nvips = [\"{VIP}:{VPORT}\"]\nbackends = [\"{BACKENDS}\"]\n"));
         } else {
             text.push_str(&format!(
-                "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {SERVER_PORT} }}]\nlb_sources = [\"{LB}/32\", \"172.16.0.0/16\"]\n"
+                "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {} }}]\nlb_sources = [\"{LB}/32\", \"172.16.0.0/16\"]\n",
+                self.server_port()
             ));
             if self.spec.lb == LbKind::Dnat {
                 text.push_str(&format!("direct_route = {{ gateway = \"{ROUTER}\" }}\n"));
@@ -484,6 +507,7 @@ impl Drop for Lab {
             let _ = std::fs::remove_file(crate::agent::state_file(&agent.instance));
         }
         self.lb = None;
+        self.decap = None;
         self.hosts.clear();
         self.router = None;
         self.cgroup_root = None;

@@ -270,6 +270,8 @@ pub const LAB_LB_PROGRAM: &str = "lab_ipip_lb";
 /// An XDP program that passes everything (for a veth peer, so that frames
 /// sent with XDP_TX are not dropped).
 pub const LAB_PASS_PROGRAM: &str = "lab_xdp_pass";
+/// The stand-in for the kernel's ipip module on lab servers without heels.
+pub const LAB_DECAP_PROGRAM: &str = "lab_ipip_decap";
 /// Most backends of the fixture.
 pub const LAB_LB_MAX_BACKENDS: u32 = 16;
 

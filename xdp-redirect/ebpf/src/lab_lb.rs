@@ -12,11 +12,11 @@
 mod packet;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
     helpers::generated::bpf_xdp_adjust_head,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use heels_common::{LabLbBackend, LabLbConfig, LabLbCounter, LAB_LB_MAX_BACKENDS};
 
@@ -42,6 +42,26 @@ pub fn lab_ipip_lb(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lab_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// What the kernel's ipip module would do on a backend without heels (the
+/// lab's kernel has none): strip the outer header of every IPIP packet.
+#[classifier]
+pub fn lab_ipip_decap(ctx: TcContext) -> i32 {
+    let _ = try_decap(&ctx);
+    0
+}
+
+fn try_decap(ctx: &TcContext) -> Result<(), ()> {
+    ctx.pull_data(34.min(ctx.len())).map_err(|_| ())?;
+    let ethertype: [u8; 2] = read(ctx, 12)?;
+    let ver_ihl: u8 = read(ctx, ETH_HLEN)?;
+    let protocol: u8 = read(ctx, ETH_HLEN + 9)?;
+    if ethertype == [0x08, 0x00] && ver_ihl >> 4 == 4 && protocol == 4 {
+        let outer_len = i32::from(ver_ihl & 0x0f) * 4;
+        ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 fn add(counter: LabLbCounter, value: u64) {
