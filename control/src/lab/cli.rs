@@ -102,6 +102,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                     servers,
                     client: client_dataplane.unwrap_or(dataplane),
                     server: server_dataplane.unwrap_or(dataplane),
+                    overrides: Default::default(),
                 },
                 connections,
                 ..DemoSpec::default()
@@ -120,7 +121,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Up { lb, dataplane, servers } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-            let lab = super::Lab::build(LabSpec { lb, servers, client: dataplane, server: dataplane }, &heels)?;
+            let lab = super::Lab::build(LabSpec { lb, servers, client: dataplane, server: dataplane, overrides: Default::default() }, &heels)?;
             println!("lab up: namespaces {}-*, instances {:?}; SIGINT or SIGTERM tears it down", lab.prefix, lab.instances());
             signals.forever().next();
             drop(lab);

@@ -103,11 +103,24 @@ pub struct LabSpec {
     pub client: Dataplane,
     /// heels on the servers.
     pub server: Dataplane,
+    /// Changes to the agents' configuration (validation tests).
+    pub overrides: Overrides,
+}
+
+/// Changes to the configuration the lab gives its agents.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// More VIP:vport the client treats as services.
+    pub extra_client_vips: Vec<SocketAddrV4>,
+    /// The client's backend prefixes instead of [`BACKENDS`].
+    pub client_backends: Option<String>,
+    /// The servers' LB source prefixes instead of the LB's address and 172.16.0.0/16.
+    pub server_lb_sources: Option<Vec<String>>,
 }
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec { lb: LbKind::Fullnat, servers: 2, client: Dataplane::Tc, server: Dataplane::Tc }
+        LabSpec { lb: LbKind::Fullnat, servers: 2, client: Dataplane::Tc, server: Dataplane::Tc, overrides: Overrides::default() }
     }
 }
 
@@ -326,12 +339,19 @@ impl Lab {
             host.cgroup.path().display(),
             host.addr
         );
+        let overrides = &self.spec.overrides;
+        let quoted = |items: &[String]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
         if index == 0 {
-            text.push_str(&format!("\n[client]\nvips = [\"{VIP}:{VPORT}\"]\nbackends = [\"{BACKENDS}\"]\n"));
+            let mut vips = vec![format!("{VIP}:{VPORT}")];
+            vips.extend(overrides.extra_client_vips.iter().map(|v| v.to_string()));
+            let backends = overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned());
+            text.push_str(&format!("\n[client]\nvips = [{}]\nbackends = [\"{backends}\"]\n", quoted(&vips)));
         } else {
+            let sources = overrides.server_lb_sources.clone().unwrap_or_else(|| vec![format!("{LB}/32"), "172.16.0.0/16".to_owned()]);
             text.push_str(&format!(
-                "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {} }}]\nlb_sources = [\"{LB}/32\", \"172.16.0.0/16\"]\n",
-                self.server_port()
+                "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {} }}]\nlb_sources = [{}]\n",
+                self.server_port(),
+                quoted(&sources)
             ));
             if self.spec.lb == LbKind::Dnat {
                 text.push_str(&format!("direct_route = {{ gateway = \"{ROUTER}\" }}\n"));
