@@ -13,7 +13,17 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# The eBPF crate only builds for the BPF target, with nightly.
+cargo +nightly clippy --quiet -p heels-ebpf --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
 echo "== cargo test"
-# One test thread per core is plenty, and the namespace tests share names.
-cargo test --quiet -- --test-threads=2
+# Two test threads: one per core of the machines this runs on.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --quiet -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+# One closing line for the whole run (cargo prints one per test binary,
+# the last of which is an empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

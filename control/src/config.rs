@@ -43,7 +43,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// A service of this host.
@@ -144,7 +147,10 @@ impl AgentConfig {
     fn check(&self) -> Result<(), ConfigError> {
         let name_ok = !self.instance.is_empty()
             && self.instance.len() <= 64
-            && self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
             return Err(invalid("instance", "1 to 64 letters, digits, '-' or '_'"));
         }
@@ -153,14 +159,23 @@ impl AgentConfig {
         }
         for (i, name) in self.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
-                return Err(invalid(format!("interfaces[{i}]"), format!("{name:?} is not an interface name")));
+                return Err(invalid(
+                    format!("interfaces[{i}]"),
+                    format!("{name:?} is not an interface name"),
+                ));
             }
         }
         if !self.cgroup.is_absolute() {
-            return Err(invalid("cgroup", "an absolute path to a cgroup v2 directory"));
+            return Err(invalid(
+                "cgroup",
+                "an absolute path to a cgroup v2 directory",
+            ));
         }
         if self.addresses.is_empty() {
-            return Err(invalid("addresses", "name at least one address of this host"));
+            return Err(invalid(
+                "addresses",
+                "name at least one address of this host",
+            ));
         }
         if self.server.is_none() && self.client.is_none() {
             return Err(invalid("server", "configure [server], [client] or both"));
@@ -175,7 +190,10 @@ impl AgentConfig {
                     return Err(invalid("server.direct_route.mark", "must not be 0"));
                 }
                 if route.table == 0 || route.table >= 253 && route.table <= 255 {
-                    return Err(invalid("server.direct_route.table", "not 0 and not a reserved table (253-255)"));
+                    return Err(invalid(
+                        "server.direct_route.table",
+                        "not 0 and not a reserved table (253-255)",
+                    ));
                 }
             }
         }
@@ -185,7 +203,10 @@ impl AgentConfig {
             }
             let backends = prefixes("client.backends", &client.backends)?;
             if backends.is_empty() {
-                return Err(invalid("client.backends", "name at least one backend prefix"));
+                return Err(invalid(
+                    "client.backends",
+                    "name at least one backend prefix",
+                ));
             }
         }
         Ok(())
@@ -200,7 +221,11 @@ impl AgentConfig {
             interfaces: self.interfaces.clone(),
             cgroup: self.cgroup.clone(),
             local_addrs: self.addresses.clone(),
-            services: server.services.iter().map(|s| (s.vip, s.port.unwrap_or(s.vip.port()))).collect(),
+            services: server
+                .services
+                .iter()
+                .map(|s| (s.vip, s.port.unwrap_or(s.vip.port())))
+                .collect(),
             lb_sources: prefixes("server.lb_sources", &server.lb_sources)?,
             vips: client.vips.clone(),
             backends: prefixes("client.backends", &client.backends)?,
@@ -233,7 +258,13 @@ backends = ["10.10.0.0/24"]
     fn parses_a_full_configuration() {
         let config = AgentConfig::parse(FULL).unwrap();
         let datapath = config.datapath().unwrap();
-        assert_eq!(datapath.services, vec![("10.10.100.1:80".parse().unwrap(), 8080), ("10.10.100.2:443".parse().unwrap(), 443)]);
+        assert_eq!(
+            datapath.services,
+            vec![
+                ("10.10.100.1:80".parse().unwrap(), 8080),
+                ("10.10.100.2:443".parse().unwrap(), 443)
+            ]
+        );
         assert_eq!(datapath.lb_sources, vec![(Ipv4Addr::new(10, 10, 0, 3), 32)]);
         assert_eq!(datapath.backends, vec![(Ipv4Addr::new(10, 10, 0, 0), 24)]);
         assert_eq!(datapath.syn_mark, 0x4845);
@@ -247,7 +278,11 @@ backends = ["10.10.0.0/24"]
     #[test]
     fn errors_name_the_field() {
         let bad_prefix = FULL.replace("10.10.0.0/24", "10.10.0.0/33");
-        assert!(error_of(&bad_prefix).contains("client.backends[0]"), "{}", error_of(&bad_prefix));
+        assert!(
+            error_of(&bad_prefix).contains("client.backends[0]"),
+            "{}",
+            error_of(&bad_prefix)
+        );
         let bad_vip = FULL.replace("10.10.100.1:80", "10.10.100.1");
         assert!(error_of(&bad_vip).contains("vip"), "{}", error_of(&bad_vip));
         let no_interfaces = FULL.replace(r#"interfaces = ["eth0"]"#, "interfaces = []");
@@ -255,10 +290,17 @@ backends = ["10.10.0.0/24"]
         let bad_name = FULL.replace("server1", "a/b");
         assert!(error_of(&bad_name).contains("`instance`"));
         let unknown = FULL.replace("[client]", "[client]\nvipz = []");
-        assert!(error_of(&unknown).contains("vipz"), "{}", error_of(&unknown));
+        assert!(
+            error_of(&unknown).contains("vipz"),
+            "{}",
+            error_of(&unknown)
+        );
         let relative = FULL.replace("/sys/fs/cgroup/unified/heels", "heels");
         assert!(error_of(&relative).contains("`cgroup`"));
-        let zero_mark = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#);
+        let zero_mark = FULL.replace(
+            r#"gateway = "10.10.0.1""#,
+            r#"gateway = "10.10.0.1", mark = 0"#,
+        );
         assert!(error_of(&zero_mark).contains("server.direct_route.mark"));
     }
 

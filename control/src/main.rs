@@ -8,7 +8,11 @@ use heels::config::AgentConfig;
 use heels::lab;
 
 #[derive(Parser)]
-#[command(name = "heels", version, about = "Let an L4 load balancer see only the SYN.")]
+#[command(
+    name = "heels",
+    version,
+    about = "Let an L4 load balancer see only the SYN."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,18 +59,28 @@ struct Query {
     json: bool,
 }
 
+fn print_out(text: anyhow::Result<String>) -> anyhow::Result<()> {
+    print!("{}", text?);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent { config, detach_on_exit } => {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let config = AgentConfig::parse(&text).with_context(|| format!("in {}", config.display()))?;
+        Command::Agent {
+            config,
+            detach_on_exit,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let config =
+                AgentConfig::parse(&text).with_context(|| format!("in {}", config.display()))?;
             heels::agent::run(&config, detach_on_exit)
         }
         Command::Down { instance } => heels::agent::down(&instance),
-        Command::Status(q) => Ok(print!("{}", heels::report::status(&q.instance, q.json)?)),
-        Command::Conns(q) => Ok(print!("{}", heels::report::conns(&q.instance, q.json)?)),
-        Command::Stats(q) => Ok(print!("{}", heels::report::stats(&q.instance, q.json)?)),
+        Command::Status(q) => print_out(heels::report::status(&q.instance, q.json)),
+        Command::Conns(q) => print_out(heels::report::conns(&q.instance, q.json)),
+        Command::Stats(q) => print_out(heels::report::stats(&q.instance, q.json)),
         Command::Lab { command } => lab::cli::run(command),
     }
 }

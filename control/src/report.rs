@@ -36,11 +36,16 @@ use crate::agent::state_file;
 pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
     let counters = Datapath::open(instance)?.counters()?;
     Ok(if as_json {
-        let map: serde_json::Map<String, serde_json::Value> =
-            counters.iter().map(|(c, v)| (c.name().to_owned(), json!(v))).collect();
+        let map: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(c, v)| (c.name().to_owned(), json!(v)))
+            .collect();
         serde_json::to_string_pretty(&map)?
     } else {
-        counters.iter().map(|(c, v)| format!("{:<24}{v:>12}\n", c.name())).collect()
+        counters
+            .iter()
+            .map(|(c, v)| format!("{:<24}{v:>12}\n", c.name()))
+            .collect()
     })
 }
 
@@ -56,7 +61,12 @@ pub fn conns(instance: &str, as_json: bool) -> anyhow::Result<String> {
     } else {
         let mut out = format!("{:<22} {:<22} {:<22}\n", "client", "vip", "backend");
         for c in &connections {
-            out.push_str(&format!("{:<22} {:<22} {:<22}\n", c.client.to_string(), c.vip.to_string(), c.backend.to_string()));
+            out.push_str(&format!(
+                "{:<22} {:<22} {:<22}\n",
+                c.client.to_string(),
+                c.vip.to_string(),
+                c.backend.to_string()
+            ));
         }
         out.push_str(&format!("{} bypassed connections\n", connections.len()));
         out

@@ -36,6 +36,21 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Throughput, latency and connection rate: direct, vanilla LB, heels.
+    Bench {
+        /// The load balancer.
+        #[arg(long, value_enum, default_value = "fullnat")]
+        lb: LbKind,
+        /// Rounds; each figure is the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per throughput and connection-rate run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Also write the full result as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Build the lab and keep it until SIGINT/SIGTERM (to explore it by hand).
     Up {
         /// The load balancer.
@@ -94,7 +109,15 @@ pub enum LabCommand {
 /// Runs a lab subcommand.
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
     match command {
-        LabCommand::Demo { lb, dataplane, client_dataplane, server_dataplane, servers, connections, json } => {
+        LabCommand::Demo {
+            lb,
+            dataplane,
+            client_dataplane,
+            server_dataplane,
+            servers,
+            connections,
+            json,
+        } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let spec = DemoSpec {
                 lab: LabSpec {
@@ -114,22 +137,86 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 print!("{}", demo::render(&report));
             }
             if report.connections_failed > 0 {
-                anyhow::bail!("{} connections failed: {:?}", report.connections_failed, report.load.errors);
+                anyhow::bail!(
+                    "{} connections failed: {:?}",
+                    report.connections_failed,
+                    report.load.errors
+                );
             }
             Ok(())
         }
-        LabCommand::Up { lb, dataplane, servers } => {
+        LabCommand::Bench {
+            lb,
+            rounds,
+            seconds,
+            json,
+        } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
-            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-            let lab = super::Lab::build(LabSpec { lb, servers, client: dataplane, server: dataplane, overrides: Default::default() }, &heels)?;
-            println!("lab up: namespaces {}-*, instances {:?}; SIGINT or SIGTERM tears it down", lab.prefix, lab.instances());
+            let spec = super::bench::BenchSpec {
+                lb,
+                rounds,
+                seconds,
+                ..Default::default()
+            };
+            let report = super::bench::run(&spec, &heels)?;
+            print!("{}", super::bench::render(&report));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        LabCommand::Up {
+            lb,
+            dataplane,
+            servers,
+        } => {
+            let heels = std::env::current_exe().context("locating the heels binary")?;
+            let mut signals = signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            let lab = super::Lab::build(
+                LabSpec {
+                    lb,
+                    servers,
+                    client: dataplane,
+                    server: dataplane,
+                    overrides: Default::default(),
+                },
+                &heels,
+            )?;
+            println!(
+                "lab up: namespaces {}-*, instances {:?}; SIGINT or SIGTERM tears it down",
+                lab.prefix,
+                lab.instances()
+            );
             signals.forever().next();
             drop(lab);
             Ok(())
         }
         LabCommand::Serve { port, id } => workload::serve(port, id),
-        LabCommand::Load { target, mode, connections, concurrency, request, response, count, seconds, json } => {
-            let report = workload::load(&LoadSpec { target, mode, connections, concurrency, request, response, count, seconds });
+        LabCommand::Load {
+            target,
+            mode,
+            connections,
+            concurrency,
+            request,
+            response,
+            count,
+            seconds,
+            json,
+        } => {
+            let report = workload::load(&LoadSpec {
+                target,
+                mode,
+                connections,
+                concurrency,
+                request,
+                response,
+                count,
+                seconds,
+            });
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

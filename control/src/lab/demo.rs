@@ -32,7 +32,13 @@ pub struct DemoSpec {
 
 impl Default for DemoSpec {
     fn default() -> Self {
-        DemoSpec { lab: LabSpec::default(), connections: 200, concurrency: 8, request: 64 * 1024, response: 256 * 1024 }
+        DemoSpec {
+            lab: LabSpec::default(),
+            connections: 200,
+            concurrency: 8,
+            request: 64 * 1024,
+            response: 256 * 1024,
+        }
     }
 }
 
@@ -103,7 +109,11 @@ pub fn run(spec: &DemoSpec, heels: &Path) -> anyhow::Result<DemoReport> {
     let lb = lab.lb_counters()?;
     let sent = after.tx_packets - before.tx_packets;
     let client_bytes = (after.tx_bytes - before.tx_bytes) + (after.rx_bytes - before.rx_bytes);
-    let bypass_ratio = if sent == 0 { 0.0 } else { 1.0 - (lb.to_servers_packets as f64 / sent as f64).min(1.0) };
+    let bypass_ratio = if sent == 0 {
+        0.0
+    } else {
+        1.0 - (lb.to_servers_packets as f64 / sent as f64).min(1.0)
+    };
     Ok(DemoReport {
         lb: spec.lab.lb,
         client_dataplane: spec.lab.client,
@@ -155,17 +165,64 @@ pub fn render(report: &DemoReport) -> String {
         dataplane(report.server_dataplane)
     );
     let total = report.connections + report.connections_failed;
-    let _ = writeln!(out, "  connections        {} of {total} completed, {} failed ({} resets)", report.connections, report.connections_failed, report.resets);
-    let _ = writeln!(out, "  bytes verified     {} (every byte checked, both ways) in {:.2} s, {:.0} Mbit/s", human(report.bytes_verified), report.seconds, report.throughput_bps / 1e6);
-    let _ = writeln!(out, "  real client seen   {} of {} connections: the server saw the client's own address", report.real_address_seen, report.connections);
+    let _ = writeln!(
+        out,
+        "  connections        {} of {total} completed, {} failed ({} resets)",
+        report.connections, report.connections_failed, report.resets
+    );
+    let _ = writeln!(
+        out,
+        "  bytes verified     {} (every byte checked, both ways) in {:.2} s, {:.0} Mbit/s",
+        human(report.bytes_verified),
+        report.seconds,
+        report.throughput_bps / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "  real client seen   {} of {} connections: the server saw the client's own address",
+        report.real_address_seen, report.connections
+    );
     let _ = writeln!(out);
-    let _ = writeln!(out, "                     {:>12} {:>12}", "packets", "bytes");
-    let _ = writeln!(out, "  client sent        {:>12} {:>12}", report.client_packets_sent, "");
-    let _ = writeln!(out, "  client, both ways  {:>12} {:>12}", "", human(report.client_bytes));
-    let _ = writeln!(out, "  through the LB     {:>12} {:>12}   ({} SYNs)", report.lb_packets, human(report.lb_bytes), report.lb_syns);
-    let _ = writeln!(out, "    to servers       {:>12} {:>12}", report.lb_counters.to_servers_packets, human(report.lb_counters.to_servers_bytes));
-    let _ = writeln!(out, "    to clients       {:>12} {:>12}", report.lb_counters.to_clients_packets, human(report.lb_counters.to_clients_bytes));
-    let _ = writeln!(out, "  bypass ratio       {:.2}% of client-to-server packets never crossed the LB", report.bypass_ratio * 100.0);
+    let _ = writeln!(
+        out,
+        "                     {:>12} {:>12}",
+        "packets", "bytes"
+    );
+    let _ = writeln!(
+        out,
+        "  client sent        {:>12} {:>12}",
+        report.client_packets_sent, ""
+    );
+    let _ = writeln!(
+        out,
+        "  client, both ways  {:>12} {:>12}",
+        "",
+        human(report.client_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  through the LB     {:>12} {:>12}   ({} SYNs)",
+        report.lb_packets,
+        human(report.lb_bytes),
+        report.lb_syns
+    );
+    let _ = writeln!(
+        out,
+        "    to servers       {:>12} {:>12}",
+        report.lb_counters.to_servers_packets,
+        human(report.lb_counters.to_servers_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "    to clients       {:>12} {:>12}",
+        report.lb_counters.to_clients_packets,
+        human(report.lb_counters.to_clients_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  bypass ratio       {:.2}% of client-to-server packets never crossed the LB",
+        report.bypass_ratio * 100.0
+    );
     let _ = writeln!(out);
     let _ = writeln!(
         out,

@@ -29,7 +29,9 @@ const HEADER_LEN: usize = 24;
 fn table() -> &'static [u8] {
     static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        (0..2 * PERIOD as u64).map(|i| ((i % PERIOD as u64).wrapping_mul(0x9e37_79b1) >> 11) as u8).collect()
+        (0..2 * PERIOD as u64)
+            .map(|i| ((i % PERIOD as u64).wrapping_mul(0x9e37_79b1) >> 11) as u8)
+            .collect()
     })
 }
 
@@ -57,14 +59,20 @@ fn receive_pattern(stream: &mut TcpStream, seed: u64, len: u64, verify: bool) ->
         let want = (len - received).min(buf.len() as u64) as usize;
         let n = stream.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("EOF after {received} of {len} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("EOF after {received} of {len} bytes"),
+            ));
         }
         if verify {
             let mut at = 0;
             while at < n {
                 let expected = window(seed, received + at as u64, n - at);
                 if buf[at..at + expected.len()] != *expected {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("byte mismatch near offset {}", received + at as u64)));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("byte mismatch near offset {}", received + at as u64),
+                    ));
                 }
                 at += expected.len();
             }
@@ -76,7 +84,8 @@ fn receive_pattern(stream: &mut TcpStream, seed: u64, len: u64, verify: bool) ->
 
 /// `heels lab serve`: answers every connection until killed.
 pub fn serve(port: u16, id: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding port {port}"))?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        .with_context(|| format!("binding port {port}"))?;
     println!("ready");
     io::stdout().flush().ok();
     for stream in listener.incoming() {
@@ -223,7 +232,13 @@ fn open(target: SocketAddrV4, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bo
         u16::from_be_bytes([hello[4], hello[5]]),
     );
     let server = u16::from_be_bytes([hello[6], hello[7]]);
-    *tally.lock().expect("tally").report.per_server.entry(server).or_default() += 1;
+    *tally
+        .lock()
+        .expect("tally")
+        .report
+        .per_server
+        .entry(server)
+        .or_default() += 1;
     let real = matches!(stream.local_addr()?, SocketAddr::V4(local) if local == seen);
     Ok((stream, real))
 }
@@ -246,7 +261,10 @@ fn one_connection(spec: &LoadSpec, seed: u64, tally: &Mutex<Tally>) -> io::Resul
     // Wait for the server's close: nothing more may arrive.
     let mut rest = [0u8; 1];
     if stream.read(&mut rest)? != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the response"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes after the response",
+        ));
     }
     let mut tally = tally.lock().expect("tally");
     tally.report.connections_ok += 1;
@@ -296,7 +314,11 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
                 for t in 0..spec.concurrency.max(1) {
                     let (stop, tally) = (&stop, &tally);
                     scope.spawn(move || {
-                        let one = LoadSpec { request: 1, response: 1, ..spec.clone() };
+                        let one = LoadSpec {
+                            request: 1,
+                            response: 1,
+                            ..spec.clone()
+                        };
                         let mut i = 0u64;
                         while !stop.load(Ordering::Relaxed) {
                             if started.elapsed() >= deadline {
@@ -342,7 +364,12 @@ fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
     stream.shutdown(std::net::Shutdown::Write)?;
     // The server closes once it has read everything: then all was delivered.
     let mut rest = [0u8; 1];
-    stream.read(&mut rest)?;
+    if stream.read(&mut rest)? != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes from a bulk sink",
+        ));
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let mut tally = tally.lock().expect("tally");
     tally.report.connections_ok += 1;
@@ -424,7 +451,13 @@ mod tests {
             stream.read_exact(&mut request).unwrap();
             stream.write_all(&[0u8; 10]).unwrap();
         });
-        let report = load(&LoadSpec { connections: 1, concurrency: 1, request: 10, response: 10, ..spec(port, Mode::Verify) });
+        let report = load(&LoadSpec {
+            connections: 1,
+            concurrency: 1,
+            request: 10,
+            response: 10,
+            ..spec(port, Mode::Verify)
+        });
         assert_eq!(report.connections_ok, 0);
         assert_eq!(report.connections_failed, 1);
         assert!(report.errors[0].contains("mismatch"), "{:?}", report.errors);

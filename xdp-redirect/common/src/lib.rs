@@ -89,7 +89,11 @@ pub struct EndpointV4 {
 impl EndpointV4 {
     /// An endpoint from address octets and a port in host order.
     pub const fn new(addr: [u8; 4], port: u16) -> Self {
-        EndpointV4 { addr, port: port.to_be_bytes(), pad: [0; 2] }
+        EndpointV4 {
+            addr,
+            port: port.to_be_bytes(),
+            pad: [0; 2],
+        }
     }
 }
 

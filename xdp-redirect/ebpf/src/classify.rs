@@ -5,6 +5,7 @@
 //! - a SYN-ACK carrying the HEELS SYN-ACK form;
 //! - an IPIP packet carrying TCP (the workers decapsulate it);
 //! - a packet of a flow in the steering map.
+//!
 //! With no socket on the queue, the packet passes (fail open).
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -80,7 +81,7 @@ fn classify(ctx: &XdpContext) -> Result<XdpCounter, ()> {
         src_port: [ports[0], ports[1]],
         dst_port: [ports[2], ports[3]],
     };
-    if STEERING.get_ptr(&flow).is_some() {
+    if STEERING.get_ptr(flow).is_some() {
         return Ok(XdpCounter::Steered);
     }
     let offset_flags: [u8; 2] = read(ctx, tcp + 12)?;
@@ -106,7 +107,7 @@ fn classify(ctx: &XdpContext) -> Result<XdpCounter, ()> {
         port: [option[8], option[9]],
         pad: [0, 0],
     };
-    if SERVICES.get_ptr(&service).is_some() {
+    if SERVICES.get_ptr(service).is_some() {
         Ok(XdpCounter::SynWithOption)
     } else {
         Ok(XdpCounter::Passed)

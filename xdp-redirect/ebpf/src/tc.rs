@@ -69,7 +69,12 @@ struct Segment {
 
 impl Segment {
     fn flow(&self) -> FlowV4 {
-        FlowV4 { src_addr: self.src.addr, dst_addr: self.dst.addr, src_port: self.src.port, dst_port: self.dst.port }
+        FlowV4 {
+            src_addr: self.src.addr,
+            dst_addr: self.dst.addr,
+            src_port: self.src.port,
+            dst_port: self.dst.port,
+        }
     }
 }
 
@@ -102,14 +107,25 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
         tcp,
         tcp_len: usize::from(offset_flags[0] >> 4) * 4,
         flags: offset_flags[1],
-        src: EndpointV4 { addr: [addrs[0], addrs[1], addrs[2], addrs[3]], port: [ports[0], ports[1]], pad: [0; 2] },
-        dst: EndpointV4 { addr: [addrs[4], addrs[5], addrs[6], addrs[7]], port: [ports[2], ports[3]], pad: [0; 2] },
+        src: EndpointV4 {
+            addr: [addrs[0], addrs[1], addrs[2], addrs[3]],
+            port: [ports[0], ports[1]],
+            pad: [0; 2],
+        },
+        dst: EndpointV4 {
+            addr: [addrs[4], addrs[5], addrs[6], addrs[7]],
+            port: [ports[2], ports[3]],
+            pad: [0; 2],
+        },
     }))
 }
 
 /// The 16 bytes of the HEELS option of `segment`, if it has one.
 #[inline(always)]
-fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION_LEN as usize]>, ()> {
+fn heels_option(
+    ctx: &TcContext,
+    segment: &Segment,
+) -> Result<Option<[u8; OPTION_LEN as usize]>, ()> {
     let options_len = segment.tcp_len.saturating_sub(20);
     if options_len == 0 {
         return Ok(None);
@@ -122,7 +138,11 @@ fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION
 }
 
 fn endpoint(bytes: &[u8]) -> EndpointV4 {
-    EndpointV4 { addr: [bytes[0], bytes[1], bytes[2], bytes[3]], port: [bytes[4], bytes[5]], pad: [0; 2] }
+    EndpointV4 {
+        addr: [bytes[0], bytes[1], bytes[2], bytes[3]],
+        port: [bytes[4], bytes[5]],
+        pad: [0; 2],
+    }
 }
 
 /// Which endpoint of a segment to rewrite.
@@ -141,23 +161,45 @@ fn rewrite(ctx: &TcContext, segment: &Segment, side: Side, to: &EndpointV4) -> R
     };
     let tcp_check = segment.tcp + 16;
     if old.addr != to.addr {
-        let (from, into) = (u64::from(u32::from_ne_bytes(old.addr)), u64::from(u32::from_ne_bytes(to.addr)));
+        let (from, into) = (
+            u64::from(u32::from_ne_bytes(old.addr)),
+            u64::from(u32::from_ne_bytes(to.addr)),
+        );
         ctx.store(addr_at, &to.addr, 0).map_err(|_| ())?;
-        ctx.l3_csum_replace(IP_CHECK, from, into, 4).map_err(|_| ())?;
-        ctx.l4_csum_replace(tcp_check, from, into, u64::from(BPF_F_PSEUDO_HDR) | 4).map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CHECK, from, into, 4)
+            .map_err(|_| ())?;
+        ctx.l4_csum_replace(tcp_check, from, into, u64::from(BPF_F_PSEUDO_HDR) | 4)
+            .map_err(|_| ())?;
     }
     if old.port != to.port {
-        let (from, into) = (u64::from(u16::from_ne_bytes(old.port)), u64::from(u16::from_ne_bytes(to.port)));
+        let (from, into) = (
+            u64::from(u16::from_ne_bytes(old.port)),
+            u64::from(u16::from_ne_bytes(to.port)),
+        );
         ctx.store(port_at, &to.port, 0).map_err(|_| ())?;
-        ctx.l4_csum_replace(tcp_check, from, into, 2).map_err(|_| ())?;
+        ctx.l4_csum_replace(tcp_check, from, into, 2)
+            .map_err(|_| ())?;
     }
     Ok(())
 }
 
-/// The outer addresses of a decapsulated IPIP packet.
+/// The outer addresses of a decapsulated IPIP packet. A plain struct with
+/// a flag rather than an `Option`: the payload of a `None` is uninitialised,
+/// and a register holding it makes the verifier refuse the program
+/// ("R9 !read_ok").
+#[derive(Clone, Copy)]
 struct Tunnel {
+    decapsulated: bool,
     src: [u8; 4],
     dst: [u8; 4],
+}
+
+impl Tunnel {
+    const NONE: Tunnel = Tunnel {
+        decapsulated: false,
+        src: [0; 4],
+        dst: [0; 4],
+    };
 }
 
 #[inline(always)]
@@ -168,10 +210,10 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         return Ok(());
     }
     let protocol: u8 = read(ctx, IP + 9)?;
-    let mut tunnel = None;
+    let mut tunnel = Tunnel::NONE;
     if protocol == 4 {
         tunnel = decapsulate(ctx)?;
-        if tunnel.is_none() {
+        if !tunnel.decapsulated {
             return Ok(());
         }
         pull(ctx, MAX_HEADERS)?;
@@ -181,7 +223,7 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     };
     let syn_flags = segment.flags & (TCP_SYN | TCP_ACK | TCP_RST);
     if syn_flags == TCP_SYN {
-        return server_syn(ctx, &segment, tunnel.as_ref());
+        return server_syn(ctx, &segment, &tunnel);
     }
     if syn_flags == TCP_SYN | TCP_ACK {
         if let Some(option) = heels_option(ctx, &segment)? {
@@ -191,7 +233,7 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     // A packet of a bypassed connection arrives from DIP:dport.
     // SAFETY: the value is copied out at once; LRU entries are replaced
     // whole, never written in place.
-    if let Some(vip) = unsafe { INGRESS.get(&segment.flow()) }.copied() {
+    if let Some(vip) = unsafe { INGRESS.get(segment.flow()) }.copied() {
         rewrite(ctx, &segment, Side::Src, &vip)?;
         count(TcCounter::IngressRewritten);
     }
@@ -199,45 +241,65 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
 }
 
 /// Strips the outer header of an IPIP packet to a local address (the host
-/// has no other decapsulator: no ipip module). `None`: not for this host.
+/// has no other decapsulator: no ipip module). Not decapsulated: not for
+/// this host.
 #[inline(always)]
-fn decapsulate(ctx: &TcContext) -> Result<Option<Tunnel>, ()> {
+fn decapsulate(ctx: &TcContext) -> Result<Tunnel, ()> {
     let ver_ihl: u8 = read(ctx, IP)?;
     let outer_len = i32::from(ver_ihl & 0x0f) * 4;
     let addrs: [u8; 8] = read(ctx, IP_SRC)?;
-    let tunnel = Tunnel { src: [addrs[0], addrs[1], addrs[2], addrs[3]], dst: [addrs[4], addrs[5], addrs[6], addrs[7]] };
-    if ver_ihl >> 4 != 4 || outer_len < 20 || LOCAL_ADDRS.get_ptr(&tunnel.dst).is_none() {
-        return Ok(None);
+    let tunnel = Tunnel {
+        decapsulated: true,
+        src: [addrs[0], addrs[1], addrs[2], addrs[3]],
+        dst: [addrs[4], addrs[5], addrs[6], addrs[7]],
+    };
+    if ver_ihl >> 4 != 4 || outer_len < 20 || LOCAL_ADDRS.get_ptr(tunnel.dst).is_none() {
+        return Ok(Tunnel::NONE);
     }
-    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| ())?;
     count(TcCounter::IpipDecapsulated);
-    Ok(Some(tunnel))
+    Ok(tunnel)
 }
 
 /// Server ingress: a SYN with the SYN form becomes CIP:cport -> DIP:dport.
 #[inline(always)]
-fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: Option<&Tunnel>) -> Result<(), ()> {
+fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(), ()> {
     let Some(option) = heels_option(ctx, segment)? else {
         return Ok(());
     };
     let vip = endpoint(&option[4..10]);
     let client = endpoint(&option[10..16]);
     // DIP: where the packet was sent (the outer destination for IPIP).
-    let dip = match tunnel {
-        Some(tunnel) => tunnel.dst,
-        None => segment.dst.addr,
+    let dip = if tunnel.decapsulated {
+        tunnel.dst
+    } else {
+        segment.dst.addr
     };
     // SAFETY: the value is copied out at once.
-    let local_port = unsafe { SERVICES.get(&vip) }.copied();
+    let local_port = unsafe { SERVICES.get(vip) }.copied();
     let from_client = segment.src == client;
     let from_lb = in_prefixes(&LB_SOURCES, segment.src.addr)
-        || tunnel.is_some_and(|tunnel| in_prefixes(&LB_SOURCES, tunnel.src));
-    let (Some(local_port), true, true) = (local_port, LOCAL_ADDRS.get_ptr(&dip).is_some(), from_client || from_lb) else {
+        || (tunnel.decapsulated && in_prefixes(&LB_SOURCES, tunnel.src));
+    let (Some(local_port), true, true) = (
+        local_port,
+        LOCAL_ADDRS.get_ptr(dip).is_some(),
+        from_client || from_lb,
+    ) else {
         count(TcCounter::SynRefused);
         return Ok(());
     };
     rewrite(ctx, segment, Side::Src, &client)?;
-    rewrite(ctx, segment, Side::Dst, &EndpointV4 { addr: dip, port: local_port, pad: [0; 2] })?;
+    rewrite(
+        ctx,
+        segment,
+        Side::Dst,
+        &EndpointV4 {
+            addr: dip,
+            port: local_port,
+            pad: [0; 2],
+        },
+    )?;
     if let Some(config) = TC_CONFIG.get(0) {
         if config.syn_mark != 0 {
             ctx.set_mark(config.syn_mark);
@@ -250,19 +312,36 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: Option<&Tunnel>) -> Re
 /// Client ingress: a SYN-ACK with the SYN-ACK form makes the connection's
 /// entries; a direct one is delivered as from VIP:vport.
 #[inline(always)]
-fn client_learn(ctx: &TcContext, segment: &Segment, option: &[u8; OPTION_LEN as usize]) -> Result<(), ()> {
+fn client_learn(
+    ctx: &TcContext,
+    segment: &Segment,
+    option: &[u8; OPTION_LEN as usize],
+) -> Result<(), ()> {
     let backend = endpoint(&option[4..10]);
     let vip = endpoint(&option[10..16]);
     let direct = segment.src == backend;
-    if !is_client_vip(&vip) || !in_prefixes(&BACKENDS, backend.addr) || !(direct || segment.src == vip) {
+    if !is_client_vip(&vip)
+        || !in_prefixes(&BACKENDS, backend.addr)
+        || !(direct || segment.src == vip)
+    {
         count(TcCounter::SynAckRefused);
         return Ok(());
     }
     let client = segment.dst;
-    let egress = FlowV4 { src_addr: client.addr, dst_addr: vip.addr, src_port: client.port, dst_port: vip.port };
-    let ingress = FlowV4 { src_addr: backend.addr, dst_addr: client.addr, src_port: backend.port, dst_port: client.port };
-    EGRESS.insert(&egress, &backend, 0).map_err(|_| ())?;
-    INGRESS.insert(&ingress, &vip, 0).map_err(|_| ())?;
+    let egress = FlowV4 {
+        src_addr: client.addr,
+        dst_addr: vip.addr,
+        src_port: client.port,
+        dst_port: vip.port,
+    };
+    let ingress = FlowV4 {
+        src_addr: backend.addr,
+        dst_addr: client.addr,
+        src_port: backend.port,
+        dst_port: client.port,
+    };
+    EGRESS.insert(egress, backend, 0).map_err(|_| ())?;
+    INGRESS.insert(ingress, vip, 0).map_err(|_| ())?;
     count(TcCounter::SynAckLearned);
     if direct {
         rewrite(ctx, segment, Side::Src, &vip)?;
@@ -279,7 +358,7 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     };
     let flow = segment.flow();
     // SAFETY: the value is copied out at once.
-    let Some(backend) = (unsafe { EGRESS.get(&flow) }).copied() else {
+    let Some(backend) = (unsafe { EGRESS.get(flow) }).copied() else {
         return Ok(());
     };
     if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -291,8 +370,8 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
             src_port: backend.port,
             dst_port: flow.src_port,
         };
-        let _ = INGRESS.remove(&reverse);
-        let _ = EGRESS.remove(&flow);
+        let _ = INGRESS.remove(reverse);
+        let _ = EGRESS.remove(flow);
         return Ok(());
     }
     rewrite(ctx, &segment, Side::Dst, &backend)?;

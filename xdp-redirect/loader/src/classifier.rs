@@ -8,7 +8,7 @@ use aya::maps::{HashMap, MapError, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use heels_common::{
-    FlowV4, EndpointV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM,
+    EndpointV4, FlowV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM,
 };
 
 /// Why the classifier could not be loaded or used.
@@ -57,7 +57,9 @@ impl Classifier {
     /// object's pinned maps (shared with the TC programs) live in `pin_dir`
     /// on bpffs.
     pub fn load(pin_dir: &std::path::Path) -> Result<Self, ClassifierError> {
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::EBPF_OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(crate::EBPF_OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(ClassifierError::MissingProgram)?

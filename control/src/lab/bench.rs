@@ -1,0 +1,189 @@
+//! `heels lab bench`: throughput, request-response latency and new
+//! connections per second, for the direct path (client to a server's own
+//! address, no LB), the vanilla LB path (no heels) and heels, measured side
+//! by side in one run: the paths take turns, round after round, and each
+//! figure is the median over the rounds. This machine is shared and noisy;
+//! only ratios measured together mean anything.
+
+use std::fmt::Write as _;
+use std::net::SocketAddrV4;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::workload::{LoadReport, LoadSpec, Mode};
+use super::{server_addr, Dataplane, Lab, LabSpec, LbKind, Overrides};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// The LB.
+    pub lb: LbKind,
+    /// Rounds (each path once per round, per measure).
+    pub rounds: usize,
+    /// Seconds of each throughput and connection-rate run.
+    pub seconds: f64,
+    /// Exchanges of each latency run.
+    pub exchanges: usize,
+}
+
+impl Default for BenchSpec {
+    fn default() -> Self {
+        BenchSpec {
+            lb: LbKind::Fullnat,
+            rounds: 3,
+            seconds: 2.0,
+            exchanges: 2000,
+        }
+    }
+}
+
+/// One path's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathResult {
+    /// direct, vanilla or heels-tc.
+    pub path: String,
+    /// Bulk throughput, Gbit/s.
+    pub throughput_gbps: f64,
+    /// Request-response latency, median, microseconds.
+    pub latency_p50_us: f64,
+    /// Request-response latency, 99th percentile, microseconds.
+    pub latency_p99_us: f64,
+    /// New connections per second.
+    pub connections_per_s: f64,
+    /// Every run's raw report, in round order.
+    pub runs: Vec<LoadReport>,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The LB kind.
+    pub lb: LbKind,
+    /// Rounds.
+    pub rounds: usize,
+    /// Per path.
+    pub paths: Vec<PathResult>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn spec(target: SocketAddrV4, mode: Mode, bench: &BenchSpec) -> LoadSpec {
+    LoadSpec {
+        target,
+        mode,
+        connections: 1,
+        concurrency: if mode == Mode::Connect { 2 } else { 1 },
+        request: 1,
+        response: 1,
+        count: bench.exchanges,
+        seconds: bench.seconds,
+    }
+}
+
+/// Builds two labs (no heels; heels tc) and measures the three paths.
+pub fn run(bench: &BenchSpec, heels: &Path) -> anyhow::Result<BenchReport> {
+    let plain = LabSpec {
+        lb: bench.lb,
+        servers: 1,
+        client: Dataplane::None,
+        server: Dataplane::None,
+        overrides: Overrides::default(),
+    };
+    let vanilla = Lab::build(plain.clone(), heels)?;
+    let heels_lab = Lab::build(
+        LabSpec {
+            client: Dataplane::Tc,
+            server: Dataplane::Tc,
+            ..plain
+        },
+        heels,
+    )?;
+    let direct = SocketAddrV4::new(server_addr(0), vanilla.server_port());
+    let paths: [(&str, &Lab, SocketAddrV4); 3] = [
+        ("direct", &vanilla, direct),
+        ("vanilla", &vanilla, vanilla.service()),
+        ("heels-tc", &heels_lab, heels_lab.service()),
+    ];
+    let mut runs: Vec<Vec<(Mode, LoadReport)>> = vec![Vec::new(); paths.len()];
+    for round in 0..bench.rounds {
+        for mode in [Mode::Bulk, Mode::Pingpong, Mode::Connect] {
+            // Each round starts with another path, so that no path always
+            // runs first (or right after the same neighbour).
+            for k in 0..paths.len() {
+                let i = (round + k) % paths.len();
+                let (name, lab, target) = &paths[i];
+                let report = lab.load(&spec(*target, mode, bench))?;
+                if report.connections_failed > 0 || report.connections_ok == 0 {
+                    anyhow::bail!("{name} {mode:?}: {:?}", report.errors);
+                }
+                runs[i].push((mode, report));
+            }
+        }
+    }
+    let results = paths
+        .iter()
+        .zip(runs)
+        .map(|((name, _, _), runs)| {
+            let of = |mode: Mode, f: fn(&LoadReport) -> f64| {
+                median(
+                    runs.iter()
+                        .filter(|(m, _)| *m == mode)
+                        .map(|(_, r)| f(r))
+                        .collect(),
+                )
+            };
+            PathResult {
+                path: (*name).to_owned(),
+                throughput_gbps: of(Mode::Bulk, |r| r.throughput_bps / 1e9),
+                latency_p50_us: of(Mode::Pingpong, |r| r.p50_us),
+                latency_p99_us: of(Mode::Pingpong, |r| r.p99_us),
+                connections_per_s: of(Mode::Connect, |r| r.connections_per_s),
+                runs: runs.into_iter().map(|(_, r)| r).collect(),
+            }
+        })
+        .collect();
+    Ok(BenchReport {
+        lb: bench.lb,
+        rounds: bench.rounds,
+        paths: results,
+    })
+}
+
+/// The table: absolute medians and ratios to the direct path.
+pub fn render(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "heels lab bench: {:?} LB, medians of {} rounds; ratio = path / direct\n",
+        report.lb, report.rounds
+    );
+    let _ = writeln!(
+        out,
+        "  {:<10} {:>10} {:>7} {:>10} {:>7} {:>10} {:>7} {:>10} {:>7}",
+        "path", "Gbit/s", "ratio", "p50 us", "ratio", "p99 us", "ratio", "conn/s", "ratio"
+    );
+    let Some(direct) = report.paths.iter().find(|p| p.path == "direct") else {
+        return out;
+    };
+    for path in &report.paths {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>10.2} {:>7.2} {:>10.1} {:>7.2} {:>10.1} {:>7.2} {:>10.0} {:>7.2}",
+            path.path,
+            path.throughput_gbps,
+            ratio(path.throughput_gbps, direct.throughput_gbps),
+            path.latency_p50_us,
+            ratio(path.latency_p50_us, direct.latency_p50_us),
+            path.latency_p99_us,
+            ratio(path.latency_p99_us, direct.latency_p99_us),
+            path.connections_per_s,
+            ratio(path.connections_per_s, direct.connections_per_s),
+        );
+    }
+    out
+}
