@@ -27,17 +27,7 @@ fn lab(lb: LbKind, client: Dataplane, server: Dataplane, overrides: Overrides) -
         unsafe { libc::geteuid() } == 0,
         "the lab tests make namespaces and load eBPF programs: run them as root"
     );
-    Lab::build(
-        LabSpec {
-            lb,
-            servers: 2,
-            client,
-            server,
-            overrides,
-        },
-        heels(),
-    )
-    .expect("the lab builds")
+    Lab::build(LabSpec { lb, servers: 2, client, server, overrides }, heels()).expect("the lab builds")
 }
 
 fn verify(lab: &Lab, target: SocketAddrV4, connections: usize) -> LoadReport {
@@ -55,29 +45,15 @@ fn verify(lab: &Lab, target: SocketAddrV4, connections: usize) -> LoadReport {
 }
 
 fn assert_all_verified(report: &LoadReport, connections: usize) {
-    assert_eq!(
-        report.connections_ok, connections,
-        "errors: {:?}",
-        report.errors
-    );
+    assert_eq!(report.connections_ok, connections, "errors: {:?}", report.errors);
     assert_eq!(report.connections_failed, 0, "errors: {:?}", report.errors);
     assert_eq!(report.resets, 0);
-    assert_eq!(
-        report.bytes_verified,
-        connections as u64 * (REQUEST + RESPONSE)
-    );
+    assert_eq!(report.bytes_verified, connections as u64 * (REQUEST + RESPONSE));
 }
 
 fn counter(instance: &str, which: TcCounter) -> u64 {
-    let counters = Datapath::open(instance)
-        .expect("instance pins")
-        .counters()
-        .expect("counters");
-    counters
-        .iter()
-        .find(|(c, _)| *c == which)
-        .map(|(_, v)| *v)
-        .expect("counter")
+    let counters = Datapath::open(instance).expect("instance pins").counters().expect("counters");
+    counters.iter().find(|(c, _)| *c == which).map(|(_, v)| *v).expect("counter")
 }
 
 fn sum_over(instances: &[String], which: TcCounter) -> u64 {
@@ -86,14 +62,8 @@ fn sum_over(instances: &[String], which: TcCounter) -> u64 {
 
 /// With heels on both ends the LB forwards the SYNs and nothing else.
 fn assert_only_syns(lb: &LbCounters, connections: usize) {
-    assert_eq!(
-        lb.to_servers_packets, lb.syns,
-        "the LB forwarded more than SYNs toward the servers: {lb:?}"
-    );
-    assert!(
-        lb.syns >= connections as u64,
-        "every connection's SYN crossed the LB: {lb:?}"
-    );
+    assert_eq!(lb.to_servers_packets, lb.syns, "the LB forwarded more than SYNs toward the servers: {lb:?}");
+    assert!(lb.syns >= connections as u64, "every connection's SYN crossed the LB: {lb:?}");
     // Retransmitted SYNs are allowed; a second SYN for every connection is not plausible here.
     assert!(lb.syns < 2 * connections as u64, "{lb:?}");
     assert_eq!(lb.to_clients_packets, 0, "the LB forwarded replies: {lb:?}");
@@ -103,44 +73,22 @@ fn bypassed(kind: LbKind) {
     let lab = lab(kind, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let report = verify(&lab, lab.service(), CONNECTIONS);
     assert_all_verified(&report, CONNECTIONS);
-    assert_eq!(
-        report.real_address_seen, CONNECTIONS,
-        "every server saw the client's own address"
-    );
-    assert_eq!(
-        report.per_server.len(),
-        2,
-        "the LB spread connections: {:?}",
-        report.per_server
-    );
+    assert_eq!(report.real_address_seen, CONNECTIONS, "every server saw the client's own address");
+    assert_eq!(report.per_server.len(), 2, "the LB spread connections: {:?}", report.per_server);
     assert_only_syns(&lab.lb_counters().unwrap(), CONNECTIONS);
     let client = lab.client_instance().unwrap();
     assert!(counter(&client, TcCounter::SynOptionWritten) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::SynAckLearned) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::EgressRewritten) > 0);
     assert!(sum_over(&lab.server_instances(), TcCounter::SynTranslated) >= CONNECTIONS as u64);
-    assert!(
-        sum_over(&lab.server_instances(), TcCounter::SynAckOptionWritten) >= CONNECTIONS as u64
-    );
-    assert_eq!(
-        counter(&client, TcCounter::Errors) + sum_over(&lab.server_instances(), TcCounter::Errors),
-        0
-    );
+    assert!(sum_over(&lab.server_instances(), TcCounter::SynAckOptionWritten) >= CONNECTIONS as u64);
+    assert_eq!(counter(&client, TcCounter::Errors) + sum_over(&lab.server_instances(), TcCounter::Errors), 0);
     // Closed sockets took their entries with them.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !Datapath::open(&client)
-        .unwrap()
-        .connections()
-        .unwrap()
-        .is_empty()
-        && Instant::now() < deadline
-    {
+    while !Datapath::open(&client).unwrap().connections().unwrap().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        Datapath::open(&client).unwrap().connections().unwrap(),
-        vec![]
-    );
+    assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
     assert!(counter(&client, TcCounter::EntriesRemoved) >= CONNECTIONS as u64);
 }
 
@@ -165,26 +113,11 @@ fn fallback(kind: LbKind, client: Dataplane, server: Dataplane) {
     let report = verify(&lab, lab.service(), CONNECTIONS);
     assert_all_verified(&report, CONNECTIONS);
     let lb = lab.lb_counters().unwrap();
-    assert!(
-        lb.to_servers_packets > 4 * lb.syns,
-        "the data crossed the LB: {lb:?}"
-    );
+    assert!(lb.to_servers_packets > 4 * lb.syns, "the data crossed the LB: {lb:?}");
     for instance in lab.instances() {
-        assert_eq!(
-            counter(&instance, TcCounter::SynTranslated),
-            0,
-            "{instance}"
-        );
-        assert_eq!(
-            counter(&instance, TcCounter::SynAckLearned),
-            0,
-            "{instance}"
-        );
-        assert_eq!(
-            counter(&instance, TcCounter::EgressRewritten),
-            0,
-            "{instance}"
-        );
+        assert_eq!(counter(&instance, TcCounter::SynTranslated), 0, "{instance}");
+        assert_eq!(counter(&instance, TcCounter::SynAckLearned), 0, "{instance}");
+        assert_eq!(counter(&instance, TcCounter::EgressRewritten), 0, "{instance}");
     }
 }
 
@@ -208,10 +141,7 @@ fn a_syn_naming_a_vip_the_server_does_not_serve_reaches_the_stack_unchanged() {
     // directly: its SYN carries a SYN form for 10.10.0.11:8080, which the
     // server does not serve.
     let direct = SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT);
-    let overrides = Overrides {
-        extra_client_vips: vec![direct],
-        ..Overrides::default()
-    };
+    let overrides = Overrides { extra_client_vips: vec![direct], ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let report = verify(&lab, direct, 10);
     assert_all_verified(&report, 10);
@@ -227,35 +157,24 @@ fn a_syn_naming_a_vip_the_server_does_not_serve_reaches_the_stack_unchanged() {
 
 #[test]
 fn a_syn_from_outside_the_lb_sources_reaches_the_stack_unchanged() {
-    let overrides = Overrides {
-        server_lb_sources: Some(vec!["192.0.2.0/24".to_owned()]),
-        ..Overrides::default()
-    };
+    let overrides =
+        Overrides { server_lb_sources: Some(vec!["192.0.2.0/24".to_owned()]), ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let report = verify(&lab, lab.service(), 10);
     // Untranslated, the connection runs through the full-NAT LB as before.
     assert_all_verified(&report, 10);
-    assert_eq!(
-        report.real_address_seen, 0,
-        "full-NAT hides the client when heels steps aside"
-    );
+    assert_eq!(report.real_address_seen, 0, "full-NAT hides the client when heels steps aside");
     let servers = lab.server_instances();
     assert_eq!(sum_over(&servers, TcCounter::SynRefused), 10);
     assert_eq!(sum_over(&servers, TcCounter::SynTranslated), 0);
     assert_eq!(sum_over(&servers, TcCounter::SynAckOptionWritten), 0);
     let lb = lab.lb_counters().unwrap();
-    assert!(
-        lb.to_clients_packets > 0 && lb.to_servers_packets > lb.syns,
-        "{lb:?}"
-    );
+    assert!(lb.to_clients_packets > 0 && lb.to_servers_packets > lb.syns, "{lb:?}");
 }
 
 #[test]
 fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
-    let overrides = Overrides {
-        client_backends: Some("192.0.2.0/24".to_owned()),
-        ..Overrides::default()
-    };
+    let overrides = Overrides { client_backends: Some("192.0.2.0/24".to_owned()), ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let child = lab
         .spawn_load(&LoadSpec {
@@ -277,10 +196,7 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
     }
     assert!(counter(&client, TcCounter::SynAckRefused) > 0);
     assert_eq!(counter(&client, TcCounter::SynAckLearned), 0);
-    assert_eq!(
-        Datapath::open(&client).unwrap().connections().unwrap(),
-        vec![]
-    );
+    assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
     // An untrusted backend gets no traffic: the connection does not complete.
     let report = finish_load(child).unwrap();
     assert_eq!(report.connections_ok, 0);
@@ -288,12 +204,7 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
 
 #[test]
 fn a_long_transfer_survives_an_agent_restart() {
-    let lab_ = lab(
-        LbKind::Fullnat,
-        Dataplane::Tc,
-        Dataplane::Tc,
-        Overrides::default(),
-    );
+    let lab_ = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let mut lab = lab_;
     let size = 768 * 1024 * 1024;
     let mut child = lab
@@ -314,41 +225,25 @@ fn a_long_transfer_survives_an_agent_restart() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let conns = heels::report::conns(&client, true).unwrap();
-    assert!(
-        conns.contains("10.10.100.1:80"),
-        "the transfer is bypassed: {conns}"
-    );
+    assert!(conns.contains("10.10.100.1:80"), "the transfer is bypassed: {conns}");
     let before = counter(&client, TcCounter::EgressRewritten);
     lab.restart_agents().unwrap();
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the transfer must still be running after the restart"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "the transfer must still be running after the restart");
     let report = finish_load(child).unwrap();
     assert_eq!(report.connections_ok, 1, "errors: {:?}", report.errors);
     assert_eq!((report.resets, report.connections_failed), (0, 0));
     assert_eq!(report.bytes_verified, 2 * size);
-    assert!(
-        counter(&client, TcCounter::EgressRewritten) > before,
-        "the kernel kept translating"
-    );
+    assert!(counter(&client, TcCounter::EgressRewritten) > before, "the kernel kept translating");
     assert_only_syns(&lab.lb_counters().unwrap(), 1);
 }
 
 #[test]
 fn status_conns_and_stats_read_an_instance() {
-    let lab = lab(
-        LbKind::Dnat,
-        Dataplane::Tc,
-        Dataplane::Tc,
-        Overrides::default(),
-    );
+    let lab = lab(LbKind::Dnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let client = lab.client_instance().unwrap();
     let status = heels::report::status(&client, false).unwrap();
     assert!(
-        status.contains("egress-eth0")
-            && status.contains("ingress-eth0")
-            && status.contains("sockops"),
+        status.contains("egress-eth0") && status.contains("ingress-eth0") && status.contains("sockops"),
         "{status}"
     );
     let stats: serde_json::Value =
@@ -358,8 +253,6 @@ fn status_conns_and_stats_read_an_instance() {
     let stats: serde_json::Value =
         serde_json::from_str(&heels::report::stats(&client, true).unwrap()).unwrap();
     assert_eq!(stats["syn_ack_learned"], 5);
-    let error = heels::report::stats("no-such-instance", false)
-        .unwrap_err()
-        .to_string();
+    let error = heels::report::stats("no-such-instance", false).unwrap_err().to_string();
     assert!(error.contains("no heels instance"), "{error}");
 }

@@ -63,20 +63,11 @@ fn translations(c: &mut Criterion) {
     let empty = ConnTable::new(16, 60);
     let mut buf = frame.clone();
     group.bench_function("client_egress_miss", |b| {
-        b.iter(|| {
-            black_box(translate::client_egress(
-                black_box(&mut buf),
-                Mode::Full,
-                &empty,
-                1,
-            ))
-        })
+        b.iter(|| black_box(translate::client_egress(black_box(&mut buf), Mode::Full, &empty, 1)))
     });
 
     let syn = vector("fullnat-syn-before");
-    group.bench_function("option_find", |b| {
-        b.iter(|| black_box(option::find(black_box(&syn[54..90]))))
-    });
+    group.bench_function("option_find", |b| b.iter(|| black_box(option::find(black_box(&syn[54..90])))));
     group.finish();
 }
 
@@ -91,20 +82,8 @@ fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measuremen
         (a, b)
     };
     let (forth, back) = two_tables(
-        (
-            FlowKey {
-                src: CLIENT,
-                dst: VIP,
-            },
-            BACKEND,
-        ),
-        (
-            FlowKey {
-                src: CLIENT,
-                dst: BACKEND,
-            },
-            VIP,
-        ),
+        (FlowKey { src: CLIENT, dst: VIP }, BACKEND),
+        (FlowKey { src: CLIENT, dst: BACKEND }, VIP),
     );
     let mut buf = vector("egress-data-before");
     let mut flip = false;
@@ -118,28 +97,15 @@ fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measuremen
         })
     });
     let (forth, back) = two_tables(
-        (
-            FlowKey {
-                src: BACKEND,
-                dst: CLIENT,
-            },
-            VIP,
-        ),
-        (
-            FlowKey {
-                src: VIP,
-                dst: CLIENT,
-            },
-            BACKEND,
-        ),
+        (FlowKey { src: BACKEND, dst: CLIENT }, VIP),
+        (FlowKey { src: VIP, dst: CLIENT }, BACKEND),
     );
     let mut buf = vector("ingress-data-before");
     group.bench_function("client_ingress_data", |b| {
         b.iter(|| {
             flip = !flip;
             let table = if flip { &forth } else { &back };
-            let verdict =
-                translate::client_ingress(black_box(&mut buf), Mode::Full, &config, table, 1);
+            let verdict = translate::client_ingress(black_box(&mut buf), Mode::Full, &config, table, 1);
             debug_assert_eq!(verdict, Verdict::Rewritten { start: 0 });
             black_box(verdict)
         })
@@ -150,10 +116,7 @@ fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measuremen
 fn key(i: u32) -> FlowKey {
     let mixed = i.wrapping_mul(0x9e37_79b1);
     FlowKey {
-        src: Endpoint::new(
-            [10, (mixed >> 24) as u8, (i >> 8) as u8, i as u8],
-            1024 + (i >> 16) as u16,
-        ),
+        src: Endpoint::new([10, (mixed >> 24) as u8, (i >> 8) as u8, i as u8], 1024 + (i >> 16) as u16),
         dst: Endpoint::new([10, 10, 100, 1], 80),
     }
 }
@@ -164,15 +127,11 @@ fn lookups(c: &mut Criterion) {
     for flows in [1_000u32, 100_000, 1_000_000] {
         let table = ConnTable::new(flows as usize, 60);
         for i in 0..flows {
-            table
-                .insert(key(i), Endpoint::new(i.to_be_bytes(), 8080), 0)
-                .expect("room");
+            table.insert(key(i), Endpoint::new(i.to_be_bytes(), 8080), 0).expect("room");
         }
         // Look up in a scrambled order so that large tables miss the cache
         // as real traffic would.
-        let order: Vec<FlowKey> = (0..flows)
-            .map(|i| key(i.wrapping_mul(2_654_435_761) % flows))
-            .collect();
+        let order: Vec<FlowKey> = (0..flows).map(|i| key(i.wrapping_mul(2_654_435_761) % flows)).collect();
         let mut next = 0usize;
         group.bench_with_input(BenchmarkId::new("hit", flows), &flows, |b, _| {
             b.iter(|| {

@@ -30,16 +30,9 @@ pub fn state_file(instance: &str) -> PathBuf {
 
 /// Runs `ip` with `args` (in this process's network namespace).
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
+    let output = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
     if !output.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
 }
@@ -49,18 +42,11 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 fn install_direct_route(route: &DirectRoute) -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
         .context("setting net.ipv4.tcp_fwmark_accept")?;
-    let (mark, table, gateway) = (
-        format!("{:#x}", route.mark),
-        route.table.to_string(),
-        route.gateway.to_string(),
-    );
+    let (mark, table, gateway) =
+        (format!("{:#x}", route.mark), route.table.to_string(), route.gateway.to_string());
     remove_direct_route(route);
-    ip(&[
-        "route", "replace", "default", "via", &gateway, "table", &table,
-    ])?;
-    ip(&[
-        "rule", "add", "fwmark", &mark, "lookup", &table, "priority", "100",
-    ])?;
+    ip(&["route", "replace", "default", "via", &gateway, "table", &table])?;
+    ip(&["rule", "add", "fwmark", &mark, "lookup", &table, "priority", "100"])?;
     Ok(())
 }
 
@@ -102,25 +88,18 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
 
 /// `heels agent`: start, say "ready" on stdout, wait for SIGINT/SIGTERM.
 pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let datapath = start(config)?;
     let links = datapath.links().join(", ");
-    eprintln!(
-        "heels agent {}: attached ({links}); pins in {}",
-        config.instance,
-        datapath.dir().display()
-    );
+    eprintln!("heels agent {}: attached ({links}); pins in {}", config.instance, datapath.dir().display());
     println!("ready");
     std::io::stdout().flush().ok();
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     drop(datapath);
     if detach_on_exit {
         down(&config.instance)?;
-        eprintln!(
-            "heels agent {}: signal {signal}: detached and removed",
-            config.instance
-        );
+        eprintln!("heels agent {}: signal {signal}: detached and removed", config.instance);
     } else {
         eprintln!(
             "heels agent {}: signal {signal}: exiting; the datapath stays attached so connections survive \

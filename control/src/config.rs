@@ -43,10 +43,7 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { field: field.into(), message: message.into() }
 }
 
 /// A service of this host.
@@ -128,9 +125,8 @@ fn prefixes(field: &str, values: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, Confi
         .iter()
         .enumerate()
         .map(|(i, value)| {
-            let prefix: Prefix = value
-                .parse()
-                .map_err(|e| invalid(format!("{field}[{i}]"), format!("{value:?}: {e}")))?;
+            let prefix: Prefix =
+                value.parse().map_err(|e| invalid(format!("{field}[{i}]"), format!("{value:?}: {e}")))?;
             Ok((Ipv4Addr::from(prefix.addr()), prefix.len()))
         })
         .collect()
@@ -147,10 +143,7 @@ impl AgentConfig {
     fn check(&self) -> Result<(), ConfigError> {
         let name_ok = !self.instance.is_empty()
             && self.instance.len() <= 64
-            && self
-                .instance
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
             return Err(invalid("instance", "1 to 64 letters, digits, '-' or '_'"));
         }
@@ -166,16 +159,10 @@ impl AgentConfig {
             }
         }
         if !self.cgroup.is_absolute() {
-            return Err(invalid(
-                "cgroup",
-                "an absolute path to a cgroup v2 directory",
-            ));
+            return Err(invalid("cgroup", "an absolute path to a cgroup v2 directory"));
         }
         if self.addresses.is_empty() {
-            return Err(invalid(
-                "addresses",
-                "name at least one address of this host",
-            ));
+            return Err(invalid("addresses", "name at least one address of this host"));
         }
         if self.server.is_none() && self.client.is_none() {
             return Err(invalid("server", "configure [server], [client] or both"));
@@ -203,10 +190,7 @@ impl AgentConfig {
             }
             let backends = prefixes("client.backends", &client.backends)?;
             if backends.is_empty() {
-                return Err(invalid(
-                    "client.backends",
-                    "name at least one backend prefix",
-                ));
+                return Err(invalid("client.backends", "name at least one backend prefix"));
             }
         }
         Ok(())
@@ -221,11 +205,7 @@ impl AgentConfig {
             interfaces: self.interfaces.clone(),
             cgroup: self.cgroup.clone(),
             local_addrs: self.addresses.clone(),
-            services: server
-                .services
-                .iter()
-                .map(|s| (s.vip, s.port.unwrap_or(s.vip.port())))
-                .collect(),
+            services: server.services.iter().map(|s| (s.vip, s.port.unwrap_or(s.vip.port()))).collect(),
             lb_sources: prefixes("server.lb_sources", &server.lb_sources)?,
             vips: client.vips.clone(),
             backends: prefixes("client.backends", &client.backends)?,
@@ -260,10 +240,7 @@ backends = ["10.10.0.0/24"]
         let datapath = config.datapath().unwrap();
         assert_eq!(
             datapath.services,
-            vec![
-                ("10.10.100.1:80".parse().unwrap(), 8080),
-                ("10.10.100.2:443".parse().unwrap(), 443)
-            ]
+            vec![("10.10.100.1:80".parse().unwrap(), 8080), ("10.10.100.2:443".parse().unwrap(), 443)]
         );
         assert_eq!(datapath.lb_sources, vec![(Ipv4Addr::new(10, 10, 0, 3), 32)]);
         assert_eq!(datapath.backends, vec![(Ipv4Addr::new(10, 10, 0, 0), 24)]);
@@ -278,11 +255,7 @@ backends = ["10.10.0.0/24"]
     #[test]
     fn errors_name_the_field() {
         let bad_prefix = FULL.replace("10.10.0.0/24", "10.10.0.0/33");
-        assert!(
-            error_of(&bad_prefix).contains("client.backends[0]"),
-            "{}",
-            error_of(&bad_prefix)
-        );
+        assert!(error_of(&bad_prefix).contains("client.backends[0]"), "{}", error_of(&bad_prefix));
         let bad_vip = FULL.replace("10.10.100.1:80", "10.10.100.1");
         assert!(error_of(&bad_vip).contains("vip"), "{}", error_of(&bad_vip));
         let no_interfaces = FULL.replace(r#"interfaces = ["eth0"]"#, "interfaces = []");
@@ -290,17 +263,10 @@ backends = ["10.10.0.0/24"]
         let bad_name = FULL.replace("server1", "a/b");
         assert!(error_of(&bad_name).contains("`instance`"));
         let unknown = FULL.replace("[client]", "[client]\nvipz = []");
-        assert!(
-            error_of(&unknown).contains("vipz"),
-            "{}",
-            error_of(&unknown)
-        );
+        assert!(error_of(&unknown).contains("vipz"), "{}", error_of(&unknown));
         let relative = FULL.replace("/sys/fs/cgroup/unified/heels", "heels");
         assert!(error_of(&relative).contains("`cgroup`"));
-        let zero_mark = FULL.replace(
-            r#"gateway = "10.10.0.1""#,
-            r#"gateway = "10.10.0.1", mark = 0"#,
-        );
+        let zero_mark = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#);
         assert!(error_of(&zero_mark).contains("server.direct_route.mark"));
     }
 

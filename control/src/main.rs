@@ -8,11 +8,7 @@ use heels::config::AgentConfig;
 use heels::lab;
 
 #[derive(Parser)]
-#[command(
-    name = "heels",
-    version,
-    about = "Let an L4 load balancer see only the SYN."
-)]
+#[command(name = "heels", version, about = "Let an L4 load balancer see only the SYN.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,14 +63,10 @@ fn print_out(text: anyhow::Result<String>) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent {
-            config,
-            detach_on_exit,
-        } => {
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
-            let config =
-                AgentConfig::parse(&text).with_context(|| format!("in {}", config.display()))?;
+        Command::Agent { config, detach_on_exit } => {
+            let text =
+                std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let config = AgentConfig::parse(&text).with_context(|| format!("in {}", config.display()))?;
             heels::agent::run(&config, detach_on_exit)
         }
         Command::Down { instance } => heels::agent::down(&instance),

@@ -36,16 +36,11 @@ use crate::agent::state_file;
 pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
     let counters = Datapath::open(instance)?.counters()?;
     Ok(if as_json {
-        let map: serde_json::Map<String, serde_json::Value> = counters
-            .iter()
-            .map(|(c, v)| (c.name().to_owned(), json!(v)))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            counters.iter().map(|(c, v)| (c.name().to_owned(), json!(v))).collect();
         serde_json::to_string_pretty(&map)?
     } else {
-        counters
-            .iter()
-            .map(|(c, v)| format!("{:<24}{v:>12}\n", c.name()))
-            .collect()
+        counters.iter().map(|(c, v)| format!("{:<24}{v:>12}\n", c.name())).collect()
     })
 }
 

@@ -13,8 +13,7 @@
 
 use heels_dataplane::option::{Endpoint, SynAckOption, SynOption};
 use heels_dataplane::wire::{
-    EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket,
-    TcpRepr,
+    EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket, TcpRepr,
 };
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x0a, 0x01, 0x02];
@@ -34,18 +33,16 @@ const IPIP_SRC: [u8; 4] = [172, 16, 1 ^ 0x9c, 2 ^ 0x40];
 /// NOP, window scale 10); the HEELS option follows, as the kernel places
 /// BPF-written options after its own.
 const SYN_OPTIONS: [u8; 20] = [
-    0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x03, 0x03, 0x0a,
+    0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x00, 0x00, 0x00, 0x00, 0x01,
+    0x03, 0x03, 0x0a,
 ];
 /// The options of the real SYN-ACK that answered it.
 const SYN_ACK_OPTIONS: [u8; 20] = [
-    0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x1a, 0xd0, 0xad, 0xc1, 0x5d, 0xd3, 0xd3, 0xb0,
-    0x01, 0x03, 0x03, 0x0a,
+    0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x1a, 0xd0, 0xad, 0xc1, 0x5d, 0xd3, 0xd3, 0xb0, 0x01,
+    0x03, 0x03, 0x0a,
 ];
 /// NOP, NOP, timestamps: the options of a real data segment.
-const DATA_OPTIONS: [u8; 12] = [
-    0x01, 0x01, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x1a, 0xd0, 0xad, 0xc1,
-];
+const DATA_OPTIONS: [u8; 12] = [0x01, 0x01, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x1a, 0xd0, 0xad, 0xc1];
 
 struct Ip {
     src: [u8; 4],
@@ -62,11 +59,7 @@ fn with(options: &[u8], heels: [u8; 16]) -> Vec<u8> {
 
 /// An IPv4 packet carrying `tcp` from `src` to `dst`.
 fn ip_tcp(ip: &Ip, src_port: u16, dst_port: u16, tcp: &TcpRepr) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port,
-        dst_port,
-        ..*tcp
-    };
+    let tcp = TcpRepr { src_port, dst_port, ..*tcp };
     let repr = Ipv4Repr {
         src_addr: ip.src,
         dst_addr: ip.dst,
@@ -78,20 +71,12 @@ fn ip_tcp(ip: &Ip, src_port: u16, dst_port: u16, tcp: &TcpRepr) -> Vec<u8> {
     };
     let mut bytes = vec![0; repr.buffer_len() + tcp.buffer_len()];
     repr.emit(&mut Ipv4Packet::new_unchecked(&mut bytes[..]));
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut bytes[20..]),
-        ip.src,
-        ip.dst,
-    );
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut bytes[20..]), ip.src, ip.dst);
     bytes
 }
 
 fn ethernet(src: [u8; 6], dst: [u8; 6], payload: &[u8]) -> Vec<u8> {
-    let repr = EthernetRepr {
-        src_addr: src,
-        dst_addr: dst,
-        ethertype: EtherType::Ipv4,
-    };
+    let repr = EthernetRepr { src_addr: src, dst_addr: dst, ethertype: EtherType::Ipv4 };
     let mut bytes = vec![0; repr.buffer_len() + payload.len()];
     repr.emit(&mut EthernetFrame::new_unchecked(&mut bytes[..]));
     bytes[repr.buffer_len()..].copy_from_slice(payload);
@@ -122,14 +107,7 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let syn_options = with(
-        &SYN_OPTIONS,
-        SynOption {
-            vip: VIP,
-            client: CLIENT,
-        }
-        .emit(),
-    );
+    let syn_options = with(&SYN_OPTIONS, SynOption { vip: VIP, client: CLIENT }.emit());
     let syn = TcpRepr {
         src_port: 0,
         dst_port: 0,
@@ -159,66 +137,20 @@ fn vectors() -> Vec<Vector> {
         payload: b"ping",
         ..syn
     };
-    let reply = TcpRepr {
-        seq_number: 835_907_266,
-        ack_number: 644_470_439,
-        payload: b"pong",
-        ..request
-    };
-    let from_lb = |src: [u8; 4]| Ip {
-        src,
-        dst: DIP,
-        ttl: 63,
-        ident: 0x219e,
-    };
-    let server_sees = |ip: &Ip| {
-        ethernet(
-            LB_MAC,
-            SERVER_MAC,
-            &ip_tcp(ip, CLIENT.port, LOCAL_PORT, &syn),
-        )
-    };
-    let to_client = |src: [u8; 4]| Ip {
-        src,
-        dst: CLIENT.addr,
-        ttl: 63,
-        ident: 0,
-    };
-    let from_client = |dst: [u8; 4]| Ip {
-        src: CLIENT.addr,
-        dst,
-        ttl: 64,
-        ident: 0x219f,
-    };
+    let reply = TcpRepr { seq_number: 835_907_266, ack_number: 644_470_439, payload: b"pong", ..request };
+    let from_lb = |src: [u8; 4]| Ip { src, dst: DIP, ttl: 63, ident: 0x219e };
+    let server_sees = |ip: &Ip| ethernet(LB_MAC, SERVER_MAC, &ip_tcp(ip, CLIENT.port, LOCAL_PORT, &syn));
+    let to_client = |src: [u8; 4]| Ip { src, dst: CLIENT.addr, ttl: 63, ident: 0 };
+    let from_client = |dst: [u8; 4]| Ip { src: CLIENT.addr, dst, ttl: 64, ident: 0x219f };
 
-    let fullnat_before = ethernet(
-        LB_MAC,
-        SERVER_MAC,
-        &ip_tcp(&from_lb(LB_SNAT.addr), LB_SNAT.port, VIP.port, &syn),
-    );
-    let dnat_before = ethernet(
-        LB_MAC,
-        SERVER_MAC,
-        &ip_tcp(&from_lb(CLIENT.addr), CLIENT.port, VIP.port, &syn),
-    );
-    let inner = ip_tcp(
-        &Ip {
-            src: CLIENT.addr,
-            dst: VIP.addr,
-            ttl: 64,
-            ident: 0x219e,
-        },
-        CLIENT.port,
-        VIP.port,
-        &syn,
-    );
+    let fullnat_before =
+        ethernet(LB_MAC, SERVER_MAC, &ip_tcp(&from_lb(LB_SNAT.addr), LB_SNAT.port, VIP.port, &syn));
+    let dnat_before =
+        ethernet(LB_MAC, SERVER_MAC, &ip_tcp(&from_lb(CLIENT.addr), CLIENT.port, VIP.port, &syn));
+    let inner =
+        ip_tcp(&Ip { src: CLIENT.addr, dst: VIP.addr, ttl: 64, ident: 0x219e }, CLIENT.port, VIP.port, &syn);
     let ipip_before = ethernet(LB_MAC, SERVER_MAC, &ipip(IPIP_SRC, DIP, &inner));
-    let ipip_after = server_sees(&Ip {
-        src: CLIENT.addr,
-        dst: DIP,
-        ttl: 64,
-        ident: 0x219e,
-    });
+    let ipip_after = server_sees(&Ip { src: CLIENT.addr, dst: DIP, ttl: 64, ident: 0x219e });
 
     vec![
         Vector { name: "fullnat-syn-before", title: "full-NAT: the SYN as the server receives it (from the LB's SNAT address, to DIP:vport)", frame: fullnat_before },
@@ -274,16 +206,14 @@ fn main() {
         [flag, dir] if flag == "--frames" => {
             std::fs::create_dir_all(dir).expect("create the frames directory");
             for vector in vectors() {
-                std::fs::write(format!("{dir}/{}", vector.name), &vector.frame)
-                    .expect("write a frame");
+                std::fs::write(format!("{dir}/{}", vector.name), &vector.frame).expect("write a frame");
             }
         }
         [path] => {
             let doc = std::fs::read_to_string(path).expect("read the protocol document");
             let (head, rest) = doc.split_once(BEGIN).expect("begin marker");
             let (_, tail) = rest.split_once(END).expect("end marker");
-            std::fs::write(path, format!("{head}{section}{tail}"))
-                .expect("write the protocol document");
+            std::fs::write(path, format!("{head}{section}{tail}")).expect("write the protocol document");
         }
         _ => println!("{section}"),
     }

@@ -52,8 +52,7 @@ pub struct FlowKey {
 
 impl FlowKey {
     fn addrs(&self) -> u64 {
-        u64::from(u32::from_be_bytes(self.src.addr)) << 32
-            | u64::from(u32::from_be_bytes(self.dst.addr))
+        u64::from(u32::from_be_bytes(self.src.addr)) << 32 | u64::from(u32::from_be_bytes(self.dst.addr))
     }
 
     fn ports(&self) -> u32 {
@@ -126,15 +125,8 @@ impl Slot {
     /// Takes the slot for writing if it is still at `seq`; the writer must
     /// call [`Slot::release`] with the same `seq`.
     fn claim(&self, seq: u32) -> bool {
-        let claimed = self
-            .seq
-            .compare_exchange(
-                seq,
-                seq.wrapping_add(1),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok();
+        let claimed =
+            self.seq.compare_exchange(seq, seq.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed).is_ok();
         if claimed {
             // Orders the odd sequence before the data stores below it.
             fence(Ordering::Release);
@@ -153,10 +145,7 @@ impl Snapshot {
     }
 
     fn target(&self) -> Endpoint {
-        Endpoint::new(
-            ((self.target >> 16) as u32).to_be_bytes(),
-            self.target as u16,
-        )
+        Endpoint::new(((self.target >> 16) as u32).to_be_bytes(), self.target as u16)
     }
 }
 
@@ -289,12 +278,7 @@ impl ConnTable {
     }
 
     /// One round of insert; `None` when a concurrent writer got in the way.
-    fn try_insert(
-        &self,
-        key: &FlowKey,
-        target: Endpoint,
-        now: u32,
-    ) -> Option<Result<(), TableFull>> {
+    fn try_insert(&self, key: &FlowKey, target: Endpoint, now: u32) -> Option<Result<(), TableFull>> {
         let home = self.home(key);
         let mut free: Option<(usize, Snapshot)> = None;
         for i in 0..MAX_PROBE {
@@ -302,9 +286,7 @@ impl ConnTable {
             let slot = &self.slots[index];
             let snapshot = slot.read()?;
             if snapshot.matches(key) {
-                return self
-                    .write(index, snapshot, key, target, now)
-                    .then_some(Ok(()));
+                return self.write(index, snapshot, key, target, now).then_some(Ok(()));
             }
             let reusable = snapshot.state != LIVE || self.expired(slot, now);
             if reusable && free.is_none() {
@@ -331,14 +313,7 @@ impl ConnTable {
     }
 
     /// Writes an entry into slot `index` if it is unchanged since `seen`.
-    fn write(
-        &self,
-        index: usize,
-        seen: Snapshot,
-        key: &FlowKey,
-        target: Endpoint,
-        now: u32,
-    ) -> bool {
+    fn write(&self, index: usize, seen: Snapshot, key: &FlowKey, target: Endpoint, now: u32) -> bool {
         let slot = &self.slots[index];
         if !slot.claim(seen.seq) {
             return false;
@@ -408,10 +383,7 @@ mod tests {
 
     fn key(i: u32) -> FlowKey {
         FlowKey {
-            src: Endpoint::new(
-                [10, 10, (i >> 16) as u8, (i >> 8) as u8],
-                1024 + (i & 0xff) as u16,
-            ),
+            src: Endpoint::new([10, 10, (i >> 16) as u8, (i >> 8) as u8], 1024 + (i & 0xff) as u16),
             dst: Endpoint::new([10, 10, 100, 1], 80),
         }
     }
@@ -495,10 +467,7 @@ mod tests {
         // One writer keeps rewriting key(1) between two targets whose halves
         // differ; readers must only ever see one of the two.
         let table = Arc::new(ConnTable::new(64, 1000));
-        let (a, b) = (
-            Endpoint::new([1, 1, 1, 1], 1111),
-            Endpoint::new([2, 2, 2, 2], 2222),
-        );
+        let (a, b) = (Endpoint::new([1, 1, 1, 1], 1111), Endpoint::new([2, 2, 2, 2], 2222));
         table.insert(key(1), a, 0).unwrap();
         let writer = {
             let table = Arc::clone(&table);

@@ -28,14 +28,8 @@ pub const BACKEND: Endpoint = Endpoint::new([10, 10, 3, 2], 8080);
 pub fn config() -> Config {
     Config {
         local_addrs: vec![BACKEND.addr],
-        services: vec![Service {
-            vip: VIP,
-            local_port: BACKEND.port,
-        }],
-        lb_sources: vec![
-            "10.10.2.0/24".parse().expect("prefix"),
-            "172.16.0.0/16".parse().expect("prefix"),
-        ],
+        services: vec![Service { vip: VIP, local_port: BACKEND.port }],
+        lb_sources: vec!["10.10.2.0/24".parse().expect("prefix"), "172.16.0.0/16".parse().expect("prefix")],
         vips: vec![VIP],
         backends: vec!["10.10.3.0/24".parse().expect("prefix")],
     }
@@ -44,26 +38,8 @@ pub fn config() -> Config {
 /// A client table holding the connection of docs/protocol.md.
 pub fn table_with_connection() -> ConnTable {
     let table = ConnTable::new(16, 60);
-    table
-        .insert(
-            FlowKey {
-                src: CLIENT,
-                dst: VIP,
-            },
-            BACKEND,
-            0,
-        )
-        .expect("room");
-    table
-        .insert(
-            FlowKey {
-                src: BACKEND,
-                dst: CLIENT,
-            },
-            VIP,
-            0,
-        )
-        .expect("room");
+    table.insert(FlowKey { src: CLIENT, dst: VIP }, BACKEND, 0).expect("room");
+    table.insert(FlowKey { src: BACKEND, dst: CLIENT }, VIP, 0).expect("room");
     table
 }
 
@@ -111,10 +87,7 @@ pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
 pub fn option_list(data: &[u8]) {
     if let Ok(Some(found)) = option::find(data) {
         assert!(found.offset + option::LEN <= data.len());
-        assert_eq!(
-            data[found.offset..found.offset + 4],
-            [option::KIND, option::LEN as u8, 0x48, 0x45]
-        );
+        assert_eq!(data[found.offset..found.offset + 4], [option::KIND, option::LEN as u8, 0x48, 0x45]);
     }
 }
 
@@ -123,11 +96,7 @@ pub fn server_syn_ingress(data: &[u8]) -> Verdict {
     let mut frame = data.to_vec();
     let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &config());
     if let (Verdict::Rewritten { .. }, false) = (verdict, cfg!(fuzzing)) {
-        assert_eq!(
-            checksums_verify(data),
-            Some(true),
-            "rewrote a frame with bad checksums"
-        );
+        assert_eq!(checksums_verify(data), Some(true), "rewrote a frame with bad checksums");
     }
     check_outcome(data, &frame, verdict);
     verdict

@@ -156,11 +156,7 @@ impl<'a> Iterator for Options<'a> {
             }
             KIND_NOP => {
                 self.at += 1;
-                Some(Ok(TcpOption {
-                    offset: at,
-                    kind,
-                    data: &[],
-                }))
+                Some(Ok(TcpOption { offset: at, kind, data: &[] }))
             }
             _ => {
                 // Any error ends the walk: nothing after it can be trusted.
@@ -176,19 +172,11 @@ impl<'a> Iterator for Options<'a> {
                     return Some(Err(Error::Overrun { at, len }));
                 }
                 let data = &self.list[at + 2..end];
-                if kind == KIND
-                    && data.len() >= 2
-                    && data[..2] == EXID.to_be_bytes()
-                    && end - at != LEN
-                {
+                if kind == KIND && data.len() >= 2 && data[..2] == EXID.to_be_bytes() && end - at != LEN {
                     return Some(Err(Error::BadHeelsLength { at, len }));
                 }
                 self.at = end;
-                Some(Ok(TcpOption {
-                    offset: at,
-                    kind,
-                    data,
-                }))
+                Some(Ok(TcpOption { offset: at, kind, data }))
             }
         }
     }
@@ -206,18 +194,12 @@ pub struct Found {
 impl Found {
     /// Reads the body as the SYN form.
     pub fn syn(&self) -> SynOption {
-        SynOption {
-            vip: Endpoint::read(&self.body[0..6]),
-            client: Endpoint::read(&self.body[6..12]),
-        }
+        SynOption { vip: Endpoint::read(&self.body[0..6]), client: Endpoint::read(&self.body[6..12]) }
     }
 
     /// Reads the body as the SYN-ACK form.
     pub fn syn_ack(&self) -> SynAckOption {
-        SynAckOption {
-            backend: Endpoint::read(&self.body[0..6]),
-            vip: Endpoint::read(&self.body[6..12]),
-        }
+        SynAckOption { backend: Endpoint::read(&self.body[0..6]), vip: Endpoint::read(&self.body[6..12]) }
     }
 }
 
@@ -234,10 +216,7 @@ pub fn find(list: &[u8]) -> Result<Option<Found>, Error> {
         {
             let mut body = [0; 12];
             body.copy_from_slice(&option.data[2..]);
-            found = Some(Found {
-                offset: option.offset,
-                body,
-            });
+            found = Some(Found { offset: option.offset, body });
         }
     }
     Ok(found)
@@ -299,42 +278,26 @@ mod tests {
     /// window scale) followed by the HEELS SYN form, as the kernel lays out
     /// a BPF-written option after its own.
     static SYN_OPTIONS: [u8; 36] = [
-        0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x00, 0x00, 0x00,
-        0x00, 0x01, 0x03, 0x03, 0x0a, 0xfe, 0x10, 0x48, 0x45, 0x0a, 0x0a, 0x64, 0x01, 0x00, 0x50,
-        0x0a, 0x0a, 0x01, 0x02, 0x9c, 0x40,
+        0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x00, 0x00, 0x00, 0x00, 0x01,
+        0x03, 0x03, 0x0a, 0xfe, 0x10, 0x48, 0x45, 0x0a, 0x0a, 0x64, 0x01, 0x00, 0x50, 0x0a, 0x0a, 0x01, 0x02,
+        0x9c, 0x40,
     ];
 
     #[test]
     fn finds_syn_form_after_real_options() {
         let found = find(&SYN_OPTIONS).unwrap().unwrap();
         assert_eq!(found.offset, 20);
-        assert_eq!(
-            found.syn(),
-            SynOption {
-                vip: VIP,
-                client: CLIENT
-            }
-        );
+        assert_eq!(found.syn(), SynOption { vip: VIP, client: CLIENT });
     }
 
     #[test]
     fn emit_matches_fixture() {
-        assert_eq!(
-            SynOption {
-                vip: VIP,
-                client: CLIENT
-            }
-            .emit()[..],
-            SYN_OPTIONS[20..]
-        );
+        assert_eq!(SynOption { vip: VIP, client: CLIENT }.emit()[..], SYN_OPTIONS[20..]);
     }
 
     #[test]
     fn syn_ack_form_round_trips() {
-        let option = SynAckOption {
-            backend: Endpoint::new([10, 10, 3, 2], 8080),
-            vip: VIP,
-        };
+        let option = SynAckOption { backend: Endpoint::new([10, 10, 3, 2], 8080), vip: VIP };
         let bytes = option.emit();
         assert_eq!(&bytes[..4], &[254, 16, 0x48, 0x45]);
         assert_eq!(find(&bytes).unwrap().unwrap().syn_ack(), option);
@@ -356,13 +319,7 @@ mod tests {
         assert_eq!(find(&list), Ok(None));
         // A HEELS option after EOL is not an option.
         let mut list = [0u8; 20];
-        list[4..].copy_from_slice(
-            &SynOption {
-                vip: VIP,
-                client: CLIENT,
-            }
-            .emit(),
-        );
+        list[4..].copy_from_slice(&SynOption { vip: VIP, client: CLIENT }.emit());
         assert_eq!(find(&list), Ok(None));
     }
 
@@ -370,13 +327,7 @@ mod tests {
     fn other_experiment_ids_are_skipped() {
         let mut list = [0u8; 24];
         list[..4].copy_from_slice(&[254, 4, 0x12, 0x34]);
-        list[4..20].copy_from_slice(
-            &SynOption {
-                vip: VIP,
-                client: CLIENT,
-            }
-            .emit(),
-        );
+        list[4..20].copy_from_slice(&SynOption { vip: VIP, client: CLIENT }.emit());
         list[20..].copy_from_slice(&[1, 1, 1, 0]);
         assert_eq!(find(&list).unwrap().unwrap().offset, 4);
         // Kind 254 of length 2 or 3 carries no experiment ID: unknown, skipped.
@@ -385,16 +336,8 @@ mod tests {
 
     #[test]
     fn first_heels_option_wins() {
-        let first = SynOption {
-            vip: VIP,
-            client: CLIENT,
-        }
-        .emit();
-        let second = SynOption {
-            vip: VIP,
-            client: Endpoint::new([1, 2, 3, 4], 5),
-        }
-        .emit();
+        let first = SynOption { vip: VIP, client: CLIENT }.emit();
+        let second = SynOption { vip: VIP, client: Endpoint::new([1, 2, 3, 4], 5) }.emit();
         let list: Vec<u8> = first.iter().chain(second.iter()).copied().collect();
         assert_eq!(find(&list).unwrap().unwrap().syn().client, CLIENT);
     }
@@ -406,22 +349,11 @@ mod tests {
         assert_eq!(find(&[1, 8, 1, 0]), Err(Error::BadLength { at: 1, len: 1 }));
         assert_eq!(find(&[2, 4, 5]), Err(Error::Overrun { at: 0, len: 4 }));
         // A HEELS option cut short by the header end.
-        assert_eq!(
-            find(&SYN_OPTIONS[..32]),
-            Err(Error::Overrun { at: 20, len: 16 })
-        );
+        assert_eq!(find(&SYN_OPTIONS[..32]), Err(Error::Overrun { at: 20, len: 16 }));
         // The HEELS experiment ID with the wrong length.
-        assert_eq!(
-            find(&[254, 8, 0x48, 0x45, 0, 0, 0, 0]),
-            Err(Error::BadHeelsLength { at: 0, len: 8 })
-        );
+        assert_eq!(find(&[254, 8, 0x48, 0x45, 0, 0, 0, 0]), Err(Error::BadHeelsLength { at: 0, len: 8 }));
         // Malformed after a valid HEELS option still rejects the list.
-        let mut list = SynOption {
-            vip: VIP,
-            client: CLIENT,
-        }
-        .emit()
-        .to_vec();
+        let mut list = SynOption { vip: VIP, client: CLIENT }.emit().to_vec();
         list.extend_from_slice(&[3, 9, 1, 1]);
         assert_eq!(find(&list), Err(Error::Overrun { at: 16, len: 9 }));
     }

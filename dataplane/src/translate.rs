@@ -35,10 +35,7 @@ pub struct Prefix {
 impl Prefix {
     /// A prefix; `None` when `len > 32`. Host bits are cleared.
     pub fn new(addr: [u8; 4], len: u8) -> Option<Self> {
-        (len <= 32).then(|| Prefix {
-            addr: (u32::from_be_bytes(addr) & Self::mask(len)).to_be_bytes(),
-            len,
-        })
+        (len <= 32).then(|| Prefix { addr: (u32::from_be_bytes(addr) & Self::mask(len)).to_be_bytes(), len })
     }
 
     fn mask(len: u8) -> u32 {
@@ -126,10 +123,7 @@ impl Config {
     }
 
     fn local_port(&self, vip: Endpoint) -> Option<u16> {
-        self.services
-            .iter()
-            .find(|s| s.vip == vip)
-            .map(|s| s.local_port)
+        self.services.iter().find(|s| s.vip == vip).map(|s| s.local_port)
     }
 
     fn is_lb_source(&self, addr: [u8; 4]) -> bool {
@@ -137,9 +131,7 @@ impl Config {
     }
 
     fn is_vip(&self, vip: Endpoint) -> bool {
-        self.vips
-            .iter()
-            .any(|v| v.addr == vip.addr && (v.port == 0 || v.port == vip.port))
+        self.vips.iter().any(|v| v.addr == vip.addr && (v.port == 0 || v.port == vip.port))
     }
 
     fn is_backend(&self, addr: [u8; 4]) -> bool {
@@ -311,11 +303,7 @@ fn locate(frame: &[u8], decap: bool) -> Result<Located, Reason> {
         Protocol::Tcp => outer,
         Protocol::Ipip if decap => {
             let header_len = usize::from(outer.header_len());
-            tunnel = Some(Tunnel {
-                header_len,
-                src: outer.src_addr(),
-                dst: outer.dst_addr(),
-            });
+            tunnel = Some(Tunnel { header_len, src: outer.src_addr(), dst: outer.dst_addr() });
             ip += header_len;
             let inner = Ipv4Packet::new_checked(&frame[ip..end]).map_err(|_| Reason::Malformed)?;
             if inner.is_fragment() {
@@ -365,9 +353,7 @@ impl Located {
         outer_ok
             && self.ip(frame).verify_checksum()
             && (mode == Mode::PseudoHeaderOnly
-                || self
-                    .tcp(frame)
-                    .verify_checksum(self.src.addr, self.dst.addr))
+                || self.tcp(frame).verify_checksum(self.src.addr, self.dst.addr))
     }
 
     /// Rewrites one endpoint, updating the IPv4 checksum and, as `mode`
@@ -407,11 +393,7 @@ pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Verd
     }
 }
 
-fn try_server_syn_ingress(
-    frame: &mut [u8],
-    mode: Mode,
-    config: &Config,
-) -> Result<Verdict, Verdict> {
+fn try_server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Result<Verdict, Verdict> {
     let at = pass_on_err(locate(frame, true))?;
     if !at.flags.is_syn() {
         return Err(Verdict::Pass(Reason::NotHandshake));
@@ -428,11 +410,8 @@ fn try_server_syn_ingress(
     if !config.is_local(dip) {
         return Err(Verdict::Pass(Reason::NotLocal));
     }
-    let local_port = config
-        .local_port(syn.vip)
-        .ok_or(Verdict::Pass(Reason::UnknownService))?;
-    let from_lb =
-        config.is_lb_source(at.src.addr) || at.tunnel.is_some_and(|t| config.is_lb_source(t.src));
+    let local_port = config.local_port(syn.vip).ok_or(Verdict::Pass(Reason::UnknownService))?;
+    let from_lb = config.is_lb_source(at.src.addr) || at.tunnel.is_some_and(|t| config.is_lb_source(t.src));
     if at.src != syn.client && !from_lb {
         return Err(Verdict::Pass(Reason::SourceNotAllowed));
     }
@@ -459,17 +438,11 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
         Ok(at) => at,
         Err(reason) => return Verdict::Pass(reason),
     };
-    let key = FlowKey {
-        src: at.src,
-        dst: at.dst,
-    };
+    let key = FlowKey { src: at.src, dst: at.dst };
     if at.tcp(frame).flags().is_syn() {
         if let Some(backend) = table.lookup(&key, now) {
             table.remove(&key);
-            table.remove(&FlowKey {
-                src: backend,
-                dst: key.src,
-            });
+            table.remove(&FlowKey { src: backend, dst: key.src });
         }
         return Verdict::Pass(Reason::ClientSyn);
     }
@@ -487,13 +460,7 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
 /// connection's two entries; then every packet from DIP:dport to CIP:cport
 /// comes in from VIP:vport. A SYN-ACK that came back through the LB (from
 /// the VIP) creates the entries and is left as it came.
-pub fn client_ingress(
-    frame: &mut [u8],
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    now: u32,
-) -> Verdict {
+pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &ConnTable, now: u32) -> Verdict {
     let at = match locate(frame, false) {
         Ok(at) => at,
         Err(reason) => return Verdict::Pass(reason),
@@ -505,10 +472,7 @@ pub fn client_ingress(
             Err(_) => return Verdict::Pass(Reason::BadOption),
         }
     }
-    let key = FlowKey {
-        src: at.src,
-        dst: at.dst,
-    };
+    let key = FlowKey { src: at.src, dst: at.dst };
     match table.lookup(&key, now) {
         Some(vip) => {
             at.rewrite(frame, Side::Src, vip, mode);
@@ -541,26 +505,15 @@ fn learn(
         return Verdict::Pass(Reason::BadChecksum);
     }
     let client = at.dst;
-    let egress = FlowKey {
-        src: client,
-        dst: option.vip,
-    };
-    let ingress = FlowKey {
-        src: option.backend,
-        dst: client,
-    };
-    let inserted = table
-        .insert(egress, option.backend, now)
-        .and_then(|()| table.insert(ingress, option.vip, now));
+    let egress = FlowKey { src: client, dst: option.vip };
+    let ingress = FlowKey { src: option.backend, dst: client };
+    let inserted =
+        table.insert(egress, option.backend, now).and_then(|()| table.insert(ingress, option.vip, now));
     if inserted.is_err() {
         table.remove(&egress);
         // A direct SYN-ACK the stack cannot match would draw a reset; the
         // server retransmits it, perhaps when there is room.
-        return if direct {
-            Verdict::Drop(Reason::TableFull)
-        } else {
-            Verdict::Pass(Reason::TableFull)
-        };
+        return if direct { Verdict::Drop(Reason::TableFull) } else { Verdict::Pass(Reason::TableFull) };
     }
     if direct {
         at.rewrite(frame, Side::Src, option.vip, mode);

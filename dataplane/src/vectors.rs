@@ -8,12 +8,8 @@ const PROTOCOL_MD: &str = include_str!("../../docs/protocol.md");
 /// The bytes of the vector called `name` in docs/protocol.md.
 pub fn vector(name: &str) -> Vec<u8> {
     let marker = format!("<!-- vector: {name} -->\n```text\n");
-    let start = PROTOCOL_MD
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no vector {name}"))
-        + marker.len();
-    let block =
-        &PROTOCOL_MD[start..start + PROTOCOL_MD[start..].find("```").expect("closing fence")];
+    let start = PROTOCOL_MD.find(&marker).unwrap_or_else(|| panic!("no vector {name}")) + marker.len();
+    let block = &PROTOCOL_MD[start..start + PROTOCOL_MD[start..].find("```").expect("closing fence")];
     let mut bytes = Vec::new();
     for line in block.lines() {
         let (_, hex) = line.split_once(':').expect("offset: hex");
@@ -60,22 +56,12 @@ mod tests {
     fn etherparse_verifies(frame: &[u8]) {
         use etherparse::{NetSlice, SlicedPacket, TransportSlice};
         let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse parses the frame");
-        let Some(NetSlice::Ipv4(ipv4)) = sliced.net else {
-            panic!("not IPv4")
-        };
+        let Some(NetSlice::Ipv4(ipv4)) = sliced.net else { panic!("not IPv4") };
         let header = ipv4.header().to_header();
-        assert_eq!(
-            header.header_checksum,
-            header.calc_header_checksum(),
-            "IPv4 checksum"
-        );
-        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
-            panic!("not TCP")
-        };
-        let expected = tcp
-            .to_header()
-            .calc_checksum_ipv4(&header, tcp.payload())
-            .expect("checksum computable");
+        assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 checksum");
+        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!("not TCP") };
+        let expected =
+            tcp.to_header().calc_checksum_ipv4(&header, tcp.payload()).expect("checksum computable");
         assert_eq!(tcp.checksum(), expected, "TCP checksum");
     }
 
@@ -83,11 +69,7 @@ mod tests {
         use etherparse::{Ipv4HeaderSlice, Ipv4Slice};
         let outer = Ipv4HeaderSlice::from_slice(&frame[14..]).expect("outer header");
         let header = outer.to_header();
-        assert_eq!(
-            header.header_checksum,
-            header.calc_header_checksum(),
-            "outer IPv4 checksum"
-        );
+        assert_eq!(header.header_checksum, header.calc_header_checksum(), "outer IPv4 checksum");
         assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
         // Verify the inner packet as if it were a frame of its own.
         let inner = Ipv4Slice::from_slice(&frame[14 + 20..]).expect("inner packet");
@@ -137,51 +119,22 @@ mod tests {
     fn direct_syn_ack_learns_and_is_rewritten() {
         let table = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-before");
-        let verdict =
-            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("syn-ack-after"));
         etherparse_verifies(&frame);
-        assert_eq!(
-            table.lookup(
-                &FlowKey {
-                    src: CLIENT,
-                    dst: VIP
-                },
-                5
-            ),
-            Some(BACKEND)
-        );
-        assert_eq!(
-            table.lookup(
-                &FlowKey {
-                    src: BACKEND,
-                    dst: CLIENT
-                },
-                5
-            ),
-            Some(VIP)
-        );
+        assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, 5), Some(BACKEND));
+        assert_eq!(table.lookup(&FlowKey { src: BACKEND, dst: CLIENT }, 5), Some(VIP));
     }
 
     #[test]
     fn syn_ack_via_lb_learns_and_stays() {
         let table = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-via-lb");
-        let verdict =
-            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
         assert_eq!(verdict, Verdict::Pass(Reason::LearnedViaLb));
         assert_eq!(frame, vector("syn-ack-via-lb"));
-        assert_eq!(
-            table.lookup(
-                &FlowKey {
-                    src: CLIENT,
-                    dst: VIP
-                },
-                5
-            ),
-            Some(BACKEND)
-        );
+        assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, 5), Some(BACKEND));
     }
 
     #[test]
@@ -195,8 +148,7 @@ mod tests {
         assert_eq!(frame, vector("egress-data-after"));
         etherparse_verifies(&frame);
         let mut frame = vector("ingress-data-before");
-        let verdict =
-            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("ingress-data-after"));
         etherparse_verifies(&frame);
@@ -240,18 +192,10 @@ mod tests {
     fn server_validation() {
         for name in ["fullnat-syn-before", "dnat-syn-before", "ipip-syn-before"] {
             server_refuses(name, |c| c.services.clear(), Reason::UnknownService);
-            server_refuses(
-                name,
-                |c| c.local_addrs = vec![[10, 10, 3, 3]],
-                Reason::NotLocal,
-            );
+            server_refuses(name, |c| c.local_addrs = vec![[10, 10, 3, 3]], Reason::NotLocal);
         }
         // Full-NAT comes from the LB's address: outside the LB prefixes it is refused.
-        server_refuses(
-            "fullnat-syn-before",
-            |c| c.lb_sources.clear(),
-            Reason::SourceNotAllowed,
-        );
+        server_refuses("fullnat-syn-before", |c| c.lb_sources.clear(), Reason::SourceNotAllowed);
         // DNAT and IPIP keep the client's own address: no LB prefix needed.
         for name in ["dnat-syn-before", "ipip-syn-before"] {
             let mut frame = vector(name);
@@ -303,16 +247,10 @@ mod tests {
             verdict
         };
         assert_eq!(
-            learn(
-                &|c| c.backends = vec!["10.10.4.0/24".parse().unwrap()],
-                "syn-ack-before"
-            ),
+            learn(&|c| c.backends = vec!["10.10.4.0/24".parse().unwrap()], "syn-ack-before"),
             Verdict::Pass(Reason::BackendNotAllowed)
         );
-        assert_eq!(
-            learn(&|c| c.vips.clear(), "syn-ack-before"),
-            Verdict::Pass(Reason::UnknownVip)
-        );
+        assert_eq!(learn(&|c| c.vips.clear(), "syn-ack-before"), Verdict::Pass(Reason::UnknownVip));
         // Port 0 in the VIP list means every port of that VIP.
         let table = ConnTable::new(16, 60);
         let mut config = fuzzing::config();
@@ -327,12 +265,9 @@ mod tests {
     #[test]
     fn full_table_drops_a_direct_syn_ack_and_leaves_no_half_entry() {
         let table = ConnTable::new(1, 60);
-        table
-            .insert(FlowKey { src: VIP, dst: VIP }, VIP, 0)
-            .unwrap();
+        table.insert(FlowKey { src: VIP, dst: VIP }, VIP, 0).unwrap();
         let mut frame = vector("syn-ack-before");
-        let verdict =
-            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
         assert_eq!(verdict, Verdict::Drop(Reason::TableFull));
         assert_eq!(frame, vector("syn-ack-before"));
         assert_eq!(table.len(), 1);
@@ -370,10 +305,7 @@ mod tests {
         }
         let mut arp = vector("egress-data-before");
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(
-            translate::client_egress(&mut arp, Mode::Full, &table, 1),
-            Verdict::Pass(Reason::NotIpv4)
-        );
+        assert_eq!(translate::client_egress(&mut arp, Mode::Full, &table, 1), Verdict::Pass(Reason::NotIpv4));
     }
 
     mod properties {
@@ -405,8 +337,8 @@ mod tests {
         fn random_frame() -> impl Strategy<Value = Vec<u8>> {
             use crate::option::{SynAckOption, SynOption};
             use crate::wire::{
-                EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags,
-                TcpPacket, TcpRepr,
+                EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket,
+                TcpRepr,
             };
             (
                 any::<bool>(),
@@ -433,20 +365,8 @@ mod tests {
                 .prop_map(|(ipip, src, dst, flags, pre, heels, payload)| {
                     let mut options: Vec<u8> = pre.concat();
                     match heels {
-                        1 => options.extend_from_slice(
-                            &SynOption {
-                                vip: VIP,
-                                client: src,
-                            }
-                            .emit(),
-                        ),
-                        2 => options.extend_from_slice(
-                            &SynAckOption {
-                                backend: src,
-                                vip: VIP,
-                            }
-                            .emit(),
-                        ),
+                        1 => options.extend_from_slice(&SynOption { vip: VIP, client: src }.emit()),
+                        2 => options.extend_from_slice(&SynAckOption { backend: src, vip: VIP }.emit()),
                         _ => {}
                     }
                     options.truncate(40);
@@ -474,11 +394,7 @@ mod tests {
                     };
                     let mut packet = vec![0; 20 + tcp.buffer_len()];
                     ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet[..]));
-                    tcp.emit(
-                        &mut TcpPacket::new_unchecked(&mut packet[20..]),
-                        src.addr,
-                        dst.addr,
-                    );
+                    tcp.emit(&mut TcpPacket::new_unchecked(&mut packet[20..]), src.addr, dst.addr);
                     if ipip {
                         let outer = Ipv4Repr {
                             src_addr: [172, 16, 1, 1],
@@ -494,11 +410,7 @@ mod tests {
                         encapsulated.extend_from_slice(&packet);
                         packet = encapsulated;
                     }
-                    let eth = EthernetRepr {
-                        src_addr: [2; 6],
-                        dst_addr: [4; 6],
-                        ethertype: EtherType::Ipv4,
-                    };
+                    let eth = EthernetRepr { src_addr: [2; 6], dst_addr: [4; 6], ethertype: EtherType::Ipv4 };
                     let mut frame = vec![0; 14];
                     eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
                     frame.extend_from_slice(&packet);
@@ -516,10 +428,7 @@ mod tests {
                 &fuzzing::config(),
             );
             fuzzing::check_outcome(frame, &guarded[32..32 + frame.len()], verdict);
-            assert!(guarded[..32]
-                .iter()
-                .chain(&guarded[32 + frame.len()..])
-                .all(|&b| b == 0xa5));
+            assert!(guarded[..32].iter().chain(&guarded[32 + frame.len()..]).all(|&b| b == 0xa5));
             fuzzing::server_syn_ingress(frame);
             fuzzing::client_egress(frame);
             fuzzing::client_ingress(frame);

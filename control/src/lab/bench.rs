@@ -29,12 +29,7 @@ pub struct BenchSpec {
 
 impl Default for BenchSpec {
     fn default() -> Self {
-        BenchSpec {
-            lb: LbKind::Fullnat,
-            rounds: 3,
-            seconds: 2.0,
-            exchanges: 2000,
-        }
+        BenchSpec { lb: LbKind::Fullnat, rounds: 3, seconds: 2.0, exchanges: 2000 }
     }
 }
 
@@ -94,14 +89,7 @@ pub fn run(bench: &BenchSpec, heels: &Path) -> anyhow::Result<BenchReport> {
         overrides: Overrides::default(),
     };
     let vanilla = Lab::build(plain.clone(), heels)?;
-    let heels_lab = Lab::build(
-        LabSpec {
-            client: Dataplane::Tc,
-            server: Dataplane::Tc,
-            ..plain
-        },
-        heels,
-    )?;
+    let heels_lab = Lab::build(LabSpec { client: Dataplane::Tc, server: Dataplane::Tc, ..plain }, heels)?;
     let direct = SocketAddrV4::new(server_addr(0), vanilla.server_port());
     let paths: [(&str, &Lab, SocketAddrV4); 3] = [
         ("direct", &vanilla, direct),
@@ -129,12 +117,7 @@ pub fn run(bench: &BenchSpec, heels: &Path) -> anyhow::Result<BenchReport> {
         .zip(runs)
         .map(|((name, _, _), runs)| {
             let of = |mode: Mode, f: fn(&LoadReport) -> f64| {
-                median(
-                    runs.iter()
-                        .filter(|(m, _)| *m == mode)
-                        .map(|(_, r)| f(r))
-                        .collect(),
-                )
+                median(runs.iter().filter(|(m, _)| *m == mode).map(|(_, r)| f(r)).collect())
             };
             PathResult {
                 path: (*name).to_owned(),
@@ -146,11 +129,7 @@ pub fn run(bench: &BenchSpec, heels: &Path) -> anyhow::Result<BenchReport> {
             }
         })
         .collect();
-    Ok(BenchReport {
-        lb: bench.lb,
-        rounds: bench.rounds,
-        paths: results,
-    })
+    Ok(BenchReport { lb: bench.lb, rounds: bench.rounds, paths: results })
 }
 
 /// The table: absolute medians and ratios to the direct path.

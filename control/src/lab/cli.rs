@@ -1,12 +1,10 @@
 //! `heels lab ...`.
 
-use std::net::SocketAddrV4;
-
 use anyhow::Context;
 use clap::Subcommand;
 
 use super::demo::{self, DemoSpec};
-use super::workload::{self, LoadSpec, Mode};
+use super::workload::{self, LoadSpec};
 use super::{Dataplane, LabSpec, LbKind};
 
 /// The lab's subcommands.
@@ -76,30 +74,9 @@ pub enum LabCommand {
     /// Run lab connections (runs inside the client's namespace).
     #[command(hide = true)]
     Load {
-        /// VIP:vport or DIP:port.
-        #[arg(long)]
-        target: SocketAddrV4,
-        /// What to do.
-        #[arg(long, value_enum, default_value = "verify")]
-        mode: Mode,
-        /// Connections (verify).
-        #[arg(long, default_value_t = 100)]
-        connections: usize,
-        /// Connections at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Request bytes.
-        #[arg(long, default_value_t = 65536)]
-        request: u64,
-        /// Response bytes.
-        #[arg(long, default_value_t = 262144)]
-        response: u64,
-        /// Exchanges (pingpong).
-        #[arg(long, default_value_t = 1000)]
-        count: usize,
-        /// Seconds (bulk, connect).
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
+        /// What to run.
+        #[command(flatten)]
+        spec: LoadSpec,
         /// JSON report.
         #[arg(long)]
         json: bool,
@@ -137,27 +114,13 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 print!("{}", demo::render(&report));
             }
             if report.connections_failed > 0 {
-                anyhow::bail!(
-                    "{} connections failed: {:?}",
-                    report.connections_failed,
-                    report.load.errors
-                );
+                anyhow::bail!("{} connections failed: {:?}", report.connections_failed, report.load.errors);
             }
             Ok(())
         }
-        LabCommand::Bench {
-            lb,
-            rounds,
-            seconds,
-            json,
-        } => {
+        LabCommand::Bench { lb, rounds, seconds, json } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
-            let spec = super::bench::BenchSpec {
-                lb,
-                rounds,
-                seconds,
-                ..Default::default()
-            };
+            let spec = super::bench::BenchSpec { lb, rounds, seconds, ..Default::default() };
             let report = super::bench::run(&spec, &heels)?;
             print!("{}", super::bench::render(&report));
             if let Some(path) = json {
@@ -166,24 +129,14 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Up {
-            lb,
-            dataplane,
-            servers,
-        } => {
+        LabCommand::Up { lb, dataplane, servers } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let mut signals = signal_hook::iterator::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
             ])?;
             let lab = super::Lab::build(
-                LabSpec {
-                    lb,
-                    servers,
-                    client: dataplane,
-                    server: dataplane,
-                    overrides: Default::default(),
-                },
+                LabSpec { lb, servers, client: dataplane, server: dataplane, overrides: Default::default() },
                 &heels,
             )?;
             println!(
@@ -196,27 +149,8 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Serve { port, id } => workload::serve(port, id),
-        LabCommand::Load {
-            target,
-            mode,
-            connections,
-            concurrency,
-            request,
-            response,
-            count,
-            seconds,
-            json,
-        } => {
-            let report = workload::load(&LoadSpec {
-                target,
-                mode,
-                connections,
-                concurrency,
-                request,
-                response,
-                count,
-                seconds,
-            });
+        LabCommand::Load { spec, json } => {
+            let report = workload::load(&spec);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -109,11 +109,8 @@ pub fn run(spec: &DemoSpec, heels: &Path) -> anyhow::Result<DemoReport> {
     let lb = lab.lb_counters()?;
     let sent = after.tx_packets - before.tx_packets;
     let client_bytes = (after.tx_bytes - before.tx_bytes) + (after.rx_bytes - before.rx_bytes);
-    let bypass_ratio = if sent == 0 {
-        0.0
-    } else {
-        1.0 - (lb.to_servers_packets as f64 / sent as f64).min(1.0)
-    };
+    let bypass_ratio =
+        if sent == 0 { 0.0 } else { 1.0 - (lb.to_servers_packets as f64 / sent as f64).min(1.0) };
     Ok(DemoReport {
         lb: spec.lab.lb,
         client_dataplane: spec.lab.client,
@@ -183,22 +180,9 @@ pub fn render(report: &DemoReport) -> String {
         report.real_address_seen, report.connections
     );
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "                     {:>12} {:>12}",
-        "packets", "bytes"
-    );
-    let _ = writeln!(
-        out,
-        "  client sent        {:>12} {:>12}",
-        report.client_packets_sent, ""
-    );
-    let _ = writeln!(
-        out,
-        "  client, both ways  {:>12} {:>12}",
-        "",
-        human(report.client_bytes)
-    );
+    let _ = writeln!(out, "                     {:>12} {:>12}", "packets", "bytes");
+    let _ = writeln!(out, "  client sent        {:>12} {:>12}", report.client_packets_sent, "");
+    let _ = writeln!(out, "  client, both ways  {:>12} {:>12}", "", human(report.client_bytes));
     let _ = writeln!(
         out,
         "  through the LB     {:>12} {:>12}   ({} SYNs)",

@@ -53,9 +53,8 @@ pub struct LoadBalancer {
 }
 
 fn ruleset(kind: LbKind, servers: usize) -> String {
-    let map: Vec<String> = (0..servers)
-        .map(|i| format!("{i} : {} . {SERVER_PORT}", server_addr(i)))
-        .collect();
+    let map: Vec<String> =
+        (0..servers).map(|i| format!("{i} : {} . {SERVER_PORT}", server_addr(i))).collect();
     let masquerade = if kind == LbKind::Fullnat {
         format!("        ip daddr 10.10.0.0/24 tcp dport {SERVER_PORT} ct status dnat masquerade\n")
     } else {
@@ -88,18 +87,10 @@ fn ruleset(kind: LbKind, servers: usize) -> String {
 impl LoadBalancer {
     /// Sets the LB up on `host` (and, for the XDP fixture, the pass program
     /// on its peer in the router namespace).
-    pub fn start(
-        kind: LbKind,
-        host: &Host,
-        router: &NetNs,
-        servers: usize,
-    ) -> anyhow::Result<Self> {
+    pub fn start(kind: LbKind, host: &Host, router: &NetNs, servers: usize) -> anyhow::Result<Self> {
         // An LB that forwards out of the interface it received on would
         // otherwise teach the router and servers to go around it.
-        for key in [
-            "net.ipv4.conf.all.send_redirects",
-            "net.ipv4.conf.eth0.send_redirects",
-        ] {
+        for key in ["net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"] {
             host.netns.sysctl(key, "0")?;
         }
         match kind {
@@ -115,10 +106,8 @@ impl LoadBalancer {
             }
             LbKind::Ipip => {
                 let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
-                let mut config: Array<_, LabLbConfig> = Array::try_from(
-                    ebpf.map_mut(heels_common::MAP_LAB_LB_CONFIG)
-                        .context("config map")?,
-                )?;
+                let mut config: Array<_, LabLbConfig> =
+                    Array::try_from(ebpf.map_mut(heels_common::MAP_LAB_LB_CONFIG).context("config map")?)?;
                 config.set(
                     0,
                     LabLbConfig {
@@ -131,43 +120,27 @@ impl LoadBalancer {
                     0,
                 )?;
                 let mut backends: Array<_, LabLbBackend> = Array::try_from(
-                    ebpf.map_mut(heels_common::MAP_LAB_LB_BACKENDS)
-                        .context("backends map")?,
+                    ebpf.map_mut(heels_common::MAP_LAB_LB_BACKENDS).context("backends map")?,
                 )?;
                 for i in 0..servers {
                     backends.set(
                         i as u32,
-                        LabLbBackend {
-                            addr: server_addr(i).octets(),
-                            mac: server_mac(i),
-                            pad: [0; 6],
-                        },
+                        LabLbBackend { addr: server_addr(i).octets(), mac: server_mac(i), pad: [0; 6] },
                         0,
                     )?;
                 }
                 for name in [LAB_LB_PROGRAM, LAB_PASS_PROGRAM] {
-                    let program: &mut Xdp = ebpf
-                        .program_mut(name)
-                        .context("fixture program")?
-                        .try_into()?;
+                    let program: &mut Xdp = ebpf.program_mut(name).context("fixture program")?.try_into()?;
                     program.load()?;
                 }
-                let lb_program: &mut Xdp = ebpf
-                    .program_mut(LAB_LB_PROGRAM)
-                    .context("lb program")?
-                    .try_into()?;
-                host.netns
-                    .enter(|| Ok(lb_program.attach("eth0", XdpMode::Driver)?))?;
-                let pass: &mut Xdp = ebpf
-                    .program_mut(LAB_PASS_PROGRAM)
-                    .context("pass program")?
-                    .try_into()?;
+                let lb_program: &mut Xdp =
+                    ebpf.program_mut(LAB_LB_PROGRAM).context("lb program")?.try_into()?;
+                host.netns.enter(|| Ok(lb_program.attach("eth0", XdpMode::Driver)?))?;
+                let pass: &mut Xdp =
+                    ebpf.program_mut(LAB_PASS_PROGRAM).context("pass program")?.try_into()?;
                 let port = format!("to-{}", host.role);
                 router.enter(|| Ok(pass.attach(&port, XdpMode::Driver)?))?;
-                Ok(LoadBalancer {
-                    kind,
-                    xdp: Some(ebpf),
-                })
+                Ok(LoadBalancer { kind, xdp: Some(ebpf) })
             }
         }
     }
@@ -176,13 +149,10 @@ impl LoadBalancer {
     pub fn counters(&self, host: &Host) -> anyhow::Result<LbCounters> {
         match (&self.xdp, self.kind) {
             (Some(ebpf), LbKind::Ipip) => {
-                let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
-                    ebpf.map(heels_common::MAP_LAB_LB_STATS)
-                        .context("stats map")?,
-                )?;
-                let sum = |c: LabLbCounter| -> anyhow::Result<u64> {
-                    Ok(stats.get(&(c as u32), 0)?.iter().sum())
-                };
+                let stats: PerCpuArray<_, u64> =
+                    PerCpuArray::try_from(ebpf.map(heels_common::MAP_LAB_LB_STATS).context("stats map")?)?;
+                let sum =
+                    |c: LabLbCounter| -> anyhow::Result<u64> { Ok(stats.get(&(c as u32), 0)?.iter().sum()) };
                 Ok(LbCounters {
                     to_servers_packets: sum(LabLbCounter::Packets)?,
                     to_servers_bytes: sum(LabLbCounter::Bytes)?,
@@ -192,26 +162,20 @@ impl LoadBalancer {
                 })
             }
             (None, LbKind::Fullnat | LbKind::Dnat) => {
-                let output = host.netns.exec(
-                    "nft",
-                    &["-j", "list", "counters", "table", "ip", "heels_lab"],
-                )?;
+                let output =
+                    host.netns.exec("nft", &["-j", "list", "counters", "table", "ip", "heels_lab"])?;
                 let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
                 let mut counters = LbCounters::default();
                 for item in value["nftables"].as_array().into_iter().flatten() {
                     let counter = &item["counter"];
-                    let (packets, bytes) = (
-                        counter["packets"].as_u64().unwrap_or(0),
-                        counter["bytes"].as_u64().unwrap_or(0),
-                    );
+                    let (packets, bytes) =
+                        (counter["packets"].as_u64().unwrap_or(0), counter["bytes"].as_u64().unwrap_or(0));
                     match counter["name"].as_str() {
                         Some("to_servers") => {
-                            (counters.to_servers_packets, counters.to_servers_bytes) =
-                                (packets, bytes)
+                            (counters.to_servers_packets, counters.to_servers_bytes) = (packets, bytes)
                         }
                         Some("to_clients") => {
-                            (counters.to_clients_packets, counters.to_clients_bytes) =
-                                (packets, bytes)
+                            (counters.to_clients_packets, counters.to_clients_bytes) = (packets, bytes)
                         }
                         Some("syns") => counters.syns = packets,
                         _ => {}
@@ -229,14 +193,11 @@ impl LoadBalancer {
 /// backend would have it. Kept attached while the returned object lives.
 pub fn attach_decap(servers: &[&Host]) -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(LAB_DECAP_PROGRAM)
-        .context("decap program")?
-        .try_into()?;
+    let program: &mut SchedClassifier =
+        ebpf.program_mut(LAB_DECAP_PROGRAM).context("decap program")?.try_into()?;
     program.load()?;
     for host in servers {
-        host.netns
-            .enter(|| Ok(program.attach("eth0", TcAttachType::Ingress)?))?;
+        host.netns.enter(|| Ok(program.attach("eth0", TcAttachType::Ingress)?))?;
     }
     Ok(ebpf)
 }
@@ -249,8 +210,7 @@ mod tests {
     fn fullnat_masquerades_and_dnat_does_not() {
         let fullnat = ruleset(LbKind::Fullnat, 2);
         assert!(fullnat.contains("masquerade"));
-        assert!(fullnat
-            .contains("numgen random mod 2 map { 0 : 10.10.0.11 . 8080, 1 : 10.10.0.12 . 8080 }"));
+        assert!(fullnat.contains("numgen random mod 2 map { 0 : 10.10.0.11 . 8080, 1 : 10.10.0.12 . 8080 }"));
         assert!(!ruleset(LbKind::Dnat, 2).contains("masquerade"));
     }
 }

@@ -174,26 +174,22 @@ pub struct Lab {
 
 fn unique_prefix() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "hl{}x{}",
-        std::process::id() % 100_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("hl{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A veth pair: `port` in the router's namespace, `eth0` in the host's.
+fn veth(router: &NetNs, port: &str, host: &Host) -> anyhow::Result<()> {
+    router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns.name()])?;
+    Ok(())
 }
 
 /// Waits until `child` prints "ready" on stdout (or fails).
 fn wait_ready(child: &mut Child, what: &str) -> anyhow::Result<()> {
-    let stdout = child
-        .stdout
-        .take()
-        .with_context(|| format!("{what}: no stdout"))?;
+    let stdout = child.stdout.take().with_context(|| format!("{what}: no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .next()
-            .and_then(Result::ok)
-            .is_some_and(|l| l.trim() == "ready");
+        let ready = lines.next().and_then(Result::ok).is_some_and(|l| l.trim() == "ready");
         let _ = tx.send(ready);
         // Keep draining so the child never blocks on a full pipe.
         for _ in lines {}
@@ -234,8 +230,7 @@ impl Lab {
         let prefix = unique_prefix();
         let work_dir = std::env::temp_dir().join(format!("heels-lab-{prefix}"));
         std::fs::create_dir_all(&work_dir)?;
-        let cgroup_root =
-            Cgroup::create(PathBuf::from("/sys/fs/cgroup/unified/heels-lab").join(&prefix))?;
+        let cgroup_root = Cgroup::create(PathBuf::from("/sys/fs/cgroup/unified/heels-lab").join(&prefix))?;
         let mut lab = Lab {
             spec,
             prefix,
@@ -271,19 +266,9 @@ impl Lab {
 
     fn host(&mut self, role: &str, addr: Ipv4Addr) -> anyhow::Result<usize> {
         let netns = NetNs::create(&format!("{}-{role}", self.prefix))?;
-        let root = self
-            .cgroup_root
-            .as_ref()
-            .expect("cgroup root")
-            .path()
-            .to_owned();
+        let root = self.cgroup_root.as_ref().expect("cgroup root").path().to_owned();
         let cgroup = Cgroup::create(root.join(role))?;
-        self.hosts.push(Host {
-            role: role.to_owned(),
-            netns,
-            cgroup,
-            addr,
-        });
+        self.hosts.push(Host { role: role.to_owned(), netns, cgroup, addr });
         Ok(self.hosts.len() - 1)
     }
 
@@ -305,25 +290,12 @@ impl Lab {
 
         // The client's link: a /24 of its own behind the router.
         let host = &self.hosts[client];
-        router.ip(&[
-            "link",
-            "add",
-            "to-client",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.netns.name(),
-        ])?;
+        veth(router, "to-client", host)?;
         router.ip(&["addr", "add", "10.10.1.1/24", "dev", "to-client"])?;
         router.ip(&["link", "set", "to-client", "up"])?;
-        host.netns
-            .ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
+        host.netns.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
         host.netns.ip(&["link", "set", "eth0", "up"])?;
-        host.netns
-            .ip(&["route", "add", "default", "via", "10.10.1.1"])?;
+        host.netns.ip(&["route", "add", "default", "via", "10.10.1.1"])?;
 
         // The server side: one bridge in the router namespace.
         for (index, mac) in std::iter::once((lb, [0x02, 0x00, 0x0a, 0x0a, 0x00, 0x03]))
@@ -331,72 +303,28 @@ impl Lab {
         {
             let host = &self.hosts[index];
             let port = format!("to-{}", host.role);
-            let mac = mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
-            router.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                host.netns.name(),
-            ])?;
-            router.ip(&[
-                "link",
-                "set",
-                &port,
-                "master",
-                "br0",
-                "mtu",
-                SERVER_SIDE_MTU,
-                "up",
-            ])?;
-            host.netns.ip(&[
-                "link",
-                "set",
-                "eth0",
-                "address",
-                &mac,
-                "mtu",
-                SERVER_SIDE_MTU,
-                "up",
-            ])?;
-            host.netns
-                .ip(&["addr", "add", &format!("{}/24", host.addr), "dev", "eth0"])?;
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            veth(router, &port, host)?;
+            router.ip(&["link", "set", &port, "master", "br0", "mtu", SERVER_SIDE_MTU, "up"])?;
+            host.netns.ip(&["link", "set", "eth0", "address", &mac, "mtu", SERVER_SIDE_MTU, "up"])?;
+            host.netns.ip(&["addr", "add", &format!("{}/24", host.addr), "dev", "eth0"])?;
         }
         self.hosts[lb].netns.sysctl("net.ipv4.ip_forward", "1")?;
-        self.hosts[lb]
-            .netns
-            .ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
+        self.hosts[lb].netns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
         router.ip(&["route", "add", &format!("{VIP}/32"), "via", &LB.to_string()])?;
         for &index in &servers {
             let host = &self.hosts[index];
-            let gateway = if self.spec.lb == LbKind::Dnat {
-                LB
-            } else {
-                ROUTER
-            };
-            host.netns
-                .ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            let gateway = if self.spec.lb == LbKind::Dnat { LB } else { ROUTER };
+            host.netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
             if self.spec.lb == LbKind::Ipip {
                 // Direct server return: the VIP is local on every server.
-                host.netns
-                    .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+                host.netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             }
         }
         if self.spec.lb == LbKind::Ipip {
             // Frames that leave through XDP lose a pending (offloaded)
             // checksum: have the client's stack finish its own.
-            self.hosts[client]
-                .netns
-                .exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+            self.hosts[client].netns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
         }
         Ok(())
     }
@@ -411,14 +339,7 @@ impl Lab {
         let host = &self.hosts[2 + i];
         let mut command = Command::new(&self.heels);
         command
-            .args([
-                "lab",
-                "serve",
-                "--port",
-                &self.server_port().to_string(),
-                "--id",
-                &(i + 1).to_string(),
-            ])
+            .args(["lab", "serve", "--port", &self.server_port().to_string(), "--id", &(i + 1).to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
@@ -437,24 +358,13 @@ impl Lab {
             host.addr
         );
         let overrides = &self.spec.overrides;
-        let quoted = |items: &[String]| {
-            items
-                .iter()
-                .map(|i| format!("\"{i}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let quoted =
+            |items: &[String]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
         if index == 0 {
             let mut vips = vec![format!("{VIP}:{VPORT}")];
             vips.extend(overrides.extra_client_vips.iter().map(|v| v.to_string()));
-            let backends = overrides
-                .client_backends
-                .clone()
-                .unwrap_or_else(|| BACKENDS.to_owned());
-            text.push_str(&format!(
-                "\n[client]\nvips = [{}]\nbackends = [\"{backends}\"]\n",
-                quoted(&vips)
-            ));
+            let backends = overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned());
+            text.push_str(&format!("\n[client]\nvips = [{}]\nbackends = [\"{backends}\"]\n", quoted(&vips)));
         } else {
             let sources = overrides
                 .server_lb_sources
@@ -481,17 +391,10 @@ impl Lab {
             wanted.extend(2..2 + self.spec.servers);
         }
         for index in wanted {
-            let config_path = self
-                .work_dir
-                .join(format!("{}.toml", self.hosts[index].role));
+            let config_path = self.work_dir.join(format!("{}.toml", self.hosts[index].role));
             std::fs::write(&config_path, self.agent_config(index))?;
             let instance = format!("{}-{}", self.prefix, self.hosts[index].role);
-            self.agents.push(Agent {
-                host: index,
-                instance,
-                config_path,
-                child: None,
-            });
+            self.agents.push(Agent { host: index, instance, config_path, child: None });
             let agent = self.agents.len() - 1;
             self.start_agent(agent)?;
         }
@@ -499,17 +402,10 @@ impl Lab {
     }
 
     fn start_agent(&mut self, agent: usize) -> anyhow::Result<()> {
-        let Agent {
-            host, config_path, ..
-        } = &self.agents[agent];
+        let Agent { host, config_path, .. } = &self.agents[agent];
         let host = &self.hosts[*host];
         let mut command = Command::new(&self.heels);
-        command
-            .arg("agent")
-            .arg("--config")
-            .arg(config_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.arg("agent").arg("--config").arg(config_path).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
         wait_ready(&mut child, &format!("the agent on {}", host.role))?;
         self.agents[agent].child = Some(child);
@@ -544,19 +440,12 @@ impl Lab {
 
     /// The instance of the client's agent, if it runs one.
     pub fn client_instance(&self) -> Option<String> {
-        self.agents
-            .iter()
-            .find(|a| a.host == 0)
-            .map(|a| a.instance.clone())
+        self.agents.iter().find(|a| a.host == 0).map(|a| a.instance.clone())
     }
 
     /// The instances of the servers' agents.
     pub fn server_instances(&self) -> Vec<String> {
-        self.agents
-            .iter()
-            .filter(|a| a.host >= 2)
-            .map(|a| a.instance.clone())
-            .collect()
+        self.agents.iter().filter(|a| a.host >= 2).map(|a| a.instance.clone()).collect()
     }
 
     /// The client host.
@@ -620,10 +509,7 @@ pub fn finish_load(child: Child) -> anyhow::Result<LoadReport> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let output = child.wait_with_output()?;
     if Instant::now() > deadline || !output.status.success() {
-        bail!(
-            "the load client failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("the load client failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     serde_json::from_slice(&output.stdout).context("parsing the load report")
 }
@@ -658,11 +544,7 @@ impl InterfaceCounters {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in self
-            .children
-            .iter_mut()
-            .chain(self.agents.iter_mut().filter_map(|a| a.child.as_mut()))
-        {
+        for child in self.children.iter_mut().chain(self.agents.iter_mut().filter_map(|a| a.child.as_mut())) {
             let _ = child.kill();
             let _ = child.wait();
         }

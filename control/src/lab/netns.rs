@@ -11,16 +11,9 @@ use anyhow::{bail, Context};
 
 /// Runs a command to completion; fails with its stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
     if !output.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(output)
 }
@@ -35,9 +28,7 @@ impl NetNs {
     /// Creates `name` (fails if it exists).
     pub fn create(name: &str) -> anyhow::Result<Self> {
         run("ip", &["netns", "add", name])?;
-        let ns = NetNs {
-            name: name.to_owned(),
-        };
+        let ns = NetNs { name: name.to_owned() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -70,18 +61,13 @@ impl NetNs {
 
     /// Writes a sysctl of this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(drop)
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
     }
 
     /// Runs `f` on a thread that has entered the namespace (attach, bind
     /// and netlink calls act in the caller thread's namespace).
-    pub fn enter<T: Send>(
-        &self,
-        f: impl FnOnce() -> anyhow::Result<T> + Send,
-    ) -> anyhow::Result<T> {
-        let file = File::open(self.path())
-            .with_context(|| format!("opening {}", self.path().display()))?;
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
@@ -113,8 +99,7 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates the directory (and its parents).
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Cgroup { path })
     }
 
@@ -139,8 +124,7 @@ impl Drop for Cgroup {
 
 /// Spawns `program args` inside a network namespace and a cgroup.
 pub fn spawn_in(netns: &NetNs, cgroup: &Cgroup, command: &mut Command) -> anyhow::Result<Child> {
-    let ns =
-        File::open(netns.path()).with_context(|| format!("opening {}", netns.path().display()))?;
+    let ns = File::open(netns.path()).with_context(|| format!("opening {}", netns.path().display()))?;
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = OpenOptions::new()
         .write(true)

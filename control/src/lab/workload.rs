@@ -29,9 +29,7 @@ const HEADER_LEN: usize = 24;
 fn table() -> &'static [u8] {
     static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        (0..2 * PERIOD as u64)
-            .map(|i| ((i % PERIOD as u64).wrapping_mul(0x9e37_79b1) >> 11) as u8)
-            .collect()
+        (0..2 * PERIOD as u64).map(|i| ((i % PERIOD as u64).wrapping_mul(0x9e37_79b1) >> 11) as u8).collect()
     })
 }
 
@@ -84,8 +82,8 @@ fn receive_pattern(stream: &mut TcpStream, seed: u64, len: u64, verify: bool) ->
 
 /// `heels lab serve`: answers every connection until killed.
 pub fn serve(port: u16, id: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-        .with_context(|| format!("binding port {port}"))?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding port {port}"))?;
     println!("ready");
     io::stdout().flush().ok();
     for stream in listener.incoming() {
@@ -141,24 +139,32 @@ pub enum Mode {
     Connect,
 }
 
-/// One run of the load client.
-#[derive(Debug, Clone)]
+/// One run of the load client (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadSpec {
-    /// Where to connect.
+    /// Where to connect: VIP:vport or DIP:port.
+    #[arg(long)]
     pub target: SocketAddrV4,
     /// What to do.
+    #[arg(long, value_enum, default_value = "verify")]
     pub mode: Mode,
     /// Connections (verify).
+    #[arg(long, default_value_t = 100)]
     pub connections: usize,
     /// Connections at once.
+    #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
     /// Request bytes (verify).
+    #[arg(long, default_value_t = 65536)]
     pub request: u64,
     /// Response bytes (verify).
+    #[arg(long, default_value_t = 262144)]
     pub response: u64,
     /// Exchanges (pingpong).
+    #[arg(long, default_value_t = 1000)]
     pub count: usize,
-    /// Duration (bulk, connect).
+    /// Duration in seconds (bulk, connect).
+    #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
 }
 
@@ -232,13 +238,7 @@ fn open(target: SocketAddrV4, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bo
         u16::from_be_bytes([hello[4], hello[5]]),
     );
     let server = u16::from_be_bytes([hello[6], hello[7]]);
-    *tally
-        .lock()
-        .expect("tally")
-        .report
-        .per_server
-        .entry(server)
-        .or_default() += 1;
+    *tally.lock().expect("tally").report.per_server.entry(server).or_default() += 1;
     let real = matches!(stream.local_addr()?, SocketAddr::V4(local) if local == seen);
     Ok((stream, real))
 }
@@ -261,10 +261,7 @@ fn one_connection(spec: &LoadSpec, seed: u64, tally: &Mutex<Tally>) -> io::Resul
     // Wait for the server's close: nothing more may arrive.
     let mut rest = [0u8; 1];
     if stream.read(&mut rest)? != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bytes after the response",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the response"));
     }
     let mut tally = tally.lock().expect("tally");
     tally.report.connections_ok += 1;
@@ -314,11 +311,7 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
                 for t in 0..spec.concurrency.max(1) {
                     let (stop, tally) = (&stop, &tally);
                     scope.spawn(move || {
-                        let one = LoadSpec {
-                            request: 1,
-                            response: 1,
-                            ..spec.clone()
-                        };
+                        let one = LoadSpec { request: 1, response: 1, ..spec.clone() };
                         let mut i = 0u64;
                         while !stop.load(Ordering::Relaxed) {
                             if started.elapsed() >= deadline {
@@ -365,10 +358,7 @@ fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
     // The server closes once it has read everything: then all was delivered.
     let mut rest = [0u8; 1];
     if stream.read(&mut rest)? != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bytes from a bulk sink",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes from a bulk sink"));
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut tally = tally.lock().expect("tally");

@@ -111,11 +111,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 
     /// Sets the EtherType.
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
-        write_u16(
-            self.buffer.as_mut(),
-            field::ETHERTYPE.start,
-            ethertype.into(),
-        );
+        write_u16(self.buffer.as_mut(), field::ETHERTYPE.start, ethertype.into());
     }
 
     /// The bytes after the header, writable.
@@ -139,11 +135,7 @@ impl Repr {
     /// Parses the header of a checked frame.
     pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> Result<Repr> {
         frame.check_len()?;
-        Ok(Repr {
-            src_addr: frame.src_addr(),
-            dst_addr: frame.dst_addr(),
-            ethertype: frame.ethertype(),
-        })
+        Ok(Repr { src_addr: frame.src_addr(), dst_addr: frame.dst_addr(), ethertype: frame.ethertype() })
     }
 
     /// Bytes the header takes.
@@ -165,8 +157,8 @@ mod tests {
 
     /// The Ethernet header of a real SYN captured on a veth (10.0.0.1 -> 10.0.0.2).
     static FRAME_BYTES: [u8; 18] = [
-        0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x45,
-        0x00, 0x00, 0x3c,
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x45, 0x00, 0x00,
+        0x3c,
     ];
 
     #[test]
@@ -190,10 +182,7 @@ mod tests {
 
     #[test]
     fn truncated() {
-        assert_eq!(
-            Frame::new_checked(&FRAME_BYTES[..13]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Frame::new_checked(&FRAME_BYTES[..13]).unwrap_err(), Error::Truncated);
     }
 
     #[test]

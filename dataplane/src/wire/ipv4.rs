@@ -222,20 +222,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Sets the source address without touching the checksum.
     pub fn set_src_addr(&mut self, addr: [u8; 4]) {
-        write_u32(
-            self.buffer.as_mut(),
-            field::SRC_ADDR.start,
-            u32::from_be_bytes(addr),
-        );
+        write_u32(self.buffer.as_mut(), field::SRC_ADDR.start, u32::from_be_bytes(addr));
     }
 
     /// Sets the destination address without touching the checksum.
     pub fn set_dst_addr(&mut self, addr: [u8; 4]) {
-        write_u32(
-            self.buffer.as_mut(),
-            field::DST_ADDR.start,
-            u32::from_be_bytes(addr),
-        );
+        write_u32(self.buffer.as_mut(), field::DST_ADDR.start, u32::from_be_bytes(addr));
     }
 
     /// Rewrites the source address and updates the header checksum
@@ -334,10 +326,10 @@ mod tests {
 
     /// IPv4 header and (empty-payload) TCP SYN of a real capture.
     static PACKET_BYTES: [u8; 60] = [
-        0x45, 0x00, 0x00, 0x3c, 0x21, 0x9e, 0x40, 0x00, 0x40, 0x06, 0x05, 0x1c, 0x0a, 0x00, 0x00,
-        0x01, 0x0a, 0x00, 0x00, 0x02, 0x9c, 0x40, 0x00, 0x50, 0x26, 0x69, 0xd6, 0xa2, 0x00, 0x00,
-        0x00, 0x00, 0xa0, 0x02, 0xfa, 0xf0, 0x6d, 0xe9, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04,
-        0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
+        0x45, 0x00, 0x00, 0x3c, 0x21, 0x9e, 0x40, 0x00, 0x40, 0x06, 0x05, 0x1c, 0x0a, 0x00, 0x00, 0x01, 0x0a,
+        0x00, 0x00, 0x02, 0x9c, 0x40, 0x00, 0x50, 0x26, 0x69, 0xd6, 0xa2, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02,
+        0xfa, 0xf0, 0x6d, 0xe9, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3,
+        0xb0, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
     ];
 
     #[test]
@@ -388,32 +380,17 @@ mod tests {
     fn rejects_malformed() {
         let mut bytes = PACKET_BYTES;
         bytes[0] = 0x65; // version 6
-        assert_eq!(
-            Packet::new_checked(&bytes[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
         bytes[0] = 0x44; // IHL 4
-        assert_eq!(
-            Packet::new_checked(&bytes[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
         bytes[0] = 0x4f; // IHL 15 = 60 bytes, total length 60: legal
         assert!(Packet::new_checked(&bytes[..]).is_ok());
         bytes[3] = 0x3d; // total length 61 > buffer
-        assert_eq!(
-            Packet::new_checked(&bytes[..]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Truncated);
         bytes[0] = 0x45;
         bytes[2..4].copy_from_slice(&19u16.to_be_bytes()); // total < header
-        assert_eq!(
-            Packet::new_checked(&bytes[..]).unwrap_err(),
-            Error::Malformed
-        );
-        assert_eq!(
-            Packet::new_checked(&PACKET_BYTES[..19]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
+        assert_eq!(Packet::new_checked(&PACKET_BYTES[..19]).unwrap_err(), Error::Truncated);
     }
 
     #[test]

@@ -264,12 +264,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     fn rewrite_endpoint(&mut self, port_at: usize, old: Endpoint, to: Endpoint, mode: Mode) {
         let (old_addr, new_addr) = (u32::from_be_bytes(old.addr), u32::from_be_bytes(to.addr));
         let check = match mode {
-            Mode::Full => {
-                checksum::update48(self.checksum(), old_addr, old.port, new_addr, to.port)
-            }
-            Mode::PseudoHeaderOnly => {
-                checksum::update32_pseudo_only(self.checksum(), old_addr, new_addr)
-            }
+            Mode::Full => checksum::update48(self.checksum(), old_addr, old.port, new_addr, to.port),
+            Mode::PseudoHeaderOnly => checksum::update32_pseudo_only(self.checksum(), old_addr, new_addr),
         };
         self.set_checksum(check);
         write_u16(self.buffer.as_mut(), port_at, to.port);
@@ -349,12 +345,7 @@ impl<'a> Repr<'a> {
 
     /// Writes the segment with a complete checksum into `packet`, whose
     /// buffer must be exactly [`Repr::buffer_len`] long.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        packet: &mut Packet<T>,
-        src: [u8; 4],
-        dst: [u8; 4],
-    ) {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>, src: [u8; 4], dst: [u8; 4]) {
         debug_assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         packet.set_src_port(self.src_port);
         packet.set_dst_port(self.dst_port);
@@ -380,16 +371,16 @@ mod tests {
     /// The TCP part of a real SYN: 10.0.0.1:40000 -> 10.0.0.2:80, options
     /// MSS 1460, SACK permitted, timestamps, NOP, window scale 10.
     static SYN_BYTES: [u8; 40] = [
-        0x9c, 0x40, 0x00, 0x50, 0x26, 0x69, 0xd6, 0xa2, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02, 0xfa,
-        0xf0, 0x6d, 0xe9, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3,
-        0xd3, 0xb0, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
+        0x9c, 0x40, 0x00, 0x50, 0x26, 0x69, 0xd6, 0xa2, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02, 0xfa, 0xf0, 0x6d,
+        0xe9, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x00, 0x00,
+        0x00, 0x00, 0x01, 0x03, 0x03, 0x0a,
     ];
 
     /// The TCP part of a real data segment (PSH/ACK, payload "ping").
     static DATA_BYTES: [u8; 36] = [
-        0x9c, 0x40, 0x00, 0x50, 0x26, 0x69, 0xd6, 0xa3, 0x31, 0xd2, 0xee, 0xc2, 0x80, 0x18, 0x00,
-        0x3f, 0xcf, 0x56, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x1a, 0xd0,
-        0xad, 0xc1, 0x70, 0x69, 0x6e, 0x67,
+        0x9c, 0x40, 0x00, 0x50, 0x26, 0x69, 0xd6, 0xa3, 0x31, 0xd2, 0xee, 0xc2, 0x80, 0x18, 0x00, 0x3f, 0xcf,
+        0x56, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0x5d, 0xd3, 0xd3, 0xb0, 0x1a, 0xd0, 0xad, 0xc1, 0x70, 0x69,
+        0x6e, 0x67,
     ];
 
     #[test]
@@ -431,21 +422,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_lengths() {
-        assert_eq!(
-            Packet::new_checked(&SYN_BYTES[..19]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Packet::new_checked(&SYN_BYTES[..19]).unwrap_err(), Error::Truncated);
         let mut bytes = SYN_BYTES;
         bytes[12] = 0x40; // data offset 4
-        assert_eq!(
-            Packet::new_checked(&bytes[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Malformed);
         bytes[12] = 0xf0; // data offset 15 = 60 bytes > 40
-        assert_eq!(
-            Packet::new_checked(&bytes[..]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), Error::Truncated);
     }
 
     #[test]

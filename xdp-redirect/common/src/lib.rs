@@ -73,6 +73,13 @@ pub struct FlowV4 {
     pub dst_port: [u8; 2],
 }
 
+impl FlowV4 {
+    /// The flow of a packet from `src` to `dst`.
+    pub const fn between(src: &EndpointV4, dst: &EndpointV4) -> Self {
+        FlowV4 { src_addr: src.addr, dst_addr: dst.addr, src_port: src.port, dst_port: dst.port }
+    }
+}
+
 /// An IPv4 address and TCP port as on the wire: a service's VIP:vport, a
 /// backend's DIP:dport, a rewrite target.
 #[repr(C)]
@@ -89,11 +96,7 @@ pub struct EndpointV4 {
 impl EndpointV4 {
     /// An endpoint from address octets and a port in host order.
     pub const fn new(addr: [u8; 4], port: u16) -> Self {
-        EndpointV4 {
-            addr,
-            port: port.to_be_bytes(),
-            pad: [0; 2],
-        }
+        EndpointV4 { addr, port: port.to_be_bytes(), pad: [0; 2] }
     }
 }
 

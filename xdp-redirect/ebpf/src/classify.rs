@@ -63,11 +63,7 @@ fn classify(ctx: &XdpContext) -> Result<XdpCounter, ()> {
     let protocol: u8 = read(ctx, ip + 9)?;
     if protocol == 4 {
         let inner_protocol: u8 = read(ctx, ip + ihl + 9)?;
-        return Ok(if inner_protocol == 6 {
-            XdpCounter::Ipip
-        } else {
-            XdpCounter::Passed
-        });
+        return Ok(if inner_protocol == 6 { XdpCounter::Ipip } else { XdpCounter::Passed });
     }
     if protocol != 6 {
         return Ok(XdpCounter::Passed);

@@ -59,8 +59,7 @@ fn try_decap(ctx: &TcContext) -> Result<(), ()> {
     let protocol: u8 = read(ctx, ETH_HLEN + 9)?;
     if ethertype == [0x08, 0x00] && ver_ihl >> 4 == 4 && protocol == 4 {
         let outer_len = i32::from(ver_ihl & 0x0f) * 4;
-        ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0)
-            .map_err(|_| ())?;
+        ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
     }
     Ok(())
 }
@@ -86,12 +85,9 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     if inner[16..20] != config.vip || ports[2..4] != config.vport {
         return Ok(xdp_action::XDP_PASS);
     }
-    let hash = u32::from_be_bytes([inner[12], inner[13], inner[14], inner[15]])
-        .wrapping_mul(0x9e37_79b1)
+    let hash = u32::from_be_bytes([inner[12], inner[13], inner[14], inner[15]]).wrapping_mul(0x9e37_79b1)
         ^ u32::from(u16::from_be_bytes([ports[0], ports[1]])).wrapping_mul(0x85eb_ca6b);
-    let backend = BACKENDS
-        .get((hash >> 16) % u32::from(config.backends))
-        .ok_or(())?;
+    let backend = BACKENDS.get((hash >> 16) % u32::from(config.backends)).ok_or(())?;
     let frame_len = (ctx.end() - ctx.start()) as u64;
     add(LabLbCounter::Packets, 1);
     add(LabLbCounter::Bytes, frame_len);

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
 };
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, XdpCounter, MAX_CONFIG_ENTRIES, MAX_CONNECTIONS,
-    MAX_SERVICES, MAX_STEERED_FLOWS, MAX_XSKS,
+    EndpointV4, FlowV4, TcConfig, TcCounter, XdpCounter, MAX_CONFIG_ENTRIES, MAX_CONNECTIONS, MAX_SERVICES,
+    MAX_STEERED_FLOWS, MAX_XSKS,
 };
 
 #[map(name = "HEELS_SERVICES")]
@@ -67,18 +67,11 @@ pub fn count(counter: TcCounter) {
 /// True when `addr` lies in one of the prefixes of an LPM trie.
 #[inline(always)]
 pub fn in_prefixes(trie: &LpmTrie<[u8; 4], u8>, addr: [u8; 4]) -> bool {
-    trie.get(aya_ebpf::maps::lpm_trie::Key::new(32, addr))
-        .is_some()
+    trie.get(aya_ebpf::maps::lpm_trie::Key::new(32, addr)).is_some()
 }
 
 /// True when VIP:vport (or the VIP with port 0: every port) is configured.
 #[inline(always)]
 pub fn is_client_vip(vip: &EndpointV4) -> bool {
-    CLIENT_VIPS.get_ptr(vip).is_some()
-        || CLIENT_VIPS
-            .get_ptr(EndpointV4 {
-                port: [0, 0],
-                ..*vip
-            })
-            .is_some()
+    CLIENT_VIPS.get_ptr(vip).is_some() || CLIENT_VIPS.get_ptr(EndpointV4 { port: [0, 0], ..*vip }).is_some()
 }

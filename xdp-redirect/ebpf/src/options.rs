@@ -100,22 +100,11 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 /// ending at `data_end`) up to the first HEELS option.
 #[inline(always)]
 pub fn find(start: usize, data_end: usize, len: u64) -> Search {
-    let mut walk = Walk {
-        start,
-        data_end,
-        len: len.min(MAX_OPTIONS_LEN),
-        at: 0,
-        outcome: SEARCHING,
-    };
+    let mut walk = Walk { start, data_end, len: len.min(MAX_OPTIONS_LEN), at: 0, outcome: SEARCHING };
     // SAFETY: `step` has the callback signature bpf_loop expects and only
     // touches the Walk passed as its context, which outlives the call.
     let calls = unsafe {
-        bpf_loop(
-            MAX_OPTIONS_LEN as u32,
-            step as *mut c_void,
-            &mut walk as *mut Walk as *mut c_void,
-            0,
-        )
+        bpf_loop(MAX_OPTIONS_LEN as u32, step as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0)
     };
     if calls < 0 {
         return Search::Malformed;

@@ -13,10 +13,10 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_TCP_CLOSE,
     },
     helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
     macros::sock_ops,
@@ -45,10 +45,7 @@ fn endpoints(ctx: &SockOpsContext) -> (EndpointV4, EndpointV4) {
     // local_port is in host order; remote_port holds the network-order port
     // in its upper 16 bits on little-endian machines (see bpf_sock_ops).
     let local = EndpointV4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
-    let remote = EndpointV4::new(
-        ctx.remote_ip4().to_ne_bytes(),
-        u32::from_be(ctx.remote_port()) as u16,
-    );
+    let remote = EndpointV4::new(ctx.remote_ip4().to_ne_bytes(), u32::from_be(ctx.remote_port()) as u16);
     (local, remote)
 }
 
@@ -86,9 +83,8 @@ fn handle(ctx: &SockOpsContext) {
             if let Some(option) = option_to_write(ctx) {
                 // SAFETY: ctx.ops is the program's own bpf_sock_ops and the
                 // option is 16 bytes on the stack.
-                let err = unsafe {
-                    bpf_store_hdr_opt(ctx.ops, option.as_ptr() as *const _, OPTION_LEN.into(), 0)
-                };
+                let err =
+                    unsafe { bpf_store_hdr_opt(ctx.ops, option.as_ptr() as *const _, OPTION_LEN.into(), 0) };
                 if err == 0 {
                     count(if skb_flags(ctx) & TCP_ACK != 0 {
                         TcCounter::SynAckOptionWritten
@@ -145,12 +141,7 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
     // SAFETY: ctx.ops is the program's own bpf_sock_ops; the buffer is 16
     // bytes and the kernel writes at most that many.
     let len = unsafe {
-        bpf_load_hdr_opt(
-            ctx.ops,
-            syn_option.as_mut_ptr() as *mut _,
-            OPTION_LEN.into(),
-            LOAD_FROM_SYN,
-        )
+        bpf_load_hdr_opt(ctx.ops, syn_option.as_mut_ptr() as *mut _, OPTION_LEN.into(), LOAD_FROM_SYN)
     };
     if len != i64::from(OPTION_LEN) || syn_option[1] != OPTION_LEN {
         return None;
@@ -161,12 +152,7 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
         pad: [0; 2],
     };
     let client = EndpointV4 {
-        addr: [
-            syn_option[10],
-            syn_option[11],
-            syn_option[12],
-            syn_option[13],
-        ],
+        addr: [syn_option[10], syn_option[11], syn_option[12], syn_option[13]],
         port: [syn_option[14], syn_option[15]],
         pad: [0; 2],
     };
@@ -180,22 +166,12 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
 #[inline(always)]
 fn forget(ctx: &SockOpsContext) {
     let (local, remote) = endpoints(ctx);
-    let egress = FlowV4 {
-        src_addr: local.addr,
-        dst_addr: remote.addr,
-        src_port: local.port,
-        dst_port: remote.port,
-    };
+    let egress = FlowV4::between(&local, &remote);
     // SAFETY: the value is copied out at once.
     let Some(backend) = (unsafe { EGRESS.get(egress) }).copied() else {
         return;
     };
-    let ingress = FlowV4 {
-        src_addr: backend.addr,
-        dst_addr: local.addr,
-        src_port: backend.port,
-        dst_port: local.port,
-    };
+    let ingress = FlowV4::between(&backend, &local);
     let _ = INGRESS.remove(ingress);
     let _ = EGRESS.remove(egress);
     count(TcCounter::EntriesRemoved);

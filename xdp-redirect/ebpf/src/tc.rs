@@ -18,8 +18,8 @@ use aya_ebpf::{
 use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_LEN};
 
 use crate::maps::{
-    count, in_prefixes, is_client_vip, BACKENDS, EGRESS, INGRESS, LB_SOURCES, LOCAL_ADDRS,
-    SERVICES, TC_CONFIG,
+    count, in_prefixes, is_client_vip, BACKENDS, EGRESS, INGRESS, LB_SOURCES, LOCAL_ADDRS, SERVICES,
+    TC_CONFIG,
 };
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
@@ -69,12 +69,7 @@ struct Segment {
 
 impl Segment {
     fn flow(&self) -> FlowV4 {
-        FlowV4 {
-            src_addr: self.src.addr,
-            dst_addr: self.dst.addr,
-            src_port: self.src.port,
-            dst_port: self.dst.port,
-        }
+        FlowV4::between(&self.src, &self.dst)
     }
 }
 
@@ -122,10 +117,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
 
 /// The 16 bytes of the HEELS option of `segment`, if it has one.
 #[inline(always)]
-fn heels_option(
-    ctx: &TcContext,
-    segment: &Segment,
-) -> Result<Option<[u8; OPTION_LEN as usize]>, ()> {
+fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION_LEN as usize]>, ()> {
     let options_len = segment.tcp_len.saturating_sub(20);
     if options_len == 0 {
         return Ok(None);
@@ -138,11 +130,7 @@ fn heels_option(
 }
 
 fn endpoint(bytes: &[u8]) -> EndpointV4 {
-    EndpointV4 {
-        addr: [bytes[0], bytes[1], bytes[2], bytes[3]],
-        port: [bytes[4], bytes[5]],
-        pad: [0; 2],
-    }
+    EndpointV4 { addr: [bytes[0], bytes[1], bytes[2], bytes[3]], port: [bytes[4], bytes[5]], pad: [0; 2] }
 }
 
 /// Which endpoint of a segment to rewrite.
@@ -161,24 +149,15 @@ fn rewrite(ctx: &TcContext, segment: &Segment, side: Side, to: &EndpointV4) -> R
     };
     let tcp_check = segment.tcp + 16;
     if old.addr != to.addr {
-        let (from, into) = (
-            u64::from(u32::from_ne_bytes(old.addr)),
-            u64::from(u32::from_ne_bytes(to.addr)),
-        );
+        let (from, into) = (u64::from(u32::from_ne_bytes(old.addr)), u64::from(u32::from_ne_bytes(to.addr)));
         ctx.store(addr_at, &to.addr, 0).map_err(|_| ())?;
-        ctx.l3_csum_replace(IP_CHECK, from, into, 4)
-            .map_err(|_| ())?;
-        ctx.l4_csum_replace(tcp_check, from, into, u64::from(BPF_F_PSEUDO_HDR) | 4)
-            .map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CHECK, from, into, 4).map_err(|_| ())?;
+        ctx.l4_csum_replace(tcp_check, from, into, u64::from(BPF_F_PSEUDO_HDR) | 4).map_err(|_| ())?;
     }
     if old.port != to.port {
-        let (from, into) = (
-            u64::from(u16::from_ne_bytes(old.port)),
-            u64::from(u16::from_ne_bytes(to.port)),
-        );
+        let (from, into) = (u64::from(u16::from_ne_bytes(old.port)), u64::from(u16::from_ne_bytes(to.port)));
         ctx.store(port_at, &to.port, 0).map_err(|_| ())?;
-        ctx.l4_csum_replace(tcp_check, from, into, 2)
-            .map_err(|_| ())?;
+        ctx.l4_csum_replace(tcp_check, from, into, 2).map_err(|_| ())?;
     }
     Ok(())
 }
@@ -195,11 +174,7 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    const NONE: Tunnel = Tunnel {
-        decapsulated: false,
-        src: [0; 4],
-        dst: [0; 4],
-    };
+    const NONE: Tunnel = Tunnel { decapsulated: false, src: [0; 4], dst: [0; 4] };
 }
 
 #[inline(always)]
@@ -256,8 +231,7 @@ fn decapsulate(ctx: &TcContext) -> Result<Tunnel, ()> {
     if ver_ihl >> 4 != 4 || outer_len < 20 || LOCAL_ADDRS.get_ptr(tunnel.dst).is_none() {
         return Ok(Tunnel::NONE);
     }
-    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0)
-        .map_err(|_| ())?;
+    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
     count(TcCounter::IpipDecapsulated);
     Ok(tunnel)
 }
@@ -271,35 +245,20 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
     let vip = endpoint(&option[4..10]);
     let client = endpoint(&option[10..16]);
     // DIP: where the packet was sent (the outer destination for IPIP).
-    let dip = if tunnel.decapsulated {
-        tunnel.dst
-    } else {
-        segment.dst.addr
-    };
+    let dip = if tunnel.decapsulated { tunnel.dst } else { segment.dst.addr };
     // SAFETY: the value is copied out at once.
     let local_port = unsafe { SERVICES.get(vip) }.copied();
     let from_client = segment.src == client;
     let from_lb = in_prefixes(&LB_SOURCES, segment.src.addr)
         || (tunnel.decapsulated && in_prefixes(&LB_SOURCES, tunnel.src));
-    let (Some(local_port), true, true) = (
-        local_port,
-        LOCAL_ADDRS.get_ptr(dip).is_some(),
-        from_client || from_lb,
-    ) else {
+    let (Some(local_port), true, true) =
+        (local_port, LOCAL_ADDRS.get_ptr(dip).is_some(), from_client || from_lb)
+    else {
         count(TcCounter::SynRefused);
         return Ok(());
     };
     rewrite(ctx, segment, Side::Src, &client)?;
-    rewrite(
-        ctx,
-        segment,
-        Side::Dst,
-        &EndpointV4 {
-            addr: dip,
-            port: local_port,
-            pad: [0; 2],
-        },
-    )?;
+    rewrite(ctx, segment, Side::Dst, &EndpointV4 { addr: dip, port: local_port, pad: [0; 2] })?;
     if let Some(config) = TC_CONFIG.get(0) {
         if config.syn_mark != 0 {
             ctx.set_mark(config.syn_mark);
@@ -312,34 +271,17 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
 /// Client ingress: a SYN-ACK with the SYN-ACK form makes the connection's
 /// entries; a direct one is delivered as from VIP:vport.
 #[inline(always)]
-fn client_learn(
-    ctx: &TcContext,
-    segment: &Segment,
-    option: &[u8; OPTION_LEN as usize],
-) -> Result<(), ()> {
+fn client_learn(ctx: &TcContext, segment: &Segment, option: &[u8; OPTION_LEN as usize]) -> Result<(), ()> {
     let backend = endpoint(&option[4..10]);
     let vip = endpoint(&option[10..16]);
     let direct = segment.src == backend;
-    if !is_client_vip(&vip)
-        || !in_prefixes(&BACKENDS, backend.addr)
-        || !(direct || segment.src == vip)
-    {
+    if !is_client_vip(&vip) || !in_prefixes(&BACKENDS, backend.addr) || !(direct || segment.src == vip) {
         count(TcCounter::SynAckRefused);
         return Ok(());
     }
     let client = segment.dst;
-    let egress = FlowV4 {
-        src_addr: client.addr,
-        dst_addr: vip.addr,
-        src_port: client.port,
-        dst_port: vip.port,
-    };
-    let ingress = FlowV4 {
-        src_addr: backend.addr,
-        dst_addr: client.addr,
-        src_port: backend.port,
-        dst_port: client.port,
-    };
+    let egress = FlowV4::between(&client, &vip);
+    let ingress = FlowV4::between(&backend, &client);
     EGRESS.insert(egress, backend, 0).map_err(|_| ())?;
     INGRESS.insert(ingress, vip, 0).map_err(|_| ())?;
     count(TcCounter::SynAckLearned);
@@ -364,12 +306,7 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         // A new connection on a reused 4-tuple: it goes through the LB, and
         // the old connection's entries go.
-        let reverse = FlowV4 {
-            src_addr: backend.addr,
-            dst_addr: flow.src_addr,
-            src_port: backend.port,
-            dst_port: flow.src_port,
-        };
+        let reverse = FlowV4::between(&backend, &segment.src);
         let _ = INGRESS.remove(reverse);
         let _ = EGRESS.remove(flow);
         return Ok(());

@@ -7,9 +7,7 @@ use std::net::SocketAddrV4;
 use aya::maps::{HashMap, MapError, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use heels_common::{
-    EndpointV4, FlowV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM,
-};
+use heels_common::{EndpointV4, FlowV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM};
 
 /// Why the classifier could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +55,9 @@ impl Classifier {
     /// object's pinned maps (shared with the TC programs) live in `pin_dir`
     /// on bpffs.
     pub fn load(pin_dir: &std::path::Path) -> Result<Self, ClassifierError> {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(crate::EBPF_OBJECT)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_PROGRAM)
-            .ok_or(ClassifierError::MissingProgram)?
-            .try_into()?;
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::EBPF_OBJECT)?;
+        let program: &mut Xdp =
+            ebpf.program_mut(XDP_PROGRAM).ok_or(ClassifierError::MissingProgram)?.try_into()?;
         program.load()?;
         Ok(Classifier { ebpf })
     }
@@ -78,63 +72,28 @@ impl Classifier {
 
     /// Declares a service (VIP:vport) of this host whose HEELS SYNs go to
     /// the workers; `local_port` is where the server listens.
-    pub fn add_service(
-        &mut self,
-        vip: SocketAddrV4,
-        local_port: u16,
-    ) -> Result<(), ClassifierError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_SERVICES)
-            .ok_or(ClassifierError::Map {
-                name: MAP_SERVICES,
-                source: MapError::InvalidName {
-                    name: MAP_SERVICES.into(),
-                },
-            })?;
+    pub fn add_service(&mut self, vip: SocketAddrV4, local_port: u16) -> Result<(), ClassifierError> {
+        let map = crate::find_map_mut(&mut self.ebpf, MAP_SERVICES).map_err(map_error(MAP_SERVICES))?;
         let mut services: HashMap<_, EndpointV4, [u8; 2]> =
             HashMap::try_from(map).map_err(map_error(MAP_SERVICES))?;
-        let key = EndpointV4 {
-            addr: vip.ip().octets(),
-            port: vip.port().to_be_bytes(),
-            pad: [0; 2],
-        };
-        services
-            .insert(key, local_port.to_be_bytes(), 0)
-            .map_err(map_error(MAP_SERVICES))
+        let key = EndpointV4 { addr: vip.ip().octets(), port: vip.port().to_be_bytes(), pad: [0; 2] };
+        services.insert(key, local_port.to_be_bytes(), 0).map_err(map_error(MAP_SERVICES))
     }
 
     /// Sends every packet of `flow` (as on the wire) to the workers.
     pub fn steer(&mut self, flow: FlowV4) -> Result<(), ClassifierError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_STEERING)
-            .ok_or(ClassifierError::Map {
-                name: MAP_STEERING,
-                source: MapError::InvalidName {
-                    name: MAP_STEERING.into(),
-                },
-            })?;
-        let mut steering: HashMap<_, FlowV4, u8> =
-            HashMap::try_from(map).map_err(map_error(MAP_STEERING))?;
+        let map = crate::find_map_mut(&mut self.ebpf, MAP_STEERING).map_err(map_error(MAP_STEERING))?;
+        let mut steering: HashMap<_, FlowV4, u8> = HashMap::try_from(map).map_err(map_error(MAP_STEERING))?;
         steering.insert(flow, 1, 0).map_err(map_error(MAP_STEERING))
     }
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<StdHashMap<XdpCounter, u64>, ClassifierError> {
-        let map = self.ebpf.map(MAP_XDP_STATS).ok_or(ClassifierError::Map {
-            name: MAP_XDP_STATS,
-            source: MapError::InvalidName {
-                name: MAP_XDP_STATS.into(),
-            },
-        })?;
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(map_error(MAP_XDP_STATS))?;
+        let map = crate::find_map(&self.ebpf, MAP_XDP_STATS).map_err(map_error(MAP_XDP_STATS))?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error(MAP_XDP_STATS))?;
         let mut out = StdHashMap::new();
         for counter in XdpCounter::ALL {
-            let values = stats
-                .get(&(counter as u32), 0)
-                .map_err(map_error(MAP_XDP_STATS))?;
+            let values = stats.get(&(counter as u32), 0).map_err(map_error(MAP_XDP_STATS))?;
             out.insert(counter, values.iter().sum());
         }
         Ok(out)
@@ -148,9 +107,6 @@ impl Classifier {
         options.data_out = Some(&mut out);
         let result = self.program()?.test_run(options)?;
         out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: result.return_value,
-            frame: out,
-        })
+        Ok(TestRunOutcome { action: result.return_value, frame: out })
     }
 }

@@ -1,6 +1,9 @@
 //! Loads the heels eBPF programs, embedded at build time, and gives typed
 //! access to their maps.
 
+use aya::maps::{Map, MapError};
+use aya::Ebpf;
+
 pub mod classifier;
 pub mod tc;
 
@@ -8,9 +11,17 @@ pub use classifier::{Classifier, ClassifierError};
 pub use tc::{Connection, Datapath, DatapathConfig, DatapathError};
 
 /// The eBPF object built by build.rs: every heels kernel-side program.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heels-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heels-ebpf"));
 
 /// The lab's IPIP load balancer fixture (a test tool, not part of heels).
-pub static LAB_LB_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heels-lab-lb"));
+pub static LAB_LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heels-lab-lb"));
+
+/// The map called `name` of a loaded object.
+pub(crate) fn find_map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map, MapError> {
+    ebpf.map(name).ok_or_else(|| MapError::InvalidName { name: name.into() })
+}
+
+/// The map called `name` of a loaded object, writable.
+pub(crate) fn find_map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map, MapError> {
+    ebpf.map_mut(name).ok_or_else(|| MapError::InvalidName { name: name.into() })
+}

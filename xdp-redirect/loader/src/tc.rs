@@ -18,14 +18,12 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{
-    CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType,
-};
+use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS,
-    MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
-    SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS, MAP_LB_SOURCES,
+    MAP_LOCAL_ADDRS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM,
+    TC_INGRESS_PROGRAM,
 };
 
 /// Root of every instance's pins.
@@ -115,15 +113,8 @@ pub fn instance_dir(instance: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(instance)
 }
 
-fn io_error<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> DatapathError + 'a {
-    move |source| DatapathError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io { what, path: path.to_owned(), source }
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -135,10 +126,7 @@ fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathErr
 }
 
 fn link_error(path: &Path) -> impl FnOnce(String) -> DatapathError + '_ {
-    move |reason| DatapathError::Link {
-        path: path.to_owned(),
-        reason,
-    }
+    move |reason| DatapathError::Link { path: path.to_owned(), reason }
 }
 
 fn endpoint(addr: &SocketAddrV4) -> EndpointV4 {
@@ -167,9 +155,7 @@ impl Datapath {
         for path in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(path).map_err(io_error("creating", path))?;
         }
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
-            .load(crate::EBPF_OBJECT)?;
+        let ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
         let mut datapath = Datapath { ebpf, dir };
         datapath.configure(config)?;
         datapath.attach(config, &links_dir)?;
@@ -185,9 +171,7 @@ impl Datapath {
         }
         // Loading with the pin directory reuses the pinned maps; no program
         // is loaded into the kernel.
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
-            .load(crate::EBPF_OBJECT)?;
+        let ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
         Ok(Datapath { ebpf, dir })
     }
 
@@ -202,8 +186,7 @@ impl Datapath {
             for entry in entries.flatten() {
                 let path = entry.path();
                 // Unpinning drops the last reference: the kernel detaches.
-                let link =
-                    PinnedLink::from_pin(&path).map_err(|e| link_error(&path)(e.to_string()))?;
+                let link = PinnedLink::from_pin(&path).map_err(|e| link_error(&path)(e.to_string()))?;
                 link.unpin().map_err(|e| link_error(&path)(e.to_string()))?;
             }
         }
@@ -222,21 +205,12 @@ impl Datapath {
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map {
-            name,
-            source: MapError::InvalidName { name: name.into() },
-        })?;
+        let map = crate::find_map_mut(&mut self.ebpf, name).map_err(map_error(name))?;
         HashMap::try_from(map).map_err(map_error(name))
     }
 
-    fn trie(
-        &mut self,
-        name: &'static str,
-    ) -> Result<LpmTrie<&mut MapData, [u8; 4], u8>, DatapathError> {
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map {
-            name,
-            source: MapError::InvalidName { name: name.into() },
-        })?;
+    fn trie(&mut self, name: &'static str) -> Result<LpmTrie<&mut MapData, [u8; 4], u8>, DatapathError> {
+        let map = crate::find_map_mut(&mut self.ebpf, name).map_err(map_error(name))?;
         LpmTrie::try_from(map).map_err(map_error(name))
     }
 
@@ -244,50 +218,18 @@ impl Datapath {
     /// first, stale ones removed after, so a restart never shows an empty
     /// configuration to packets in flight.
     fn configure(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
-        let local: Vec<([u8; 4], u8)> =
-            config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
-        replace(
-            &mut self.hash_map(MAP_LOCAL_ADDRS)?,
-            MAP_LOCAL_ADDRS,
-            &local,
-        )?;
-        let services: Vec<(EndpointV4, [u8; 2])> = config
-            .services
-            .iter()
-            .map(|(vip, port)| (endpoint(vip), port.to_be_bytes()))
-            .collect();
+        let local: Vec<([u8; 4], u8)> = config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
+        replace(&mut self.hash_map(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
+        let services: Vec<(EndpointV4, [u8; 2])> =
+            config.services.iter().map(|(vip, port)| (endpoint(vip), port.to_be_bytes())).collect();
         replace(&mut self.hash_map(MAP_SERVICES)?, MAP_SERVICES, &services)?;
-        let vips: Vec<(EndpointV4, u8)> =
-            config.vips.iter().map(|vip| (endpoint(vip), 1)).collect();
+        let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (endpoint(vip), 1)).collect();
         replace(&mut self.hash_map(MAP_CLIENT_VIPS)?, MAP_CLIENT_VIPS, &vips)?;
-        replace_prefixes(
-            &mut self.trie(MAP_LB_SOURCES)?,
-            MAP_LB_SOURCES,
-            &config.lb_sources,
-        )?;
-        replace_prefixes(
-            &mut self.trie(MAP_BACKENDS)?,
-            MAP_BACKENDS,
-            &config.backends,
-        )?;
-        let map = self.ebpf.map_mut(MAP_TC_CONFIG).ok_or(DatapathError::Map {
-            name: MAP_TC_CONFIG,
-            source: MapError::InvalidName {
-                name: MAP_TC_CONFIG.into(),
-            },
-        })?;
-        let mut settings: Array<_, TcConfig> =
-            Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
-        settings
-            .set(
-                0,
-                TcConfig {
-                    syn_mark: config.syn_mark,
-                    flags: 0,
-                },
-                0,
-            )
-            .map_err(map_error(MAP_TC_CONFIG))
+        replace_prefixes(&mut self.trie(MAP_LB_SOURCES)?, MAP_LB_SOURCES, &config.lb_sources)?;
+        replace_prefixes(&mut self.trie(MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
+        let map = crate::find_map_mut(&mut self.ebpf, MAP_TC_CONFIG).map_err(map_error(MAP_TC_CONFIG))?;
+        let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
+        settings.set(0, TcConfig { syn_mark: config.syn_mark, flags: 0 }, 0).map_err(map_error(MAP_TC_CONFIG))
     }
 
     fn attach(&mut self, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
@@ -298,10 +240,7 @@ impl Datapath {
             let program: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
-                .ok_or(DatapathError::Program {
-                    name,
-                    source: ProgramError::NotLoaded,
-                })?
+                .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
                 .try_into()
                 .map_err(program_error(name))?;
             program.load().map_err(program_error(name))?;
@@ -314,9 +253,7 @@ impl Datapath {
                             .map_err(|e| link_error(&pin)(e.to_string()))?;
                         program.attach_to_link(link).map_err(program_error(name))?
                     }
-                    Err(LinkError::SyscallError(e))
-                        if e.io_error.kind() == io::ErrorKind::NotFound =>
-                    {
+                    Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
                         program
                             .attach_with_options(
                                 interface,
@@ -329,57 +266,39 @@ impl Datapath {
                 };
                 let link = program.take_link(id).map_err(program_error(name))?;
                 let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
-                link.pin(&pin)
-                    .map_err(|e| link_error(&pin)(e.to_string()))?;
+                link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
             }
         }
         let program: &mut SockOps = self
             .ebpf
             .program_mut(SOCKOPS_PROGRAM)
-            .ok_or(DatapathError::Program {
-                name: SOCKOPS_PROGRAM,
-                source: ProgramError::NotLoaded,
-            })?
+            .ok_or(DatapathError::Program { name: SOCKOPS_PROGRAM, source: ProgramError::NotLoaded })?
             .try_into()
             .map_err(program_error(SOCKOPS_PROGRAM))?;
         program.load().map_err(program_error(SOCKOPS_PROGRAM))?;
-        let cgroup =
-            File::open(&config.cgroup).map_err(io_error("opening the cgroup", &config.cgroup))?;
+        let cgroup = File::open(&config.cgroup).map_err(io_error("opening the cgroup", &config.cgroup))?;
         // A cgroup bpf_link is always "multi": the kernel wants no flags.
-        let id = program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(program_error(SOCKOPS_PROGRAM))?;
+        let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error(SOCKOPS_PROGRAM))?;
         let pin = links_dir.join("sockops");
         // The new program runs beside the old one for a moment, then the
         // old one goes (a sockops link cannot be updated through aya).
         if let Ok(old) = PinnedLink::from_pin(&pin) {
             old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
         }
-        let link = program
-            .take_link(id)
-            .map_err(program_error(SOCKOPS_PROGRAM))?;
+        let link = program.take_link(id).map_err(program_error(SOCKOPS_PROGRAM))?;
         let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
-        link.pin(&pin)
-            .map_err(|e| link_error(&pin)(e.to_string()))?;
+        link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
         Ok(())
     }
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(TcCounter, u64)>, DatapathError> {
-        let map = self.ebpf.map(MAP_TC_STATS).ok_or(DatapathError::Map {
-            name: MAP_TC_STATS,
-            source: MapError::InvalidName {
-                name: MAP_TC_STATS.into(),
-            },
-        })?;
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(map_error(MAP_TC_STATS))?;
+        let map = crate::find_map(&self.ebpf, MAP_TC_STATS).map_err(map_error(MAP_TC_STATS))?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error(MAP_TC_STATS))?;
         TcCounter::ALL
             .iter()
             .map(|&counter| {
-                let values = stats
-                    .get(&(counter as u32), 0)
-                    .map_err(map_error(MAP_TC_STATS))?;
+                let values = stats.get(&(counter as u32), 0).map_err(map_error(MAP_TC_STATS))?;
                 Ok((counter, values.iter().sum()))
             })
             .collect()
@@ -387,14 +306,8 @@ impl Datapath {
 
     /// The bypassed connections the client side knows.
     pub fn connections(&self) -> Result<Vec<Connection>, DatapathError> {
-        let map = self.ebpf.map(MAP_EGRESS).ok_or(DatapathError::Map {
-            name: MAP_EGRESS,
-            source: MapError::InvalidName {
-                name: MAP_EGRESS.into(),
-            },
-        })?;
-        let egress: HashMap<_, FlowV4, EndpointV4> =
-            HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
+        let map = crate::find_map(&self.ebpf, MAP_EGRESS).map_err(map_error(MAP_EGRESS))?;
+        let egress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
         let mut out = Vec::new();
         for entry in egress.iter() {
             let (flow, backend) = entry.map_err(map_error(MAP_EGRESS))?;
@@ -407,28 +320,10 @@ impl Datapath {
         Ok(out)
     }
 
-    /// How many entries the ingress map holds (one per bypassed connection).
-    pub fn ingress_entries(&self) -> Result<usize, DatapathError> {
-        let map = self.ebpf.map(MAP_INGRESS).ok_or(DatapathError::Map {
-            name: MAP_INGRESS,
-            source: MapError::InvalidName {
-                name: MAP_INGRESS.into(),
-            },
-        })?;
-        let ingress: HashMap<_, FlowV4, EndpointV4> =
-            HashMap::try_from(map).map_err(map_error(MAP_INGRESS))?;
-        Ok(ingress.keys().filter(Result::is_ok).count())
-    }
-
     /// The links pinned for this instance (what is attached).
     pub fn links(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.join("links"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         names.sort();
         names
@@ -445,11 +340,7 @@ fn replace<K: Pod + Eq + std::hash::Hash, V: Pod>(
         map.insert(key, value, 0).map_err(map_error(name))?;
     }
     let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
-        .collect();
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
     for key in stale {
         map.remove(&key).map_err(map_error(name))?;
     }
@@ -469,8 +360,7 @@ fn replace_prefixes(
         })
         .collect();
     for (addr, len) in wanted.keys() {
-        trie.insert(&Key::new(*len, *addr), 1, 0)
-            .map_err(map_error(name))?;
+        trie.insert(&Key::new(*len, *addr), 1, 0).map_err(map_error(name))?;
     }
     let stale: Vec<Key<[u8; 4]>> = trie
         .keys()

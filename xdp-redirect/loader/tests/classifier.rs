@@ -82,9 +82,7 @@ fn expect(classifier: &Loaded, frame: &[u8], counters: &[XdpCounter]) {
 
 fn with_service() -> Loaded {
     let mut classifier = load();
-    classifier
-        .add_service(SocketAddrV4::new([10, 10, 100, 1].into(), 80), 8080)
-        .unwrap();
+    classifier.add_service(SocketAddrV4::new([10, 10, 100, 1].into(), 80), 8080).unwrap();
     classifier
 }
 
@@ -92,32 +90,16 @@ fn with_service() -> Loaded {
 fn syns_with_the_option_for_a_service_go_to_the_workers() {
     let classifier = with_service();
     for name in ["fullnat-syn-before", "dnat-syn-before"] {
-        expect(
-            &classifier,
-            &vector(name),
-            &[XdpCounter::SynWithOption, XdpCounter::NoSocket],
-        );
+        expect(&classifier, &vector(name), &[XdpCounter::SynWithOption, XdpCounter::NoSocket]);
     }
-    expect(
-        &classifier,
-        &vector("ipip-syn-before"),
-        &[XdpCounter::Ipip, XdpCounter::NoSocket],
-    );
-    expect(
-        &classifier,
-        &vector("syn-ack-before"),
-        &[XdpCounter::SynAckWithOption, XdpCounter::NoSocket],
-    );
+    expect(&classifier, &vector("ipip-syn-before"), &[XdpCounter::Ipip, XdpCounter::NoSocket]);
+    expect(&classifier, &vector("syn-ack-before"), &[XdpCounter::SynAckWithOption, XdpCounter::NoSocket]);
 }
 
 #[test]
 fn a_syn_for_another_service_passes() {
     let classifier = load();
-    expect(
-        &classifier,
-        &vector("fullnat-syn-before"),
-        &[XdpCounter::Passed],
-    );
+    expect(&classifier, &vector("fullnat-syn-before"), &[XdpCounter::Passed]);
 }
 
 #[test]
@@ -133,17 +115,9 @@ fn data_passes_unless_its_flow_is_steered() {
             dst_port: 40000u16.to_be_bytes(),
         })
         .unwrap();
-    expect(
-        &classifier,
-        &frame,
-        &[XdpCounter::Steered, XdpCounter::NoSocket],
-    );
+    expect(&classifier, &frame, &[XdpCounter::Steered, XdpCounter::NoSocket]);
     // The other direction of the flow is not steered.
-    expect(
-        &classifier,
-        &vector("egress-data-before"),
-        &[XdpCounter::Passed],
-    );
+    expect(&classifier, &vector("egress-data-before"), &[XdpCounter::Passed]);
 }
 
 #[test]
@@ -162,11 +136,7 @@ fn malformed_and_foreign_frames_pass() {
     frame[12..14].copy_from_slice(&[0x08, 0x06]);
     expect(&classifier, &frame, &[XdpCounter::Passed]);
     // Truncated inside the TCP header.
-    expect(
-        &classifier,
-        &vector("dnat-syn-before")[..40],
-        &[XdpCounter::Passed],
-    );
+    expect(&classifier, &vector("dnat-syn-before")[..40], &[XdpCounter::Passed]);
     // A fragment.
     let mut frame = vector("dnat-syn-before");
     frame[20] = 0x20;
