@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 for target in option_list server_syn_ingress client_egress client_ingress; do
     mkdir -p "corpus/$target"
 done
-cargo +nightly run -q --manifest-path ../Cargo.toml -p heels-dataplane --example protocol_vectors -- --frames corpus/frames
+cargo run -q --manifest-path ../Cargo.toml -p heels-dataplane --example protocol_vectors -- --frames corpus/frames
 for frame in corpus/frames/*; do
     for target in server_syn_ingress client_egress client_ingress; do
         cp "$frame" "corpus/$target/"

@@ -80,6 +80,9 @@ fn bypassed(kind: LbKind) {
     assert!(counter(&client, TcCounter::SynOptionWritten) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::SynAckLearned) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::EgressRewritten) > 0);
+    // Established sockets carry their DIP:dport (sk_storage): egress finds
+    // it there rather than in the map.
+    assert!(counter(&client, TcCounter::EgressViaSocket) > 0);
     assert!(sum_over(&lab.server_instances(), TcCounter::SynTranslated) >= CONNECTIONS as u64);
     assert!(sum_over(&lab.server_instances(), TcCounter::SynAckOptionWritten) >= CONNECTIONS as u64);
     assert_eq!(counter(&client, TcCounter::Errors) + sum_over(&lab.server_instances(), TcCounter::Errors), 0);

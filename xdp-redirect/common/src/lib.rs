@@ -187,13 +187,16 @@ pub enum TcCounter {
     EntriesRemoved = 10,
     /// A helper failed; the packet was passed on as far as it got.
     Errors = 11,
+    /// Egress rewrites that found DIP:dport on the socket (sk_storage)
+    /// rather than in the egress map.
+    EgressViaSocket = 12,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 12] = [
+    pub const ALL: [TcCounter; 13] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -206,6 +209,7 @@ impl TcCounter {
         TcCounter::NoOptionRoom,
         TcCounter::EntriesRemoved,
         TcCounter::Errors,
+        TcCounter::EgressViaSocket,
     ];
 
     /// A snake_case name for output.
@@ -223,6 +227,7 @@ impl TcCounter {
             TcCounter::NoOptionRoom => "no_option_room",
             TcCounter::EntriesRemoved => "entries_removed",
             TcCounter::Errors => "errors",
+            TcCounter::EgressViaSocket => "egress_via_socket",
         }
     }
 }

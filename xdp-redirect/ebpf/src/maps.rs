@@ -4,7 +4,8 @@
 //! finds them as they were; the AF_XDP classifier's own maps are not.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
 };
 use heels_common::{
@@ -32,6 +33,19 @@ pub static EGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNE
 
 #[map(name = "HEELS_INGRESS")]
 pub static INGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// A bypassed client socket's DIP:dport, stored on the socket itself: TC
+/// egress finds it through `skb->sk` without a hash lookup, and it dies
+/// with the socket. Filled by sockops when the connection is established.
+/// Not pinned: after a restart, sockets fall back to [`EGRESS`].
+#[btf_map]
+pub static SOCK_BACKENDS: SkStorage<EndpointV4> = SkStorage::new();
+
+/// The map pointer the socket-storage helpers take.
+#[inline(always)]
+pub fn sock_backends() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&SOCK_BACKENDS).cast_mut().cast()
+}
 
 #[map(name = "HEELS_TC_CONFIG")]
 pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);

@@ -13,18 +13,18 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
-        BPF_TCP_CLOSE,
+        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
     },
-    helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_store_hdr_opt},
+    helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_sk_storage_get, bpf_store_hdr_opt},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
 
-use crate::maps::{count, is_client_vip, EGRESS, INGRESS, SERVICES};
+use crate::maps::{count, is_client_vip, sock_backends, EGRESS, INGRESS, SERVICES};
 
 const TCP_SYN: u32 = 0x02;
 /// `BPF_LOAD_HDR_OPT_TCP_SYN`: search the SYN this SYN-ACK answers (an
@@ -67,7 +67,11 @@ fn handle(ctx: &SockOpsContext) {
             let _ = ctx.set_cb_flags(flags as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG as i32);
         }
         // The handshake is over: no more options to write.
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let _ = ctx.set_cb_flags((flags & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+            remember_backend(ctx);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let _ = ctx.set_cb_flags((flags & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
         }
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
@@ -160,6 +164,31 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
         return None;
     }
     Some(emit(&local, &vip))
+}
+
+/// Stores a bypassed client socket's DIP:dport on the socket, where TC
+/// egress finds it without a hash lookup. TC ingress made the egress entry
+/// from the SYN-ACK before the stack saw it, so it exists by now.
+#[inline(always)]
+fn remember_backend(ctx: &SockOpsContext) {
+    let (local, remote) = endpoints(ctx);
+    // SAFETY: the value is copied out at once.
+    let Some(mut backend) = (unsafe { EGRESS.get(FlowV4::between(&local, &remote)) }).copied() else {
+        return;
+    };
+    // SAFETY: the socket pointer comes from the program's own context; the
+    // helper copies the value into the socket's storage.
+    unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if !sk.is_null() {
+            bpf_sk_storage_get(
+                sock_backends(),
+                sk.cast(),
+                (&mut backend as *mut EndpointV4).cast(),
+                u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+            );
+        }
+    }
 }
 
 /// Removes a closing client socket's entries.

@@ -10,6 +10,7 @@
 //! also handle a checksum the stack left for offload (`BPF_F_PSEUDO_HDR`).
 //! Every entry point passes the packet on whatever happens (fail open).
 
+use aya_ebpf::helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get};
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_PSEUDO_HDR},
     macros::classifier,
@@ -18,8 +19,8 @@ use aya_ebpf::{
 use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_LEN};
 
 use crate::maps::{
-    count, in_prefixes, is_client_vip, BACKENDS, EGRESS, INGRESS, LB_SOURCES, LOCAL_ADDRS, SERVICES,
-    TC_CONFIG,
+    count, in_prefixes, is_client_vip, sock_backends, BACKENDS, EGRESS, INGRESS, LB_SOURCES, LOCAL_ADDRS,
+    SERVICES, TC_CONFIG,
 };
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
@@ -292,6 +293,31 @@ fn client_learn(ctx: &TcContext, segment: &Segment, option: &[u8; OPTION_LEN as 
     Ok(())
 }
 
+/// DIP:dport stored on the packet's socket, if it has a full one with it.
+#[inline(always)]
+fn socket_backend(ctx: &TcContext) -> Option<EndpointV4> {
+    // SAFETY: reading the context's own socket pointer field.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: the helpers take the socket the context gave and return null
+    // or a pointer the verifier tracks; the value is copied out at once.
+    unsafe {
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return None;
+        }
+        let value =
+            bpf_sk_storage_get(sock_backends(), full.cast(), core::ptr::null_mut(), 0) as *const EndpointV4;
+        if value.is_null() {
+            None
+        } else {
+            Some(*value)
+        }
+    }
+}
+
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     pull(ctx, MAX_HEADERS)?;
@@ -299,18 +325,27 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
         return Ok(());
     };
     let flow = segment.flow();
-    // SAFETY: the value is copied out at once.
-    let Some(backend) = (unsafe { EGRESS.get(flow) }).copied() else {
-        return Ok(());
-    };
     if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         // A new connection on a reused 4-tuple: it goes through the LB, and
         // the old connection's entries go.
-        let reverse = FlowV4::between(&backend, &segment.src);
-        let _ = INGRESS.remove(reverse);
-        let _ = EGRESS.remove(flow);
+        // SAFETY: the value is copied out at once.
+        if let Some(backend) = (unsafe { EGRESS.get(flow) }).copied() {
+            let _ = INGRESS.remove(FlowV4::between(&backend, &segment.src));
+            let _ = EGRESS.remove(flow);
+        }
         return Ok(());
     }
+    let backend = match socket_backend(ctx) {
+        Some(backend) => {
+            count(TcCounter::EgressViaSocket);
+            backend
+        }
+        // SAFETY: the value is copied out at once.
+        None => match (unsafe { EGRESS.get(flow) }).copied() {
+            Some(backend) => backend,
+            None => return Ok(()),
+        },
+    };
     rewrite(ctx, &segment, Side::Dst, &backend)?;
     count(TcCounter::EgressRewritten);
     Ok(())
