@@ -61,6 +61,8 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 2)]
         servers: usize,
     },
+    /// Remove what interrupted or killed lab runs left behind.
+    Clean,
     /// Answer lab connections (runs inside a server's namespace).
     #[command(hide = true)]
     Serve {
@@ -85,7 +87,14 @@ pub enum LabCommand {
 
 /// Runs a lab subcommand.
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
+    if matches!(command, LabCommand::Demo { .. } | LabCommand::Bench { .. }) {
+        super::clean_up_on_signal()?;
+    }
     match command {
+        LabCommand::Clean => {
+            super::sweep("");
+            Ok(())
+        }
         LabCommand::Demo {
             lb,
             dataplane,

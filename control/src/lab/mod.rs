@@ -542,6 +542,73 @@ impl InterfaceCounters {
     }
 }
 
+/// Removes whatever a lab with this prefix left: processes (through
+/// `cgroup.kill`), heels instances, namespaces, cgroups, saved
+/// configurations. Safe to call on a lab that is gone or half built; used
+/// after a normal teardown, on SIGINT/SIGTERM, and by `heels lab clean`.
+/// An empty prefix means every lab.
+pub fn sweep(prefix: &str) {
+    let root = Path::new("/sys/fs/cgroup/unified/heels-lab");
+    let labs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    // A lab's cgroup is named by its prefix alone ("hl12x3"), its hosts and
+    // instances "hl12x3-client": match both against "hl12x3-" or "hl12x".
+    let ours =
+        |p: &PathBuf| p.file_name().is_some_and(|n| format!("{}-", n.to_string_lossy()).starts_with(prefix));
+    for lab in labs.iter().filter(|p| ours(p)) {
+        for host in std::fs::read_dir(lab).into_iter().flatten().flatten() {
+            let _ = std::fs::write(host.path().join("cgroup.kill"), "1");
+        }
+    }
+    let instances: Vec<String> = std::fs::read_dir(heels_xdp::tc::PIN_ROOT)
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    for instance in instances.iter().filter(|i| i.starts_with("hl") && i.starts_with(prefix)) {
+        let _ = heels_xdp::Datapath::remove(instance);
+        let _ = std::fs::remove_file(crate::agent::state_file(instance));
+    }
+    if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name.starts_with("hl") && name.starts_with(prefix) && name.contains('-') {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    for lab in labs.iter().filter(|p| ours(p)) {
+        for _ in 0..50 {
+            let hosts: Vec<PathBuf> = std::fs::read_dir(lab)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            let gone = hosts.iter().all(|h| std::fs::remove_dir(h).is_ok());
+            if gone && std::fs::remove_dir(lab).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir(root);
+}
+
+/// On SIGINT or SIGTERM, removes every lab of this process and exits: a
+/// lab must not outlive an interrupted `heels lab` command.
+pub fn clean_up_on_signal() -> anyhow::Result<()> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            sweep(&format!("hl{}x", std::process::id() % 100_000));
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for child in self.children.iter_mut().chain(self.agents.iter_mut().filter_map(|a| a.child.as_mut())) {
@@ -557,8 +624,9 @@ impl Drop for Lab {
         self.hosts.clear();
         self.router = None;
         self.cgroup_root = None;
-        // The shared parent goes once the last lab is gone.
-        let _ = std::fs::remove_dir("/sys/fs/cgroup/unified/heels-lab");
+        // Whatever the steps above could not remove (a process that would
+        // not die, a half-built host).
+        sweep(&format!("{}-", self.prefix));
         let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }
