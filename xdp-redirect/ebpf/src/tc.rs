@@ -28,10 +28,6 @@ use crate::packet::{read, Packet};
 const TC_ACT_OK: i32 = 0;
 const ETH_HLEN: usize = 14;
 const IP: usize = ETH_HLEN;
-/// Ethernet, an IPv4 header with options, a TCP header with options.
-const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 60) as u32;
-/// The same plus an outer IPv4 header with options.
-const MAX_ENCAPSULATED_HEADERS: u32 = MAX_HEADERS + 60;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -74,16 +70,24 @@ impl Segment {
     }
 }
 
-/// Makes the first `max` bytes (or the whole packet) linear for direct access.
+/// Makes the first `len` bytes linear for direct access, pulling only when
+/// they are not already: a pull can mean copying the head of a cloned TCP
+/// skb, which no data packet should pay for headers it already has.
 #[inline(always)]
-fn pull(ctx: &TcContext, max: u32) -> Result<(), ()> {
-    let len = if ctx.len() < max { ctx.len() } else { max };
-    ctx.pull_data(len).map_err(|_| ())
+fn ensure(ctx: &TcContext, len: usize) -> Result<(), ()> {
+    if ctx.start() + len <= ctx.end() {
+        return Ok(());
+    }
+    if len > ctx.len() as usize {
+        return Err(());
+    }
+    ctx.pull_data(len as u32).map_err(|_| ())
 }
 
 /// `Ok(None)` for anything but an unfragmented TCP/IPv4 packet.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
+    ensure(ctx, IP + 20)?;
     let ethertype: [u8; 2] = read(ctx, 12)?;
     if ethertype != [0x08, 0x00] {
         return Ok(None);
@@ -95,8 +99,9 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
     if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 || protocol != 6 {
         return Ok(None);
     }
-    let addrs: [u8; 8] = read(ctx, IP_SRC)?;
     let tcp = IP + ihl;
+    ensure(ctx, tcp + 20)?;
+    let addrs: [u8; 8] = read(ctx, IP_SRC)?;
     let ports: [u8; 4] = read(ctx, tcp)?;
     let offset_flags: [u8; 2] = read(ctx, tcp + 12)?;
     Ok(Some(Segment {
@@ -124,6 +129,7 @@ fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION
         return Ok(None);
     }
     let options = segment.tcp + 20;
+    ensure(ctx, options + options_len)?;
     match options::find(ctx.start() + options, ctx.end(), options_len as u64) {
         Search::Found(at) => Ok(Some(read(ctx, options + (at as usize & 0x3f))?)),
         Search::Absent | Search::Malformed => Ok(None),
@@ -180,7 +186,10 @@ impl Tunnel {
 
 #[inline(always)]
 fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
-    pull(ctx, MAX_ENCAPSULATED_HEADERS)?;
+    if ensure(ctx, IP + 20).is_err() {
+        // Shorter than an IPv4 header: nothing for heels.
+        return Ok(());
+    }
     let ethertype: [u8; 2] = read(ctx, 12)?;
     if ethertype != [0x08, 0x00] {
         return Ok(());
@@ -192,7 +201,6 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         if !tunnel.decapsulated {
             return Ok(());
         }
-        pull(ctx, MAX_HEADERS)?;
     }
     let Some(segment) = parse(ctx)? else {
         return Ok(());
@@ -320,7 +328,9 @@ fn socket_backend(ctx: &TcContext) -> Option<EndpointV4> {
 
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<(), ()> {
-    pull(ctx, MAX_HEADERS)?;
+    if ensure(ctx, IP + 20).is_err() {
+        return Ok(());
+    }
     let Some(segment) = parse(ctx)? else {
         return Ok(());
     };
