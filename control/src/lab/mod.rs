@@ -327,9 +327,11 @@ impl Lab {
             }
         }
         if self.spec.lb == LbKind::Ipip {
-            // Frames that leave through XDP lose a pending (offloaded)
-            // checksum: have the client's stack finish its own.
-            self.hosts[client].netns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+            // A frame that enters XDP loses a pending (offloaded) checksum.
+            // The router finishes the checksum of what it sends toward the
+            // LB (the port without tx checksumming makes the stack do it);
+            // everything else, bypassed traffic included, keeps offload.
+            router.exec("ethtool", &["-K", "to-lb", "tx", "off"])?;
         }
         Ok(())
     }
