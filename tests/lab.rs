@@ -258,4 +258,14 @@ fn status_conns_and_stats_read_an_instance() {
     assert_eq!(stats["syn_ack_learned"], 5);
     let error = heels::report::stats("no-such-instance", false).unwrap_err().to_string();
     assert!(error.contains("no heels instance"), "{error}");
+
+    // `heels down` takes the client's heels away: nothing stays pinned, and
+    // its connections go through the LB again.
+    heels::agent::down(&client).unwrap();
+    assert!(!heels_xdp::tc::instance_dir(&client).exists());
+    let before = lab.lb_counters().unwrap();
+    let report = verify(&lab, lab.service(), 5);
+    assert_all_verified(&report, 5);
+    let after = lab.lb_counters().unwrap();
+    assert!(after.to_servers_packets - before.to_servers_packets > after.syns - before.syns, "{after:?}");
 }

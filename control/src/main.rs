@@ -60,8 +60,16 @@ fn print_out(text: anyhow::Result<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // Errors as one line of context ("reading x: field `y`: ..."), never a
+    // backtrace, whatever RUST_BACKTRACE says.
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("heels: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { config, detach_on_exit } => {
             let text =

@@ -11,27 +11,23 @@ pub trait Packet {
     fn end(&self) -> usize;
 }
 
-impl Packet for XdpContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
+/// Both contexts give the packet as `data()..data_end()`.
+macro_rules! direct_access {
+    ($($context:ty),*) => {$(
+        impl Packet for $context {
+            #[inline(always)]
+            fn start(&self) -> usize {
+                self.data()
+            }
+            #[inline(always)]
+            fn end(&self) -> usize {
+                self.data_end()
+            }
+        }
+    )*};
 }
 
-impl Packet for TcContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-}
+direct_access!(XdpContext, TcContext);
 
 /// A pointer to a `T` at `offset` bytes into the packet, if all of it lies
 /// before the end (the check the verifier needs before any access).
