@@ -5,8 +5,9 @@ set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# Debian packages the build, tests and lab need.
-APT_PACKAGES=(iproute2 nftables iperf3 tcpdump bpftool ethtool util-linux)
+# Debian packages the tests and the lab use: ip, nft, ethtool, nsenter,
+# sysctl; bpftool and tcpdump to look at a lab by hand.
+APT_PACKAGES=(iproute2 nftables ethtool util-linux procps bpftool tcpdump)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,11 +19,14 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The eBPF crate is built with nightly (build-std needs rust-src).
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-    log "adding rust-src to the nightly toolchain"
-    rustup component add rust-src --toolchain nightly
-fi
+# The eBPF crate is built with nightly (build-std needs rust-src) and
+# linted with nightly's clippy.
+for component in rust-src clippy; do
+    if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q "^$component"; then
+        log "adding $component to the nightly toolchain"
+        rustup component add "$component" --toolchain nightly
+    fi
+done
 
 # bpf-linker must link against the same LLVM as rustc nightly (LLVM 22), which
 # Debian does not ship: point it at the toolchain's own libLLVM.
