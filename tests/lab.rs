@@ -209,7 +209,7 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
 fn a_long_transfer_survives_an_agent_restart() {
     let lab_ = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let mut lab = lab_;
-    let size = 1024 * 1024 * 1024;
+    let size = 2 * 1024 * 1024 * 1024;
     let mut child = lab
         .spawn_load(&LoadSpec {
             target: lab.service(),

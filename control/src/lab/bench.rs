@@ -155,8 +155,9 @@ pub fn render(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "heels lab bench: {:?} LB, medians of {} rounds; ratio = path / direct\n",
-        report.lb, report.rounds
+        "heels lab bench: {} LB, medians of {} rounds; ratio = path / direct\n",
+        format!("{:?}", report.lb).to_lowercase(),
+        report.rounds
     );
     let _ = writeln!(
         out,

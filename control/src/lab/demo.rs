@@ -155,8 +155,8 @@ pub fn render(report: &DemoReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "heels lab demo: {:?} LB, {} servers; client: {}, servers: {}\n",
-        report.lb,
+        "heels lab demo: {} LB, {} servers; client: {}, servers: {}\n",
+        format!("{:?}", report.lb).to_lowercase(),
         report.servers,
         dataplane(report.client_dataplane),
         dataplane(report.server_dataplane)
