@@ -206,6 +206,19 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
 }
 
 #[test]
+fn syncookie_syn_acks_carry_the_option_too() {
+    let overrides = Overrides { server_syncookies: true, ..Overrides::default() };
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
+    let report = verify(&lab, lab.service(), 20);
+    assert_all_verified(&report, 20);
+    let cookies = lab.server(0).netstat("TcpExtSyncookiesSent").unwrap()
+        + lab.server(1).netstat("TcpExtSyncookiesSent").unwrap();
+    assert!(cookies >= 20, "the servers answered with syncookies: {cookies}");
+    assert!(sum_over(&lab.server_instances(), TcCounter::SynAckOptionWritten) >= 20);
+    assert_only_syns(&lab.lb_counters().unwrap(), 20);
+}
+
+#[test]
 fn a_long_transfer_survives_an_agent_restart() {
     let lab_ = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let mut lab = lab_;

@@ -117,6 +117,8 @@ pub struct Overrides {
     pub client_backends: Option<String>,
     /// The servers' LB source prefixes instead of the LB's address and 172.16.0.0/16.
     pub server_lb_sources: Option<Vec<String>>,
+    /// Servers answer every SYN with a syncookie (`net.ipv4.tcp_syncookies=2`).
+    pub server_syncookies: bool,
 }
 
 impl Default for LabSpec {
@@ -321,6 +323,9 @@ impl Lab {
             let host = &self.hosts[index];
             let gateway = if self.spec.lb == LbKind::Dnat { LB } else { ROUTER };
             host.netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            if self.spec.overrides.server_syncookies {
+                host.netns.sysctl("net.ipv4.tcp_syncookies", "2")?;
+            }
             if self.spec.lb == LbKind::Ipip {
                 // Direct server return: the VIP is local on every server.
                 host.netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
@@ -519,6 +524,15 @@ pub fn finish_load(child: Child) -> anyhow::Result<LoadReport> {
         bail!("the load client failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     serde_json::from_slice(&output.stdout).context("parsing the load report")
+}
+
+impl Host {
+    /// A counter of the host's TCP stack (`nstat`), such as `TcpExtSyncookiesSent`.
+    pub fn netstat(&self, name: &str) -> anyhow::Result<u64> {
+        let output = self.netns.exec("nstat", &["-az", "--json", name])?;
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        value["kernel"][name].as_u64().with_context(|| format!("no counter {name}"))
+    }
 }
 
 /// An interface's counters.
