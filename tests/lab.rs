@@ -254,6 +254,43 @@ fn a_long_transfer_survives_an_agent_restart() {
 }
 
 #[test]
+fn the_agent_drops_entries_whose_socket_is_gone() {
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
+    let client = lab.client_instance().unwrap();
+    // An entry no socket stands for (as if its close callback was missed).
+    let orphan = heels_xdp::Connection {
+        client: SocketAddrV4::new(heels::lab::CLIENT, 1),
+        vip: lab.service(),
+        backend: SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT),
+    };
+    Datapath::open(&client).unwrap().remember(&orphan).unwrap();
+    // A real connection, alive throughout.
+    let mut child = lab
+        .spawn_load(&LoadSpec {
+            target: lab.service(),
+            mode: Mode::Pingpong,
+            connections: 1,
+            concurrency: 1,
+            request: 1,
+            response: 1,
+            count: 60_000,
+            seconds: 0.0,
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let connections = || Datapath::open(&client).unwrap().connections().unwrap();
+    while connections().contains(&orphan) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = connections();
+    assert!(!left.contains(&orphan), "the orphan entry was dropped");
+    assert!(child.try_wait().unwrap().is_none(), "the real connection is still running");
+    assert_eq!(left.len(), 1, "the real connection kept its entry: {left:?}");
+    let report = finish_load(child).unwrap();
+    assert_eq!((report.connections_ok, report.resets), (1, 0), "{:?}", report.errors);
+}
+
+#[test]
 fn status_conns_and_stats_read_an_instance() {
     let lab = lab(LbKind::Dnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let client = lab.client_instance().unwrap();

@@ -13,8 +13,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::collections::HashSet;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context};
-use heels_xdp::Datapath;
+use heels_xdp::{Connection, Datapath};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::{AgentConfig, DirectRoute};
@@ -86,16 +92,100 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `heels agent`: start, say "ready" on stdout, wait for SIGINT/SIGTERM.
+/// The TCP sockets of this network namespace, as (local, remote), from
+/// `/proc/net/tcp` (IPv4).
+pub fn tcp_sockets() -> anyhow::Result<HashSet<(SocketAddrV4, SocketAddrV4)>> {
+    let text = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    Ok(parse_proc_net_tcp(&text))
+}
+
+fn parse_endpoint(field: &str) -> Option<SocketAddrV4> {
+    let (addr, port) = field.split_once(':')?;
+    // The kernel prints the address as the u32 it stores (network order)
+    // read on this little-endian host, and the port in host order.
+    let addr = u32::from_str_radix(addr, 16).ok()?.to_le_bytes();
+    Some(SocketAddrV4::new(addr.into(), u16::from_str_radix(port, 16).ok()?))
+}
+
+fn parse_proc_net_tcp(text: &str) -> HashSet<(SocketAddrV4, SocketAddrV4)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            Some((parse_endpoint(fields.next()?)?, parse_endpoint(fields.next()?)?))
+        })
+        .collect()
+}
+
+/// Drops the entries of connections whose socket is gone: the close
+/// callback can be missed (a socket that closed while the programs were
+/// being replaced, or that opened before them). A connection is dropped
+/// only when two sweeps in a row find no socket for it, so an entry made
+/// between reading the sockets and reading the map is never taken.
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    suspects: HashSet<Connection>,
+}
+
+impl Sweeper {
+    /// What to drop now, given the connections in the map and the sockets.
+    pub fn stale(
+        &mut self,
+        connections: &[Connection],
+        sockets: &HashSet<(SocketAddrV4, SocketAddrV4)>,
+    ) -> Vec<Connection> {
+        let orphans: HashSet<Connection> =
+            connections.iter().filter(|c| !sockets.contains(&(c.client, c.vip))).copied().collect();
+        let stale = orphans.intersection(&self.suspects).copied().collect();
+        self.suspects = orphans;
+        stale
+    }
+
+    /// One sweep over the datapath; returns how many connections went.
+    pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
+        let sockets = tcp_sockets()?;
+        let stale = self.stale(&datapath.connections()?, &sockets);
+        for connection in &stale {
+            datapath.forget(connection)?;
+        }
+        Ok(stale.len())
+    }
+}
+
+/// `heels agent`: start, say "ready" on stdout, sweep now and then, stop
+/// on SIGINT/SIGTERM.
 pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
-    let datapath = start(config)?;
+    let stop = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGINT, SIGTERM] {
+        let stop = Arc::clone(&stop);
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, move || stop.store(signal as usize, Ordering::SeqCst))
+        }
+        .context("installing signal handlers")?;
+    }
+    let mut datapath = start(config)?;
     let links = datapath.links().join(", ");
     eprintln!("heels agent {}: attached ({links}); pins in {}", config.instance, datapath.dir().display());
     println!("ready");
     std::io::stdout().flush().ok();
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let interval = Duration::from_secs(config.sweep_seconds);
+    let mut sweeper = Sweeper::default();
+    let mut last_sweep = Instant::now();
+    while stop.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_sweep.elapsed() >= interval {
+            last_sweep = Instant::now();
+            match sweeper.sweep(&mut datapath) {
+                Ok(0) => {}
+                Ok(n) => {
+                    eprintln!("heels agent {}: dropped {n} connections whose socket is gone", config.instance)
+                }
+                Err(e) => eprintln!("heels agent {}: sweep: {e:#}", config.instance),
+            }
+        }
+    }
+    let signal = stop.load(Ordering::SeqCst);
     drop(datapath);
     if detach_on_exit {
         down(&config.instance)?;
@@ -108,4 +198,46 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two lines of a real /proc/net/tcp: a listener on 0.0.0.0:8080 and a
+    /// connection 10.10.1.2:40000 -> 10.10.100.1:80.
+    const PROC_NET_TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31251 1 0000000000000000 100 0 0 10 0
+   1: 02010A0A:9C40 01640A0A:0050 01 00000000:00000000 00:00000000 00000000     0        0 31252 1 0000000000000000 20 4 30 10 -1
+";
+
+    fn connection(cport: u16) -> Connection {
+        Connection {
+            client: SocketAddrV4::new([10, 10, 1, 2].into(), cport),
+            vip: SocketAddrV4::new([10, 10, 100, 1].into(), 80),
+            backend: SocketAddrV4::new([10, 10, 0, 11].into(), 8080),
+        }
+    }
+
+    #[test]
+    fn parses_proc_net_tcp() {
+        let sockets = parse_proc_net_tcp(PROC_NET_TCP);
+        assert_eq!(sockets.len(), 2);
+        assert!(sockets.contains(&(connection(40000).client, connection(40000).vip)));
+    }
+
+    #[test]
+    fn a_connection_goes_after_two_sweeps_without_a_socket() {
+        let sockets = parse_proc_net_tcp(PROC_NET_TCP);
+        let mut sweeper = Sweeper::default();
+        let connections = [connection(40000), connection(40001)];
+        // 40001 has no socket: suspected first, dropped the second time.
+        assert_eq!(sweeper.stale(&connections, &sockets), vec![]);
+        assert_eq!(sweeper.stale(&connections, &sockets), vec![connection(40001)]);
+        // A connection whose socket shows up again is no longer suspected.
+        let mut sweeper = Sweeper::default();
+        sweeper.stale(&connections, &HashSet::new());
+        assert_eq!(sweeper.stale(&connections, &sockets), vec![connection(40001)]);
+        assert_eq!(sweeper.stale(&[connection(40000)], &sockets), vec![]);
+    }
 }

@@ -5,6 +5,7 @@
 //! interfaces = ["eth0"]             # TC programs go here
 //! cgroup = "/sys/fs/cgroup/unified/heels"   # sockops sees sockets of this cgroup v2
 //! addresses = ["10.10.0.11"]        # this host's addresses (DIPs, IPIP destinations)
+//! sweep_seconds = 30                # how often entries of vanished sockets are dropped
 //!
 //! [server]                          # omit on a host that serves nothing
 //! services = [{ vip = "10.10.100.1:80", port = 8080 }]
@@ -71,6 +72,10 @@ pub struct DirectRoute {
     pub table: u32,
 }
 
+fn default_sweep_seconds() -> u64 {
+    30
+}
+
 fn default_mark() -> u32 {
     0x4845
 }
@@ -114,6 +119,10 @@ pub struct AgentConfig {
     pub cgroup: PathBuf,
     /// This host's addresses.
     pub addresses: Vec<Ipv4Addr>,
+    /// Seconds between sweeps that drop the entries of connections whose
+    /// socket is gone (missed close callbacks); default 30.
+    #[serde(default = "default_sweep_seconds")]
+    pub sweep_seconds: u64,
     /// Server role.
     pub server: Option<Server>,
     /// Client role.
@@ -160,6 +169,9 @@ impl AgentConfig {
         }
         if !self.cgroup.is_absolute() {
             return Err(invalid("cgroup", "an absolute path to a cgroup v2 directory"));
+        }
+        if self.sweep_seconds == 0 {
+            return Err(invalid("sweep_seconds", "at least 1"));
         }
         if self.addresses.is_empty() {
             return Err(invalid("addresses", "name at least one address of this host"));

@@ -365,7 +365,7 @@ impl Lab {
         let host = &self.hosts[index];
         let instance = format!("{}-{}", self.prefix, host.role);
         let mut text = format!(
-            "instance = \"{instance}\"\ninterfaces = [\"eth0\"]\ncgroup = \"{}\"\naddresses = [\"{}\"]\n",
+            "instance = \"{instance}\"\ninterfaces = [\"eth0\"]\ncgroup = \"{}\"\naddresses = [\"{}\"]\nsweep_seconds = 1\n",
             host.cgroup.path().display(),
             host.addr
         );

@@ -21,9 +21,9 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS, MAP_LB_SOURCES,
-    MAP_LOCAL_ADDRS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM,
-    TC_INGRESS_PROGRAM,
+    EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS, MAP_INGRESS,
+    MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS, SOCKOPS_PROGRAM,
+    TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
 };
 
 /// Root of every instance's pins.
@@ -98,7 +98,7 @@ pub struct DatapathConfig {
 }
 
 /// A bypassed connection as the client's maps hold it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Connection {
     /// CIP:cport.
     pub client: SocketAddrV4,
@@ -318,6 +318,30 @@ impl Datapath {
             });
         }
         Ok(out)
+    }
+
+    /// Makes both entries of a connection (as TC ingress does from a
+    /// SYN-ACK). For tests and manual repair.
+    pub fn remember(&mut self, connection: &Connection) -> Result<(), DatapathError> {
+        let (client, vip, backend) =
+            (endpoint(&connection.client), endpoint(&connection.vip), endpoint(&connection.backend));
+        let mut egress = self.hash_map::<FlowV4, EndpointV4>(MAP_EGRESS)?;
+        egress.insert(FlowV4::between(&client, &vip), backend, 0).map_err(map_error(MAP_EGRESS))?;
+        let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
+        ingress.insert(FlowV4::between(&backend, &client), vip, 0).map_err(map_error(MAP_INGRESS))
+    }
+
+    /// Removes both entries of a connection (as sockops does when its
+    /// socket closes).
+    pub fn forget(&mut self, connection: &Connection) -> Result<(), DatapathError> {
+        let (client, vip, backend) =
+            (endpoint(&connection.client), endpoint(&connection.vip), endpoint(&connection.backend));
+        let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
+        // Absent is fine: the kernel may have removed it meanwhile.
+        let _ = ingress.remove(&FlowV4::between(&backend, &client));
+        let mut egress = self.hash_map::<FlowV4, EndpointV4>(MAP_EGRESS)?;
+        let _ = egress.remove(&FlowV4::between(&client, &vip));
+        Ok(())
     }
 
     /// The links pinned for this instance (what is attached).
