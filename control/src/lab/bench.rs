@@ -186,3 +186,107 @@ pub fn render(report: &BenchReport) -> String {
     }
     out
 }
+
+/// A bar chart of the ratios to direct (SVG): one group per measure, one
+/// bar per path, a line at 1.0.
+pub fn plot(report: &BenchReport) -> String {
+    let Some(direct) = report.paths.iter().find(|p| p.path == "direct") else {
+        return String::new();
+    };
+    let measures: [(&str, fn(&PathResult) -> f64); 4] = [
+        ("throughput", |p| p.throughput_gbps),
+        ("latency p50", |p| p.latency_p50_us),
+        ("latency p99", |p| p.latency_p99_us),
+        ("connections/s", |p| p.connections_per_s),
+    ];
+    let colours = ["#888888", "#d9822b", "#2b7bd9"];
+    let (width, height, top, bottom, left) = (720.0, 360.0, 40.0, 60.0, 50.0);
+    let plot_height = height - top - bottom;
+    let max = measures
+        .iter()
+        .flat_map(|(_, f)| report.paths.iter().map(move |p| f(p) / f(direct).max(1e-9)))
+        .fold(1.0f64, f64::max)
+        .max(1.0)
+        * 1.1;
+    let y = |ratio: f64| top + plot_height * (1.0 - ratio / max);
+    let group = (width - left - 20.0) / measures.len() as f64;
+    let bar = group / (report.paths.len() as f64 + 1.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">heels lab bench, {} LB: ratio to direct (medians of {} rounds; latency: lower is better)</text>\n",
+        format!("{:?}", report.lb).to_lowercase(),
+        report.rounds
+    );
+    for (m, (name, f)) in measures.iter().enumerate() {
+        let x0 = left + m as f64 * group;
+        for (i, path) in report.paths.iter().enumerate() {
+            let ratio = f(path) / f(direct).max(1e-9);
+            let x = x0 + (i as f64 + 0.5) * bar;
+            svg.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{ratio:.2}</text>\n",
+                y(ratio),
+                bar * 0.9,
+                (y(0.0) - y(ratio)).max(0.0),
+                colours[i % colours.len()],
+                x + bar * 0.45,
+                y(ratio) - 4.0
+            ));
+        }
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{name}</text>\n",
+            x0 + group / 2.0,
+            height - bottom + 18.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-dasharray=\"4\"/>\n",
+        width - 20.0,
+        y(1.0),
+        y(1.0)
+    ));
+    for (i, path) in report.paths.iter().enumerate() {
+        let x = left + i as f64 * 140.0;
+        svg.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            height - 24.0,
+            colours[i % colours.len()],
+            x + 16.0,
+            height - 14.0,
+            path.path
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &str, scale: f64) -> PathResult {
+        PathResult {
+            path: name.to_owned(),
+            throughput_gbps: 10.0 * scale,
+            latency_p50_us: 100.0 / scale,
+            latency_p99_us: 200.0 / scale,
+            connections_per_s: 4000.0 * scale,
+            failed: 0,
+            runs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn table_and_plot_show_ratios_to_direct() {
+        let report = BenchReport {
+            lb: LbKind::Fullnat,
+            rounds: 3,
+            paths: vec![path("direct", 1.0), path("vanilla", 0.5), path("heels-tc", 1.0)],
+        };
+        let table = render(&report);
+        assert!(table.contains("vanilla") && table.contains("0.50") && table.contains("2.00"), "{table}");
+        let svg = plot(&report);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect").count(), 4 * 3 + 3, "a bar per path and measure, and the legend");
+        assert!(svg.contains(">0.50<") && svg.contains(">2.00<"));
+    }
+}

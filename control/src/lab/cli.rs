@@ -48,6 +48,9 @@ pub enum LabCommand {
         /// Also write the full result as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Also write a bar chart of the ratios (SVG) here.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
     /// Build the lab and keep it until SIGINT/SIGTERM (to explore it by hand).
     Up {
@@ -127,13 +130,17 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Bench { lb, rounds, seconds, json } => {
+        LabCommand::Bench { lb, rounds, seconds, json, plot } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let spec = super::bench::BenchSpec { lb, rounds, seconds, ..Default::default() };
             let report = super::bench::run(&spec, &heels)?;
             print!("{}", super::bench::render(&report));
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = plot {
+                std::fs::write(&path, super::bench::plot(&report))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
