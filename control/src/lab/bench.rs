@@ -187,13 +187,16 @@ pub fn render(report: &BenchReport) -> String {
     out
 }
 
+/// A measure's name and how to read it from a path's result.
+type Measure = (&'static str, fn(&PathResult) -> f64);
+
 /// A bar chart of the ratios to direct (SVG): one group per measure, one
 /// bar per path, a line at 1.0.
 pub fn plot(report: &BenchReport) -> String {
     let Some(direct) = report.paths.iter().find(|p| p.path == "direct") else {
         return String::new();
     };
-    let measures: [(&str, fn(&PathResult) -> f64); 4] = [
+    let measures: [Measure; 4] = [
         ("throughput", |p| p.throughput_gbps),
         ("latency p50", |p| p.latency_p50_us),
         ("latency p99", |p| p.latency_p99_us),
