@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
@@ -137,12 +137,22 @@ fn socket(endpoint: &EndpointV4) -> SocketAddrV4 {
     SocketAddrV4::new(endpoint.addr.into(), u16::from_be_bytes(endpoint.port))
 }
 
-/// An instance's programs, attached; its maps, filled.
+/// An instance: its programs attached through pinned links, and the
+/// pinned maps it reads and writes at run time. Holds no program: once
+/// attached, the kernel keeps them through the links.
 #[derive(Debug)]
 pub struct Datapath {
-    ebpf: Ebpf,
+    maps: StdHashMap<&'static str, Map>,
     dir: PathBuf,
 }
+
+/// How to type a map opened from its pin.
+type MapKind = fn(MapData) -> Map;
+
+/// The maps a running instance is read and written through, opened from
+/// their pins (no object is loaded, no other map created).
+const RUNTIME_MAPS: [(&str, MapKind); 3] =
+    [(MAP_EGRESS, Map::LruHashMap), (MAP_INGRESS, Map::LruHashMap), (MAP_TC_STATS, Map::PerCpuArray)];
 
 impl Datapath {
     /// Loads the programs, fills the maps (pinned: kept from a previous run,
@@ -155,11 +165,11 @@ impl Datapath {
         for path in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(path).map_err(io_error("creating", path))?;
         }
-        let ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
-        let mut datapath = Datapath { ebpf, dir };
-        datapath.configure(config)?;
-        datapath.attach(config, &links_dir)?;
-        Ok(datapath)
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+        configure(&mut ebpf, config)?;
+        attach(&mut ebpf, config, &links_dir)?;
+        drop(ebpf);
+        Self::open(&config.instance)
     }
 
     /// Opens the maps of a running (or orphaned) instance, to read them.
@@ -169,10 +179,12 @@ impl Datapath {
         if !maps_dir.is_dir() {
             return Err(DatapathError::NoInstance(instance.to_owned()));
         }
-        // Loading with the pin directory reuses the pinned maps; no program
-        // is loaded into the kernel.
-        let ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
-        Ok(Datapath { ebpf, dir })
+        let mut maps = StdHashMap::new();
+        for (name, kind) in RUNTIME_MAPS {
+            let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
+            maps.insert(name, kind(data));
+        }
+        Ok(Datapath { maps, dir })
     }
 
     /// Detaches every program of an instance and removes its pins.
@@ -201,99 +213,26 @@ impl Datapath {
         &self.dir
     }
 
+    fn map(&self, name: &'static str) -> Result<&Map, DatapathError> {
+        self.maps
+            .get(name)
+            .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })
+    }
+
     fn hash_map<K: Pod, V: Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
-        let map = crate::find_map_mut(&mut self.ebpf, name).map_err(map_error(name))?;
+        let map = self
+            .maps
+            .get_mut(name)
+            .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
         HashMap::try_from(map).map_err(map_error(name))
-    }
-
-    fn trie(&mut self, name: &'static str) -> Result<LpmTrie<&mut MapData, [u8; 4], u8>, DatapathError> {
-        let map = crate::find_map_mut(&mut self.ebpf, name).map_err(map_error(name))?;
-        LpmTrie::try_from(map).map_err(map_error(name))
-    }
-
-    /// Makes each configuration map hold exactly `config`: new entries
-    /// first, stale ones removed after, so a restart never shows an empty
-    /// configuration to packets in flight.
-    fn configure(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
-        let local: Vec<([u8; 4], u8)> = config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
-        replace(&mut self.hash_map(MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
-        let services: Vec<(EndpointV4, [u8; 2])> =
-            config.services.iter().map(|(vip, port)| (endpoint(vip), port.to_be_bytes())).collect();
-        replace(&mut self.hash_map(MAP_SERVICES)?, MAP_SERVICES, &services)?;
-        let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (endpoint(vip), 1)).collect();
-        replace(&mut self.hash_map(MAP_CLIENT_VIPS)?, MAP_CLIENT_VIPS, &vips)?;
-        replace_prefixes(&mut self.trie(MAP_LB_SOURCES)?, MAP_LB_SOURCES, &config.lb_sources)?;
-        replace_prefixes(&mut self.trie(MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
-        let map = crate::find_map_mut(&mut self.ebpf, MAP_TC_CONFIG).map_err(map_error(MAP_TC_CONFIG))?;
-        let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
-        settings.set(0, TcConfig { syn_mark: config.syn_mark, flags: 0 }, 0).map_err(map_error(MAP_TC_CONFIG))
-    }
-
-    fn attach(&mut self, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
-        for (name, attach_type, prefix) in [
-            (TC_INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
-            (TC_EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
-        ] {
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
-                .try_into()
-                .map_err(program_error(name))?;
-            program.load().map_err(program_error(name))?;
-            for interface in &config.interfaces {
-                let pin = links_dir.join(format!("{prefix}-{interface}"));
-                let id = match PinnedLink::from_pin(&pin) {
-                    Ok(old) => {
-                        let old = old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
-                        let link = SchedClassifierLink::try_from(old)
-                            .map_err(|e| link_error(&pin)(e.to_string()))?;
-                        program.attach_to_link(link).map_err(program_error(name))?
-                    }
-                    Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-                        program
-                            .attach_with_options(
-                                interface,
-                                attach_type,
-                                TcAttachOptions::TcxOrder(LinkOrder::default()),
-                            )
-                            .map_err(program_error(name))?
-                    }
-                    Err(e) => return Err(link_error(&pin)(e.to_string())),
-                };
-                let link = program.take_link(id).map_err(program_error(name))?;
-                let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
-                link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
-            }
-        }
-        let program: &mut SockOps = self
-            .ebpf
-            .program_mut(SOCKOPS_PROGRAM)
-            .ok_or(DatapathError::Program { name: SOCKOPS_PROGRAM, source: ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(program_error(SOCKOPS_PROGRAM))?;
-        program.load().map_err(program_error(SOCKOPS_PROGRAM))?;
-        let cgroup = File::open(&config.cgroup).map_err(io_error("opening the cgroup", &config.cgroup))?;
-        // A cgroup bpf_link is always "multi": the kernel wants no flags.
-        let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error(SOCKOPS_PROGRAM))?;
-        let pin = links_dir.join("sockops");
-        // The new program runs beside the old one for a moment, then the
-        // old one goes (a sockops link cannot be updated through aya).
-        if let Ok(old) = PinnedLink::from_pin(&pin) {
-            old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
-        }
-        let link = program.take_link(id).map_err(program_error(SOCKOPS_PROGRAM))?;
-        let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
-        link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
-        Ok(())
     }
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(TcCounter, u64)>, DatapathError> {
-        let map = crate::find_map(&self.ebpf, MAP_TC_STATS).map_err(map_error(MAP_TC_STATS))?;
+        let map = self.map(MAP_TC_STATS)?;
         let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error(MAP_TC_STATS))?;
         TcCounter::ALL
             .iter()
@@ -306,7 +245,7 @@ impl Datapath {
 
     /// The bypassed connections the client side knows.
     pub fn connections(&self) -> Result<Vec<Connection>, DatapathError> {
-        let map = crate::find_map(&self.ebpf, MAP_EGRESS).map_err(map_error(MAP_EGRESS))?;
+        let map = self.map(MAP_EGRESS)?;
         let egress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
         let mut out = Vec::new();
         for entry in egress.iter() {
@@ -394,5 +333,94 @@ fn replace_prefixes(
     for key in stale {
         trie.remove(&key).map_err(map_error(name))?;
     }
+    Ok(())
+}
+
+fn loaded_hash_map<'a, K: Pod, V: Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, DatapathError> {
+    let map = crate::find_map_mut(ebpf, name).map_err(map_error(name))?;
+    HashMap::try_from(map).map_err(map_error(name))
+}
+
+fn loaded_trie<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<LpmTrie<&'a mut MapData, [u8; 4], u8>, DatapathError> {
+    let map = crate::find_map_mut(ebpf, name).map_err(map_error(name))?;
+    LpmTrie::try_from(map).map_err(map_error(name))
+}
+
+/// Makes each configuration map hold exactly `config`: new entries
+/// first, stale ones removed after, so a restart never shows an empty
+/// configuration to packets in flight.
+fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathError> {
+    let local: Vec<([u8; 4], u8)> = config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
+    replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
+    let services: Vec<(EndpointV4, [u8; 2])> =
+        config.services.iter().map(|(vip, port)| (endpoint(vip), port.to_be_bytes())).collect();
+    replace(&mut loaded_hash_map(ebpf, MAP_SERVICES)?, MAP_SERVICES, &services)?;
+    let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (endpoint(vip), 1)).collect();
+    replace(&mut loaded_hash_map(ebpf, MAP_CLIENT_VIPS)?, MAP_CLIENT_VIPS, &vips)?;
+    replace_prefixes(&mut loaded_trie(ebpf, MAP_LB_SOURCES)?, MAP_LB_SOURCES, &config.lb_sources)?;
+    replace_prefixes(&mut loaded_trie(ebpf, MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
+    let map = crate::find_map_mut(ebpf, MAP_TC_CONFIG).map_err(map_error(MAP_TC_CONFIG))?;
+    let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
+    settings.set(0, TcConfig { syn_mark: config.syn_mark, flags: 0 }, 0).map_err(map_error(MAP_TC_CONFIG))
+}
+
+fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
+    for (name, attach_type, prefix) in [
+        (TC_INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
+        (TC_EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
+    ] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(program_error(name))?;
+        program.load().map_err(program_error(name))?;
+        for interface in &config.interfaces {
+            let pin = links_dir.join(format!("{prefix}-{interface}"));
+            let id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let old = old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
+                    let link =
+                        SchedClassifierLink::try_from(old).map_err(|e| link_error(&pin)(e.to_string()))?;
+                    program.attach_to_link(link).map_err(program_error(name))?
+                }
+                Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => program
+                    .attach_with_options(
+                        interface,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(program_error(name))?,
+                Err(e) => return Err(link_error(&pin)(e.to_string())),
+            };
+            let link = program.take_link(id).map_err(program_error(name))?;
+            let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
+            link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
+        }
+    }
+    let program: &mut SockOps = ebpf
+        .program_mut(SOCKOPS_PROGRAM)
+        .ok_or(DatapathError::Program { name: SOCKOPS_PROGRAM, source: ProgramError::NotLoaded })?
+        .try_into()
+        .map_err(program_error(SOCKOPS_PROGRAM))?;
+    program.load().map_err(program_error(SOCKOPS_PROGRAM))?;
+    let cgroup = File::open(&config.cgroup).map_err(io_error("opening the cgroup", &config.cgroup))?;
+    // A cgroup bpf_link is always "multi": the kernel wants no flags.
+    let id = program.attach(&cgroup, CgroupAttachMode::Single).map_err(program_error(SOCKOPS_PROGRAM))?;
+    let pin = links_dir.join("sockops");
+    // The new program runs beside the old one for a moment, then the
+    // old one goes (a sockops link cannot be updated through aya).
+    if let Ok(old) = PinnedLink::from_pin(&pin) {
+        old.unpin().map_err(|e| link_error(&pin)(e.to_string()))?;
+    }
+    let link = program.take_link(id).map_err(program_error(SOCKOPS_PROGRAM))?;
+    let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
+    link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
     Ok(())
 }
