@@ -80,6 +80,12 @@ fn bypassed(kind: LbKind) {
     assert!(counter(&client, TcCounter::SynOptionWritten) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::SynAckLearned) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::EgressRewritten) > 0);
+    assert!(counter(&client, TcCounter::IngressRewritten) > 0);
+    if kind == LbKind::Ipip {
+        assert!(sum_over(&lab.server_instances(), TcCounter::IpipDecapsulated) >= CONNECTIONS as u64);
+    } else {
+        assert_eq!(sum_over(&lab.server_instances(), TcCounter::IpipDecapsulated), 0);
+    }
     // Established sockets carry their DIP:dport (sk_storage): egress finds
     // it there rather than in the map.
     assert!(counter(&client, TcCounter::EgressViaSocket) > 0);
