@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -385,24 +385,23 @@ fn pingpong(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `serve` on an ephemeral thread and returns its port (for tests).
-pub fn serve_in_background(id: u16) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let port = listener.local_addr()?.port();
-    let listener = Arc::new(listener);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = serve_one(stream, id);
-            });
-        }
-    });
-    Ok(port)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the server on an ephemeral loopback port; returns the port.
+    fn serve_in_background(id: u16) -> anyhow::Result<u16> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let _ = serve_one(stream, id);
+                });
+            }
+        });
+        Ok(port)
+    }
 
     fn spec(port: u16, mode: Mode) -> LoadSpec {
         LoadSpec {
