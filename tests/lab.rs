@@ -30,8 +30,8 @@ fn lab(lb: LbKind, client: Dataplane, server: Dataplane, overrides: Overrides) -
     Lab::build(LabSpec { lb, servers: 2, client, server, overrides }, heels()).expect("the lab builds")
 }
 
-fn verify(lab: &Lab, target: SocketAddrV4, connections: usize) -> LoadReport {
-    lab.load(&LoadSpec {
+fn verify_spec(target: SocketAddrV4, connections: usize) -> LoadSpec {
+    LoadSpec {
         target,
         mode: Mode::Verify,
         connections,
@@ -40,8 +40,13 @@ fn verify(lab: &Lab, target: SocketAddrV4, connections: usize) -> LoadReport {
         response: RESPONSE,
         count: 0,
         seconds: 0.0,
-    })
-    .expect("the load client runs")
+        server_closes: false,
+        mapped: false,
+    }
+}
+
+fn verify(lab: &Lab, target: SocketAddrV4, connections: usize) -> LoadReport {
+    lab.load(&verify_spec(target, connections)).expect("the load client runs")
 }
 
 fn assert_all_verified(report: &LoadReport, connections: usize) {
@@ -69,8 +74,23 @@ fn assert_only_syns(lb: &LbCounters, connections: usize) {
     assert_eq!(lb.to_clients_packets, 0, "the LB forwarded replies: {lb:?}");
 }
 
+/// The servers never write the SYN-ACK form for a SYN they did not
+/// translate (the rule of docs/design.md: never the form without the
+/// translation, never the translation without the form).
+fn assert_forms_only_for_translations(lab: &Lab) {
+    let servers = lab.server_instances();
+    let (written, translated) =
+        (sum_over(&servers, TcCounter::SynAckOptionWritten), sum_over(&servers, TcCounter::SynTranslated));
+    assert!(written <= translated, "{written} SYN-ACK forms written for {translated} translated SYNs");
+}
+
 fn bypassed(kind: LbKind) {
-    let lab = lab(kind, Dataplane::Tc, Dataplane::Tc, Overrides::default());
+    bypassed_with(kind, Overrides::default());
+}
+
+fn bypassed_with(kind: LbKind, overrides: Overrides) {
+    let decap_in_xdp = overrides.ipip_decap_in_xdp;
+    let lab = lab(kind, Dataplane::Tc, Dataplane::Tc, overrides);
     let report = verify(&lab, lab.service(), CONNECTIONS);
     assert_all_verified(&report, CONNECTIONS);
     assert_eq!(report.real_address_seen, CONNECTIONS, "every server saw the client's own address");
@@ -81,7 +101,11 @@ fn bypassed(kind: LbKind) {
     assert!(counter(&client, TcCounter::SynAckLearned) >= CONNECTIONS as u64);
     assert!(counter(&client, TcCounter::EgressRewritten) > 0);
     assert!(counter(&client, TcCounter::IngressRewritten) > 0);
-    if kind == LbKind::Ipip {
+    if decap_in_xdp {
+        let from_vip = sum_over(&lab.server_instances(), TcCounter::SynTranslatedFromVip);
+        assert!(from_vip >= CONNECTIONS as u64, "SYNs to the local VIP translated: {from_vip}");
+    }
+    if kind == LbKind::Ipip && !decap_in_xdp {
         assert!(sum_over(&lab.server_instances(), TcCounter::IpipDecapsulated) >= CONNECTIONS as u64);
     } else {
         assert_eq!(sum_over(&lab.server_instances(), TcCounter::IpipDecapsulated), 0);
@@ -91,6 +115,7 @@ fn bypassed(kind: LbKind) {
     assert!(counter(&client, TcCounter::EgressViaSocket) > 0);
     assert!(sum_over(&lab.server_instances(), TcCounter::SynTranslated) >= CONNECTIONS as u64);
     assert!(sum_over(&lab.server_instances(), TcCounter::SynAckOptionWritten) >= CONNECTIONS as u64);
+    assert_forms_only_for_translations(&lab);
     assert_eq!(counter(&client, TcCounter::Errors) + sum_over(&lab.server_instances(), TcCounter::Errors), 0);
     // Closed sockets took their entries with them.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -116,9 +141,104 @@ fn ipip_lb_sees_only_the_syn() {
     bypassed(LbKind::Ipip);
 }
 
+#[test]
+fn ipip_backends_that_decapsulate_in_xdp_are_bypassed() {
+    bypassed_with(LbKind::Ipip, Overrides { ipip_decap_in_xdp: true, ..Overrides::default() });
+}
+
+#[test]
+fn dual_stack_listeners_and_clients_are_bypassed() {
+    let overrides = Overrides { server_dual_stack: true, ..Overrides::default() };
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
+    // IPv4 sockets, then IPv6 sockets to the VIP's IPv4-mapped address.
+    for mapped in [false, true] {
+        let report = lab
+            .load(&LoadSpec { mapped, ..verify_spec(lab.service(), CONNECTIONS) })
+            .expect("the load client runs");
+        assert_all_verified(&report, CONNECTIONS);
+        assert_eq!(report.real_address_seen, CONNECTIONS, "mapped: {mapped}");
+    }
+    assert_only_syns(&lab.lb_counters().unwrap(), 2 * CONNECTIONS);
+    let servers = lab.server_instances();
+    assert!(sum_over(&servers, TcCounter::SynAckOptionWritten) >= 2 * CONNECTIONS as u64);
+    assert_forms_only_for_translations(&lab);
+    let client = lab.client_instance().unwrap();
+    assert!(counter(&client, TcCounter::SynAckLearned) >= 2 * CONNECTIONS as u64);
+    // A live connection of an IPv6 socket keeps its entries through the
+    // agent's sweeps (every second here): its socket is in /proc/net/tcp6.
+    let child = lab
+        .spawn_load(&LoadSpec {
+            mode: Mode::Pingpong,
+            connections: 1,
+            concurrency: 1,
+            seconds: 4.0,
+            mapped: true,
+            ..verify_spec(lab.service(), 1)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        Datapath::open(&client).unwrap().connections().unwrap().len(),
+        1,
+        "the entry outlived 3 sweeps"
+    );
+    let report = finish_load(child).unwrap();
+    assert_eq!((report.connections_ok, report.resets), (1, 0), "{:?}", report.errors);
+}
+
+#[test]
+fn a_syn_no_listener_would_answer_takes_the_lb_path() {
+    // The agents are told the service listens on 9090; the servers listen
+    // elsewhere. Translated, the SYN would meet a closed port and the
+    // client a reset from an address it never called.
+    for kind in [LbKind::Fullnat, LbKind::Ipip] {
+        let overrides = Overrides { server_local_port: Some(9090), ..Overrides::default() };
+        let lab = lab(kind, Dataplane::Tc, Dataplane::Tc, overrides);
+        let report = verify(&lab, lab.service(), 10);
+        assert_all_verified(&report, 10);
+        let servers = lab.server_instances();
+        assert_eq!(sum_over(&servers, TcCounter::SynTranslated), 0, "{kind:?}");
+        assert!(sum_over(&servers, TcCounter::SynNoListener) >= 10, "{kind:?}");
+        assert_eq!(
+            sum_over(&servers, TcCounter::SynAckOptionWritten),
+            0,
+            "{kind:?}: a refused SYN got the form"
+        );
+        let lb = lab.lb_counters().unwrap();
+        assert!(lb.to_servers_packets > lb.syns, "{kind:?}: the connections crossed the LB: {lb:?}");
+    }
+}
+
+#[test]
+fn a_listener_opened_before_heels_keeps_the_lb_path() {
+    let overrides = Overrides { servers_before_agents: true, ..Overrides::default() };
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
+    let report = verify(&lab, lab.service(), 10);
+    assert_all_verified(&report, 10);
+    let servers = lab.server_instances();
+    assert_eq!(sum_over(&servers, TcCounter::SynTranslated), 0);
+    assert!(sum_over(&servers, TcCounter::SynListenerUnserved) >= 10);
+    let lb = lab.lb_counters().unwrap();
+    assert!(lb.to_servers_packets > lb.syns, "the connections crossed the LB: {lb:?}");
+}
+
+#[test]
+fn the_ipip_lb_counts_what_comes_back_through_it() {
+    // Servers without heels whose replies go back through the LB host:
+    // its counter toward the clients must see them.
+    let lab = lab(LbKind::Ipip, Dataplane::None, Dataplane::None, Overrides::default());
+    for i in 0..2 {
+        lab.server(i).netns.ip(&["route", "replace", "default", "via", &heels::lab::LB.to_string()]).unwrap();
+    }
+    let report = verify(&lab, lab.service(), 5);
+    assert_all_verified(&report, 5);
+    let lb = lab.lb_counters().unwrap();
+    assert!(lb.to_clients_packets >= 5, "{lb:?}");
+}
+
 /// heels on one side only: everything goes through the LB, nothing breaks.
-fn fallback(kind: LbKind, client: Dataplane, server: Dataplane) {
-    let lab = lab(kind, client, server, Overrides::default());
+fn fallback(kind: LbKind, client: Dataplane, server: Dataplane, overrides: Overrides) {
+    let lab = lab(kind, client, server, overrides);
     let report = verify(&lab, lab.service(), CONNECTIONS);
     assert_all_verified(&report, CONNECTIONS);
     let lb = lab.lb_counters().unwrap();
@@ -128,19 +248,22 @@ fn fallback(kind: LbKind, client: Dataplane, server: Dataplane) {
         assert_eq!(counter(&instance, TcCounter::SynAckLearned), 0, "{instance}");
         assert_eq!(counter(&instance, TcCounter::EgressRewritten), 0, "{instance}");
     }
+    assert_forms_only_for_translations(&lab);
 }
 
 #[test]
 fn fallback_without_heels_on_the_client() {
     for kind in [LbKind::Fullnat, LbKind::Dnat, LbKind::Ipip] {
-        fallback(kind, Dataplane::None, Dataplane::Tc);
+        fallback(kind, Dataplane::None, Dataplane::Tc, Overrides::default());
     }
+    let decap_in_xdp = Overrides { ipip_decap_in_xdp: true, ..Overrides::default() };
+    fallback(LbKind::Ipip, Dataplane::None, Dataplane::Tc, decap_in_xdp);
 }
 
 #[test]
 fn fallback_without_heels_on_the_servers() {
     for kind in [LbKind::Fullnat, LbKind::Dnat, LbKind::Ipip] {
-        fallback(kind, Dataplane::Tc, Dataplane::None);
+        fallback(kind, Dataplane::Tc, Dataplane::None, Overrides::default());
     }
 }
 
@@ -195,6 +318,8 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
             response: 1,
             count: 0,
             seconds: 0.0,
+            server_closes: false,
+            mapped: false,
         })
         .unwrap();
     // Wait until the client has refused the SYN-ACK at least once.
@@ -239,6 +364,8 @@ fn a_long_transfer_survives_an_agent_restart() {
             response: size,
             count: 0,
             seconds: 0.0,
+            server_closes: false,
+            mapped: false,
         })
         .unwrap();
     let client = lab.client_instance().unwrap();
@@ -270,17 +397,18 @@ fn the_agent_drops_entries_whose_socket_is_gone() {
         backend: SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT),
     };
     Datapath::open(&client).unwrap().remember(&orphan).unwrap();
-    // A real connection, alive throughout.
+    // A real connection, alive throughout: it runs for a time, longer than
+    // the wait below (not for a count of exchanges, which a fast machine
+    // finishes early).
     let mut child = lab
         .spawn_load(&LoadSpec {
-            target: lab.service(),
             mode: Mode::Pingpong,
             connections: 1,
             concurrency: 1,
             request: 1,
             response: 1,
-            count: 60_000,
-            seconds: 0.0,
+            seconds: 15.0,
+            ..verify_spec(lab.service(), 1)
         })
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -324,4 +452,70 @@ fn status_conns_and_stats_read_an_instance() {
     assert_all_verified(&report, 5);
     let after = lab.lb_counters().unwrap();
     assert!(after.to_servers_packets - before.to_servers_packets > after.syns - before.syns, "{after:?}");
+}
+
+/// Short connections for `seconds`, the server closing each one first
+/// (it keeps the TIME_WAIT, as an HTTP/1.0 server does); returns the rate
+/// and the client's SYN retransmissions meanwhile.
+fn short_connections(lab: &Lab, target: SocketAddrV4, seconds: f64) -> (f64, u64) {
+    let retransmitted = || lab.client().netstat("TcpExtTCPSynRetrans").unwrap();
+    let before = retransmitted();
+    let report = lab
+        .load(&LoadSpec {
+            mode: Mode::Connect,
+            concurrency: 4,
+            request: 1,
+            response: 1,
+            seconds,
+            server_closes: true,
+            ..verify_spec(target, 0)
+        })
+        .expect("the load client runs");
+    assert_eq!(report.connections_failed, 0, "{:?}", report.errors);
+    assert!(report.connections_ok > 0);
+    (report.connections_per_s, retransmitted() - before)
+}
+
+/// A translated connection has the wire tuple CIP:cport <-> DIP:dport, the
+/// same as a direct connection from that port: each kind must survive the
+/// TIME_WAIT the other leaves on the server (docs/design.md, "Shared tuples").
+#[test]
+fn translated_and_direct_connections_share_tuples_without_stalls() {
+    const SECONDS: f64 = 10.0;
+    let direct = SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT);
+    // Direct first, then through heels.
+    let lab_a = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
+    let (direct_fresh, stalls) = short_connections(&lab_a, direct, SECONDS);
+    assert_eq!(stalls, 0, "SYN retransmissions on a fresh bed");
+    let (heels_after_direct, stalls_heels) = short_connections(&lab_a, lab_a.service(), SECONDS);
+    let servers = lab_a.server_instances();
+    eprintln!(
+        "heels after direct: {} translated, {} on the LB path (tuple in use), {} PAWS rejects in TIME_WAIT",
+        sum_over(&servers, TcCounter::SynTranslated),
+        sum_over(&servers, TcCounter::SynTupleInUse),
+        lab_a.server(0).netstat("TcpExtPAWSTimewait").unwrap()
+    );
+    drop(lab_a);
+    // Through heels first, then direct.
+    let lab_b = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
+    let (heels_fresh, stalls) = short_connections(&lab_b, lab_b.service(), SECONDS);
+    assert_eq!(stalls, 0, "SYN retransmissions on a fresh bed");
+    let translated = sum_over(&lab_b.server_instances(), TcCounter::SynTranslated);
+    let (direct_after_heels, stalls_direct) = short_connections(&lab_b, direct, SECONDS);
+    let rates = format!(
+        "direct fresh {direct_fresh:.0}/s, heels after direct {heels_after_direct:.0}/s, heels fresh \
+         {heels_fresh:.0}/s, direct after heels {direct_after_heels:.0}/s"
+    );
+    eprintln!("{rates}");
+    assert!(translated as f64 >= heels_fresh * SECONDS * 0.9, "heels bypassed the fresh bed: {translated}");
+    assert_eq!(stalls_heels, 0, "SYN retransmissions through heels after direct connections: {rates}");
+    assert_eq!(stalls_direct, 0, "SYN retransmissions of direct connections after heels: {rates}");
+    // The collapse this guards against is to ~1% of the fresh rate (one
+    // second per SYN retransmission). The issue's goal is 0.8; on this
+    // 2-core machine one 10 s phase against another varies by up to a
+    // third (measured: 0.65 to 0.96 for either order, the low one
+    // alternating between runs), so the assertion keeps a margin below it
+    // and the stall counts above are the exact check.
+    assert!(heels_after_direct >= 0.5 * heels_fresh, "{rates}");
+    assert!(direct_after_heels >= 0.5 * direct_fresh, "{rates}");
 }

@@ -34,6 +34,14 @@ pub fn state_file(instance: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{instance}.toml"))
 }
 
+/// Removes what the agent saved of an instance (its configuration and the
+/// sysctl it changed) without touching the host: for a lab whose namespace
+/// goes away with it.
+pub fn remove_saved_state(instance: &str) {
+    let _ = std::fs::remove_file(state_file(instance));
+    let _ = std::fs::remove_file(saved_timestamps_file(instance));
+}
+
 /// Runs `ip` with `args` (in this process's network namespace).
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
@@ -63,14 +71,67 @@ fn remove_direct_route(route: &DirectRoute) {
     let _ = ip(&["route", "flush", "table", &table]);
 }
 
+/// The IPv4 addresses assigned to this host's interfaces (this network
+/// namespace), from `ip -j -4 addr show`.
+fn host_addresses() -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
+    let output =
+        Command::new("ip").args(["-j", "-4", "addr", "show"]).output().context("running ip (iproute2)")?;
+    if !output.status.success() {
+        bail!("ip -j -4 addr show: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j addr")?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().into_iter().flatten())
+        .filter_map(|info| info["local"].as_str()?.parse().ok())
+        .collect())
+}
+
+/// The file that keeps the host's `net.ipv4.tcp_timestamps` as it was
+/// before an instance changed it, for `heels down` to restore.
+fn saved_timestamps_file(instance: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{instance}.tcp_timestamps"))
+}
+
+const TCP_TIMESTAMPS: &str = "/proc/sys/net/ipv4/tcp_timestamps";
+
+/// One timestamp clock for every connection of the host (no per-address
+/// offsets): see docs/design.md, "Shared tuples".
+fn uniform_timestamps(instance: &str) -> anyhow::Result<()> {
+    let current = std::fs::read_to_string(TCP_TIMESTAMPS).context("reading net.ipv4.tcp_timestamps")?;
+    if current.trim() == "1" {
+        let saved = saved_timestamps_file(instance);
+        if !saved.exists() {
+            std::fs::write(&saved, current.trim()).context("saving net.ipv4.tcp_timestamps")?;
+        }
+        std::fs::write(TCP_TIMESTAMPS, "2").context("setting net.ipv4.tcp_timestamps=2")?;
+    }
+    Ok(())
+}
+
 /// Sets the instance up; returns once everything is attached.
 pub fn start(config: &AgentConfig) -> anyhow::Result<Datapath> {
-    let datapath = Datapath::start(&config.datapath()?)
+    std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+    let mut datapath_config = config.datapath()?;
+    if config.server.is_some() {
+        let held = host_addresses().context("reading this host's addresses")?;
+        datapath_config.local_vips = datapath_config
+            .services
+            .iter()
+            .map(|(vip, _)| *vip.ip())
+            .filter(|vip| held.contains(vip))
+            .collect();
+    }
+    if config.client.as_ref().is_some_and(|c| c.uniform_timestamps) {
+        uniform_timestamps(&config.instance)?;
+    }
+    let datapath = Datapath::start(&datapath_config)
         .with_context(|| format!("starting instance {}", config.instance))?;
     if let Some(route) = config.server.as_ref().and_then(|s| s.direct_route.as_ref()) {
         install_direct_route(route).context("installing the direct route")?;
     }
-    std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
     let saved = toml::to_string(config).context("serialising the configuration")?;
     std::fs::write(state_file(&config.instance), saved).context("saving the configuration")?;
     Ok(datapath)
@@ -87,6 +148,11 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
             }
         }
         let _ = std::fs::remove_file(&state);
+    }
+    let saved = saved_timestamps_file(instance);
+    if let Ok(value) = std::fs::read_to_string(&saved) {
+        std::fs::write(TCP_TIMESTAMPS, value.trim()).context("restoring net.ipv4.tcp_timestamps")?;
+        let _ = std::fs::remove_file(&saved);
     }
     Datapath::remove(instance).with_context(|| format!("removing instance {instance}"))?;
     Ok(())

@@ -12,10 +12,20 @@
 //! lb_sources = ["10.10.0.3/32"]     # full-NAT SNAT ranges, IPIP outer sources
 //! # Replies of translated connections leave by this gateway, around a DNAT LB:
 //! direct_route = { gateway = "10.10.0.1", mark = 0x4845, table = 4845 }
+//! # A SYN addressed to a service VIP this host holds itself (direct server
+//! # return, the LB's encapsulation removed before heels, e.g. by Katran's
+//! # decap.bpf.c) is translated to this address; default: the first of
+//! # `addresses`. The VIPs held are read from the host's addresses at start.
+//! dsr_address = "10.10.0.11"
 //!
 //! [client]                          # omit on a host that connects to no VIP
 //! vips = ["10.10.100.1:80"]         # port 0: every port of that VIP
 //! backends = ["10.10.0.0/24"]       # a SYN-ACK naming a DIP elsewhere is ignored
+//! # net.ipv4.tcp_timestamps = 2 while the agent runs (restored by `heels
+//! # down`): one timestamp clock for every connection of the host, so a
+//! # direct connection that reuses the wire tuple of a bypassed one is not
+//! # refused by the server's TIME_WAIT (docs/design.md, "Shared tuples").
+//! uniform_timestamps = true
 //! ```
 //!
 //! Every error names the field it is about.
@@ -95,6 +105,8 @@ pub struct Server {
     pub lb_sources: Vec<String>,
     /// Direct route for replies (DNAT LBs).
     pub direct_route: Option<DirectRoute>,
+    /// Where SYNs to a VIP this host holds are translated to (default: the first address).
+    pub dsr_address: Option<Ipv4Addr>,
 }
 
 /// The client role.
@@ -105,6 +117,13 @@ pub struct Client {
     pub vips: Vec<SocketAddrV4>,
     /// Backend prefixes.
     pub backends: Vec<String>,
+    /// `net.ipv4.tcp_timestamps = 2` while heels runs (see the example above).
+    #[serde(default = "default_uniform_timestamps")]
+    pub uniform_timestamps: bool,
+}
+
+fn default_uniform_timestamps() -> bool {
+    true
 }
 
 /// The whole configuration.
@@ -184,6 +203,14 @@ impl AgentConfig {
                 return Err(invalid("server.services", "name at least one service"));
             }
             prefixes("server.lb_sources", &server.lb_sources)?;
+            if let Some(address) = server.dsr_address {
+                if !self.addresses.contains(&address) {
+                    return Err(invalid(
+                        "server.dsr_address",
+                        format!("{address} is not one of `addresses`"),
+                    ));
+                }
+            }
             if let Some(route) = &server.direct_route {
                 if route.mark == 0 {
                     return Err(invalid("server.direct_route.mark", "must not be 0"));
@@ -222,6 +249,9 @@ impl AgentConfig {
             vips: client.vips.clone(),
             backends: prefixes("client.backends", &client.backends)?,
             syn_mark: server.direct_route.as_ref().map_or(0, |r| r.mark),
+            // Filled by the agent from the host's addresses.
+            local_vips: Vec::new(),
+            dsr_addr: self.server.as_ref().and(server.dsr_address.or(self.addresses.first().copied())),
         })
     }
 }

@@ -6,7 +6,11 @@
 //! | counter | counts |
 //! | --- | --- |
 //! | `syn_translated` | SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server) |
-//! | `syn_refused` | SYNs with the SYN form that failed a check, left as they came (server) |
+//! | `syn_refused` | SYNs with the SYN form that failed a check (service, destination, source), left as they came (server) |
+//! | `syn_no_listener` | SYNs with the SYN form no socket would answer (no listener on the translated port): LB path (server) |
+//! | `syn_listener_unserved` | SYNs with the SYN form whose listener opened before heels attached (it cannot write the SYN-ACK form): LB path (server) |
+//! | `syn_tuple_in_use` | SYNs with the SYN form whose translated 4-tuple another socket still holds (established, handshake, TIME_WAIT): LB path (server) |
+//! | `syn_translated_from_vip` | of `syn_translated`, SYNs addressed to a VIP this host holds (decapsulated before heels), translated to `dsr_address` (server) |
 //! | `ipip_decapsulated` | IPIP packets to a local address, decapsulated (server) |
 //! | `syn_ack_learned` | SYN-ACK forms accepted: a connection's entries made (client) |
 //! | `syn_ack_refused` | SYN-ACK forms that failed a check (client) |
@@ -17,6 +21,7 @@
 //! | `no_option_room` | segments that left without the option for lack of room |
 //! | `entries_removed` | connections forgotten when their socket closed (client) |
 //! | `errors` | helper failures; the packet went on as far as it got |
+//! | `egress_via_socket` | of `egress_rewritten`, those that found DIP:dport on the socket (client) |
 //!
 //! Sample (`heels stats --instance client`):
 //!

@@ -26,8 +26,10 @@ const VIP: Endpoint = Endpoint::new([10, 10, 100, 1], 80);
 const LB_SNAT: Endpoint = Endpoint::new([10, 10, 2, 1], 51000);
 const DIP: [u8; 4] = [10, 10, 3, 2];
 const LOCAL_PORT: u16 = 8080;
-/// Katran's outer source: 172.16.(cip[2] ^ cport_hi).(cip[3] ^ cport_lo).
-const IPIP_SRC: [u8; 4] = [172, 16, 1 ^ 0x9c, 2 ^ 0x40];
+/// Katran's outer source: 172.16.(cip[2] ^ cport_lo).(cip[3] ^ cport_hi)
+/// (katran/lib/bpf/pckt_encap.h: the port in host order shifted into the
+/// upper half of the little-endian u32 that holds the address).
+const IPIP_SRC: [u8; 4] = [172, 16, 1 ^ 0x40, 2 ^ 0x9c];
 
 /// TCP options of a real Linux SYN (MSS 1460, SACK permitted, timestamps,
 /// NOP, window scale 10); the HEELS option follows, as the kernel places

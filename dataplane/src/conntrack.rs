@@ -463,31 +463,70 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_held_by_a_writer_is_never_read() {
+        // A writer that has stored half of a new key (its ports, not yet
+        // its addresses): a reader must not find the half-made key, and
+        // reports a miss rather than wait for the writer.
+        let table = ConnTable::new(4, 1000);
+        let k1 = FlowKey { src: Endpoint::new([1, 1, 1, 1], 1111), dst: Endpoint::new([9, 9, 9, 9], 80) };
+        let k2 = FlowKey { src: Endpoint::new([2, 2, 2, 2], 2222), dst: Endpoint::new([9, 9, 9, 9], 81) };
+        let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port), dst: k2.dst };
+        table.insert(k1, target(1), 0).unwrap();
+        // No empty slot: every lookup probes the whole (small) table.
+        for slot in table.slots.iter().filter(|s| s.state.load(Ordering::Relaxed) == EMPTY) {
+            slot.state.store(TOMBSTONE, Ordering::Relaxed);
+        }
+        let slot = table.slots.iter().find(|s| s.key_addrs.load(Ordering::Relaxed) == k1.addrs()).unwrap();
+        let seq = slot.seq.load(Ordering::Relaxed);
+        assert!(slot.claim(seq));
+        slot.key_ports.store(k2.ports(), Ordering::Relaxed);
+        assert_eq!(table.lookup(&mixed, 0), None, "a half-written key was read");
+        assert_eq!(table.lookup(&k1, 0), None, "a slot being written was read");
+        slot.key_addrs.store(k2.addrs(), Ordering::Relaxed);
+        slot.release(seq);
+        assert_eq!(table.lookup(&k2, 0), Some(target(1)));
+        assert_eq!(table.lookup(&mixed, 0), None);
+    }
+
+    #[test]
     fn concurrent_readers_never_see_torn_entries() {
-        // One writer keeps rewriting key(1) between two targets whose halves
-        // differ; readers must only ever see one of the two.
-        let table = Arc::new(ConnTable::new(64, 1000));
-        let (a, b) = (Endpoint::new([1, 1, 1, 1], 1111), Endpoint::new([2, 2, 2, 2], 2222));
-        table.insert(key(1), a, 0).unwrap();
+        // A key is stored in two words (addresses, ports). One writer keeps
+        // replacing k1 by k2 and back in a two-slot table, so the same slots
+        // hold one key, then the other; a reader that mixed the words of
+        // the two would find `mixed` (k1's addresses, k2's ports), which
+        // was never inserted. The reader runs for a fixed time and must
+        // have seen both real keys.
+        let table = Arc::new(ConnTable::new(1, 1000));
+        let k1 = FlowKey { src: Endpoint::new([1, 1, 1, 1], 1111), dst: Endpoint::new([9, 9, 9, 9], 80) };
+        let k2 = FlowKey { src: Endpoint::new([2, 2, 2, 2], 2222), dst: Endpoint::new([9, 9, 9, 9], 81) };
+        let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port), dst: k2.dst };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
-            let table = Arc::clone(&table);
+            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
             std::thread::spawn(move || {
-                for round in 0..200_000 {
-                    let t = if round % 2 == 0 { b } else { a };
-                    table.insert(key(1), t, 0).unwrap();
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for key in [k1, k2] {
+                        table.insert(key, target(1), 0).unwrap();
+                        table.remove(&key);
+                    }
+                    rounds += 1;
                 }
+                rounds
             })
         };
-        let mut seen_b = false;
-        while !writer.is_finished() {
-            if let Some(t) = table.lookup(&key(1), 0) {
-                assert!(t == a || t == b, "torn read: {t:?}");
-                seen_b |= t == b;
-            }
+        let (mut seen_k1, mut seen_k2, mut seen_mixed) = (0u64, 0u64, 0u64);
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            seen_k1 += u64::from(table.lookup(&k1, 0).is_some());
+            seen_k2 += u64::from(table.lookup(&k2, 0).is_some());
+            seen_mixed += u64::from(table.lookup(&mixed, 0).is_some());
         }
-        writer.join().unwrap();
-        assert!(seen_b || table.lookup(&key(1), 0) == Some(a));
-        assert_eq!(table.len(), 1);
+        stop.store(true, Ordering::Relaxed);
+        let rounds = writer.join().unwrap();
+        assert_eq!(seen_mixed, 0, "torn reads: a key made of two entries' halves was found");
+        assert!(rounds > 1000, "the writer ran alongside the reader ({rounds} rounds)");
+        assert!(seen_k1 > 0 && seen_k2 > 0, "the reader saw both keys: {seen_k1} k1, {seen_k2} k2");
     }
 
     #[test]

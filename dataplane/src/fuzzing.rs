@@ -66,15 +66,40 @@ pub fn checksums_verify(frame: &[u8]) -> Option<bool> {
     Some(ok && ip.verify_checksum() && tcp.verify_checksum(ip.src_addr(), ip.dst_addr()))
 }
 
-/// Checks a translation's outcome against the invariants above.
+/// Where the bytes no translation may touch begin: the TCP payload of the
+/// (inner, for IPIP) packet. A rewrite changes headers only, and IPIP
+/// decapsulation moves the Ethernet header forward over the outer IPv4
+/// header, so from here to the end of the buffer (payload, then any
+/// Ethernet padding) every byte stays where it was. `None` when the frame
+/// is not Ethernet/IPv4[/IPIP]/TCP.
+pub fn untouchable_from(frame: &[u8]) -> Option<usize> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EtherType::Ipv4 {
+        return None;
+    }
+    let mut start = ethernet::HEADER_LEN;
+    let mut ip = Ipv4Packet::new_checked(&frame[start..]).ok()?;
+    if ip.protocol() == Protocol::Ipip {
+        start += usize::from(ip.header_len());
+        let end = ethernet::HEADER_LEN + usize::from(ip.total_len());
+        ip = Ipv4Packet::new_checked(&frame[start..end]).ok()?;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some(start + usize::from(ip.header_len()) + usize::from(tcp.header_len()))
+}
+
+/// Checks a translation's outcome against the invariants above. `before`
+/// and `after` are the whole buffer the translation was given, which may
+/// hold Ethernet padding after the IPv4 packet.
 pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
-    assert_eq!(before.len(), after.len(), "the frame changed length");
     match verdict {
         Verdict::Pass(_) | Verdict::Drop(_) => {
             assert_eq!(before, after, "{verdict:?} but the frame changed")
         }
         Verdict::Rewritten { start } => {
             assert!(start < after.len(), "start {start} past the frame");
+            let untouchable = untouchable_from(before).expect("a rewritten frame was a TCP frame");
+            assert_eq!(before[untouchable..], after[untouchable..], "a rewrite changed payload or padding");
             let valid_after = checksums_verify(&after[start..]).expect("a rewritten frame parses");
             if checksums_verify(before) == Some(true) {
                 assert!(valid_after, "checksums broken by the rewrite");

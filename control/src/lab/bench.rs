@@ -77,7 +77,10 @@ fn spec(target: SocketAddrV4, mode: Mode, bench: &BenchSpec) -> LoadSpec {
         request: 1,
         response: 1,
         count: bench.exchanges,
-        seconds: bench.seconds,
+        // Pingpong runs a count of exchanges, the others for a time.
+        seconds: if mode == Mode::Pingpong { 0.0 } else { bench.seconds },
+        server_closes: false,
+        mapped: false,
     }
 }
 

@@ -75,6 +75,9 @@ pub enum LabCommand {
         /// Server id, told to clients.
         #[arg(long, default_value_t = 0)]
         id: u16,
+        /// Listen on `[::]`, taking IPv4 too (IPv4-mapped addresses).
+        #[arg(long)]
+        dual_stack: bool,
     },
     /// Run lab connections (runs inside the client's namespace).
     #[command(hide = true)]
@@ -164,7 +167,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             drop(lab);
             Ok(())
         }
-        LabCommand::Serve { port, id } => workload::serve(port, id),
+        LabCommand::Serve { port, id, dual_stack } => workload::serve(port, id, dual_stack),
         LabCommand::Load { spec, json } => {
             let report = workload::load(&spec);
             if json {

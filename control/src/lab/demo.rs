@@ -104,6 +104,8 @@ pub fn run(spec: &DemoSpec, heels: &Path) -> anyhow::Result<DemoReport> {
         response: spec.response,
         count: 0,
         seconds: 0.0,
+        server_closes: false,
+        mapped: false,
     })?;
     let after = lab.client_interface()?;
     let lb = lab.lb_counters()?;

@@ -4,7 +4,9 @@
 //!   masquerade (kube-proxy style); counters in the forward chain.
 //! - `dnat`: the same without masquerade; servers route back through it.
 //! - `ipip`: the Katran-compatible XDP fixture (`xdp-redirect/ebpf/src/lab_lb.rs`),
-//!   with per-CPU counters of what it encapsulated.
+//!   with per-CPU counters of what it encapsulated, and an nftables counter
+//!   of what the LB host forwards toward the clients (with direct server
+//!   return nothing should: a reply that comes back through the LB shows).
 
 use anyhow::{bail, Context};
 use aya::maps::{Array, PerCpuArray};
@@ -12,6 +14,7 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use heels_common::{
     LabLbBackend, LabLbConfig, LabLbCounter, LAB_DECAP_PROGRAM, LAB_LB_PROGRAM, LAB_PASS_PROGRAM,
+    LAB_XDP_DECAP_PROGRAM,
 };
 
 use super::netns::NetNs;
@@ -50,6 +53,54 @@ pub struct LoadBalancer {
     kind: LbKind,
     /// The XDP fixture (ipip), kept loaded and attached while it lives.
     xdp: Option<Ebpf>,
+}
+
+/// The client side of the lab, where replies through an LB go.
+const CLIENT_NET: &str = "10.10.1.0/24";
+
+/// What the IPIP LB host forwards toward clients, through its own stack
+/// (the XDP fixture handles only packets to the VIP).
+fn ipip_ruleset() -> String {
+    format!(
+        "table ip heels_lab {{
+    counter to_clients {{ }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        ip daddr {CLIENT_NET} counter name \"to_clients\"
+    }}
+}}
+"
+    )
+}
+
+fn load_ruleset(host: &Host, rules: &str) -> anyhow::Result<()> {
+    let path = std::env::temp_dir().join(format!("{}.nft", host.netns.name()));
+    std::fs::write(&path, rules)?;
+    let loaded =
+        host.netns.exec("nft", &["-f", &path.to_string_lossy()]).context("loading an nftables ruleset");
+    let _ = std::fs::remove_file(path);
+    loaded.map(|_| ())
+}
+
+/// Packets and bytes of the named counters of the LB's `heels_lab` table
+/// (`nft -j list counters`), failing if one is missing.
+fn nft_counters(host: &Host, names: &[&str]) -> anyhow::Result<Vec<(u64, u64)>> {
+    let output = host.netns.exec("nft", &["-j", "list", "counters", "table", "ip", "heels_lab"])?;
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let items = value["nftables"].as_array().context("nft output without \"nftables\"")?;
+    names
+        .iter()
+        .map(|name| {
+            let counter = items
+                .iter()
+                .map(|item| &item["counter"])
+                .find(|c| c["name"].as_str() == Some(name))
+                .with_context(|| format!("no nftables counter {name}"))?;
+            let field =
+                |what: &str| counter[what].as_u64().with_context(|| format!("counter {name}: no {what}"));
+            Ok((field("packets")?, field("bytes")?))
+        })
+        .collect()
 }
 
 fn ruleset(kind: LbKind, servers: usize) -> String {
@@ -95,16 +146,11 @@ impl LoadBalancer {
         }
         match kind {
             LbKind::Fullnat | LbKind::Dnat => {
-                let rules = ruleset(kind, servers);
-                let path = std::env::temp_dir().join(format!("{}.nft", host.netns.name()));
-                std::fs::write(&path, rules)?;
-                host.netns
-                    .exec("nft", &["-f", &path.to_string_lossy()])
-                    .context("loading the nftables LB")?;
-                let _ = std::fs::remove_file(path);
+                load_ruleset(host, &ruleset(kind, servers)).context("the nftables LB")?;
                 Ok(LoadBalancer { kind, xdp: None })
             }
             LbKind::Ipip => {
+                load_ruleset(host, &ipip_ruleset()).context("the IPIP LB's counters")?;
                 let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
                 let mut config: Array<_, LabLbConfig> =
                     Array::try_from(ebpf.map_mut(heels_common::MAP_LAB_LB_CONFIG).context("config map")?)?;
@@ -153,51 +199,69 @@ impl LoadBalancer {
                     PerCpuArray::try_from(ebpf.map(heels_common::MAP_LAB_LB_STATS).context("stats map")?)?;
                 let sum =
                     |c: LabLbCounter| -> anyhow::Result<u64> { Ok(stats.get(&(c as u32), 0)?.iter().sum()) };
+                let [(to_clients_packets, to_clients_bytes)] = nft_counters(host, &["to_clients"])?[..]
+                else {
+                    bail!("one counter asked, one expected");
+                };
                 Ok(LbCounters {
                     to_servers_packets: sum(LabLbCounter::Packets)?,
                     to_servers_bytes: sum(LabLbCounter::Bytes)?,
-                    to_clients_packets: 0,
-                    to_clients_bytes: 0,
+                    to_clients_packets,
+                    to_clients_bytes,
                     syns: sum(LabLbCounter::Syns)?,
                 })
             }
             (None, LbKind::Fullnat | LbKind::Dnat) => {
-                let output =
-                    host.netns.exec("nft", &["-j", "list", "counters", "table", "ip", "heels_lab"])?;
-                let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-                let mut counters = LbCounters::default();
-                for item in value["nftables"].as_array().into_iter().flatten() {
-                    let counter = &item["counter"];
-                    let (packets, bytes) =
-                        (counter["packets"].as_u64().unwrap_or(0), counter["bytes"].as_u64().unwrap_or(0));
-                    match counter["name"].as_str() {
-                        Some("to_servers") => {
-                            (counters.to_servers_packets, counters.to_servers_bytes) = (packets, bytes)
-                        }
-                        Some("to_clients") => {
-                            (counters.to_clients_packets, counters.to_clients_bytes) = (packets, bytes)
-                        }
-                        Some("syns") => counters.syns = packets,
-                        _ => {}
-                    }
-                }
-                Ok(counters)
+                let [(to_servers_packets, to_servers_bytes), (to_clients_packets, to_clients_bytes), (syns, _)] =
+                    nft_counters(host, &["to_servers", "to_clients", "syns"])?[..]
+                else {
+                    bail!("three counters asked, three expected");
+                };
+                Ok(LbCounters {
+                    to_servers_packets,
+                    to_servers_bytes,
+                    to_clients_packets,
+                    to_clients_bytes,
+                    syns,
+                })
             }
             _ => bail!("LB state does not match its kind"),
         }
     }
 }
 
-/// Attaches the stand-in for the kernel's ipip module (which this
-/// machine lacks) at TC ingress of servers that run no heels, as a Katran
-/// backend would have it. Kept attached while the returned object lives.
-pub fn attach_decap(servers: &[&Host]) -> anyhow::Result<Ebpf> {
+/// Where a server decapsulates IPIP when heels does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecapAt {
+    /// At TC ingress, as the kernel's ipip module would (servers without heels).
+    Tc,
+    /// At XDP, before heels's TC programs see the packet, as a production
+    /// Katran backend runs Katran's decap.bpf.c.
+    Xdp,
+}
+
+/// Attaches the stand-in for the kernel's ipip module (which this machine
+/// lacks) to the servers, at TC ingress or at XDP. Kept attached while the
+/// returned object lives.
+pub fn attach_decap(servers: &[&Host], at: DecapAt) -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
-    let program: &mut SchedClassifier =
-        ebpf.program_mut(LAB_DECAP_PROGRAM).context("decap program")?.try_into()?;
-    program.load()?;
-    for host in servers {
-        host.netns.enter(|| Ok(program.attach("eth0", TcAttachType::Ingress)?))?;
+    match at {
+        DecapAt::Tc => {
+            let program: &mut SchedClassifier =
+                ebpf.program_mut(LAB_DECAP_PROGRAM).context("decap program")?.try_into()?;
+            program.load()?;
+            for host in servers {
+                host.netns.enter(|| Ok(program.attach("eth0", TcAttachType::Ingress)?))?;
+            }
+        }
+        DecapAt::Xdp => {
+            let program: &mut Xdp =
+                ebpf.program_mut(LAB_XDP_DECAP_PROGRAM).context("XDP decap program")?.try_into()?;
+            program.load()?;
+            for host in servers {
+                host.netns.enter(|| Ok(program.attach("eth0", XdpMode::Driver)?))?;
+            }
+        }
     }
     Ok(ebpf)
 }

@@ -119,6 +119,16 @@ pub struct Overrides {
     pub server_lb_sources: Option<Vec<String>>,
     /// Servers answer every SYN with a syncookie (`net.ipv4.tcp_syncookies=2`).
     pub server_syncookies: bool,
+    /// Servers listen on `[::]`, taking IPv4 as IPv4-mapped addresses.
+    pub server_dual_stack: bool,
+    /// The local port the servers' agents are told the service uses,
+    /// instead of the port the servers listen on.
+    pub server_local_port: Option<u16>,
+    /// Behind the IPIP LB, servers decapsulate in XDP before heels sees
+    /// the packet (as Katran's decap.bpf.c does), instead of heels at TC.
+    pub ipip_decap_in_xdp: bool,
+    /// Servers open their listeners before their agents start.
+    pub servers_before_agents: bool,
 }
 
 impl Default for LabSpec {
@@ -253,15 +263,27 @@ impl Lab {
             lab.router.as_ref().expect("router"),
             lab.spec.servers,
         )?);
-        if lab.spec.lb == LbKind::Ipip && lab.spec.server == Dataplane::None {
+        if lab.spec.lb == LbKind::Ipip {
             let servers: Vec<&Host> = lab.hosts[2..].iter().collect();
-            lab.decap = Some(lb::attach_decap(&servers)?);
+            if lab.spec.overrides.ipip_decap_in_xdp {
+                lab.decap = Some(lb::attach_decap(&servers, lb::DecapAt::Xdp)?);
+            } else if lab.spec.server == Dataplane::None {
+                lab.decap = Some(lb::attach_decap(&servers, lb::DecapAt::Tc)?);
+            }
         }
         // Agents first: a listener opened before the sockops program is
-        // attached never asks for the option callbacks (see docs/design.md).
-        lab.start_agents()?;
-        for i in 0..lab.spec.servers {
-            lab.start_server(i)?;
+        // attached never asks for the option callbacks, and heels leaves
+        // its connections on the LB path (see docs/design.md).
+        if lab.spec.overrides.servers_before_agents {
+            for i in 0..lab.spec.servers {
+                lab.start_server(i)?;
+            }
+            lab.start_agents()?;
+        } else {
+            lab.start_agents()?;
+            for i in 0..lab.spec.servers {
+                lab.start_server(i)?;
+            }
         }
         Ok(lab)
     }
@@ -354,6 +376,9 @@ impl Lab {
             .args(["lab", "serve", "--port", &self.server_port().to_string(), "--id", &(i + 1).to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.spec.overrides.server_dual_stack {
+            command.arg("--dual-stack");
+        }
         let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
         wait_ready(&mut child, &format!("the server on {}", host.role))?;
         self.children.push(child);
@@ -384,7 +409,7 @@ impl Lab {
                 .unwrap_or_else(|| vec![format!("{LB}/32"), "172.16.0.0/16".to_owned()]);
             text.push_str(&format!(
                 "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {} }}]\nlb_sources = [{}]\n",
-                self.server_port(),
+                overrides.server_local_port.unwrap_or_else(|| self.server_port()),
                 quoted(&sources)
             ));
             if self.spec.lb == LbKind::Dnat {
@@ -516,14 +541,46 @@ impl Lab {
     }
 }
 
-/// Waits for a load child and parses its report.
+/// How long a load client may run before [`finish_load`] gives up on it.
+pub const LOAD_LIMIT: Duration = Duration::from_secs(300);
+
+/// Waits for a load child (at most [`LOAD_LIMIT`]) and parses its report.
 pub fn finish_load(child: Child) -> anyhow::Result<LoadReport> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let output = child.wait_with_output()?;
-    if Instant::now() > deadline || !output.status.success() {
-        bail!("the load client failed: {}", String::from_utf8_lossy(&output.stderr));
+    finish_load_within(child, LOAD_LIMIT)
+}
+
+/// Waits for a load child at most `limit`, then kills it and fails; parses
+/// its report. Its output is drained meanwhile, so it never blocks on a
+/// full pipe.
+pub fn finish_load_within(mut child: Child, limit: Duration) -> anyhow::Result<LoadReport> {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
     }
-    serde_json::from_slice(&output.stdout).context("parsing the load report")
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the load client did not finish within {} s: killed", limit.as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().map_err(|_| anyhow::anyhow!("reading the load client's output"))?;
+    let stderr = stderr.join().map_err(|_| anyhow::anyhow!("reading the load client's errors"))?;
+    if !status.success() {
+        bail!("the load client failed ({status}): {}", String::from_utf8_lossy(&stderr).trim());
+    }
+    serde_json::from_slice(&stdout).context("parsing the load report")
 }
 
 impl Host {
@@ -553,12 +610,14 @@ impl InterfaceCounters {
         let output = netns.ip(&["-s", "-j", "link", "show", "dev", interface])?;
         let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let stats = &value[0]["stats64"];
-        let get = |dir: &str, what: &str| stats[dir][what].as_u64().unwrap_or(0);
+        let get = |dir: &str, what: &str| {
+            stats[dir][what].as_u64().with_context(|| format!("no {dir} {what} counter for {interface}"))
+        };
         Ok(InterfaceCounters {
-            tx_packets: get("tx", "packets"),
-            tx_bytes: get("tx", "bytes"),
-            rx_packets: get("rx", "packets"),
-            rx_bytes: get("rx", "bytes"),
+            tx_packets: get("tx", "packets")?,
+            tx_bytes: get("tx", "bytes")?,
+            rx_packets: get("rx", "packets")?,
+            rx_bytes: get("rx", "bytes")?,
         })
     }
 }
@@ -587,7 +646,7 @@ pub fn sweep(prefix: &str) {
         .unwrap_or_default();
     for instance in instances.iter().filter(|i| i.starts_with("hl") && i.starts_with(prefix)) {
         let _ = heels_xdp::Datapath::remove(instance);
-        let _ = std::fs::remove_file(crate::agent::state_file(instance));
+        crate::agent::remove_saved_state(instance);
     }
     if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -638,7 +697,7 @@ impl Drop for Lab {
         }
         for agent in &self.agents {
             let _ = heels_xdp::Datapath::remove(&agent.instance);
-            let _ = std::fs::remove_file(crate::agent::state_file(&agent.instance));
+            crate::agent::remove_saved_state(&agent.instance);
         }
         self.lb = None;
         self.decap = None;
@@ -649,5 +708,32 @@ impl Drop for Lab {
         // not die, a half-built host).
         sweep(&format!("{}-", self.prefix));
         let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_load_client_is_killed_at_its_deadline() {
+        let child =
+            Command::new("sleep").arg("30").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        let error = finish_load_within(child, Duration::from_millis(300)).unwrap_err().to_string();
+        assert!(error.contains("did not finish"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10), "gave up at the deadline, not when sleep ended");
+    }
+
+    #[test]
+    fn a_failed_load_client_says_why() {
+        let child = Command::new("sh")
+            .args(["-c", "echo broken >&2; exit 3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let error = finish_load(child).unwrap_err().to_string();
+        assert!(error.contains("broken"), "{error}");
     }
 }

@@ -7,12 +7,14 @@
 //! requests, each a 24-byte header `request length (8), response length (8),
 //! seed (8)` followed by the request bytes, and the server answers with the
 //! response bytes. The top bit of the request length means "do not verify"
-//! (bulk transfers). Bytes follow a pattern of the seed, so both sides
-//! check every byte they receive.
+//! (bulk transfers); the next bit "close after this response" (the server
+//! closes first, as an HTTP/1.0 server does, and keeps the TIME_WAIT).
+//! Bytes follow a pattern of the seed, so both sides check every byte they
+//! receive.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ use serde::Serialize;
 
 const PERIOD: usize = 65_521;
 const NO_VERIFY: u64 = 1 << 63;
+const SERVER_CLOSES: u64 = 1 << 62;
+const LENGTH: u64 = SERVER_CLOSES - 1;
 const HELLO_LEN: usize = 8;
 const HEADER_LEN: usize = 24;
 
@@ -80,10 +84,14 @@ fn receive_pattern(stream: &mut TcpStream, seed: u64, len: u64, verify: bool) ->
     Ok(received)
 }
 
-/// `heels lab serve`: answers every connection until killed.
-pub fn serve(port: u16, id: u16) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding port {port}"))?;
+/// `heels lab serve`: answers every connection until killed. With
+/// `dual_stack` the listener is one IPv6 socket on `[::]` that takes IPv4
+/// too (IPv4-mapped addresses), as many servers and runtimes listen.
+pub fn serve(port: u16, id: u16, dual_stack: bool) -> anyhow::Result<()> {
+    // std's IPv6 listener leaves IPV6_V6ONLY at the system default (0).
+    let address: SocketAddr =
+        if dual_stack { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
+    let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
     println!("ready");
     io::stdout().flush().ok();
     for stream in listener.incoming() {
@@ -97,8 +105,12 @@ pub fn serve(port: u16, id: u16) -> anyhow::Result<()> {
 
 fn serve_one(mut stream: TcpStream, id: u16) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let SocketAddr::V4(peer) = stream.peer_addr()? else {
-        return Ok(());
+    let peer = match stream.peer_addr()? {
+        SocketAddr::V4(peer) => peer,
+        SocketAddr::V6(peer) => match peer.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddrV4::new(ip, peer.port()),
+            None => return Ok(()),
+        },
     };
     let mut hello = [0u8; HELLO_LEN];
     hello[..4].copy_from_slice(&peer.ip().octets());
@@ -112,16 +124,20 @@ fn serve_one(mut stream: TcpStream, id: u16) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        let request = u64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
+        let word = u64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
+        let request = word & LENGTH;
         let response = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
         let seed = u64::from_be_bytes(header[16..24].try_into().expect("8 bytes"));
-        if request & NO_VERIFY != 0 {
+        if word & NO_VERIFY != 0 {
             // Bulk: discard until the client closes its side.
             io::copy(&mut stream, &mut io::sink())?;
             return Ok(());
         }
         receive_pattern(&mut stream, seed, request, true)?;
         send_pattern(&mut stream, seed.wrapping_add(1), response)?;
+        if word & SERVER_CLOSES != 0 {
+            return Ok(());
+        }
     }
 }
 
@@ -133,7 +149,8 @@ pub enum Mode {
     Verify,
     /// One connection streaming to the server for `seconds`.
     Bulk,
-    /// One connection, `count` one-byte requests and responses: latency.
+    /// One connection, one-byte requests and responses, `count` of them
+    /// or (with `seconds` above 0) for `seconds`: latency.
     Pingpong,
     /// New connections (one one-byte exchange each) for `seconds`: rate.
     Connect,
@@ -163,9 +180,17 @@ pub struct LoadSpec {
     /// Exchanges (pingpong).
     #[arg(long, default_value_t = 1000)]
     pub count: usize,
-    /// Duration in seconds (bulk, connect).
+    /// Duration in seconds (bulk, connect; pingpong when above 0).
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// The server closes each connection first (verify, connect), as an
+    /// HTTP/1.0 server does: the TIME_WAIT stays on the server.
+    #[arg(long)]
+    pub server_closes: bool,
+    /// Connect through an IPv6 socket to the target's IPv4-mapped address
+    /// (`[::ffff:a.b.c.d]`), as dual-stack clients do.
+    #[arg(long)]
+    pub mapped: bool,
 }
 
 /// What the load client saw.
@@ -227,8 +252,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Connects, reads the hello; returns the stream and whether the server saw our own address.
-fn open(target: SocketAddrV4, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> {
-    let mut stream = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
+fn open(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> {
+    let target: SocketAddr = if spec.mapped {
+        (spec.target.ip().to_ipv6_mapped(), spec.target.port()).into()
+    } else {
+        spec.target.into()
+    };
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.set_nodelay(true)?;
     let mut hello = [0u8; HELLO_LEN];
@@ -239,13 +269,17 @@ fn open(target: SocketAddrV4, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bo
     );
     let server = u16::from_be_bytes([hello[6], hello[7]]);
     *tally.lock().expect("tally").report.per_server.entry(server).or_default() += 1;
-    let real = matches!(stream.local_addr()?, SocketAddr::V4(local) if local == seen);
-    Ok((stream, real))
+    let local = match stream.local_addr()? {
+        SocketAddr::V4(local) => Some(local),
+        SocketAddr::V6(local) => local.ip().to_ipv4_mapped().map(|ip| SocketAddrV4::new(ip, local.port())),
+    };
+    Ok((stream, local == Some(seen)))
 }
 
-fn exchange(stream: &mut TcpStream, request: u64, response: u64, seed: u64) -> io::Result<u64> {
+fn exchange(stream: &mut TcpStream, request: u64, response: u64, seed: u64, last: bool) -> io::Result<u64> {
     let mut header = [0u8; HEADER_LEN];
-    header[0..8].copy_from_slice(&request.to_be_bytes());
+    let word = if last { request | SERVER_CLOSES } else { request };
+    header[0..8].copy_from_slice(&word.to_be_bytes());
     header[8..16].copy_from_slice(&response.to_be_bytes());
     header[16..24].copy_from_slice(&seed.to_be_bytes());
     stream.write_all(&header)?;
@@ -255,9 +289,11 @@ fn exchange(stream: &mut TcpStream, request: u64, response: u64, seed: u64) -> i
 
 fn one_connection(spec: &LoadSpec, seed: u64, tally: &Mutex<Tally>) -> io::Result<()> {
     let started = Instant::now();
-    let (mut stream, real) = open(spec.target, tally)?;
-    let received = exchange(&mut stream, spec.request, spec.response, seed)?;
-    stream.shutdown(std::net::Shutdown::Write)?;
+    let (mut stream, real) = open(spec, tally)?;
+    let received = exchange(&mut stream, spec.request, spec.response, seed, spec.server_closes)?;
+    if !spec.server_closes {
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
     // Wait for the server's close: nothing more may arrive.
     let mut rest = [0u8; 1];
     if stream.read(&mut rest)? != 0 {
@@ -342,7 +378,7 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
 }
 
 fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
-    let (mut stream, real) = open(spec.target, tally)?;
+    let (mut stream, real) = open(spec, tally)?;
     let mut header = [0u8; HEADER_LEN];
     header[0..8].copy_from_slice(&NO_VERIFY.to_be_bytes());
     stream.write_all(&header)?;
@@ -370,17 +406,22 @@ fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
 }
 
 fn pingpong(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
-    let (mut stream, real) = open(spec.target, tally)?;
+    let (mut stream, real) = open(spec, tally)?;
     let mut samples = Vec::with_capacity(spec.count);
-    for i in 0..spec.count {
+    let begun = Instant::now();
+    let until = Duration::from_secs_f64(spec.seconds.max(0.0));
+    let more = |i: usize| if until.is_zero() { i < spec.count } else { begun.elapsed() < until };
+    let mut i = 0;
+    while more(i) {
         let started = Instant::now();
-        exchange(&mut stream, 1, 1, i as u64)?;
+        exchange(&mut stream, 1, 1, i as u64, false)?;
         samples.push(started.elapsed().as_secs_f64() * 1e6);
+        i += 1;
     }
     let mut tally = tally.lock().expect("tally");
     tally.report.connections_ok += 1;
     tally.report.real_address_seen += usize::from(real);
-    tally.report.bytes_verified += 2 * spec.count as u64;
+    tally.report.bytes_verified += 2 * samples.len() as u64;
     tally.samples_us.extend(samples);
     Ok(())
 }
@@ -413,6 +454,8 @@ mod tests {
             response: 300_000,
             count: 50,
             seconds: 0.2,
+            server_closes: false,
+            mapped: false,
         }
     }
 

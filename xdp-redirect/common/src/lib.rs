@@ -20,6 +20,10 @@ pub const MAP_XSKS: &str = "HEELS_XSKS";
 pub const MAP_SERVICES: &str = "HEELS_SERVICES";
 /// Addresses of this host: `[u8; 4]` -> unused byte.
 pub const MAP_LOCAL_ADDRS: &str = "HEELS_LOCAL_ADDRS";
+/// Service VIPs this host holds itself (direct server return): `[u8; 4]` -> unused byte.
+pub const MAP_LOCAL_VIPS: &str = "HEELS_LOCAL_VIPS";
+/// Translated SYNs: CIP:cport -> DIP:dport ([`FlowV4`]) -> VIP:vport.
+pub const MAP_TRANSLATED: &str = "HEELS_TRANSLATED";
 /// LB source prefixes: LPM trie of `[u8; 4]` -> unused byte.
 pub const MAP_LB_SOURCES: &str = "HEELS_LB_SOURCES";
 /// VIPs this host connects to: VIP:vport (port 0: every port) -> unused byte.
@@ -107,8 +111,10 @@ pub struct TcConfig {
     /// skb mark given to a translated SYN (0: none), for the policy rule
     /// that routes replies around a DNAT LB.
     pub syn_mark: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// The address a SYN that arrived addressed to a local VIP (a backend
+    /// that decapsulates before heels) is translated to; zero: such SYNs
+    /// are not translated.
+    pub dsr_addr: [u8; 4],
 }
 
 /// What the XDP classifier saw; each is a per-CPU counter.
@@ -190,13 +196,27 @@ pub enum TcCounter {
     /// Egress rewrites that found DIP:dport on the socket (sk_storage)
     /// rather than in the egress map.
     EgressViaSocket = 12,
+    /// A SYN with the SYN form that no socket would answer (no listener on
+    /// the translated port): left as it came, on the LB path.
+    SynNoListener = 13,
+    /// A SYN with the SYN form whose listener heels did not see start (it
+    /// was opened before heels attached, so it cannot write the SYN-ACK
+    /// form): left as it came, on the LB path.
+    SynListenerUnserved = 14,
+    /// A SYN with the SYN form whose translated 4-tuple a socket of this
+    /// host still holds (established, handshake, TIME_WAIT) for another
+    /// connection: left as it came, on the LB path.
+    SynTupleInUse = 15,
+    /// A SYN addressed to a VIP this host holds (decapsulated before heels),
+    /// translated to this host's own address.
+    SynTranslatedFromVip = 16,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 13] = [
+    pub const ALL: [TcCounter; 17] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -210,6 +230,10 @@ impl TcCounter {
         TcCounter::EntriesRemoved,
         TcCounter::Errors,
         TcCounter::EgressViaSocket,
+        TcCounter::SynNoListener,
+        TcCounter::SynListenerUnserved,
+        TcCounter::SynTupleInUse,
+        TcCounter::SynTranslatedFromVip,
     ];
 
     /// A snake_case name for output.
@@ -228,6 +252,10 @@ impl TcCounter {
             TcCounter::EntriesRemoved => "entries_removed",
             TcCounter::Errors => "errors",
             TcCounter::EgressViaSocket => "egress_via_socket",
+            TcCounter::SynNoListener => "syn_no_listener",
+            TcCounter::SynListenerUnserved => "syn_listener_unserved",
+            TcCounter::SynTupleInUse => "syn_tuple_in_use",
+            TcCounter::SynTranslatedFromVip => "syn_translated_from_vip",
         }
     }
 }
@@ -238,7 +266,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowV4 {}
     // SAFETY: #[repr(C)] of byte arrays only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::EndpointV4 {}
-    // SAFETY: #[repr(C)] of two u32: no padding, every bit pattern valid.
+    // SAFETY: #[repr(C)] of a u32 and a byte array: no padding, every bit
+    // pattern valid.
     unsafe impl aya::Pod for super::TcConfig {}
 }
 
@@ -284,6 +313,9 @@ pub const LAB_LB_PROGRAM: &str = "lab_ipip_lb";
 pub const LAB_PASS_PROGRAM: &str = "lab_xdp_pass";
 /// The stand-in for the kernel's ipip module on lab servers without heels.
 pub const LAB_DECAP_PROGRAM: &str = "lab_ipip_decap";
+/// The same stand-in at XDP, in front of heels's TC programs, as a Katran
+/// backend runs Katran's decap.bpf.c.
+pub const LAB_XDP_DECAP_PROGRAM: &str = "lab_xdp_decap";
 /// Most backends of the fixture.
 pub const LAB_LB_MAX_BACKENDS: u32 = 16;
 

@@ -1,10 +1,19 @@
 //! A test fixture, not part of heels: the lab's Katran-compatible IPIP load
-//! balancer. Packets to the VIP:vport get an outer IPv4 header (protocol 4,
-//! source 172.16.(cip[2]^cport_hi).(cip[3]^cport_lo) as Katran derives it,
-//! destination the DIP, TTL 64, id 0) and leave on-link to the backend's MAC
-//! (XDP_TX): direct server return, the backend decapsulates. A backend is
-//! chosen by a hash of the client's address and port, so a flow stays on
-//! one backend. Everything else passes.
+//! balancer. Packets to the VIP:vport get an outer IPv4 header as Katran
+//! builds it (katran/lib/bpf/pckt_encap.h and encap_helpers.h): protocol 4,
+//! source 172.16.(cip[2]^cport_lo).(cip[3]^cport_hi), destination the DIP,
+//! TTL 64 (DEFAULT_TTL), TOS 0 (DEFAULT_TOS; Katran copies the inner TOS
+//! only when built with COPY_INNER_PACKET_TOS), no DF. They leave to the
+//! backend's MAC (XDP_TX): direct server return, the backend decapsulates.
+//!
+//! Known differences from Katran, none of which heels depends on: Katran
+//! sends every frame to one configured next-hop MAC (here: the backend's
+//! own, on-link); it picks backends by consistent (Maglev) hashing with a
+//! connection table (here: a hash of the client's address and port, so a
+//! flow stays on one backend); it leaves the outer IP id as it finds it
+//! (here: 0); and it drops frames over 1514 bytes before encapsulation or
+//! answers them with ICMP "too big" (here: the lab raises the MTU of the
+//! server side instead). Everything else passes.
 
 #![no_std]
 #![no_main]
@@ -64,6 +73,38 @@ fn try_decap(ctx: &TcContext) -> Result<(), ()> {
     Ok(())
 }
 
+/// The same at XDP, before TC sees the packet, as a production Katran
+/// backend runs Katran's own decap.bpf.c: heels then meets the inner packet,
+/// addressed to the VIP that the backend holds on its loopback.
+#[xdp]
+pub fn lab_xdp_decap(ctx: XdpContext) -> u32 {
+    let _ = try_xdp_decap(&ctx);
+    xdp_action::XDP_PASS
+}
+
+fn try_xdp_decap(ctx: &XdpContext) -> Result<(), ()> {
+    let eth: [u8; ETH_HLEN] = read(ctx, 0)?;
+    let ver_ihl: u8 = read(ctx, ETH_HLEN)?;
+    let protocol: u8 = read(ctx, ETH_HLEN + 9)?;
+    if eth[12..14] != [0x08, 0x00] || ver_ihl >> 4 != 4 || protocol != 4 {
+        return Ok(());
+    }
+    let outer_len = i32::from(ver_ihl & 0x0f) * 4;
+    // SAFETY: ctx.ctx is this program's xdp_md; the kernel checks the new
+    // head lies inside the frame, and pointers are re-derived after.
+    if outer_len < 20 || unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len) } != 0 {
+        return Err(());
+    }
+    let start = ctx.start();
+    if start + ETH_HLEN > ctx.end() {
+        return Err(());
+    }
+    // SAFETY: the 14 bytes at the new head lie inside the packet, checked
+    // just above.
+    unsafe { core::ptr::write_unaligned(start as *mut [u8; ETH_HLEN], eth) };
+    Ok(())
+}
+
 fn add(counter: LabLbCounter, value: u64) {
     if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
         // SAFETY: this CPU's slot; XDP runs with preemption off.
@@ -103,14 +144,16 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     let total_len = u16::from_be_bytes([inner[2], inner[3]]) + OUTER_LEN as u16;
     let mut outer = [0u8; OUTER_LEN];
     outer[0] = 0x45;
-    outer[1] = inner[1];
     outer[2..4].copy_from_slice(&total_len.to_be_bytes());
     outer[8] = 64;
     outer[9] = 4;
     outer[12] = 172;
     outer[13] = 16;
-    outer[14] = inner[14] ^ ports[0];
-    outer[15] = inner[15] ^ ports[1];
+    // Katran XORs the client port, in host order, into the upper half of
+    // the little-endian u32 holding the address: the port's low byte meets
+    // cip[2], its high byte cip[3].
+    outer[14] = inner[14] ^ ports[1];
+    outer[15] = inner[15] ^ ports[0];
     outer[16..20].copy_from_slice(&backend.addr);
     let mut sum = 0u32;
     let mut i = 0;

@@ -4,7 +4,7 @@
 //! finds them as they were; the AF_XDP classifier's own maps are not.
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
 };
@@ -18,6 +18,9 @@ pub static SERVICES: HashMap<EndpointV4, [u8; 2]> = HashMap::pinned(MAX_SERVICES
 
 #[map(name = "HEELS_LOCAL_ADDRS")]
 pub static LOCAL_ADDRS: HashMap<[u8; 4], u8> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "HEELS_LOCAL_VIPS")]
+pub static LOCAL_VIPS: HashMap<[u8; 4], u8> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
 
 #[map(name = "HEELS_LB_SOURCES")]
 pub static LB_SOURCES: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
@@ -34,18 +37,65 @@ pub static EGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNE
 #[map(name = "HEELS_INGRESS")]
 pub static INGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
+/// A socket-storage map definition as aya-ebpf's `SkStorage` lays it out
+/// in BTF, plus libbpf's `pinning` field set to `LIBBPF_PIN_BY_NAME`, which
+/// aya's loader honours: the map is pinned under the instance's directory
+/// like the others, so what it holds on each socket survives an agent
+/// restart (aya-ebpf's own `SkStorage` has no way to ask for pinning).
+#[repr(C)]
+pub struct PinnedSkStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+    pinning: *const [i32; 1],
+}
+
+// SAFETY: the fields are placeholders the loader reads from BTF; nothing
+// dereferences them, so sharing the static between programs is sound.
+unsafe impl<T> Sync for PinnedSkStorage<T> {}
+
+impl<T> PinnedSkStorage<T> {
+    const fn new() -> Self {
+        PinnedSkStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The map pointer the socket-storage helpers take.
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut core::ffi::c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
 /// A bypassed client socket's DIP:dport, stored on the socket itself: TC
 /// egress finds it through `skb->sk` without a hash lookup, and it dies
 /// with the socket. Filled by sockops when the connection is established.
-/// Not pinned: after a restart, sockets fall back to [`EGRESS`].
 #[btf_map]
-pub static SOCK_BACKENDS: SkStorage<EndpointV4> = SkStorage::new();
+pub static HEELS_SOCK_BACKENDS: PinnedSkStorage<EndpointV4> = PinnedSkStorage::new();
 
-/// The map pointer the socket-storage helpers take.
-#[inline(always)]
-pub fn sock_backends() -> *mut core::ffi::c_void {
-    core::ptr::from_ref(&SOCK_BACKENDS).cast_mut().cast()
-}
+/// Set on a listener when sockops has seen it start listening (and asked
+/// for the option callbacks): only such a listener writes the SYN-ACK
+/// form, so server ingress translates only SYNs that one of them will
+/// answer. A listener opened before heels has none and keeps the LB path.
+#[btf_map]
+pub static HEELS_SERVED_LISTENERS: PinnedSkStorage<u8> = PinnedSkStorage::new();
+
+/// SYNs server ingress translated, by their translated flow
+/// (CIP:cport -> DIP:dport): the VIP:vport each was for. sockops writes
+/// the SYN-ACK form only for a SYN found here (the explicit record that it
+/// was translated), and a SYN landing on a tuple still held by a socket is
+/// translated only if that tuple's last connection was translated for the
+/// same VIP. Any untranslated SYN removes its tuple's record.
+#[map(name = "HEELS_TRANSLATED")]
+pub static TRANSLATED: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
 #[map(name = "HEELS_TC_CONFIG")]
 pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);

@@ -3,11 +3,16 @@
 //!
 //! - Client: a socket connecting to a configured VIP asks for the header
 //!   option callbacks and writes the SYN form in its SYN.
-//! - Server: every listener asks for them; a SYN-ACK carries the SYN-ACK
-//!   form only if the SYN it answers carried a SYN form for one of this
-//!   host's services and was translated (its source is the client the
-//!   option names). This holds for syncookie SYN-ACKs too: the SYN is at
-//!   hand when they are written.
+//! - Server: every listener asks for them and is marked as served (socket
+//!   storage, which TC ingress checks before it translates a SYN for it); a
+//!   SYN-ACK carries the SYN-ACK form only if TC ingress recorded that it
+//!   translated the SYN it answers (`TRANSLATED`, keyed by the connection's
+//!   own 4-tuple) for the VIP that SYN's form names. This holds for
+//!   syncookie SYN-ACKs too: the SYN is at hand when they are written.
+//! - IPv4 and dual-stack alike: an IPv6 socket whose peer is an
+//!   IPv4-mapped address (a listener on `[::]`, a client connecting to
+//!   `::ffff:VIP`) is an IPv4 connection; its `*_ip4` fields hold the
+//!   addresses (the kernel sets both forms).
 //! - No room for the option: the segment goes without it. The program
 //!   always returns 1 (continue): HEELS never fails a connection.
 
@@ -24,7 +29,10 @@ use aya_ebpf::{
 };
 use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
 
-use crate::maps::{count, is_client_vip, sock_backends, EGRESS, INGRESS, SERVICES};
+use crate::maps::{
+    count, is_client_vip, PinnedSkStorage, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS, INGRESS,
+    SERVICES, TRANSLATED,
+};
 
 const TCP_SYN: u32 = 0x02;
 /// `BPF_LOAD_HDR_OPT_TCP_SYN`: search the SYN this SYN-ACK answers (an
@@ -49,22 +57,44 @@ fn endpoints(ctx: &SockOpsContext) -> (EndpointV4, EndpointV4) {
     (local, remote)
 }
 
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// True for an IPv4 connection: an IPv4 socket, or an IPv6 socket whose
+/// peer is an IPv4-mapped address (`::ffff:a.b.c.d`).
+#[inline(always)]
+fn is_ipv4(ctx: &SockOpsContext) -> bool {
+    match ctx.family() {
+        AF_INET => true,
+        AF_INET6 => {
+            let remote = ctx.remote_ip6();
+            // The words are in network order as stored: ::ffff: is 0, 0, htonl(0xffff).
+            remote[0] == 0 && remote[1] == 0 && remote[2] == 0xffff_u32.to_be()
+        }
+        _ => false,
+    }
+}
+
 #[inline(always)]
 fn handle(ctx: &SockOpsContext) {
-    if ctx.family() != 2 {
+    let flags = ctx.cb_flags();
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        // IPv4 and IPv6 listeners alike: a dual-stack one takes IPv4.
+        let _ = ctx.set_cb_flags(flags as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG as i32);
+        mark_served(ctx);
         return;
     }
-    let flags = ctx.cb_flags();
-    match ctx.op() {
+    if !is_ipv4(ctx) {
+        return;
+    }
+    match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let (_, remote) = endpoints(ctx);
             if is_client_vip(&remote) {
                 let want = (BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32;
                 let _ = ctx.set_cb_flags(flags as i32 | want);
             }
-        }
-        BPF_SOCK_OPS_TCP_LISTEN_CB => {
-            let _ = ctx.set_cb_flags(flags as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG as i32);
         }
         // The handshake is over: no more options to write.
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
@@ -136,7 +166,8 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
         // Our SYN: VIP:vport where we connect, CIP:cport our own address.
         return Some(emit(&remote, &local));
     }
-    // Our SYN-ACK: only for a SYN that carried a valid SYN form.
+    // Our SYN-ACK: only for a SYN that TC ingress translated, for the VIP
+    // that SYN's form names.
     let mut syn_option = [0u8; OPTION_BYTES];
     syn_option[0] = OPTION_KIND;
     syn_option[1] = 4;
@@ -160,7 +191,9 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
         port: [syn_option[14], syn_option[15]],
         pad: [0; 2],
     };
-    if remote != client || SERVICES.get_ptr(vip).is_none() {
+    // SAFETY: the value is copied out at once.
+    let recorded = unsafe { TRANSLATED.get(FlowV4::between(&remote, &local)) }.copied();
+    if remote != client || recorded != Some(vip) || SERVICES.get_ptr(vip).is_none() {
         return None;
     }
     Some(emit(&local, &vip))
@@ -173,18 +206,30 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
 fn remember_backend(ctx: &SockOpsContext) {
     let (local, remote) = endpoints(ctx);
     // SAFETY: the value is copied out at once.
-    let Some(mut backend) = (unsafe { EGRESS.get(FlowV4::between(&local, &remote)) }).copied() else {
-        return;
-    };
-    // SAFETY: the socket pointer comes from the program's own context; the
-    // helper copies the value into the socket's storage.
+    if let Some(mut backend) = (unsafe { EGRESS.get(FlowV4::between(&local, &remote)) }).copied() {
+        store_on_socket(ctx, &HEELS_SOCK_BACKENDS, &mut backend);
+    }
+}
+
+/// Marks a listener as one whose SYN-ACKs will carry the SYN-ACK form.
+#[inline(always)]
+fn mark_served(ctx: &SockOpsContext) {
+    store_on_socket(ctx, &HEELS_SERVED_LISTENERS, &mut 1u8);
+}
+
+/// Stores `value` in the context socket's slot of a socket-storage map.
+#[inline(always)]
+fn store_on_socket<T>(ctx: &SockOpsContext, map: &PinnedSkStorage<T>, value: &mut T) {
+    // SAFETY: the socket pointer comes from the program's own context (a
+    // full socket in these callbacks); the helper copies the value, which
+    // lives on the stack for the call, into the socket's storage.
     unsafe {
         let sk = (*ctx.ops).__bindgen_anon_2.sk;
         if !sk.is_null() {
             bpf_sk_storage_get(
-                sock_backends(),
+                map.as_ptr(),
                 sk.cast(),
-                (&mut backend as *mut EndpointV4).cast(),
+                (value as *mut T).cast(),
                 u64::from(BPF_SK_STORAGE_GET_F_CREATE),
             );
         }

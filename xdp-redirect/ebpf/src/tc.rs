@@ -10,17 +10,20 @@
 //! also handle a checksum the stack left for offload (`BPF_F_PSEUDO_HDR`).
 //! Every entry point passes the packet on whatever happens (fail open).
 
-use aya_ebpf::helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get};
+use aya_ebpf::helpers::generated::{bpf_sk_fullsock, bpf_sk_release, bpf_sk_storage_get, bpf_skc_lookup_tcp};
 use aya_ebpf::{
-    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_PSEUDO_HDR},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_sock_tuple, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
+        BPF_TCP_NEW_SYN_RECV, BPF_TCP_SYN_RECV, BPF_TCP_TIME_WAIT,
+    },
     macros::classifier,
     programs::TcContext,
 };
 use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_LEN};
 
 use crate::maps::{
-    count, in_prefixes, is_client_vip, sock_backends, BACKENDS, EGRESS, INGRESS, LB_SOURCES, LOCAL_ADDRS,
-    SERVICES, TC_CONFIG,
+    count, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS,
+    INGRESS, LB_SOURCES, LOCAL_ADDRS, LOCAL_VIPS, SERVICES, TC_CONFIG, TRANSLATED,
 };
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
@@ -245,36 +248,126 @@ fn decapsulate(ctx: &TcContext) -> Result<Tunnel, ()> {
     Ok(tunnel)
 }
 
-/// Server ingress: a SYN with the SYN form becomes CIP:cport -> DIP:dport.
+/// Server ingress: a SYN with the SYN form becomes CIP:cport -> DIP:dport,
+/// if it passes the checks and a socket of this host will answer it with
+/// the SYN-ACK form; anything else stays as it came (the LB path).
 #[inline(always)]
 fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(), ()> {
     let Some(option) = heels_option(ctx, segment)? else {
+        forget_translation(segment);
         return Ok(());
     };
     let vip = endpoint(&option[4..10]);
     let client = endpoint(&option[10..16]);
-    // DIP: where the packet was sent (the outer destination for IPIP).
-    let dip = if tunnel.decapsulated { tunnel.dst } else { segment.dst.addr };
     // SAFETY: the value is copied out at once.
     let local_port = unsafe { SERVICES.get(vip) }.copied();
     let from_client = segment.src == client;
+    let dsr_addr = TC_CONFIG.get(0).map_or([0; 4], |config| config.dsr_addr);
+    // DIP: where the packet was sent (the outer destination for IPIP); for
+    // a SYN addressed to a VIP this host holds itself (decapsulated before
+    // heels, as behind Katran), this host's own address.
+    let to_local_vip = !tunnel.decapsulated
+        && segment.dst == vip
+        && from_client
+        && dsr_addr != [0; 4]
+        && LOCAL_VIPS.get_ptr(vip.addr).is_some();
+    let dip = if tunnel.decapsulated {
+        tunnel.dst
+    } else if to_local_vip {
+        dsr_addr
+    } else {
+        segment.dst.addr
+    };
     let from_lb = in_prefixes(&LB_SOURCES, segment.src.addr)
         || (tunnel.decapsulated && in_prefixes(&LB_SOURCES, tunnel.src));
     let (Some(local_port), true, true) =
         (local_port, LOCAL_ADDRS.get_ptr(dip).is_some(), from_client || from_lb)
     else {
         count(TcCounter::SynRefused);
+        forget_translation(segment);
         return Ok(());
     };
+    let backend = EndpointV4 { addr: dip, port: local_port, pad: [0; 2] };
+    let translated = FlowV4::between(&client, &backend);
+    if let Err(refusal) = answering_socket(ctx, &translated, &vip) {
+        count(refusal);
+        forget_translation(segment);
+        return Ok(());
+    }
+    TRANSLATED.insert(translated, vip, 0).map_err(|_| ())?;
     rewrite(ctx, segment, Side::Src, &client)?;
-    rewrite(ctx, segment, Side::Dst, &EndpointV4 { addr: dip, port: local_port, pad: [0; 2] })?;
+    rewrite(ctx, segment, Side::Dst, &backend)?;
     if let Some(config) = TC_CONFIG.get(0) {
         if config.syn_mark != 0 {
             ctx.set_mark(config.syn_mark);
         }
     }
     count(TcCounter::SynTranslated);
+    if to_local_vip {
+        count(TcCounter::SynTranslatedFromVip);
+    }
     Ok(())
+}
+
+/// A SYN that is not translated starts a connection that is not heels's on
+/// its 4-tuple: the tuple's record of an earlier translation goes.
+#[inline(always)]
+fn forget_translation(segment: &Segment) {
+    let _ = TRANSLATED.remove(segment.flow());
+}
+
+/// Whether a socket of this host will answer a SYN translated to `flow`
+/// with the SYN-ACK form: a listener that sockops saw start (so it writes
+/// the form), and no other socket on the 4-tuple, except one left by the
+/// previous translated connection to the same VIP (its TIME_WAIT, which
+/// takes a newer SYN of the same client, or the request a retransmitted
+/// SYN belongs to). Otherwise the counter of the refusal.
+#[inline(always)]
+fn answering_socket(ctx: &TcContext, flow: &FlowV4, vip: &EndpointV4) -> Result<(), TcCounter> {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes(flow.src_addr);
+    tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes(flow.dst_addr);
+    tuple.__bindgen_anon_1.ipv4.sport = u16::from_ne_bytes(flow.src_port);
+    tuple.__bindgen_anon_1.ipv4.dport = u16::from_ne_bytes(flow.dst_port);
+    // 12 bytes: the IPv4 part of the union.
+    let tuple_size = 12;
+    // SAFETY: the context is this program's skb, the tuple lives on the
+    // stack for the call; the socket returned (or null) is released below
+    // on every path, as the verifier requires.
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut tuple, tuple_size, u64::MAX, 0) };
+    if sk.is_null() {
+        return Err(TcCounter::SynNoListener);
+    }
+    // SAFETY: a socket the lookup returned and not yet released.
+    let state = unsafe { (*sk).state };
+    let answer = if state == BPF_TCP_LISTEN {
+        // SAFETY: as above; storage is only read (no create flag).
+        let served = unsafe {
+            let full = bpf_sk_fullsock(sk);
+            !full.is_null()
+                && !bpf_sk_storage_get(HEELS_SERVED_LISTENERS.as_ptr(), full.cast(), core::ptr::null_mut(), 0)
+                    .is_null()
+        };
+        if served {
+            Ok(())
+        } else {
+            Err(TcCounter::SynListenerUnserved)
+        }
+    } else {
+        // SAFETY: the value is copied out at once.
+        let ours = unsafe { TRANSLATED.get(flow) }.copied() == Some(*vip);
+        let reusable =
+            state == BPF_TCP_TIME_WAIT || state == BPF_TCP_NEW_SYN_RECV || state == BPF_TCP_SYN_RECV;
+        if ours && reusable {
+            Ok(())
+        } else {
+            Err(TcCounter::SynTupleInUse)
+        }
+    };
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    answer
 }
 
 /// Client ingress: a SYN-ACK with the SYN-ACK form makes the connection's
@@ -316,8 +409,8 @@ fn socket_backend(ctx: &TcContext) -> Option<EndpointV4> {
         if full.is_null() {
             return None;
         }
-        let value =
-            bpf_sk_storage_get(sock_backends(), full.cast(), core::ptr::null_mut(), 0) as *const EndpointV4;
+        let value = bpf_sk_storage_get(HEELS_SOCK_BACKENDS.as_ptr(), full.cast(), core::ptr::null_mut(), 0)
+            as *const EndpointV4;
         if value.is_null() {
             None
         } else {

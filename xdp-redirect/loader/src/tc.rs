@@ -22,8 +22,8 @@ use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, 
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
     EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS, MAP_INGRESS,
-    MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS, SOCKOPS_PROGRAM,
-    TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
+    SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
 };
 
 /// Root of every instance's pins.
@@ -95,6 +95,12 @@ pub struct DatapathConfig {
     pub backends: Vec<(Ipv4Addr, u8)>,
     /// skb mark for translated SYNs (0: none).
     pub syn_mark: u32,
+    /// Service VIPs this host holds itself (direct server return behind a
+    /// load balancer whose encapsulation is removed before heels).
+    pub local_vips: Vec<Ipv4Addr>,
+    /// The address a SYN to one of `local_vips` is translated to (none:
+    /// such SYNs are left as they come).
+    pub dsr_addr: Option<Ipv4Addr>,
 }
 
 /// A bypassed connection as the client's maps hold it.
@@ -358,6 +364,8 @@ fn loaded_trie<'a>(
 fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathError> {
     let local: Vec<([u8; 4], u8)> = config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
+    let local_vips: Vec<([u8; 4], u8)> = config.local_vips.iter().map(|a| (a.octets(), 1)).collect();
+    replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_VIPS)?, MAP_LOCAL_VIPS, &local_vips)?;
     let services: Vec<(EndpointV4, [u8; 2])> =
         config.services.iter().map(|(vip, port)| (endpoint(vip), port.to_be_bytes())).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_SERVICES)?, MAP_SERVICES, &services)?;
@@ -367,7 +375,8 @@ fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathErr
     replace_prefixes(&mut loaded_trie(ebpf, MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
     let map = crate::find_map_mut(ebpf, MAP_TC_CONFIG).map_err(map_error(MAP_TC_CONFIG))?;
     let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
-    settings.set(0, TcConfig { syn_mark: config.syn_mark, flags: 0 }, 0).map_err(map_error(MAP_TC_CONFIG))
+    let dsr_addr = config.dsr_addr.map_or([0; 4], |a| a.octets());
+    settings.set(0, TcConfig { syn_mark: config.syn_mark, dsr_addr }, 0).map_err(map_error(MAP_TC_CONFIG))
 }
 
 fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
