@@ -166,22 +166,30 @@ fn dual_stack_listeners_and_clients_are_bypassed() {
     assert!(counter(&client, TcCounter::SynAckLearned) >= 2 * CONNECTIONS as u64);
     // A live connection of an IPv6 socket keeps its entries through the
     // agent's sweeps (every second here): its socket is in /proc/net/tcp6.
+    let connections = || Datapath::open(&client).unwrap().connections().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !connections().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(connections(), vec![], "the closed connections' entries went");
     let child = lab
         .spawn_load(&LoadSpec {
             mode: Mode::Pingpong,
             connections: 1,
             concurrency: 1,
-            seconds: 4.0,
+            seconds: 5.0,
             mapped: true,
             ..verify_spec(lab.service(), 1)
         })
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while connections().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let live = connections();
+    assert_eq!(live.len(), 1, "the IPv6 socket's connection is bypassed");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        Datapath::open(&client).unwrap().connections().unwrap().len(),
-        1,
-        "the entry outlived 3 sweeps"
-    );
+    assert_eq!(connections(), live, "the entry outlived three sweeps");
     let report = finish_load(child).unwrap();
     assert_eq!((report.connections_ok, report.resets), (1, 0), "{:?}", report.errors);
 }

@@ -158,18 +158,35 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The TCP sockets of this network namespace, as (local, remote), from
-/// `/proc/net/tcp` (IPv4).
+/// The IPv4 TCP connections of this network namespace, as (local,
+/// remote): those of IPv4 sockets (`/proc/net/tcp`) and of IPv6 sockets
+/// with IPv4-mapped addresses (`/proc/net/tcp6`: dual-stack clients and
+/// listeners' children).
 pub fn tcp_sockets() -> anyhow::Result<HashSet<(SocketAddrV4, SocketAddrV4)>> {
-    let text = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
-    Ok(parse_proc_net_tcp(&text))
+    let mut sockets = HashSet::new();
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match std::fs::read_to_string(path) {
+            Ok(text) => sockets.extend(parse_proc_net_tcp(&text)),
+            // A kernel without IPv6 has no tcp6.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.ends_with('6') => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        }
+    }
+    Ok(sockets)
 }
 
+/// An address:port of /proc/net/tcp or tcp6. The kernel prints each 32-bit
+/// word of the address as the u32 it stores (network order) read on this
+/// little-endian host, and the port in host order. An IPv6 address counts
+/// only when IPv4-mapped (`::ffff:a.b.c.d`: words 0, 0, 0xffff, the IPv4).
 fn parse_endpoint(field: &str) -> Option<SocketAddrV4> {
     let (addr, port) = field.split_once(':')?;
-    // The kernel prints the address as the u32 it stores (network order)
-    // read on this little-endian host, and the port in host order.
-    let addr = u32::from_str_radix(addr, 16).ok()?.to_le_bytes();
+    let ipv4 = match addr.len() {
+        8 => addr,
+        32 if addr[..24].eq_ignore_ascii_case("0000000000000000FFFF0000") => &addr[24..],
+        _ => return None,
+    };
+    let addr = u32::from_str_radix(ipv4, 16).ok()?.to_le_bytes();
     Some(SocketAddrV4::new(addr.into(), u16::from_str_radix(port, 16).ok()?))
 }
 
@@ -283,6 +300,24 @@ mod tests {
             vip: SocketAddrV4::new([10, 10, 100, 1].into(), 80),
             backend: SocketAddrV4::new([10, 10, 0, 11].into(), 8080),
         }
+    }
+
+    /// Three lines of a real /proc/net/tcp6: a dual-stack listener on
+    /// [::]:8080, a connection 10.10.1.2:18900 -> 10.10.100.1:80 of an IPv6
+    /// socket, and a real IPv6 connection (not IPv4: left out).
+    const PROC_NET_TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0000000000000000FFFF000002010A0A:49D4 0000000000000000FFFF000001640A0A:0050 01 00000000:00000000 00:00000000 00000000     0        0 2 2 0 20 4 30 10 -1
+   2: 000080FE00000000FF0000020300FEFF:1F90 000080FE00000000FF0000020400FEFF:C000 01 00000000:00000000 00:00000000 00000000     0        0 3 2 0 20 4 30 10 -1
+";
+
+    #[test]
+    fn parses_ipv4_mapped_sockets_of_proc_net_tcp6() {
+        let sockets = parse_proc_net_tcp(PROC_NET_TCP6);
+        assert_eq!(sockets.len(), 1, "{sockets:?}");
+        let connection =
+            Connection { client: SocketAddrV4::new([10, 10, 1, 2].into(), 18900), ..connection(1) };
+        assert!(sockets.contains(&(connection.client, connection.vip)));
     }
 
     #[test]

@@ -521,6 +521,12 @@ impl Lab {
             .args(["--seconds", &spec.seconds.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if spec.server_closes {
+            command.arg("--server-closes");
+        }
+        if spec.mapped {
+            command.arg("--mapped");
+        }
         spawn_in(&host.netns, &host.cgroup, &mut command)
     }
 
