@@ -141,16 +141,20 @@ fn vectors() -> Vec<Vector> {
     };
     let reply = TcpRepr { seq_number: 835_907_266, ack_number: 644_470_439, payload: b"pong", ..request };
     let from_lb = |src: [u8; 4]| Ip { src, dst: DIP, ttl: 63, ident: 0x219e };
-    let server_sees = |ip: &Ip| ethernet(LB_MAC, SERVER_MAC, &ip_tcp(ip, CLIENT.port, LOCAL_PORT, &syn));
+    let server_sees = |ip: &Ip| ethernet(LB_MAC, SERVER_MAC, &ip_tcp(ip, CLIENT.port(), LOCAL_PORT, &syn));
     let to_client = |src: [u8; 4]| Ip { src, dst: CLIENT.addr, ttl: 63, ident: 0 };
     let from_client = |dst: [u8; 4]| Ip { src: CLIENT.addr, dst, ttl: 64, ident: 0x219f };
 
     let fullnat_before =
-        ethernet(LB_MAC, SERVER_MAC, &ip_tcp(&from_lb(LB_SNAT.addr), LB_SNAT.port, VIP.port, &syn));
+        ethernet(LB_MAC, SERVER_MAC, &ip_tcp(&from_lb(LB_SNAT.addr), LB_SNAT.port(), VIP.port(), &syn));
     let dnat_before =
-        ethernet(LB_MAC, SERVER_MAC, &ip_tcp(&from_lb(CLIENT.addr), CLIENT.port, VIP.port, &syn));
-    let inner =
-        ip_tcp(&Ip { src: CLIENT.addr, dst: VIP.addr, ttl: 64, ident: 0x219e }, CLIENT.port, VIP.port, &syn);
+        ethernet(LB_MAC, SERVER_MAC, &ip_tcp(&from_lb(CLIENT.addr), CLIENT.port(), VIP.port(), &syn));
+    let inner = ip_tcp(
+        &Ip { src: CLIENT.addr, dst: VIP.addr, ttl: 64, ident: 0x219e },
+        CLIENT.port(),
+        VIP.port(),
+        &syn,
+    );
     let ipip_before = ethernet(LB_MAC, SERVER_MAC, &ipip(IPIP_SRC, DIP, &inner));
     let ipip_after = server_sees(&Ip { src: CLIENT.addr, dst: DIP, ttl: 64, ident: 0x219e });
 
@@ -161,13 +165,13 @@ fn vectors() -> Vec<Vector> {
         Vector { name: "dnat-syn-after", title: "DNAT: the SYN after server ingress", frame: server_sees(&from_lb(CLIENT.addr)) },
         Vector { name: "ipip-syn-before", title: "IPIP: the SYN as the server receives it (Katran encapsulation, inner CIP:cport -> VIP:vport)", frame: ipip_before },
         Vector { name: "ipip-syn-after", title: "IPIP: the frame after server ingress: decapsulated, it starts 20 bytes into the buffer (verdict `Rewritten { start: 20 }`), the bytes before it are dropped", frame: ipip_after },
-        Vector { name: "syn-ack-before", title: "every LB kind: the SYN-ACK as the client receives it, sent directly by the server (DIP:8080 -> CIP:cport)", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(DIP), LOCAL_PORT, CLIENT.port, &syn_ack)) },
-        Vector { name: "syn-ack-after", title: "every LB kind: the SYN-ACK after client ingress (VIP:vport -> CIP:cport); the entries now exist", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port, CLIENT.port, &syn_ack)) },
-        Vector { name: "syn-ack-via-lb", title: "a SYN-ACK that came back through the LB (from VIP:vport): it creates the entries and stays as it is", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port, CLIENT.port, &syn_ack)) },
-        Vector { name: "egress-data-before", title: "client egress: a data segment to VIP:vport", frame: ethernet(CLIENT_MAC, ROUTER_MAC, &ip_tcp(&from_client(VIP.addr), CLIENT.port, VIP.port, &request)) },
-        Vector { name: "egress-data-after", title: "client egress: the same segment, now to DIP:8080", frame: ethernet(CLIENT_MAC, ROUTER_MAC, &ip_tcp(&from_client(DIP), CLIENT.port, LOCAL_PORT, &request)) },
-        Vector { name: "ingress-data-before", title: "client ingress: the server's reply, from DIP:8080", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(DIP), LOCAL_PORT, CLIENT.port, &reply)) },
-        Vector { name: "ingress-data-after", title: "client ingress: the reply as the client's stack sees it, from VIP:vport", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port, CLIENT.port, &reply)) },
+        Vector { name: "syn-ack-before", title: "every LB kind: the SYN-ACK as the client receives it, sent directly by the server (DIP:8080 -> CIP:cport)", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(DIP), LOCAL_PORT, CLIENT.port(), &syn_ack)) },
+        Vector { name: "syn-ack-after", title: "every LB kind: the SYN-ACK after client ingress (VIP:vport -> CIP:cport); the entries now exist", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port(), CLIENT.port(), &syn_ack)) },
+        Vector { name: "syn-ack-via-lb", title: "a SYN-ACK that came back through the LB (from VIP:vport): it creates the entries and stays as it is", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port(), CLIENT.port(), &syn_ack)) },
+        Vector { name: "egress-data-before", title: "client egress: a data segment to VIP:vport", frame: ethernet(CLIENT_MAC, ROUTER_MAC, &ip_tcp(&from_client(VIP.addr), CLIENT.port(), VIP.port(), &request)) },
+        Vector { name: "egress-data-after", title: "client egress: the same segment, now to DIP:8080", frame: ethernet(CLIENT_MAC, ROUTER_MAC, &ip_tcp(&from_client(DIP), CLIENT.port(), LOCAL_PORT, &request)) },
+        Vector { name: "ingress-data-before", title: "client ingress: the server's reply, from DIP:8080", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(DIP), LOCAL_PORT, CLIENT.port(), &reply)) },
+        Vector { name: "ingress-data-after", title: "client ingress: the reply as the client's stack sees it, from VIP:vport", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port(), CLIENT.port(), &reply)) },
     ]
 }
 

@@ -56,7 +56,7 @@ impl FlowKey {
     }
 
     fn ports(&self) -> u32 {
-        u32::from(self.src.port) << 16 | u32::from(self.dst.port)
+        u32::from(self.src.port()) << 16 | u32::from(self.dst.port())
     }
 }
 
@@ -320,7 +320,7 @@ impl ConnTable {
         }
         slot.key_addrs.store(key.addrs(), Ordering::Relaxed);
         slot.key_ports.store(key.ports(), Ordering::Relaxed);
-        let target = u64::from(u32::from_be_bytes(target.addr)) << 16 | u64::from(target.port);
+        let target = u64::from(u32::from_be_bytes(target.addr)) << 16 | u64::from(target.port());
         slot.target.store(target, Ordering::Relaxed);
         slot.state.store(LIVE, Ordering::Relaxed);
         slot.last_used.store(now, Ordering::Relaxed);
@@ -470,7 +470,7 @@ mod tests {
         let table = ConnTable::new(4, 1000);
         let k1 = FlowKey { src: Endpoint::new([1, 1, 1, 1], 1111), dst: Endpoint::new([9, 9, 9, 9], 80) };
         let k2 = FlowKey { src: Endpoint::new([2, 2, 2, 2], 2222), dst: Endpoint::new([9, 9, 9, 9], 81) };
-        let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port), dst: k2.dst };
+        let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port()), dst: k2.dst };
         table.insert(k1, target(1), 0).unwrap();
         // No empty slot: every lookup probes the whole (small) table.
         for slot in table.slots.iter().filter(|s| s.state.load(Ordering::Relaxed) == EMPTY) {
@@ -499,7 +499,7 @@ mod tests {
         let table = Arc::new(ConnTable::new(1, 1000));
         let k1 = FlowKey { src: Endpoint::new([1, 1, 1, 1], 1111), dst: Endpoint::new([9, 9, 9, 9], 80) };
         let k2 = FlowKey { src: Endpoint::new([2, 2, 2, 2], 2222), dst: Endpoint::new([9, 9, 9, 9], 81) };
-        let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port), dst: k2.dst };
+        let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port()), dst: k2.dst };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));

@@ -28,7 +28,7 @@ pub const BACKEND: Endpoint = Endpoint::new([10, 10, 3, 2], 8080);
 pub fn config() -> Config {
     Config {
         local_addrs: vec![BACKEND.addr],
-        services: vec![Service { vip: VIP, local_port: BACKEND.port }],
+        services: vec![Service { vip: VIP, local_port: BACKEND.port() }],
         lb_sources: vec!["10.10.2.0/24".parse().expect("prefix"), "172.16.0.0/16".parse().expect("prefix")],
         vips: vec![VIP],
         backends: vec!["10.10.3.0/24".parse().expect("prefix")],
@@ -112,7 +112,10 @@ pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
 pub fn option_list(data: &[u8]) {
     if let Ok(Some(found)) = option::find(data) {
         assert!(found.offset + option::LEN <= data.len());
-        assert_eq!(data[found.offset..found.offset + 4], [option::KIND, option::LEN as u8, 0x48, 0x45]);
+        assert_eq!(
+            data[found.offset..found.offset + 4],
+            [option::KIND, option::LEN as u8, option::EXID[0], option::EXID[1]]
+        );
     }
 }
 

@@ -14,61 +14,16 @@
 
 use core::fmt;
 
-/// Option kind for RFC 6994 shared experiments.
-pub const KIND: u8 = 254;
+pub use heels_common::option::{Bytes, EXID, KIND};
+/// The endpoint type of heels (one type for the eBPF programs, this core
+/// and userspace), under the name this crate has always used.
+pub use heels_common::EndpointV4 as Endpoint;
+
 /// Length of the HEELS option, kind and length bytes included.
-pub const LEN: usize = 16;
-/// The HEELS experiment ID ("HE").
-pub const EXID: u16 = 0x4845;
+pub const LEN: usize = heels_common::option::LEN as usize;
 
 const KIND_EOL: u8 = 0;
 const KIND_NOP: u8 = 1;
-
-/// An IPv4 address and TCP port, as carried on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct Endpoint {
-    /// Address in network order.
-    pub addr: [u8; 4],
-    /// Port (host order).
-    pub port: u16,
-}
-
-impl Endpoint {
-    /// An endpoint from address octets and a port.
-    pub const fn new(addr: [u8; 4], port: u16) -> Self {
-        Endpoint { addr, port }
-    }
-
-    fn read(bytes: &[u8]) -> Self {
-        Endpoint {
-            addr: [bytes[0], bytes[1], bytes[2], bytes[3]],
-            port: u16::from_be_bytes([bytes[4], bytes[5]]),
-        }
-    }
-
-    fn write(&self, bytes: &mut [u8]) {
-        bytes[..4].copy_from_slice(&self.addr);
-        bytes[4..6].copy_from_slice(&self.port.to_be_bytes());
-    }
-}
-
-impl From<core::net::SocketAddrV4> for Endpoint {
-    fn from(value: core::net::SocketAddrV4) -> Self {
-        Endpoint::new(value.ip().octets(), value.port())
-    }
-}
-
-impl From<Endpoint> for core::net::SocketAddrV4 {
-    fn from(value: Endpoint) -> Self {
-        core::net::SocketAddrV4::new(value.addr.into(), value.port)
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        core::net::SocketAddrV4::from(*self).fmt(f)
-    }
-}
 
 /// Why an option list was rejected. `Copy`, never allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +127,7 @@ impl<'a> Iterator for Options<'a> {
                     return Some(Err(Error::Overrun { at, len }));
                 }
                 let data = &self.list[at + 2..end];
-                if kind == KIND && data.len() >= 2 && data[..2] == EXID.to_be_bytes() && end - at != LEN {
+                if kind == KIND && data.len() >= 2 && data[..2] == EXID && end - at != LEN {
                     return Some(Err(Error::BadHeelsLength { at, len }));
                 }
                 self.at = end;
@@ -182,24 +137,26 @@ impl<'a> Iterator for Options<'a> {
     }
 }
 
-/// A HEELS option found in a list: where it is and its 12-byte body.
+/// A HEELS option found in a list: where it is and its 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
     /// Offset of the kind byte in the option list.
     pub offset: usize,
-    /// The two endpoints, as on the wire (after the experiment ID).
-    pub body: [u8; 12],
+    /// The option, kind byte first.
+    pub bytes: Bytes,
 }
 
 impl Found {
-    /// Reads the body as the SYN form.
+    /// Reads the option as the SYN form.
     pub fn syn(&self) -> SynOption {
-        SynOption { vip: Endpoint::read(&self.body[0..6]), client: Endpoint::read(&self.body[6..12]) }
+        let (vip, client) = heels_common::option::endpoints(&self.bytes);
+        SynOption { vip, client }
     }
 
-    /// Reads the body as the SYN-ACK form.
+    /// Reads the option as the SYN-ACK form.
     pub fn syn_ack(&self) -> SynAckOption {
-        SynAckOption { backend: Endpoint::read(&self.body[0..6]), vip: Endpoint::read(&self.body[6..12]) }
+        let (backend, vip) = heels_common::option::endpoints(&self.bytes);
+        SynAckOption { backend, vip }
     }
 }
 
@@ -209,25 +166,14 @@ pub fn find(list: &[u8]) -> Result<Option<Found>, Error> {
     let mut found = None;
     for option in Options::new(list) {
         let option = option?;
-        if found.is_none()
-            && option.kind == KIND
-            && option.data.len() == LEN - 2
-            && option.data[..2] == EXID.to_be_bytes()
+        if found.is_none() && option.kind == KIND && option.data.len() == LEN - 2 && option.data[..2] == EXID
         {
-            let mut body = [0; 12];
-            body.copy_from_slice(&option.data[2..]);
-            found = Some(Found { offset: option.offset, body });
+            let mut bytes = [0; LEN];
+            bytes.copy_from_slice(&list[option.offset..option.offset + LEN]);
+            found = Some(Found { offset: option.offset, bytes });
         }
     }
     Ok(found)
-}
-
-fn emit_body(out: &mut [u8; LEN], first: &Endpoint, second: &Endpoint) {
-    out[0] = KIND;
-    out[1] = LEN as u8;
-    out[2..4].copy_from_slice(&EXID.to_be_bytes());
-    first.write(&mut out[4..10]);
-    second.write(&mut out[10..16]);
 }
 
 /// The SYN form: the service the client asked for and the client itself.
@@ -241,10 +187,8 @@ pub struct SynOption {
 
 impl SynOption {
     /// The 16 option bytes.
-    pub fn emit(&self) -> [u8; LEN] {
-        let mut out = [0; LEN];
-        emit_body(&mut out, &self.vip, &self.client);
-        out
+    pub fn emit(&self) -> Bytes {
+        heels_common::option::emit(&self.vip, &self.client)
     }
 }
 
@@ -259,10 +203,8 @@ pub struct SynAckOption {
 
 impl SynAckOption {
     /// The 16 option bytes.
-    pub fn emit(&self) -> [u8; LEN] {
-        let mut out = [0; LEN];
-        emit_body(&mut out, &self.backend, &self.vip);
-        out
+    pub fn emit(&self) -> Bytes {
+        heels_common::option::emit(&self.backend, &self.vip)
     }
 }
 
@@ -369,7 +311,7 @@ mod tests {
         fn never_panics(list in proptest::collection::vec(any::<u8>(), 0..40)) {
             if let Ok(Some(found)) = find(&list) {
                 prop_assert!(found.offset + LEN <= list.len());
-                prop_assert_eq!(&list[found.offset + 4..found.offset + LEN], &found.body[..]);
+                prop_assert_eq!(&list[found.offset..found.offset + LEN], &found.bytes[..]);
             }
         }
 

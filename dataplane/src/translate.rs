@@ -131,7 +131,7 @@ impl Config {
     }
 
     fn is_vip(&self, vip: Endpoint) -> bool {
-        self.vips.iter().any(|v| v.addr == vip.addr && (v.port == 0 || v.port == vip.port))
+        self.vips.iter().any(|v| v.addr == vip.addr && (v.port() == 0 || v.port == vip.port))
     }
 
     fn is_backend(&self, addr: [u8; 4]) -> bool {

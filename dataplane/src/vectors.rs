@@ -374,8 +374,8 @@ mod tests {
                         options.push(0);
                     }
                     let tcp = TcpRepr {
-                        src_port: src.port,
-                        dst_port: dst.port,
+                        src_port: src.port(),
+                        dst_port: dst.port(),
                         seq_number: 1,
                         ack_number: 2,
                         flags: TcpFlags(flags),

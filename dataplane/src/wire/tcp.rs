@@ -264,11 +264,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     fn rewrite_endpoint(&mut self, port_at: usize, old: Endpoint, to: Endpoint, mode: Mode) {
         let (old_addr, new_addr) = (u32::from_be_bytes(old.addr), u32::from_be_bytes(to.addr));
         let check = match mode {
-            Mode::Full => checksum::update48(self.checksum(), old_addr, old.port, new_addr, to.port),
+            Mode::Full => checksum::update48(self.checksum(), old_addr, old.port(), new_addr, to.port()),
             Mode::PseudoHeaderOnly => checksum::update32_pseudo_only(self.checksum(), old_addr, new_addr),
         };
         self.set_checksum(check);
-        write_u16(self.buffer.as_mut(), port_at, to.port);
+        write_u16(self.buffer.as_mut(), port_at, to.port());
     }
 
     /// Updates the checksum for a pseudo-header address changing from `old`

@@ -5,12 +5,9 @@
 
 #![no_std]
 
-/// TCP option kind of the HEELS option (RFC 6994 shared experiments).
-pub const OPTION_KIND: u8 = 254;
-/// Length of the HEELS option, kind and length bytes included.
-pub const OPTION_LEN: u8 = 16;
-/// The HEELS experiment ID, as it is on the wire ("HE").
-pub const OPTION_EXID: [u8; 2] = [0x48, 0x45];
+pub mod option;
+
+pub use option::{EXID as OPTION_EXID, KIND as OPTION_KIND, LEN as OPTION_LEN};
 
 /// Name of the XDP classifier program.
 pub const XDP_PROGRAM: &str = "heels_classify";
@@ -85,9 +82,11 @@ impl FlowV4 {
 }
 
 /// An IPv4 address and TCP port as on the wire: a service's VIP:vport, a
-/// backend's DIP:dport, a rewrite target.
+/// backend's DIP:dport, a rewrite target, either half of the HEELS option.
+/// The one endpoint type of heels: the eBPF programs, the dataplane core
+/// and userspace all use it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct EndpointV4 {
     /// Address.
     pub addr: [u8; 4],
@@ -101,6 +100,34 @@ impl EndpointV4 {
     /// An endpoint from address octets and a port in host order.
     pub const fn new(addr: [u8; 4], port: u16) -> Self {
         EndpointV4 { addr, port: port.to_be_bytes(), pad: [0; 2] }
+    }
+
+    /// The port in host order.
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+
+    /// The same address with another port (host order).
+    pub const fn with_port(&self, port: u16) -> Self {
+        EndpointV4::new(self.addr, port)
+    }
+}
+
+impl From<core::net::SocketAddrV4> for EndpointV4 {
+    fn from(value: core::net::SocketAddrV4) -> Self {
+        EndpointV4::new(value.ip().octets(), value.port())
+    }
+}
+
+impl From<EndpointV4> for core::net::SocketAddrV4 {
+    fn from(value: EndpointV4) -> Self {
+        core::net::SocketAddrV4::new(value.addr.into(), value.port())
+    }
+}
+
+impl core::fmt::Display for EndpointV4 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::net::SocketAddrV4::from(*self).fmt(f)
     }
 }
 

@@ -27,7 +27,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
+use heels_common::{option, EndpointV4, FlowV4, TcCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
 
 use crate::maps::{
     count, is_client_vip, PinnedSkStorage, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS, INGRESS,
@@ -39,7 +39,6 @@ const TCP_SYN: u32 = 0x02;
 /// anonymous enum in the bindings).
 const LOAD_FROM_SYN: u64 = 1;
 const TCP_ACK: u32 = 0x10;
-const OPTION_BYTES: usize = OPTION_LEN as usize;
 
 #[sock_ops]
 pub fn heels_sockops(ctx: SockOpsContext) -> u32 {
@@ -141,22 +140,9 @@ fn skb_flags(ctx: &SockOpsContext) -> u32 {
     unsafe { (*ctx.ops).skb_tcp_flags }
 }
 
-fn emit(first: &EndpointV4, second: &EndpointV4) -> [u8; OPTION_BYTES] {
-    let mut option = [0u8; OPTION_BYTES];
-    option[0] = OPTION_KIND;
-    option[1] = OPTION_LEN;
-    option[2] = OPTION_EXID[0];
-    option[3] = OPTION_EXID[1];
-    option[4..8].copy_from_slice(&first.addr);
-    option[8..10].copy_from_slice(&first.port);
-    option[10..14].copy_from_slice(&second.addr);
-    option[14..16].copy_from_slice(&second.port);
-    option
-}
-
 /// The option this segment must carry, if any.
 #[inline(always)]
-fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
+fn option_to_write(ctx: &SockOpsContext) -> Option<option::Bytes> {
     let flags = skb_flags(ctx);
     if flags & TCP_SYN == 0 {
         return None;
@@ -164,11 +150,11 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
     let (local, remote) = endpoints(ctx);
     if flags & TCP_ACK == 0 {
         // Our SYN: VIP:vport where we connect, CIP:cport our own address.
-        return Some(emit(&remote, &local));
+        return Some(option::emit(&remote, &local));
     }
     // Our SYN-ACK: only for a SYN that TC ingress translated, for the VIP
     // that SYN's form names.
-    let mut syn_option = [0u8; OPTION_BYTES];
+    let mut syn_option = [0u8; OPTION_LEN as usize];
     syn_option[0] = OPTION_KIND;
     syn_option[1] = 4;
     syn_option[2] = OPTION_EXID[0];
@@ -181,22 +167,13 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<[u8; OPTION_BYTES]> {
     if len != i64::from(OPTION_LEN) || syn_option[1] != OPTION_LEN {
         return None;
     }
-    let vip = EndpointV4 {
-        addr: [syn_option[4], syn_option[5], syn_option[6], syn_option[7]],
-        port: [syn_option[8], syn_option[9]],
-        pad: [0; 2],
-    };
-    let client = EndpointV4 {
-        addr: [syn_option[10], syn_option[11], syn_option[12], syn_option[13]],
-        port: [syn_option[14], syn_option[15]],
-        pad: [0; 2],
-    };
+    let (vip, client) = option::endpoints(&syn_option);
     // SAFETY: the value is copied out at once.
     let recorded = unsafe { TRANSLATED.get(FlowV4::between(&remote, &local)) }.copied();
     if remote != client || recorded != Some(vip) || SERVICES.get_ptr(vip).is_none() {
         return None;
     }
-    Some(emit(&local, &vip))
+    Some(option::emit(&local, &vip))
 }
 
 /// Stores a bypassed client socket's DIP:dport on the socket, where TC

@@ -19,7 +19,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use heels_common::{EndpointV4, FlowV4, TcCounter, OPTION_LEN};
+use heels_common::{EndpointV4, FlowV4, TcCounter};
 
 use crate::maps::{
     count, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS,
@@ -126,7 +126,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
 
 /// The 16 bytes of the HEELS option of `segment`, if it has one.
 #[inline(always)]
-fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION_LEN as usize]>, ()> {
+fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<heels_common::option::Bytes>, ()> {
     let options_len = segment.tcp_len.saturating_sub(20);
     if options_len == 0 {
         return Ok(None);
@@ -137,10 +137,6 @@ fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<[u8; OPTION
         Search::Found(at) => Ok(Some(read(ctx, options + (at as usize & 0x3f))?)),
         Search::Absent | Search::Malformed => Ok(None),
     }
-}
-
-fn endpoint(bytes: &[u8]) -> EndpointV4 {
-    EndpointV4 { addr: [bytes[0], bytes[1], bytes[2], bytes[3]], port: [bytes[4], bytes[5]], pad: [0; 2] }
 }
 
 /// Which endpoint of a segment to rewrite.
@@ -257,8 +253,7 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
         forget_translation(segment);
         return Ok(());
     };
-    let vip = endpoint(&option[4..10]);
-    let client = endpoint(&option[10..16]);
+    let (vip, client) = heels_common::option::endpoints(&option);
     // SAFETY: the value is copied out at once.
     let local_port = unsafe { SERVICES.get(vip) }.copied();
     let from_client = segment.src == client;
@@ -373,9 +368,8 @@ fn answering_socket(ctx: &TcContext, flow: &FlowV4, vip: &EndpointV4) -> Result<
 /// Client ingress: a SYN-ACK with the SYN-ACK form makes the connection's
 /// entries; a direct one is delivered as from VIP:vport.
 #[inline(always)]
-fn client_learn(ctx: &TcContext, segment: &Segment, option: &[u8; OPTION_LEN as usize]) -> Result<(), ()> {
-    let backend = endpoint(&option[4..10]);
-    let vip = endpoint(&option[10..16]);
+fn client_learn(ctx: &TcContext, segment: &Segment, option: &heels_common::option::Bytes) -> Result<(), ()> {
+    let (backend, vip) = heels_common::option::endpoints(option);
     let direct = segment.src == backend;
     if !is_client_vip(&vip) || !in_prefixes(&BACKENDS, backend.addr) || !(direct || segment.src == vip) {
         count(TcCounter::SynAckRefused);

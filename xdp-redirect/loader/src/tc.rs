@@ -135,14 +135,6 @@ fn link_error(path: &Path) -> impl FnOnce(String) -> DatapathError + '_ {
     move |reason| DatapathError::Link { path: path.to_owned(), reason }
 }
 
-fn endpoint(addr: &SocketAddrV4) -> EndpointV4 {
-    EndpointV4::new(addr.ip().octets(), addr.port())
-}
-
-fn socket(endpoint: &EndpointV4) -> SocketAddrV4 {
-    SocketAddrV4::new(endpoint.addr.into(), u16::from_be_bytes(endpoint.port))
-}
-
 /// An instance: its programs attached through pinned links, and the
 /// pinned maps it reads and writes at run time. Holds no program: once
 /// attached, the kernel keeps them through the links.
@@ -259,7 +251,7 @@ impl Datapath {
             out.push(Connection {
                 client: SocketAddrV4::new(flow.src_addr.into(), u16::from_be_bytes(flow.src_port)),
                 vip: SocketAddrV4::new(flow.dst_addr.into(), u16::from_be_bytes(flow.dst_port)),
-                backend: socket(&backend),
+                backend: backend.into(),
             });
         }
         Ok(out)
@@ -268,8 +260,11 @@ impl Datapath {
     /// Makes both entries of a connection (as TC ingress does from a
     /// SYN-ACK). For tests and manual repair.
     pub fn remember(&mut self, connection: &Connection) -> Result<(), DatapathError> {
-        let (client, vip, backend) =
-            (endpoint(&connection.client), endpoint(&connection.vip), endpoint(&connection.backend));
+        let (client, vip, backend) = (
+            EndpointV4::from(connection.client),
+            EndpointV4::from(connection.vip),
+            EndpointV4::from(connection.backend),
+        );
         let mut egress = self.hash_map::<FlowV4, EndpointV4>(MAP_EGRESS)?;
         egress.insert(FlowV4::between(&client, &vip), backend, 0).map_err(map_error(MAP_EGRESS))?;
         let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
@@ -279,8 +274,11 @@ impl Datapath {
     /// Removes both entries of a connection (as sockops does when its
     /// socket closes).
     pub fn forget(&mut self, connection: &Connection) -> Result<(), DatapathError> {
-        let (client, vip, backend) =
-            (endpoint(&connection.client), endpoint(&connection.vip), endpoint(&connection.backend));
+        let (client, vip, backend) = (
+            EndpointV4::from(connection.client),
+            EndpointV4::from(connection.vip),
+            EndpointV4::from(connection.backend),
+        );
         let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
         // Absent is fine: the kernel may have removed it meanwhile.
         let _ = ingress.remove(&FlowV4::between(&backend, &client));
@@ -367,9 +365,9 @@ fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathErr
     let local_vips: Vec<([u8; 4], u8)> = config.local_vips.iter().map(|a| (a.octets(), 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_VIPS)?, MAP_LOCAL_VIPS, &local_vips)?;
     let services: Vec<(EndpointV4, [u8; 2])> =
-        config.services.iter().map(|(vip, port)| (endpoint(vip), port.to_be_bytes())).collect();
+        config.services.iter().map(|(vip, port)| (EndpointV4::from(*vip), port.to_be_bytes())).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_SERVICES)?, MAP_SERVICES, &services)?;
-    let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (endpoint(vip), 1)).collect();
+    let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (EndpointV4::from(*vip), 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_CLIENT_VIPS)?, MAP_CLIENT_VIPS, &vips)?;
     replace_prefixes(&mut loaded_trie(ebpf, MAP_LB_SOURCES)?, MAP_LB_SOURCES, &config.lb_sources)?;
     replace_prefixes(&mut loaded_trie(ebpf, MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
