@@ -527,3 +527,29 @@ fn translated_and_direct_connections_share_tuples_without_stalls() {
     assert!(heels_after_direct >= 0.5 * heels_fresh, "{rates}");
     assert!(direct_after_heels >= 0.5 * direct_fresh, "{rates}");
 }
+
+/// An ICMP error about a bypassed connection quotes CIP:cport -> DIP:dport;
+/// the client's socket knows CIP:cport -> VIP:vport. The router of the
+/// direct path allows 1200 bytes both ways, less than the 1500 the
+/// endpoints' MSS assumes: every large segment draws "fragmentation
+/// needed", and the transfers complete only if the client translates it.
+#[test]
+fn path_mtu_discovery_works_on_bypassed_connections() {
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
+    for (prefix, device, source) in
+        [("10.10.0.0/24", "br0", "10.10.0.1"), ("10.10.1.0/24", "to-client", "10.10.1.1")]
+    {
+        lab.router()
+            .ip(&["route", "replace", prefix, "dev", device, "src", source, "mtu", "lock", "1200"])
+            .unwrap();
+    }
+    let size = 4 * 1024 * 1024;
+    let report = lab
+        .load(&LoadSpec { concurrency: 4, request: size, response: size, ..verify_spec(lab.service(), 4) })
+        .expect("the load client runs");
+    assert_eq!(report.connections_ok, 4, "errors: {:?}", report.errors);
+    assert_eq!(report.bytes_verified, 4 * 2 * size);
+    let client = lab.client_instance().unwrap();
+    assert!(counter(&client, TcCounter::IcmpRewritten) > 0, "the client translated the router's ICMP errors");
+    assert_only_syns(&lab.lb_counters().unwrap(), 4);
+}

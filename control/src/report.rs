@@ -22,6 +22,7 @@
 //! | `entries_removed` | connections forgotten when their socket closed (client) |
 //! | `errors` | helper failures; the packet went on as far as it got |
 //! | `egress_via_socket` | of `egress_rewritten`, those that found DIP:dport on the socket (client) |
+//! | `icmp_rewritten` | ICMP errors about a bypassed connection whose quote became CIP:cport -> VIP:vport, so the socket gets them (client) |
 //!
 //! Sample (`heels stats --instance client`):
 //!

@@ -25,6 +25,8 @@ const CLIENT: Endpoint = Endpoint::new([10, 10, 1, 2], 40000);
 const VIP: Endpoint = Endpoint::new([10, 10, 100, 1], 80);
 const LB_SNAT: Endpoint = Endpoint::new([10, 10, 2, 1], 51000);
 const DIP: [u8; 4] = [10, 10, 3, 2];
+/// The client's router, which sends ICMP errors about the direct path.
+const ROUTER: [u8; 4] = [10, 10, 1, 1];
 const LOCAL_PORT: u16 = 8080;
 /// Katran's outer source: 172.16.(cip[2] ^ cport_lo).(cip[3] ^ cport_hi)
 /// (katran/lib/bpf/pckt_encap.h: the port in host order shifted into the
@@ -102,6 +104,42 @@ fn ipip(src: [u8; 4], dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// An ICMP "fragmentation needed" (type 3, code 4, next-hop MTU 1200) from
+/// the client's router, quoting `quoted` whole (Linux quotes up to 576
+/// bytes), checksum computed from scratch.
+fn frag_needed(quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x04, 0xb0];
+    icmp.extend_from_slice(quoted);
+    let sum = heels_dataplane::checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let repr = Ipv4Repr {
+        src_addr: ROUTER,
+        dst_addr: CLIENT.addr,
+        protocol: Protocol::Icmp,
+        payload_len: icmp.len(),
+        ttl: 64,
+        ident: 0x5e41,
+        dont_frag: false,
+    };
+    let mut bytes = vec![0; repr.buffer_len()];
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut bytes[..]));
+    bytes.extend_from_slice(&icmp);
+    ethernet(ROUTER_MAC, CLIENT_MAC, &bytes)
+}
+
+/// `packet` (IPv4/TCP) as the client's stack knows it after the quote is
+/// translated: destination VIP:vport, the IPv4 checksum computed anew, the
+/// TCP checksum as it was.
+fn quoted_as_sent_to_vip(packet: &[u8]) -> Vec<u8> {
+    let mut packet = packet.to_vec();
+    packet[16..20].copy_from_slice(&VIP.addr);
+    packet[22..24].copy_from_slice(&VIP.port().to_be_bytes());
+    packet[10..12].fill(0);
+    let sum = heels_dataplane::checksum::checksum(&packet[..20]);
+    packet[10..12].copy_from_slice(&sum.to_be_bytes());
+    packet
+}
+
 struct Vector {
     name: &'static str,
     title: &'static str,
@@ -157,6 +195,7 @@ fn vectors() -> Vec<Vector> {
     );
     let ipip_before = ethernet(LB_MAC, SERVER_MAC, &ipip(IPIP_SRC, DIP, &inner));
     let ipip_after = server_sees(&Ip { src: CLIENT.addr, dst: DIP, ttl: 64, ident: 0x219e });
+    let sent = ip_tcp(&from_client(DIP), CLIENT.port(), LOCAL_PORT, &request);
 
     vec![
         Vector { name: "fullnat-syn-before", title: "full-NAT: the SYN as the server receives it (from the LB's SNAT address, to DIP:vport)", frame: fullnat_before },
@@ -172,6 +211,8 @@ fn vectors() -> Vec<Vector> {
         Vector { name: "egress-data-after", title: "client egress: the same segment, now to DIP:8080", frame: ethernet(CLIENT_MAC, ROUTER_MAC, &ip_tcp(&from_client(DIP), CLIENT.port(), LOCAL_PORT, &request)) },
         Vector { name: "ingress-data-before", title: "client ingress: the server's reply, from DIP:8080", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(DIP), LOCAL_PORT, CLIENT.port(), &reply)) },
         Vector { name: "ingress-data-after", title: "client ingress: the reply as the client's stack sees it, from VIP:vport", frame: ethernet(ROUTER_MAC, CLIENT_MAC, &ip_tcp(&to_client(VIP.addr), VIP.port(), CLIENT.port(), &reply)) },
+        Vector { name: "icmp-frag-needed-before", title: "client ingress: the client's router says \"fragmentation needed\" (MTU 1200) about a segment that left for DIP:8080 (egress-data-after, quoted whole)", frame: frag_needed(&sent) },
+        Vector { name: "icmp-frag-needed-after", title: "client ingress: the same message as the client's stack sees it, about a segment to VIP:vport (quoted IPv4 checksum recomputed, quoted TCP checksum as sent, ICMP checksum updated)", frame: frag_needed(&quoted_as_sent_to_vip(&sent)) },
     ]
 }
 

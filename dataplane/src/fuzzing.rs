@@ -11,11 +11,13 @@
 //! The configuration and table match docs/protocol.md, so a fuzzer seeded
 //! with its vectors reaches every rewrite.
 
+use crate::checksum;
 use crate::checksum::Mode;
 use crate::conntrack::{ConnTable, FlowKey};
 use crate::option::{self, Endpoint};
 use crate::translate::{self, Config, Service, Verdict};
-use crate::wire::{ethernet, EtherType, EthernetFrame, Ipv4Packet, Protocol, TcpPacket};
+use crate::wire::icmpv4::Quote;
+use crate::wire::{ethernet, EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, Protocol, TcpPacket};
 
 /// The client of docs/protocol.md.
 pub const CLIENT: Endpoint = Endpoint::new([10, 10, 1, 2], 40000);
@@ -44,14 +46,22 @@ pub fn table_with_connection() -> ConnTable {
 }
 
 /// `Some(true)` when every IPv4 header and the TCP checksum of the frame
-/// verify, `Some(false)` when one does not, `None` when it is not an
-/// Ethernet/IPv4[/IPIP]/TCP frame.
+/// verify (for an ICMP error: the ICMP checksum and the quoted IPv4
+/// header's), `Some(false)` when one does not, `None` when it is not an
+/// Ethernet/IPv4[/IPIP]/TCP frame or an ICMP error quoting IPv4.
 pub fn checksums_verify(frame: &[u8]) -> Option<bool> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     if eth.ethertype() != EtherType::Ipv4 {
         return None;
     }
     let mut ip = Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]).ok()?;
+    if let Some(quote) = icmp_quote(&ip) {
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+        let quoted_header = &quote[..Quote::new_checked(quote).ok()?.header_len()];
+        return Some(
+            ip.verify_checksum() && icmp.verify_checksum() && checksum::checksum(quoted_header) == 0,
+        );
+    }
     let mut ok = true;
     if ip.protocol() == Protocol::Ipip {
         ok &= ip.verify_checksum();
@@ -79,6 +89,11 @@ pub fn untouchable_from(frame: &[u8]) -> Option<usize> {
     }
     let mut start = ethernet::HEADER_LEN;
     let mut ip = Ipv4Packet::new_checked(&frame[start..]).ok()?;
+    if let Some(quote) = icmp_quote(&ip) {
+        // An ICMP error's rewrite ends with the quoted destination port.
+        let quote_at = start + usize::from(ip.header_len()) + crate::wire::icmpv4::HEADER_LEN;
+        return Some(quote_at + Quote::new_checked(quote).ok()?.header_len() + 4);
+    }
     if ip.protocol() == Protocol::Ipip {
         start += usize::from(ip.header_len());
         let end = ethernet::HEADER_LEN + usize::from(ip.total_len());
@@ -86,6 +101,20 @@ pub fn untouchable_from(frame: &[u8]) -> Option<usize> {
     }
     let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
     Some(start + usize::from(ip.header_len()) + usize::from(tcp.header_len()))
+}
+
+/// The quoted packet of an ICMP error that quotes IPv4, if `ip` carries one.
+fn icmp_quote<'a>(ip: &'a Ipv4Packet<&[u8]>) -> Option<&'a [u8]> {
+    if ip.protocol() != Protocol::Icmp {
+        return None;
+    }
+    let payload: &'a [u8] = ip.payload();
+    let icmp = Icmpv4Packet::new_checked(payload).ok()?;
+    if !icmp.is_error() {
+        return None;
+    }
+    let quote = &payload[crate::wire::icmpv4::HEADER_LEN..];
+    Quote::new_checked(quote).ok().map(|_| quote)
 }
 
 /// Checks a translation's outcome against the invariants above. `before`

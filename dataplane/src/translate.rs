@@ -20,10 +20,13 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::checksum::Mode;
+use crate::checksum::{self, Mode};
 use crate::conntrack::{ConnTable, FlowKey};
 use crate::option::{self, Endpoint};
-use crate::wire::{ethernet, EtherType, EthernetFrame, Ipv4Packet, Protocol, TcpFlags, TcpPacket};
+use crate::wire::icmpv4::Quote;
+use crate::wire::{
+    ethernet, EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, Protocol, TcpFlags, TcpPacket,
+};
 
 /// An IPv4 prefix such as `10.10.0.0/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,6 +466,7 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
 pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &ConnTable, now: u32) -> Verdict {
     let at = match locate(frame, false) {
         Ok(at) => at,
+        Err(Reason::NotTcp) => return icmp_error_ingress(frame, table, now),
         Err(reason) => return Verdict::Pass(reason),
     };
     if at.flags.is_syn_ack() {
@@ -480,6 +484,53 @@ pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &Con
         }
         None => Verdict::Pass(Reason::NoEntry),
     }
+}
+
+/// Client ingress of an ICMP error about a bypassed connection (a router
+/// on the direct path saying "fragmentation needed", the server's host
+/// saying "port unreachable"). It quotes the packet as it left,
+/// CIP:cport -> DIP:dport; the client's stack knows the connection as
+/// CIP:cport -> VIP:vport and would ignore it, so path MTU discovery would
+/// break. The quote's destination is rewritten to VIP:vport, with the
+/// quoted IPv4 checksum and the ICMP checksum; the quoted TCP checksum is
+/// left as it was (see [`crate::wire::icmpv4::Quote::rewrite_dst`]).
+fn icmp_error_ingress(frame: &mut [u8], table: &ConnTable, now: u32) -> Verdict {
+    let ip_at = ethernet::HEADER_LEN;
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[ip_at..]) else {
+        return Verdict::Pass(Reason::Malformed);
+    };
+    if ip.protocol() != Protocol::Icmp {
+        return Verdict::Pass(Reason::NotTcp);
+    }
+    let (icmp_at, end) = (ip_at + usize::from(ip.header_len()), ip_at + usize::from(ip.total_len()));
+    let Ok(icmp) = Icmpv4Packet::new_checked(&frame[icmp_at..end]) else {
+        return Verdict::Pass(Reason::Malformed);
+    };
+    if !icmp.is_error() {
+        return Verdict::Pass(Reason::NotTcp);
+    }
+    let Ok(quote) = Quote::new_checked(icmp.payload()) else {
+        return Verdict::Pass(Reason::Malformed);
+    };
+    if quote.protocol() != Protocol::Tcp {
+        return Verdict::Pass(Reason::NotTcp);
+    }
+    let (wire_dst, client) = (
+        Endpoint::new(quote.dst_addr(), quote.dst_port()),
+        Endpoint::new(quote.src_addr(), quote.src_port()),
+    );
+    let Some(vip) = table.lookup(&FlowKey { src: wire_dst, dst: client }, now) else {
+        return Verdict::Pass(Reason::NoEntry);
+    };
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut frame[icmp_at..end]);
+    let mut check = icmp.checksum();
+    let mut quote = Quote::new_checked(icmp.payload_mut()).expect("checked above");
+    let (old_ip_check, new_ip_check) = quote.rewrite_dst(vip.addr, vip.port());
+    check = checksum::update32(check, u32::from_be_bytes(wire_dst.addr), u32::from_be_bytes(vip.addr));
+    check = checksum::update16(check, wire_dst.port(), vip.port());
+    check = checksum::update16(check, old_ip_check, new_ip_check);
+    icmp.set_checksum(check);
+    Verdict::Rewritten { start: 0 }
 }
 
 fn learn(

@@ -23,7 +23,7 @@ pub fn vector(name: &str) -> Vec<u8> {
 }
 
 /// The name of every vector, in document order.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 15] = [
     "fullnat-syn-before",
     "fullnat-syn-after",
     "dnat-syn-before",
@@ -37,6 +37,8 @@ pub const ALL: [&str; 13] = [
     "egress-data-after",
     "ingress-data-before",
     "ingress-data-after",
+    "icmp-frag-needed-before",
+    "icmp-frag-needed-after",
 ];
 
 #[cfg(test)]
@@ -79,12 +81,45 @@ mod tests {
         etherparse_verifies(&as_frame);
     }
 
+    fn etherparse_verifies_icmp(frame: &[u8]) {
+        use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
+        let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse parses the frame");
+        let Some(NetSlice::Ipv4(ipv4)) = sliced.net else { panic!("not IPv4") };
+        let header = ipv4.header().to_header();
+        assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 checksum");
+        let Some(TransportSlice::Icmpv4(icmp)) = sliced.transport else { panic!("not ICMP") };
+        assert!(matches!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(_)));
+        let expected = icmp.header().icmp_type.calc_checksum(icmp.payload());
+        assert_eq!(icmp.checksum(), expected, "ICMP checksum");
+        // The quoted IPv4 header verifies on its own.
+        let quoted = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).expect("quoted header");
+        let quoted = quoted.to_header();
+        assert_eq!(quoted.header_checksum, quoted.calc_header_checksum(), "quoted IPv4 checksum");
+    }
+
+    #[test]
+    fn icmp_error_about_a_bypassed_connection_is_translated() {
+        let table = fuzzing::table_with_connection();
+        let mut frame = vector("icmp-frag-needed-before");
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+        assert_eq!(frame, vector("icmp-frag-needed-after"));
+        // Without a connection it is left alone.
+        let mut frame = vector("icmp-frag-needed-before");
+        let verdict =
+            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &ConnTable::new(4, 60), 1);
+        assert_eq!(verdict, Verdict::Pass(Reason::NoEntry));
+        assert_eq!(frame, vector("icmp-frag-needed-before"));
+    }
+
     #[test]
     fn every_vector_verifies_with_etherparse() {
         for name in ALL {
             let frame = vector(name);
             if name == "ipip-syn-before" {
                 etherparse_verifies_ipip(&frame);
+            } else if name.starts_with("icmp") {
+                etherparse_verifies_icmp(&frame);
             } else {
                 etherparse_verifies(&frame);
             }

@@ -490,6 +490,11 @@ impl Lab {
         &self.hosts[0]
     }
 
+    /// The router's namespace (the direct path between client and servers).
+    pub fn router(&self) -> &NetNs {
+        self.router.as_ref().expect("the router lives as long as the lab")
+    }
+
     /// Server host `i`.
     pub fn server(&self, i: usize) -> &Host {
         &self.hosts[2 + i]

@@ -260,6 +260,7 @@ fn open(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> 
     };
     let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(20)))?;
     stream.set_nodelay(true)?;
     let mut hello = [0u8; HELLO_LEN];
     stream.read_exact(&mut hello)?;

@@ -32,6 +32,8 @@ pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 /// Transport protocols HEELS looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// 1: ICMP.
+    Icmp,
     /// 4: IPv4 in IPv4 (IPIP).
     Ipip,
     /// 6.
@@ -43,6 +45,7 @@ pub enum Protocol {
 impl From<u8> for Protocol {
     fn from(value: u8) -> Self {
         match value {
+            1 => Protocol::Icmp,
             4 => Protocol::Ipip,
             6 => Protocol::Tcp,
             other => Protocol::Unknown(other),
@@ -53,6 +56,7 @@ impl From<u8> for Protocol {
 impl From<Protocol> for u8 {
     fn from(value: Protocol) -> Self {
         match value {
+            Protocol::Icmp => 1,
             Protocol::Ipip => 4,
             Protocol::Tcp => 6,
             Protocol::Unknown(other) => other,

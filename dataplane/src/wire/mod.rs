@@ -11,10 +11,12 @@
 use core::fmt;
 
 pub mod ethernet;
+pub mod icmpv4;
 pub mod ipv4;
 pub mod tcp;
 
 pub use ethernet::{EtherType, Frame as EthernetFrame, Repr as EthernetRepr};
+pub use icmpv4::Packet as Icmpv4Packet;
 pub use ipv4::{Packet as Ipv4Packet, Protocol, Repr as Ipv4Repr};
 pub use tcp::{Flags as TcpFlags, Packet as TcpPacket, Repr as TcpRepr};
 

@@ -237,13 +237,17 @@ pub enum TcCounter {
     /// A SYN addressed to a VIP this host holds (decapsulated before heels),
     /// translated to this host's own address.
     SynTranslatedFromVip = 16,
+    /// An ICMP error about a bypassed connection (it quoted CIP:cport ->
+    /// DIP:dport), its quote rewritten to CIP:cport -> VIP:vport so that
+    /// the socket gets it (path MTU discovery).
+    IcmpRewritten = 17,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 17] = [
+    pub const ALL: [TcCounter; 18] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -261,6 +265,7 @@ impl TcCounter {
         TcCounter::SynListenerUnserved,
         TcCounter::SynTupleInUse,
         TcCounter::SynTranslatedFromVip,
+        TcCounter::IcmpRewritten,
     ];
 
     /// A snake_case name for output.
@@ -283,6 +288,7 @@ impl TcCounter {
             TcCounter::SynListenerUnserved => "syn_listener_unserved",
             TcCounter::SynTupleInUse => "syn_tuple_in_use",
             TcCounter::SynTranslatedFromVip => "syn_translated_from_vip",
+            TcCounter::IcmpRewritten => "icmp_rewritten",
         }
     }
 }

@@ -32,6 +32,14 @@ const TC_ACT_OK: i32 = 0;
 const ETH_HLEN: usize = 14;
 const IP: usize = ETH_HLEN;
 
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+/// ICMP errors that quote the packet they are about.
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMP_HLEN: usize = 8;
+
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
@@ -99,7 +107,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
     let frag: [u8; 2] = read(ctx, IP + 6)?;
     let protocol: u8 = read(ctx, IP + 9)?;
-    if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 || protocol != 6 {
+    if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 || protocol != IPPROTO_TCP {
         return Ok(None);
     }
     let tcp = IP + ihl;
@@ -194,6 +202,9 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         return Ok(());
     }
     let protocol: u8 = read(ctx, IP + 9)?;
+    if protocol == IPPROTO_ICMP {
+        return client_icmp(ctx);
+    }
     let mut tunnel = Tunnel::NONE;
     if protocol == 4 {
         tunnel = decapsulate(ctx)?;
@@ -220,6 +231,75 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         rewrite(ctx, &segment, Side::Src, &vip)?;
         count(TcCounter::IngressRewritten);
     }
+    Ok(())
+}
+
+/// Client ingress of an ICMP error about a bypassed connection: it quotes
+/// the packet as it left (CIP:cport -> DIP:dport), which the client's
+/// socket (CIP:cport -> VIP:vport) would not recognise, so path MTU
+/// discovery would break. The quote's destination becomes VIP:vport; the
+/// quoted IPv4 checksum and the ICMP checksum follow; the quoted TCP
+/// checksum stays as sent (nobody verifies it). As `icmp_error_ingress`
+/// of the dataplane core.
+#[inline(always)]
+fn client_icmp(ctx: &TcContext) -> Result<(), ()> {
+    // Offsets here depend on two header lengths: the helper's own bounds
+    // check (bpf_skb_load_bytes) rather than direct access, which the
+    // verifier cannot follow through two variable offsets.
+    let load = |offset: usize| -> Result<[u8; 4], ()> { ctx.load::<[u8; 4]>(offset).map_err(|_| ()) };
+    let ver_ihl: u8 = ctx.load(IP).map_err(|_| ())?;
+    let frag: [u8; 2] = ctx.load(IP + 6).map_err(|_| ())?;
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 {
+        return Ok(());
+    }
+    let icmp = IP + ihl;
+    let quote = icmp + ICMP_HLEN;
+    let (Ok(icmp_head), Ok(quote_head), Ok(quote_protocol)) = (load(icmp), load(quote), load(quote + 8))
+    else {
+        return Ok(());
+    };
+    let (icmp_type, quote_ver_ihl, quote_protocol) = (icmp_head[0], quote_head[0], quote_protocol[1]);
+    let quote_ihl = usize::from(quote_ver_ihl & 0x0f) * 4;
+    let is_error = matches!(icmp_type, ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM);
+    if !is_error || quote_ver_ihl >> 4 != 4 || quote_ihl < 20 || quote_protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let ports_at = quote + quote_ihl;
+    let (Ok(addrs), Ok(ports)) = (ctx.load::<[u8; 8]>(quote + 12), load(ports_at)) else {
+        return Ok(());
+    };
+    let client = EndpointV4 {
+        addr: [addrs[0], addrs[1], addrs[2], addrs[3]],
+        port: [ports[0], ports[1]],
+        pad: [0; 2],
+    };
+    let wire_dst = EndpointV4 {
+        addr: [addrs[4], addrs[5], addrs[6], addrs[7]],
+        port: [ports[2], ports[3]],
+        pad: [0; 2],
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(vip) = (unsafe { INGRESS.get(FlowV4::between(&wire_dst, &client)) }).copied() else {
+        return Ok(());
+    };
+    let icmp_check = icmp + 2;
+    let quote_check = quote + 10;
+    let old_quote_check: [u8; 2] = ctx.load(quote_check).map_err(|_| ())?;
+    let (from, into) =
+        (u64::from(u32::from_ne_bytes(wire_dst.addr)), u64::from(u32::from_ne_bytes(vip.addr)));
+    ctx.store(quote + 16, &vip.addr, 0).map_err(|_| ())?;
+    ctx.l3_csum_replace(quote_check, from, into, 4).map_err(|_| ())?;
+    ctx.l4_csum_replace(icmp_check, from, into, 4).map_err(|_| ())?;
+    let (from, into) =
+        (u64::from(u16::from_ne_bytes(wire_dst.port)), u64::from(u16::from_ne_bytes(vip.port)));
+    ctx.store(ports_at + 2, &vip.port, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(icmp_check, from, into, 2).map_err(|_| ())?;
+    let new_quote_check: [u8; 2] = ctx.load(quote_check).map_err(|_| ())?;
+    let (from, into) =
+        (u64::from(u16::from_ne_bytes(old_quote_check)), u64::from(u16::from_ne_bytes(new_quote_check)));
+    ctx.l4_csum_replace(icmp_check, from, into, 2).map_err(|_| ())?;
+    count(TcCounter::IcmpRewritten);
     Ok(())
 }
 
