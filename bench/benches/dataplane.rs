@@ -17,7 +17,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use heels_dataplane::checksum::Mode;
 use heels_dataplane::conntrack::{ConnTable, FlowKey};
-use heels_dataplane::fuzzing::{config, table_with_connection, BACKEND, CLIENT, VIP};
+use heels_dataplane::fuzzing::{config, sockets, table_with_connection, BACKEND, CLIENT, VIP};
 use heels_dataplane::option::{self, Endpoint};
 use heels_dataplane::translate::{self, Verdict};
 use heels_dataplane::vectors::vector;
@@ -27,6 +27,7 @@ fn translations(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let config = config();
     let table = table_with_connection();
+    let sockets = sockets();
 
     let frame = vector("egress-data-before");
     let mut buf = frame.clone();
@@ -53,9 +54,9 @@ fn translations(c: &mut Criterion) {
                 buf.copy_from_slice(&frame);
                 let verdict = match name {
                     "client_ingress_syn_ack_learn" => {
-                        translate::client_ingress(&mut buf, Mode::Full, &config, &table, 1)
+                        translate::client_ingress(&mut buf, Mode::Full, &config, &table, &sockets, 1)
                     }
-                    _ => translate::server_syn_ingress(&mut buf, Mode::Full, &config),
+                    _ => translate::server_syn_ingress(&mut buf, Mode::Full, &config, &sockets),
                 };
                 assert!(matches!(verdict, Verdict::Rewritten { .. }));
                 black_box(verdict)
@@ -80,6 +81,7 @@ fn translations(c: &mut Criterion) {
 /// the other endpoint, `back` maps it home again.
 fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let config = config();
+    let sockets = sockets();
     let two_tables = |forth: (FlowKey, Endpoint), back: (FlowKey, Endpoint)| {
         let (a, b) = (ConnTable::new(16, 60), ConnTable::new(16, 60));
         a.insert(forth.0, forth.1, 0).expect("room");
@@ -110,7 +112,8 @@ fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measuremen
         b.iter(|| {
             flip = !flip;
             let table = if flip { &forth } else { &back };
-            let verdict = translate::client_ingress(black_box(&mut buf), Mode::Full, &config, table, 1);
+            let verdict =
+                translate::client_ingress(black_box(&mut buf), Mode::Full, &config, table, &sockets, 1);
             assert_eq!(verdict, Verdict::Rewritten { start: 0 });
             black_box(verdict)
         })

@@ -15,7 +15,7 @@ use crate::checksum;
 use crate::checksum::Mode;
 use crate::conntrack::{ConnTable, FlowKey};
 use crate::option::{self, Endpoint};
-use crate::translate::{self, Config, Service, Verdict};
+use crate::translate::{self, Config, Service, Sockets, Verdict};
 use crate::wire::icmpv4::Quote;
 use crate::wire::{ethernet, EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, Protocol, TcpPacket};
 
@@ -34,6 +34,75 @@ pub fn config() -> Config {
         lb_sources: vec!["10.10.2.0/24".parse().expect("prefix"), "172.16.0.0/16".parse().expect("prefix")],
         vips: vec![VIP],
         backends: vec!["10.10.3.0/24".parse().expect("prefix")],
+        local_vips: Vec::new(),
+        dsr_addr: None,
+    }
+}
+
+/// The sockets of the host of docs/protocol.md, as its kernel would report
+/// them to heels: listeners that heels saw start (served) or did not, the
+/// 4-tuples other connections hold, the sockets that are connecting, and
+/// the records of translated SYNs.
+#[derive(Debug, Default)]
+pub struct HostSockets {
+    /// Ports with a listener heels saw start.
+    pub served_ports: Vec<u16>,
+    /// Ports with a listener opened before heels.
+    pub unserved_ports: Vec<u16>,
+    /// 4-tuples (as the server's stack sees them) held by other connections.
+    pub held: Vec<FlowKey>,
+    /// (client, VIP) of sockets that are connecting.
+    pub connecting: Vec<(Endpoint, Endpoint)>,
+    records: std::sync::Mutex<Vec<(FlowKey, Endpoint)>>,
+}
+
+impl HostSockets {
+    /// The record of a translated tuple, if any.
+    pub fn recorded(&self, flow: &FlowKey) -> Option<Endpoint> {
+        self.records.lock().expect("records").iter().find(|(f, _)| f == flow).map(|(_, vip)| *vip)
+    }
+}
+
+/// The host of docs/protocol.md: a served listener on the backend's port,
+/// the client's socket connecting to the VIP.
+pub fn sockets() -> HostSockets {
+    HostSockets {
+        served_ports: vec![BACKEND.port()],
+        connecting: vec![(CLIENT, VIP)],
+        ..HostSockets::default()
+    }
+}
+
+impl Sockets for HostSockets {
+    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), translate::Reason> {
+        if self.held.contains(flow) {
+            return if self.recorded(flow) == Some(vip) {
+                Ok(())
+            } else {
+                Err(translate::Reason::TupleInUse)
+            };
+        }
+        if self.served_ports.contains(&flow.dst.port()) {
+            Ok(())
+        } else if self.unserved_ports.contains(&flow.dst.port()) {
+            Err(translate::Reason::ListenerUnserved)
+        } else {
+            Err(translate::Reason::NoListener)
+        }
+    }
+
+    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+        let mut records = self.records.lock().expect("records");
+        records.retain(|(f, _)| f != flow);
+        records.push((*flow, vip));
+    }
+
+    fn forget(&self, flow: &FlowKey) {
+        self.records.lock().expect("records").retain(|(f, _)| f != flow);
+    }
+
+    fn connecting(&self, client: Endpoint, vip: Endpoint) -> bool {
+        self.connecting.contains(&(client, vip))
     }
 }
 
@@ -127,14 +196,32 @@ pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
         }
         Verdict::Rewritten { start } => {
             assert!(start < after.len(), "start {start} past the frame");
-            let untouchable = untouchable_from(before).expect("a rewritten frame was a TCP frame");
+            // A frame that was only decapsulated (its inner packet neither
+            // TCP nor an ICMP error) keeps every byte of the inner packet.
+            let untouchable = untouchable_from(before).unwrap_or(start + ethernet::HEADER_LEN);
             assert_eq!(before[untouchable..], after[untouchable..], "a rewrite changed payload or padding");
-            let valid_after = checksums_verify(&after[start..]).expect("a rewritten frame parses");
-            if checksums_verify(before) == Some(true) {
-                assert!(valid_after, "checksums broken by the rewrite");
+            if untouchable_from(before).is_some() {
+                let valid_after = checksums_verify(&after[start..]).expect("a rewritten frame parses");
+                if checksums_verify(before) == Some(true) {
+                    assert!(valid_after, "checksums broken by the rewrite");
+                }
             }
         }
     }
+}
+
+/// A host's whole ingress ([`translate::ingress`]) on an arbitrary frame;
+/// returns the outcome.
+pub fn ingress(data: &[u8]) -> translate::Ingress {
+    let mut frame = data.to_vec();
+    let (table, sockets) = (table_with_connection(), sockets());
+    let outcome = translate::ingress(&mut frame, Mode::Full, &config(), &table, &sockets, 1);
+    let verdict = match outcome {
+        translate::Ingress { start: 0, verdict } => verdict,
+        translate::Ingress { start, .. } => Verdict::Rewritten { start },
+    };
+    check_outcome(data, &frame, verdict);
+    outcome
 }
 
 /// The option parser on arbitrary bytes.
@@ -151,7 +238,7 @@ pub fn option_list(data: &[u8]) {
 /// Server SYN ingress on an arbitrary frame; returns the verdict.
 pub fn server_syn_ingress(data: &[u8]) -> Verdict {
     let mut frame = data.to_vec();
-    let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &config());
+    let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &config(), &sockets());
     if let (Verdict::Rewritten { .. }, false) = (verdict, cfg!(fuzzing)) {
         assert_eq!(checksums_verify(data), Some(true), "rewrote a frame with bad checksums");
     }
@@ -172,11 +259,11 @@ pub fn client_ingress(data: &[u8]) -> Verdict {
     let mut frame = data.to_vec();
     // An empty table: SYN-ACKs learn; then the frame runs again as data.
     let table = ConnTable::new(16, 60);
-    let verdict = translate::client_ingress(&mut frame, Mode::Full, &config(), &table, 1);
+    let verdict = translate::client_ingress(&mut frame, Mode::Full, &config(), &table, &sockets(), 1);
     check_outcome(data, &frame, verdict);
     let mut again = data.to_vec();
     let table = table_with_connection();
-    let second = translate::client_ingress(&mut again, Mode::Full, &config(), &table, 1);
+    let second = translate::client_ingress(&mut again, Mode::Full, &config(), &table, &sockets(), 1);
     check_outcome(data, &again, second);
     verdict
 }

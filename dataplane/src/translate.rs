@@ -118,6 +118,30 @@ pub struct Config {
     pub vips: Vec<Endpoint>,
     /// Where backends may be: a SYN-ACK naming a DIP elsewhere is ignored.
     pub backends: Vec<Prefix>,
+    /// Service VIPs this host holds itself (direct server return, the LB's
+    /// encapsulation removed before heels).
+    pub local_vips: Vec<[u8; 4]>,
+    /// Where a SYN addressed to one of `local_vips` is translated to.
+    pub dsr_addr: Option<[u8; 4]>,
+}
+
+/// What the host's sockets say, for the checks that need them (the TC
+/// programs ask the kernel: `bpf_skc_lookup_tcp`, socket storage, the
+/// `HEELS_TRANSLATED` record that sockops reads).
+pub trait Sockets {
+    /// Whether a socket will answer a SYN translated to `flow`
+    /// (CIP:cport -> DIP:dport) for `vip` with the SYN-ACK form: a served
+    /// listener and a free tuple, or the tuple's previous translated
+    /// connection to the same VIP (its TIME_WAIT or request). Otherwise
+    /// the refusal: [`Reason::NoListener`], [`Reason::ListenerUnserved`]
+    /// or [`Reason::TupleInUse`].
+    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
+    /// Records that a SYN was translated to `flow` for `vip`.
+    fn record(&self, flow: &FlowKey, vip: Endpoint);
+    /// Forgets the record of `flow` (a SYN that was not translated).
+    fn forget(&self, flow: &FlowKey);
+    /// Whether a socket of this host is connecting from `client` to `vip`.
+    fn connecting(&self, client: Endpoint, vip: Endpoint) -> bool;
 }
 
 impl Config {
@@ -139,6 +163,10 @@ impl Config {
 
     fn is_backend(&self, addr: [u8; 4]) -> bool {
         self.backends.iter().any(|p| p.contains(addr))
+    }
+
+    fn holds_vip(&self, addr: [u8; 4]) -> bool {
+        self.local_vips.contains(&addr)
     }
 }
 
@@ -183,11 +211,21 @@ pub enum Reason {
     LearnedViaLb,
     /// No room for the connection's entries.
     TableFull,
+    /// No socket would answer the translated SYN (no listener on its port).
+    NoListener,
+    /// The listener was opened before heels: it cannot write the SYN-ACK form.
+    ListenerUnserved,
+    /// Another connection holds the translated 4-tuple.
+    TupleInUse,
+    /// A SYN-ACK form for a connection no socket of this host is opening.
+    NotConnecting,
+    /// A handshake packet carrying data (TCP Fast Open): not acted on.
+    HandshakeWithData,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 23] = [
         Reason::NotIpv4,
         Reason::NotTcp,
         Reason::Fragment,
@@ -206,6 +244,11 @@ impl Reason {
         Reason::ClientSyn,
         Reason::LearnedViaLb,
         Reason::TableFull,
+        Reason::NoListener,
+        Reason::ListenerUnserved,
+        Reason::TupleInUse,
+        Reason::NotConnecting,
+        Reason::HandshakeWithData,
     ];
 
     /// A short snake_case name for counters and logs.
@@ -229,6 +272,11 @@ impl Reason {
             Reason::ClientSyn => "client_syn",
             Reason::LearnedViaLb => "learned_via_lb",
             Reason::TableFull => "table_full",
+            Reason::NoListener => "no_listener",
+            Reason::ListenerUnserved => "listener_unserved",
+            Reason::TupleInUse => "tuple_in_use",
+            Reason::NotConnecting => "not_connecting",
+            Reason::HandshakeWithData => "handshake_with_data",
         }
     }
 }
@@ -342,21 +390,51 @@ impl Located {
         TcpPacket::new_unchecked(&frame[self.tcp..self.end])
     }
 
-    /// Full verification of every IPv4 header and the TCP checksum (the
-    /// latter only when the frame carries a complete one).
-    fn checksums_verify(&self, frame: &[u8], mode: Mode) -> bool {
+    /// The checks a handshake packet passes before it drives anything: no
+    /// payload (a TCP Fast Open SYN stays on the LB path), every IPv4
+    /// header checksum verifies, and the TCP checksum verifies or holds
+    /// the pseudo-header sum a local sender leaves for offload (which a
+    /// TC program cannot tell from a complete one; `Mode::PseudoHeaderOnly`
+    /// skips the TCP check altogether).
+    fn handshake_verifies(&self, frame: &[u8], mode: Mode) -> Result<(), Reason> {
+        let tcp = self.tcp(frame);
+        if !tcp.payload().is_empty() {
+            return Err(Reason::HandshakeWithData);
+        }
         // A fuzzer seldom forges a valid checksum; let it reach the rewrites.
         if cfg!(fuzzing) {
-            return true;
+            return Ok(());
         }
         let outer_ok = match self.tunnel {
             Some(_) => Ipv4Packet::new_unchecked(&frame[ethernet::HEADER_LEN..]).verify_checksum(),
             None => true,
         };
-        outer_ok
-            && self.ip(frame).verify_checksum()
-            && (mode == Mode::PseudoHeaderOnly
-                || self.tcp(frame).verify_checksum(self.src.addr, self.dst.addr))
+        let tcp_ok = mode == Mode::PseudoHeaderOnly
+            || tcp.verify_checksum(self.src.addr, self.dst.addr)
+            || tcp.checksum()
+                == checksum::fold(checksum::pseudo_header_sum(
+                    self.src.addr,
+                    self.dst.addr,
+                    6,
+                    (self.end - self.tcp) as u16,
+                ));
+        if outer_ok && self.ip(frame).verify_checksum() && tcp_ok {
+            Ok(())
+        } else {
+            Err(Reason::BadChecksum)
+        }
+    }
+
+    /// Drops the outer header of an IPIP frame (moving the Ethernet header
+    /// over it); returns where the frame now starts.
+    fn strip_tunnel(&self, frame: &mut [u8]) -> usize {
+        match self.tunnel {
+            Some(tunnel) => {
+                frame.copy_within(0..ethernet::HEADER_LEN, tunnel.header_len);
+                tunnel.header_len
+            }
+            None => 0,
+        }
     }
 
     /// Rewrites one endpoint, updating the IPv4 checksum and, as `mode`
@@ -379,58 +457,141 @@ impl Located {
     }
 }
 
-fn pass_on_err<T>(result: Result<T, Reason>) -> Result<T, Verdict> {
-    result.map_err(Verdict::Pass)
-}
-
 /// Server ingress (DESIGN section 4): a SYN carrying the SYN form, for one
-/// of this host's services, from the client it names or an LB source, is
-/// rewritten to CIP:cport -> DIP:dport (decapsulated first if it came in
-/// IPIP to a local address). The option stays for the sockops program.
+/// of this host's services, from the client it names or an LB source, that
+/// a socket of this host will answer with the SYN-ACK form, is rewritten to
+/// CIP:cport -> DIP:dport (decapsulated first if it came in IPIP to a local
+/// address) and recorded in `sockets`. The option stays for the sockops
+/// program. Any SYN not translated forgets its tuple's record.
 ///
 /// The caller marks a rewritten SYN (skb mark) so that replies of the
 /// connection can be routed around a DNAT LB.
-pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Verdict {
-    match try_server_syn_ingress(frame, mode, config) {
-        Ok(verdict) | Err(verdict) => verdict,
+pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config, sockets: &dyn Sockets) -> Verdict {
+    let at = match locate(frame, true) {
+        Ok(at) => at,
+        Err(reason) => return Verdict::Pass(reason),
+    };
+    if !at.flags.is_syn() {
+        return Verdict::Pass(Reason::NotHandshake);
     }
+    if let Err(reason) = server_syn(frame, &at, mode, config, sockets) {
+        return Verdict::Pass(reason);
+    }
+    Verdict::Rewritten { start: at.strip_tunnel(frame) }
 }
 
-fn try_server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config) -> Result<Verdict, Verdict> {
-    let at = pass_on_err(locate(frame, true))?;
-    if !at.flags.is_syn() {
-        return Err(Verdict::Pass(Reason::NotHandshake));
+/// The server's work on a located SYN: checks, record, rewrite (not the
+/// IPIP strip). An error leaves the frame as it came.
+fn server_syn(
+    frame: &mut [u8],
+    at: &Located,
+    mode: Mode,
+    config: &Config,
+    sockets: &dyn Sockets,
+) -> Result<(), Reason> {
+    let result = try_server_syn(frame, at, mode, config, sockets);
+    if result.is_err() {
+        sockets.forget(&FlowKey { src: at.src, dst: at.dst });
     }
-    let found = option::find(at.tcp(frame).options())
-        .map_err(|_| Verdict::Pass(Reason::BadOption))?
-        .ok_or(Verdict::Pass(Reason::NoOption))?;
+    result
+}
+
+fn try_server_syn(
+    frame: &mut [u8],
+    at: &Located,
+    mode: Mode,
+    config: &Config,
+    sockets: &dyn Sockets,
+) -> Result<(), Reason> {
+    let found =
+        option::find(at.tcp(frame).options()).map_err(|_| Reason::BadOption)?.ok_or(Reason::NoOption)?;
     let syn = found.syn();
-    // DIP: where the packet was sent, the outer destination for IPIP.
-    let dip = match at.tunnel {
-        Some(tunnel) => tunnel.dst,
-        None => at.ip(frame).dst_addr(),
+    let from_client = at.src == syn.client;
+    // DIP: where the packet was sent (the outer destination for IPIP); for
+    // a SYN addressed to a VIP this host holds itself (decapsulated before
+    // heels), this host's own address.
+    let dip = match (at.tunnel, config.dsr_addr) {
+        (Some(tunnel), _) => tunnel.dst,
+        (None, Some(dsr)) if at.dst == syn.vip && from_client && config.holds_vip(syn.vip.addr) => dsr,
+        (None, _) => at.dst.addr,
     };
     if !config.is_local(dip) {
-        return Err(Verdict::Pass(Reason::NotLocal));
+        return Err(Reason::NotLocal);
     }
-    let local_port = config.local_port(syn.vip).ok_or(Verdict::Pass(Reason::UnknownService))?;
+    let local_port = config.local_port(syn.vip).ok_or(Reason::UnknownService)?;
     let from_lb = config.is_lb_source(at.src.addr) || at.tunnel.is_some_and(|t| config.is_lb_source(t.src));
-    if at.src != syn.client && !from_lb {
-        return Err(Verdict::Pass(Reason::SourceNotAllowed));
+    if !from_client && !from_lb {
+        return Err(Reason::SourceNotAllowed);
     }
-    if !at.checksums_verify(frame, mode) {
-        return Err(Verdict::Pass(Reason::BadChecksum));
-    }
+    at.handshake_verifies(frame, mode)?;
+    let backend = Endpoint::new(dip, local_port);
+    let translated = FlowKey { src: syn.client, dst: backend };
+    sockets.answers(&translated, syn.vip)?;
+    sockets.record(&translated, syn.vip);
     at.rewrite(frame, Side::Src, syn.client, mode);
-    at.rewrite(frame, Side::Dst, Endpoint::new(dip, local_port), mode);
-    let start = match at.tunnel {
-        Some(tunnel) => {
-            frame.copy_within(0..ethernet::HEADER_LEN, tunnel.header_len);
-            tunnel.header_len
-        }
-        None => 0,
+    at.rewrite(frame, Side::Dst, backend, mode);
+    Ok(())
+}
+
+/// The outcome of [`ingress`]: where the frame now starts (after IPIP
+/// decapsulation) and what became of the packet inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingress {
+    /// Offset of the Ethernet header: the outer IPv4 header's length when
+    /// the frame was decapsulated, else 0.
+    pub start: usize,
+    /// What became of the (inner) packet.
+    pub verdict: Verdict,
+}
+
+/// Everything a host does on ingress, in the order the TC ingress program
+/// does it: the one behaviour of both dataplanes (docs/protocol.md, the
+/// conformance cases). IPIP to a local address whose inner header is IPv4
+/// is decapsulated whatever it carries (the host has no other
+/// decapsulator); then a SYN takes the server path, a SYN-ACK with the
+/// SYN-ACK form the learning path, an ICMP error the quote translation,
+/// and any other packet of a known connection the source rewrite.
+pub fn ingress(
+    frame: &mut [u8],
+    mode: Mode,
+    config: &Config,
+    table: &ConnTable,
+    sockets: &dyn Sockets,
+    now: u32,
+) -> Ingress {
+    let decapsulate = ipip_to_local(frame, config);
+    let verdict = match locate(frame, decapsulate) {
+        Err(Reason::NotTcp) if !decapsulate => icmp_error_ingress(frame, table, now),
+        Err(reason) => Verdict::Pass(reason),
+        Ok(at) if at.flags.is_syn() => match server_syn(frame, &at, mode, config, sockets) {
+            Ok(()) => Verdict::Rewritten { start: 0 },
+            Err(reason) => Verdict::Pass(reason),
+        },
+        Ok(at) => client_located(frame, &at, mode, config, table, sockets, now),
     };
-    Ok(Verdict::Rewritten { start })
+    if !decapsulate {
+        return Ingress { start: 0, verdict };
+    }
+    let header_len = usize::from(frame[ethernet::HEADER_LEN] & 0x0f) * 4;
+    frame.copy_within(0..ethernet::HEADER_LEN, header_len);
+    Ingress { start: header_len, verdict }
+}
+
+/// True for an unfragmented IPIP packet to one of this host's addresses
+/// whose inner header starts as IPv4 should (version 4, IHL at least 5).
+fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    let Ok(outer) = Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]) else {
+        return false;
+    };
+    let inner = ethernet::HEADER_LEN + usize::from(outer.header_len());
+    eth.ethertype() == EtherType::Ipv4
+        && outer.protocol() == Protocol::Ipip
+        && !outer.is_fragment()
+        && config.is_local(outer.dst_addr())
+        && frame.get(inner).is_some_and(|&b| b >> 4 == 4 && b & 0x0f >= 5)
 }
 
 /// Client egress: a packet of a bypassed connection (CIP:cport ->
@@ -459,19 +620,40 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
 }
 
 /// Client ingress: a SYN-ACK carrying the SYN-ACK form, for a VIP this host
-/// connects to and a DIP inside the backend prefixes, creates the
-/// connection's two entries; then every packet from DIP:dport to CIP:cport
-/// comes in from VIP:vport. A SYN-ACK that came back through the LB (from
-/// the VIP) creates the entries and is left as it came.
-pub fn client_ingress(frame: &mut [u8], mode: Mode, config: &Config, table: &ConnTable, now: u32) -> Verdict {
-    let at = match locate(frame, false) {
-        Ok(at) => at,
-        Err(Reason::NotTcp) => return icmp_error_ingress(frame, table, now),
-        Err(reason) => return Verdict::Pass(reason),
-    };
+/// connects to, a DIP inside the backend prefixes, and a socket of this
+/// host opening that connection, creates the connection's two entries;
+/// then every packet from DIP:dport to CIP:cport comes in from VIP:vport.
+/// A SYN-ACK that came back through the LB (from the VIP) creates the
+/// entries and is left as it came. A SYN-ACK whose option list is
+/// malformed is left as it came. An ICMP error about a bypassed connection
+/// has its quote translated.
+pub fn client_ingress(
+    frame: &mut [u8],
+    mode: Mode,
+    config: &Config,
+    table: &ConnTable,
+    sockets: &dyn Sockets,
+    now: u32,
+) -> Verdict {
+    match locate(frame, false) {
+        Ok(at) => client_located(frame, &at, mode, config, table, sockets, now),
+        Err(Reason::NotTcp) => icmp_error_ingress(frame, table, now),
+        Err(reason) => Verdict::Pass(reason),
+    }
+}
+
+fn client_located(
+    frame: &mut [u8],
+    at: &Located,
+    mode: Mode,
+    config: &Config,
+    table: &ConnTable,
+    sockets: &dyn Sockets,
+    now: u32,
+) -> Verdict {
     if at.flags.is_syn_ack() {
         match option::find(at.tcp(frame).options()) {
-            Ok(Some(found)) => return learn(frame, &at, found.syn_ack(), mode, config, table, now),
+            Ok(Some(found)) => return learn(frame, at, found.syn_ack(), mode, config, table, sockets, now),
             Ok(None) => {}
             Err(_) => return Verdict::Pass(Reason::BadOption),
         }
@@ -533,6 +715,7 @@ fn icmp_error_ingress(frame: &mut [u8], table: &ConnTable, now: u32) -> Verdict 
     Verdict::Rewritten { start: 0 }
 }
 
+#[expect(clippy::too_many_arguments, reason = "the learning path needs the whole ingress context")]
 fn learn(
     frame: &mut [u8],
     at: &Located,
@@ -540,6 +723,7 @@ fn learn(
     mode: Mode,
     config: &Config,
     table: &ConnTable,
+    sockets: &dyn Sockets,
     now: u32,
 ) -> Verdict {
     if !config.is_vip(option.vip) {
@@ -552,10 +736,13 @@ fn learn(
     if !direct && at.src != option.vip {
         return Verdict::Pass(Reason::SourceMismatch);
     }
-    if !at.checksums_verify(frame, mode) {
-        return Verdict::Pass(Reason::BadChecksum);
+    if let Err(reason) = at.handshake_verifies(frame, mode) {
+        return Verdict::Pass(reason);
     }
     let client = at.dst;
+    if !sockets.connecting(client, option.vip) {
+        return Verdict::Pass(Reason::NotConnecting);
+    }
     let egress = FlowKey { src: client, dst: option.vip };
     let ingress = FlowKey { src: option.backend, dst: client };
     let inserted =

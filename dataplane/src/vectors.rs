@@ -101,13 +101,26 @@ mod tests {
     fn icmp_error_about_a_bypassed_connection_is_translated() {
         let table = fuzzing::table_with_connection();
         let mut frame = vector("icmp-frag-needed-before");
-        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        let verdict = translate::client_ingress(
+            &mut frame,
+            Mode::Full,
+            &fuzzing::config(),
+            &table,
+            &fuzzing::sockets(),
+            1,
+        );
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("icmp-frag-needed-after"));
         // Without a connection it is left alone.
         let mut frame = vector("icmp-frag-needed-before");
-        let verdict =
-            translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &ConnTable::new(4, 60), 1);
+        let verdict = translate::client_ingress(
+            &mut frame,
+            Mode::Full,
+            &fuzzing::config(),
+            &ConnTable::new(4, 60),
+            &fuzzing::sockets(),
+            1,
+        );
         assert_eq!(verdict, Verdict::Pass(Reason::NoEntry));
         assert_eq!(frame, vector("icmp-frag-needed-before"));
     }
@@ -129,7 +142,8 @@ mod tests {
 
     fn server_case(before: &str, after: &str, start: usize) {
         let mut frame = vector(before);
-        let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &fuzzing::config());
+        let verdict =
+            translate::server_syn_ingress(&mut frame, Mode::Full, &fuzzing::config(), &fuzzing::sockets());
         assert_eq!(verdict, Verdict::Rewritten { start }, "{before}");
         assert_eq!(frame[start..], vector(after)[..], "{before} -> {after}");
         etherparse_verifies(&frame[start..]);
@@ -154,7 +168,14 @@ mod tests {
     fn direct_syn_ack_learns_and_is_rewritten() {
         let table = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
+        let verdict = translate::client_ingress(
+            &mut frame,
+            Mode::Full,
+            &fuzzing::config(),
+            &table,
+            &fuzzing::sockets(),
+            5,
+        );
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("syn-ack-after"));
         etherparse_verifies(&frame);
@@ -166,7 +187,14 @@ mod tests {
     fn syn_ack_via_lb_learns_and_stays() {
         let table = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-via-lb");
-        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 5);
+        let verdict = translate::client_ingress(
+            &mut frame,
+            Mode::Full,
+            &fuzzing::config(),
+            &table,
+            &fuzzing::sockets(),
+            5,
+        );
         assert_eq!(verdict, Verdict::Pass(Reason::LearnedViaLb));
         assert_eq!(frame, vector("syn-ack-via-lb"));
         assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, 5), Some(BACKEND));
@@ -183,7 +211,14 @@ mod tests {
         assert_eq!(frame, vector("egress-data-after"));
         etherparse_verifies(&frame);
         let mut frame = vector("ingress-data-before");
-        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        let verdict = translate::client_ingress(
+            &mut frame,
+            Mode::Full,
+            &fuzzing::config(),
+            &table,
+            &fuzzing::sockets(),
+            1,
+        );
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("ingress-data-after"));
         etherparse_verifies(&frame);
@@ -216,7 +251,7 @@ mod tests {
         change(&mut config);
         let mut frame = vector(name);
         assert_eq!(
-            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config, &fuzzing::sockets()),
             Verdict::Pass(reason),
             "{name}"
         );
@@ -237,7 +272,7 @@ mod tests {
             let mut config = fuzzing::config();
             config.lb_sources.clear();
             assert!(matches!(
-                translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+                translate::server_syn_ingress(&mut frame, Mode::Full, &config, &fuzzing::sockets()),
                 Verdict::Rewritten { .. }
             ));
         }
@@ -249,13 +284,13 @@ mod tests {
         // A SYN-ACK carrying an option is not the server's business.
         let mut frame = vector("syn-ack-before");
         assert_eq!(
-            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config, &fuzzing::sockets()),
             Verdict::Pass(Reason::NotHandshake)
         );
         // A plain data segment.
         let mut frame = vector("egress-data-before");
         assert_eq!(
-            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config, &fuzzing::sockets()),
             Verdict::Pass(Reason::NotHandshake)
         );
         // A corrupted SYN (one payload-free byte flipped in the options' timestamp).
@@ -263,7 +298,7 @@ mod tests {
         frame[62] ^= 0x01;
         let copy = frame.clone();
         assert_eq!(
-            translate::server_syn_ingress(&mut frame, Mode::Full, &config),
+            translate::server_syn_ingress(&mut frame, Mode::Full, &config, &fuzzing::sockets()),
             Verdict::Pass(Reason::BadChecksum)
         );
         assert_eq!(frame, copy);
@@ -276,7 +311,8 @@ mod tests {
             change(&mut config);
             let table = ConnTable::new(16, 60);
             let mut frame = vector(name);
-            let verdict = translate::client_ingress(&mut frame, Mode::Full, &config, &table, 1);
+            let verdict =
+                translate::client_ingress(&mut frame, Mode::Full, &config, &table, &fuzzing::sockets(), 1);
             assert_eq!(frame, vector(name));
             assert!(table.is_empty(), "no entry may be made");
             verdict
@@ -292,7 +328,7 @@ mod tests {
         config.vips = vec![crate::option::Endpoint::new(VIP.addr, 0)];
         let mut frame = vector("syn-ack-before");
         assert_eq!(
-            translate::client_ingress(&mut frame, Mode::Full, &config, &table, 1),
+            translate::client_ingress(&mut frame, Mode::Full, &config, &table, &fuzzing::sockets(), 1),
             Verdict::Rewritten { start: 0 }
         );
     }
@@ -302,7 +338,14 @@ mod tests {
         let table = ConnTable::new(1, 60);
         table.insert(FlowKey { src: VIP, dst: VIP }, VIP, 0).unwrap();
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1);
+        let verdict = translate::client_ingress(
+            &mut frame,
+            Mode::Full,
+            &fuzzing::config(),
+            &table,
+            &fuzzing::sockets(),
+            1,
+        );
         assert_eq!(verdict, Verdict::Drop(Reason::TableFull));
         assert_eq!(frame, vector("syn-ack-before"));
         assert_eq!(table.len(), 1);
@@ -333,7 +376,14 @@ mod tests {
                 Verdict::Pass(Reason::NoEntry)
             );
             assert_eq!(
-                translate::client_ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, 1),
+                translate::client_ingress(
+                    &mut frame,
+                    Mode::Full,
+                    &fuzzing::config(),
+                    &table,
+                    &fuzzing::sockets(),
+                    1
+                ),
                 Verdict::Pass(Reason::NoEntry)
             );
             assert_eq!(frame, vector(name));
@@ -461,7 +511,12 @@ mod tests {
             let mut padded = frame.to_vec();
             padded.extend_from_slice(&[0xa5; 18]);
             let mut buffer = padded.clone();
-            let verdict = translate::server_syn_ingress(&mut buffer, Mode::Full, &fuzzing::config());
+            let verdict = translate::server_syn_ingress(
+                &mut buffer,
+                Mode::Full,
+                &fuzzing::config(),
+                &fuzzing::sockets(),
+            );
             fuzzing::check_outcome(&padded, &buffer, verdict);
             assert_eq!(buffer[frame.len()..], [0xa5; 18], "the padding changed");
             fuzzing::server_syn_ingress(frame);
@@ -470,6 +525,8 @@ mod tests {
             fuzzing::client_egress(&padded);
             fuzzing::client_ingress(frame);
             fuzzing::client_ingress(&padded);
+            fuzzing::ingress(frame);
+            fuzzing::ingress(&padded);
             if frame.len() > 54 {
                 fuzzing::option_list(&frame[54..]);
             }
