@@ -13,20 +13,24 @@ use heels_common::{OPTION_EXID, OPTION_KIND, OPTION_LEN};
 /// Longest TCP option list (data offset 15).
 pub const MAX_OPTIONS_LEN: u64 = 40;
 
-/// What a walk found.
+/// What a walk found. The whole list is walked, as the dataplane core's
+/// `option::find` does: the first HEELS option counts, and a list that is
+/// malformed anywhere (after the HEELS option too) is rejected.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Search {
-    /// The HEELS option starts this many bytes into the list.
+    /// The (first) HEELS option starts this many bytes into the list.
     Found(u64),
     /// A well-formed walk up to EOL or the end met no HEELS option.
     Absent,
-    /// An option with no length byte, a length below 2, or past the end.
+    /// An option with no length byte, a length below 2, past the end, or
+    /// the HEELS experiment ID with a length other than 16.
     Malformed,
 }
 
 const SEARCHING: u64 = 0;
-const FOUND: u64 = 1;
 const MALFORMED: u64 = 2;
+/// No HEELS option seen yet (`Walk::found`).
+const NOT_FOUND: u64 = u64::MAX;
 
 /// The loop state, on the caller's stack.
 #[repr(C)]
@@ -39,8 +43,10 @@ struct Walk {
     len: u64,
     /// Offset of the next option.
     at: u64,
-    /// SEARCHING, FOUND or MALFORMED.
+    /// SEARCHING or MALFORMED.
     outcome: u64,
+    /// Offset of the first HEELS option, or NOT_FOUND.
+    found: u64,
 }
 
 #[inline(always)]
@@ -84,23 +90,31 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             return 1;
         }
     };
+    // Kind 254 shorter than 4 bytes carries no experiment ID: someone
+    // else's option.
     if kind == OPTION_KIND
-        && len == u64::from(OPTION_LEN)
+        && len >= 4
         && byte_at(walk, at + 2) == Some(OPTION_EXID[0])
         && byte_at(walk, at + 3) == Some(OPTION_EXID[1])
     {
-        walk.outcome = FOUND;
-        return 1;
+        if len != u64::from(OPTION_LEN) {
+            walk.outcome = MALFORMED;
+            return 1;
+        }
+        if walk.found == NOT_FOUND {
+            walk.found = at;
+        }
     }
     walk.at = at + len;
     0
 }
 
 /// Walks the `len` option bytes at packet address `start` (with the packet
-/// ending at `data_end`) up to the first HEELS option.
+/// ending at `data_end`), all of them.
 #[inline(always)]
 pub fn find(start: usize, data_end: usize, len: u64) -> Search {
-    let mut walk = Walk { start, data_end, len: len.min(MAX_OPTIONS_LEN), at: 0, outcome: SEARCHING };
+    let mut walk =
+        Walk { start, data_end, len: len.min(MAX_OPTIONS_LEN), at: 0, outcome: SEARCHING, found: NOT_FOUND };
     // SAFETY: `step` has the callback signature bpf_loop expects and only
     // touches the Walk passed as its context, which outlives the call.
     let calls = unsafe {
@@ -109,9 +123,9 @@ pub fn find(start: usize, data_end: usize, len: u64) -> Search {
     if calls < 0 {
         return Search::Malformed;
     }
-    match walk.outcome {
-        FOUND => Search::Found(walk.at),
-        MALFORMED => Search::Malformed,
-        _ => Search::Absent,
+    match (walk.outcome, walk.found) {
+        (MALFORMED, _) => Search::Malformed,
+        (_, NOT_FOUND) => Search::Absent,
+        (_, at) => Search::Found(at),
     }
 }

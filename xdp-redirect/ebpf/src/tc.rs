@@ -14,7 +14,7 @@ use aya_ebpf::helpers::generated::{bpf_sk_fullsock, bpf_sk_release, bpf_sk_stora
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_sock_tuple, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
-        BPF_TCP_NEW_SYN_RECV, BPF_TCP_SYN_RECV, BPF_TCP_TIME_WAIT,
+        BPF_TCP_NEW_SYN_RECV, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT, BPF_TCP_TIME_WAIT,
     },
     macros::classifier,
     programs::TcContext,
@@ -68,6 +68,8 @@ pub fn heels_tc_egress(ctx: TcContext) -> i32 {
 struct Segment {
     /// Offset of the TCP header.
     tcp: usize,
+    /// End of the IPv4 packet (its total length; padding excluded).
+    end: usize,
     /// TCP header length.
     tcp_len: usize,
     flags: u8,
@@ -95,29 +97,43 @@ fn ensure(ctx: &TcContext, len: usize) -> Result<(), ()> {
     ctx.pull_data(len as u32).map_err(|_| ())
 }
 
-/// `Ok(None)` for anything but an unfragmented TCP/IPv4 packet.
+/// `Ok(None)` for anything but an unfragmented TCP/IPv4 packet whose
+/// lengths hold together (as the core's checked views require: an IPv4
+/// total length inside the frame, a TCP header of at least 20 bytes inside
+/// the IPv4 packet).
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
-    ensure(ctx, IP + 20)?;
+    if ensure(ctx, IP + 20).is_err() {
+        return Ok(None);
+    }
     let ethertype: [u8; 2] = read(ctx, 12)?;
     if ethertype != [0x08, 0x00] {
         return Ok(None);
     }
     let ver_ihl: u8 = read(ctx, IP)?;
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    let total: [u8; 2] = read(ctx, IP + 2)?;
+    let end = IP + usize::from(u16::from_be_bytes(total));
     let frag: [u8; 2] = read(ctx, IP + 6)?;
     let protocol: u8 = read(ctx, IP + 9)?;
     if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 || protocol != IPPROTO_TCP {
         return Ok(None);
     }
     let tcp = IP + ihl;
-    ensure(ctx, tcp + 20)?;
+    if end > ctx.len() as usize || tcp + 20 > end || ensure(ctx, tcp + 20).is_err() {
+        return Ok(None);
+    }
     let addrs: [u8; 8] = read(ctx, IP_SRC)?;
     let ports: [u8; 4] = read(ctx, tcp)?;
     let offset_flags: [u8; 2] = read(ctx, tcp + 12)?;
+    let tcp_len = usize::from(offset_flags[0] >> 4) * 4;
+    if tcp_len < 20 || tcp + tcp_len > end {
+        return Ok(None);
+    }
     Ok(Some(Segment {
         tcp,
-        tcp_len: usize::from(offset_flags[0] >> 4) * 4,
+        end,
+        tcp_len,
         flags: offset_flags[1],
         src: EndpointV4 {
             addr: [addrs[0], addrs[1], addrs[2], addrs[3]],
@@ -132,19 +148,93 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
     }))
 }
 
-/// The 16 bytes of the HEELS option of `segment`, if it has one.
+/// What a segment's option list holds. A plain struct rather than an enum
+/// with data, for the reason `Tunnel` gives.
+struct OptionList {
+    /// ABSENT, MALFORMED or FOUND.
+    state: u8,
+    /// The HEELS option's bytes when FOUND.
+    bytes: heels_common::option::Bytes,
+}
+
+const ABSENT: u8 = 0;
+const MALFORMED: u8 = 1;
+const FOUND: u8 = 2;
+
+/// The HEELS option of `segment`: the whole list is walked, the first
+/// HEELS option counts, a list malformed anywhere is MALFORMED.
 #[inline(always)]
-fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<Option<heels_common::option::Bytes>, ()> {
+fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<OptionList, ()> {
+    let mut list = OptionList { state: ABSENT, bytes: [0; heels_common::option::LEN as usize] };
     let options_len = segment.tcp_len.saturating_sub(20);
     if options_len == 0 {
-        return Ok(None);
+        return Ok(list);
     }
     let options = segment.tcp + 20;
     ensure(ctx, options + options_len)?;
     match options::find(ctx.start() + options, ctx.end(), options_len as u64) {
-        Search::Found(at) => Ok(Some(read(ctx, options + (at as usize & 0x3f))?)),
-        Search::Absent | Search::Malformed => Ok(None),
+        Search::Found(at) => {
+            list.bytes = read(ctx, options + (at as usize & 0x3f))?;
+            list.state = FOUND;
+        }
+        Search::Malformed => list.state = MALFORMED,
+        Search::Absent => {}
     }
+    Ok(list)
+}
+
+/// Folds a one's-complement sum to 16 bits.
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Adds the 16-bit big-endian words of the `len` bytes at `offset` (a
+/// header: a multiple of 4, at most 60) to `sum`. Read word by word with
+/// `bpf_skb_load_bytes`, whose fixed size the verifier takes where a
+/// variable one would not be.
+#[inline(always)]
+fn add_header(ctx: &TcContext, offset: usize, len: usize, mut sum: u64) -> Result<u64, ()> {
+    for i in 0..15 {
+        if 4 * i >= len {
+            break;
+        }
+        let word: [u8; 4] = ctx.load(offset + 4 * i).map_err(|_| ())?;
+        sum += u64::from(u16::from_be_bytes([word[0], word[1]]))
+            + u64::from(u16::from_be_bytes([word[2], word[3]]));
+    }
+    Ok(sum)
+}
+
+/// The checks a handshake packet passes before it drives anything, as the
+/// core's `handshake_verifies`: no payload, the IPv4 header checksum (and
+/// the outer one for IPIP, checked before decapsulation) verifies, and the
+/// TCP checksum verifies or holds the pseudo-header sum a local sender
+/// leaves for offload. `Ok(false)`: leave the packet as it came.
+#[inline(always)]
+fn handshake_verifies(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<bool, ()> {
+    if segment.end != segment.tcp + segment.tcp_len || (tunnel.decapsulated && !tunnel.outer_ok) {
+        return Ok(false);
+    }
+    let ihl = segment.tcp - IP;
+    if fold(add_header(ctx, IP, ihl, 0)?) != 0xffff {
+        return Ok(false);
+    }
+    let (src, dst) = (&segment.src.addr, &segment.dst.addr);
+    let pseudo = u64::from(u16::from_be_bytes([src[0], src[1]]))
+        + u64::from(u16::from_be_bytes([src[2], src[3]]))
+        + u64::from(u16::from_be_bytes([dst[0], dst[1]]))
+        + u64::from(u16::from_be_bytes([dst[2], dst[3]]))
+        + u64::from(IPPROTO_TCP)
+        + segment.tcp_len as u64;
+    if fold(add_header(ctx, segment.tcp, segment.tcp_len, pseudo)?) == 0xffff {
+        return Ok(true);
+    }
+    let field: [u8; 2] = ctx.load(segment.tcp + 16).map_err(|_| ())?;
+    Ok(u16::from_be_bytes(field) == fold(pseudo))
 }
 
 /// Which endpoint of a segment to rewrite.
@@ -183,12 +273,14 @@ fn rewrite(ctx: &TcContext, segment: &Segment, side: Side, to: &EndpointV4) -> R
 #[derive(Clone, Copy)]
 struct Tunnel {
     decapsulated: bool,
+    /// The outer IPv4 header checksum verified.
+    outer_ok: bool,
     src: [u8; 4],
     dst: [u8; 4],
 }
 
 impl Tunnel {
-    const NONE: Tunnel = Tunnel { decapsulated: false, src: [0; 4], dst: [0; 4] };
+    const NONE: Tunnel = Tunnel { decapsulated: false, outer_ok: false, src: [0; 4], dst: [0; 4] };
 }
 
 #[inline(always)]
@@ -220,8 +312,12 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         return server_syn(ctx, &segment, &tunnel);
     }
     if syn_flags == TCP_SYN | TCP_ACK {
-        if let Some(option) = heels_option(ctx, &segment)? {
-            return client_learn(ctx, &segment, &option);
+        let option = heels_option(ctx, &segment)?;
+        match option.state {
+            FOUND => return client_learn(ctx, &segment, &option.bytes),
+            // A SYN-ACK whose options a receiver would not accept drives nothing.
+            MALFORMED => return Ok(()),
+            _ => {}
         }
     }
     // A packet of a bypassed connection arrives from DIP:dport.
@@ -309,17 +405,31 @@ fn client_icmp(ctx: &TcContext) -> Result<(), ()> {
 #[inline(always)]
 fn decapsulate(ctx: &TcContext) -> Result<Tunnel, ()> {
     let ver_ihl: u8 = read(ctx, IP)?;
-    let outer_len = i32::from(ver_ihl & 0x0f) * 4;
+    let frag: [u8; 2] = read(ctx, IP + 6)?;
+    let outer_len = usize::from(ver_ihl & 0x0f) * 4;
     let addrs: [u8; 8] = read(ctx, IP_SRC)?;
-    let tunnel = Tunnel {
-        decapsulated: true,
-        src: [addrs[0], addrs[1], addrs[2], addrs[3]],
-        dst: [addrs[4], addrs[5], addrs[6], addrs[7]],
-    };
-    if ver_ihl >> 4 != 4 || outer_len < 20 || LOCAL_ADDRS.get_ptr(tunnel.dst).is_none() {
+    let dst = [addrs[4], addrs[5], addrs[6], addrs[7]];
+    if ver_ihl >> 4 != 4
+        || outer_len < 20
+        || u16::from_be_bytes(frag) & 0x3fff != 0
+        || LOCAL_ADDRS.get_ptr(dst).is_none()
+    {
         return Ok(Tunnel::NONE);
     }
-    ctx.adjust_room(-outer_len, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    // The inner header must start as IPv4 does (version 4, IHL >= 5).
+    let Ok(inner) = ctx.load::<u8>(IP + outer_len) else {
+        return Ok(Tunnel::NONE);
+    };
+    if inner >> 4 != 4 || inner & 0x0f < 5 {
+        return Ok(Tunnel::NONE);
+    }
+    let tunnel = Tunnel {
+        decapsulated: true,
+        outer_ok: fold(add_header(ctx, IP, outer_len, 0)?) == 0xffff,
+        src: [addrs[0], addrs[1], addrs[2], addrs[3]],
+        dst,
+    };
+    ctx.adjust_room(-(outer_len as i32), BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
     count(TcCounter::IpipDecapsulated);
     Ok(tunnel)
 }
@@ -329,11 +439,12 @@ fn decapsulate(ctx: &TcContext) -> Result<Tunnel, ()> {
 /// the SYN-ACK form; anything else stays as it came (the LB path).
 #[inline(always)]
 fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(), ()> {
-    let Some(option) = heels_option(ctx, segment)? else {
+    let option = heels_option(ctx, segment)?;
+    if option.state != FOUND {
         forget_translation(segment);
         return Ok(());
-    };
-    let (vip, client) = heels_common::option::endpoints(&option);
+    }
+    let (vip, client) = heels_common::option::endpoints(&option.bytes);
     // SAFETY: the value is copied out at once.
     let local_port = unsafe { SERVICES.get(vip) }.copied();
     let from_client = segment.src == client;
@@ -362,6 +473,10 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
         forget_translation(segment);
         return Ok(());
     };
+    if !handshake_verifies(ctx, segment, tunnel)? {
+        forget_translation(segment);
+        return Ok(());
+    }
     let backend = EndpointV4 { addr: dip, port: local_port, pad: [0; 2] };
     let translated = FlowV4::between(&client, &backend);
     if let Err(refusal) = answering_socket(ctx, &translated, &vip) {
@@ -399,21 +514,9 @@ fn forget_translation(segment: &Segment) {
 /// SYN belongs to). Otherwise the counter of the refusal.
 #[inline(always)]
 fn answering_socket(ctx: &TcContext, flow: &FlowV4, vip: &EndpointV4) -> Result<(), TcCounter> {
-    // SAFETY: an all-zero tuple is a valid value of this plain C union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    tuple.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes(flow.src_addr);
-    tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes(flow.dst_addr);
-    tuple.__bindgen_anon_1.ipv4.sport = u16::from_ne_bytes(flow.src_port);
-    tuple.__bindgen_anon_1.ipv4.dport = u16::from_ne_bytes(flow.dst_port);
-    // 12 bytes: the IPv4 part of the union.
-    let tuple_size = 12;
-    // SAFETY: the context is this program's skb, the tuple lives on the
-    // stack for the call; the socket returned (or null) is released below
-    // on every path, as the verifier requires.
-    let sk = unsafe { bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut tuple, tuple_size, u64::MAX, 0) };
-    if sk.is_null() {
+    let Some(sk) = lookup_tcp(ctx, flow) else {
         return Err(TcCounter::SynNoListener);
-    }
+    };
     // SAFETY: a socket the lookup returned and not yet released.
     let state = unsafe { (*sk).state };
     let answer = if state == BPF_TCP_LISTEN {
@@ -455,17 +558,61 @@ fn client_learn(ctx: &TcContext, segment: &Segment, option: &heels_common::optio
         count(TcCounter::SynAckRefused);
         return Ok(());
     }
+    if !handshake_verifies(ctx, segment, &Tunnel::NONE)? {
+        return Ok(());
+    }
     let client = segment.dst;
+    if !connecting(ctx, &client, &vip) {
+        count(TcCounter::SynAckRefused);
+        return Ok(());
+    }
     let egress = FlowV4::between(&client, &vip);
     let ingress = FlowV4::between(&backend, &client);
     EGRESS.insert(egress, backend, 0).map_err(|_| ())?;
-    INGRESS.insert(ingress, vip, 0).map_err(|_| ())?;
+    if INGRESS.insert(ingress, vip, 0).is_err() {
+        // Never half a connection: without its ingress entry, the egress
+        // one would send packets whose replies nobody rewrites.
+        let _ = EGRESS.remove(egress);
+        return Err(());
+    }
     count(TcCounter::SynAckLearned);
     if direct {
         rewrite(ctx, segment, Side::Src, &vip)?;
         count(TcCounter::IngressRewritten);
     }
     Ok(())
+}
+
+/// True when a socket of this host is opening CIP:cport -> VIP:vport
+/// (SYN_SENT): a SYN-ACK form for a connection nobody opened makes no entry.
+#[inline(always)]
+fn connecting(ctx: &TcContext, client: &EndpointV4, vip: &EndpointV4) -> bool {
+    let Some(sk) = lookup_tcp(ctx, &FlowV4::between(vip, client)) else {
+        return false;
+    };
+    // SAFETY: a socket the lookup returned and not yet released.
+    let state = unsafe { (*sk).state };
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    state == BPF_TCP_SYN_SENT
+}
+
+/// The socket (any state, the listener failing all others) that a packet
+/// of `flow`, as it arrives, would meet; it must be released.
+#[inline(always)]
+fn lookup_tcp(ctx: &TcContext, flow: &FlowV4) -> Option<*mut aya_ebpf::bindings::bpf_sock> {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes(flow.src_addr);
+    tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes(flow.dst_addr);
+    tuple.__bindgen_anon_1.ipv4.sport = u16::from_ne_bytes(flow.src_port);
+    tuple.__bindgen_anon_1.ipv4.dport = u16::from_ne_bytes(flow.dst_port);
+    // 12 bytes: the IPv4 part of the union.
+    let tuple_size = 12;
+    // SAFETY: the context is this program's skb and the tuple lives on the
+    // stack for the call; the caller releases what it returns.
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut tuple, tuple_size, u64::MAX, 0) };
+    (!sk.is_null()).then_some(sk)
 }
 
 /// DIP:dport stored on the packet's socket, if it has a full one with it.
@@ -502,7 +649,7 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
         return Ok(());
     };
     let flow = segment.flow();
-    if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    if segment.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
         // A new connection on a reused 4-tuple: it goes through the LB, and
         // the old connection's entries go.
         // SAFETY: the value is copied out at once.
