@@ -8,7 +8,7 @@ pub mod classifier;
 pub mod tc;
 
 pub use classifier::{Classifier, ClassifierError};
-pub use tc::{Connection, Datapath, DatapathConfig, DatapathError};
+pub use tc::{Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner};
 
 /// The eBPF object built by build.rs: every heels kernel-side program.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heels-ebpf"));

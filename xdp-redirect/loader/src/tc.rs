@@ -297,6 +297,69 @@ impl Datapath {
     }
 }
 
+/// Which TC program to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `heels_tc_ingress`.
+    Ingress,
+    /// `heels_tc_egress`.
+    Egress,
+}
+
+/// An instance's TC programs loaded a second time, unattached, over the
+/// instance's own pinned maps (configuration, connections, records, socket
+/// storage): to run them on frames with BPF_PROG_TEST_RUN exactly as the
+/// attached ones would meet them. The conformance suite uses it. The
+/// kernel runs a test on the loopback device of the calling thread's
+/// network namespace, where socket lookups look.
+#[derive(Debug)]
+pub struct ProgramRunner {
+    ebpf: Ebpf,
+}
+
+impl ProgramRunner {
+    /// Loads the programs over the pins of a running instance.
+    pub fn load(instance: &str) -> Result<Self, DatapathError> {
+        let maps_dir = instance_dir(instance).join("maps");
+        if !maps_dir.is_dir() {
+            return Err(DatapathError::NoInstance(instance.to_owned()));
+        }
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+                .try_into()
+                .map_err(program_error(name))?;
+            program.load().map_err(program_error(name))?;
+        }
+        Ok(ProgramRunner { ebpf })
+    }
+
+    /// Runs one program on `frame`; returns the frame as it left the
+    /// program (shorter after a decapsulation).
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> Result<Vec<u8>, DatapathError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let name = match hook {
+            Hook::Ingress => TC_INGRESS_PROGRAM,
+            Hook::Egress => TC_EGRESS_PROGRAM,
+        };
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(program_error(name))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.data_out = Some(&mut out);
+        let result = program.test_run(options).map_err(program_error(name))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(out)
+    }
+}
+
 /// Inserts every entry, then removes the keys not among them.
 fn replace<K: Pod + Eq + std::hash::Hash, V: Pod>(
     map: &mut HashMap<&mut MapData, K, V>,

@@ -1,0 +1,736 @@
+//! One behaviour, two engines: every case of docs/protocol.md's conformance
+//! table runs through the dataplane core (`translate::ingress` /
+//! `client_egress`) and through the TC programs in the kernel
+//! (BPF_PROG_TEST_RUN, over the maps of a real instance set up as the
+//! agent sets them up, in a network namespace with a served listener and a
+//! connecting client socket). Both must give the documented verdict and
+//! byte-identical frames, and the kernel must count what the verdict says.
+//! Needs root; never skips.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use heels::lab::netns::{spawn_in, Cgroup, NetNs};
+use heels_common::TcCounter;
+use heels_dataplane::checksum::Mode;
+use heels_dataplane::conntrack::ConnTable;
+use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
+use heels_dataplane::option::{Endpoint, SynAckOption, SynOption};
+use heels_dataplane::translate::{self, Config, Ingress, Service, Verdict};
+use heels_dataplane::vectors::vector;
+use heels_dataplane::wire::{
+    EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket, TcpRepr,
+};
+use heels_xdp::{Connection, Datapath, DatapathConfig, Hook, ProgramRunner};
+
+/// A second service whose local port nothing listens on.
+const VIP2: Endpoint = Endpoint::new([10, 10, 100, 2], 80);
+const VIP2_PORT: u16 = 9090;
+/// The full-NAT LB's source (inside the LB-source prefixes).
+const LB_SNAT: Endpoint = Endpoint::new([10, 10, 2, 1], 51000);
+
+/// The host's configuration: docs/protocol.md's, plus a service with no listener.
+fn config() -> Config {
+    let mut config = fuzzing::config();
+    config.services.push(Service { vip: VIP2, local_port: VIP2_PORT });
+    config
+}
+
+/// Where a case enters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    In,
+    Out,
+}
+
+struct Case {
+    name: &'static str,
+    what: &'static str,
+    way: Way,
+    /// The connection of docs/protocol.md is known (both entries).
+    known: bool,
+    frame: Vec<u8>,
+    verdict: &'static str,
+    counters: &'static [TcCounter],
+}
+
+/// A TCP/IPv4 frame with valid checksums.
+fn tcp_frame(src: Endpoint, dst: Endpoint, flags: TcpFlags, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        seq_number: 644_470_434,
+        ack_number: if flags.0 & TcpFlags::ACK.0 != 0 { 835_907_266 } else { 0 },
+        flags,
+        window_len: 64240,
+        options,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: src.addr,
+        dst_addr: dst.addr,
+        protocol: Protocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        ttl: 63,
+        ident: 0x219e,
+        dont_frag: true,
+    };
+    let eth = EthernetRepr {
+        src_addr: [2, 0, 10, 10, 2, 1],
+        dst_addr: [2, 0, 10, 10, 3, 2],
+        ethertype: EtherType::Ipv4,
+    };
+    let mut frame = vec![0; 14 + 20 + tcp.buffer_len()];
+    eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]));
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut frame[34..]), src.addr, dst.addr);
+    frame
+}
+
+/// An option list: the HEELS option(s) given, padded with NOPs to a
+/// multiple of 4.
+fn options(parts: &[&[u8]]) -> Vec<u8> {
+    let mut list: Vec<u8> = parts.concat();
+    while list.len() % 4 != 0 {
+        list.insert(0, 1);
+    }
+    list
+}
+
+fn syn_form(vip: Endpoint, client: Endpoint) -> [u8; 16] {
+    SynOption { vip, client }.emit()
+}
+
+/// A full-NAT SYN (from the LB's SNAT address to DIP:vport) with `list`.
+fn fullnat_syn(list: &[u8]) -> Vec<u8> {
+    tcp_frame(LB_SNAT, Endpoint::new(BACKEND.addr, VIP.port()), TcpFlags::SYN, list, &[])
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+}
+
+fn cases() -> Vec<Case> {
+    let heels_syn = syn_form(VIP, CLIENT);
+    let mut ip_options = vector("fullnat-syn-before");
+    ip_options.splice(34..34, [1, 1, 1, 0]);
+    ip_options[14] = 0x46;
+    let total = u16::from_be_bytes([ip_options[16], ip_options[17]]) + 4;
+    ip_options[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut ip_options);
+    let mut first_fragment = vector("fullnat-syn-before");
+    first_fragment[20] |= 0x20;
+    fix_ipv4_checksum(&mut first_fragment);
+    let mut later_fragment = vector("fullnat-syn-before");
+    later_fragment[20..22].copy_from_slice(&[0x00, 0x10]);
+    fix_ipv4_checksum(&mut later_fragment);
+    let mut lying_offset = vector("fullnat-syn-before");
+    lying_offset[46] = 0xf0 | (lying_offset[46] & 0x0f);
+    let mut bad_ip_checksum = vector("fullnat-syn-before");
+    bad_ip_checksum[24] ^= 0x01;
+    let mut bad_tcp_checksum = vector("fullnat-syn-before");
+    bad_tcp_checksum[50] ^= 0x01;
+    let mut bad_syn_ack_checksum = vector("syn-ack-before");
+    bad_syn_ack_checksum[50] ^= 0x01;
+    let mut truncated_tcp = vector("fullnat-syn-before");
+    truncated_tcp.truncate(44);
+    truncated_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fix_ipv4_checksum(&mut truncated_tcp);
+    let mut ipip_bad_inner = vector("ipip-syn-before");
+    ipip_bad_inner[34] = 0x65;
+    let ipip_data = {
+        // The client's data segment, as a Katran LB would encapsulate it
+        // toward this host (a client without heels, on the LB path).
+        let mut frame = vector("ipip-syn-before");
+        let inner = &vector("egress-data-before")[14..];
+        frame.truncate(34);
+        frame.extend_from_slice(inner);
+        let total = (20 + inner.len()) as u16;
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ipv4_checksum(&mut frame);
+        frame
+    };
+    let udp_to_vip = {
+        let mut frame = vector("egress-data-before");
+        frame[23] = 17;
+        fix_ipv4_checksum(&mut frame);
+        frame
+    };
+    let syn_ack = |backend: Endpoint, client: Endpoint, list_len_override: Option<u8>| {
+        let mut form = SynAckOption { backend, vip: VIP }.emit().to_vec();
+        if let Some(len) = list_len_override {
+            form.extend_from_slice(&[3, len, 1, 1]);
+        }
+        tcp_frame(backend, client, TcpFlags::SYN | TcpFlags::ACK, &options(&[&form]), &[])
+    };
+    vec![
+        Case {
+            name: "fullnat-syn",
+            what: "docs' full-NAT SYN",
+            way: Way::In,
+            known: false,
+            frame: vector("fullnat-syn-before"),
+            verdict: "rewritten",
+            counters: &[TcCounter::SynTranslated],
+        },
+        Case {
+            name: "dnat-syn",
+            what: "docs' DNAT SYN",
+            way: Way::In,
+            known: false,
+            frame: vector("dnat-syn-before"),
+            verdict: "rewritten",
+            counters: &[TcCounter::SynTranslated],
+        },
+        Case {
+            name: "ipip-syn",
+            what: "docs' IPIP SYN",
+            way: Way::In,
+            known: false,
+            frame: vector("ipip-syn-before"),
+            verdict: "decapsulated, rewritten",
+            counters: &[TcCounter::SynTranslated, TcCounter::IpipDecapsulated],
+        },
+        Case {
+            name: "syn-ack",
+            what: "docs' direct SYN-ACK",
+            way: Way::In,
+            known: false,
+            frame: vector("syn-ack-before"),
+            verdict: "rewritten",
+            counters: &[TcCounter::SynAckLearned, TcCounter::IngressRewritten],
+        },
+        Case {
+            name: "syn-ack-via-lb",
+            what: "docs' SYN-ACK through the LB",
+            way: Way::In,
+            known: false,
+            frame: vector("syn-ack-via-lb"),
+            verdict: "pass learned_via_lb",
+            counters: &[TcCounter::SynAckLearned],
+        },
+        Case {
+            name: "ingress-data",
+            what: "docs' reply from DIP:dport, connection known",
+            way: Way::In,
+            known: true,
+            frame: vector("ingress-data-before"),
+            verdict: "rewritten",
+            counters: &[TcCounter::IngressRewritten],
+        },
+        Case {
+            name: "icmp-frag-needed",
+            what: "docs' ICMP error about a known connection",
+            way: Way::In,
+            known: true,
+            frame: vector("icmp-frag-needed-before"),
+            verdict: "rewritten",
+            counters: &[TcCounter::IcmpRewritten],
+        },
+        Case {
+            name: "egress-data",
+            what: "docs' segment to VIP:vport, connection known",
+            way: Way::Out,
+            known: true,
+            frame: vector("egress-data-before"),
+            verdict: "rewritten",
+            counters: &[TcCounter::EgressRewritten],
+        },
+        Case {
+            name: "egress-unknown",
+            what: "a segment to VIP:vport, no connection",
+            way: Way::Out,
+            known: false,
+            frame: vector("egress-data-before"),
+            verdict: "pass no_entry",
+            counters: &[],
+        },
+        Case {
+            name: "ingress-unknown",
+            what: "a reply from DIP:dport, no connection",
+            way: Way::In,
+            known: false,
+            frame: vector("ingress-data-before"),
+            verdict: "pass no_entry",
+            counters: &[],
+        },
+        Case {
+            name: "truncated-ipv4",
+            what: "an IPv4 header whose total length runs past the frame",
+            way: Way::In,
+            known: false,
+            frame: vector("fullnat-syn-before")[..34].to_vec(),
+            verdict: "pass malformed",
+            counters: &[],
+        },
+        Case {
+            name: "truncated-tcp",
+            what: "an IPv4 header and 10 bytes of TCP",
+            way: Way::In,
+            known: false,
+            frame: truncated_tcp,
+            verdict: "pass malformed",
+            counters: &[],
+        },
+        Case {
+            name: "ipv4-options",
+            what: "the full-NAT SYN with 4 bytes of IPv4 options",
+            way: Way::In,
+            known: false,
+            frame: ip_options,
+            verdict: "rewritten",
+            counters: &[TcCounter::SynTranslated],
+        },
+        Case {
+            name: "first-fragment",
+            what: "the full-NAT SYN with more-fragments set",
+            way: Way::In,
+            known: false,
+            frame: first_fragment,
+            verdict: "pass fragment",
+            counters: &[],
+        },
+        Case {
+            name: "later-fragment",
+            what: "the full-NAT SYN at fragment offset 16",
+            way: Way::In,
+            known: false,
+            frame: later_fragment,
+            verdict: "pass fragment",
+            counters: &[],
+        },
+        Case {
+            name: "lying-data-offset",
+            what: "the full-NAT SYN claiming a 60-byte TCP header",
+            way: Way::In,
+            known: false,
+            frame: lying_offset,
+            verdict: "pass malformed",
+            counters: &[],
+        },
+        Case {
+            name: "option-length-0",
+            what: "an option of length 0 before the SYN form",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&options(&[&[3, 0, 1, 1], &heels_syn])),
+            verdict: "pass bad_option",
+            counters: &[],
+        },
+        Case {
+            name: "option-length-1",
+            what: "an option of length 1 before the SYN form",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&options(&[&[3, 1, 1, 1], &heels_syn])),
+            verdict: "pass bad_option",
+            counters: &[],
+        },
+        Case {
+            name: "option-overrun",
+            what: "an option running past the header before the SYN form",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&options(&[&heels_syn, &[3, 9, 1, 1]])),
+            verdict: "pass bad_option",
+            counters: &[],
+        },
+        Case {
+            name: "malformed-after-heels",
+            what: "a length-0 option after a valid SYN form",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&options(&[&heels_syn, &[2, 0, 1, 1]])),
+            verdict: "pass bad_option",
+            counters: &[],
+        },
+        Case {
+            name: "two-heels-options",
+            what: "two SYN forms, the first valid: the first counts",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&options(&[&heels_syn, &syn_form(VIP, Endpoint::new([192, 0, 2, 7], 7))])),
+            verdict: "rewritten",
+            counters: &[TcCounter::SynTranslated],
+        },
+        Case {
+            name: "heels-wrong-length",
+            what: "the HEELS experiment ID in an 8-byte option",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&options(&[&[254, 8, 0x48, 0x45, 0, 0, 0, 0]])),
+            verdict: "pass bad_option",
+            counters: &[],
+        },
+        Case {
+            name: "option-on-non-syn",
+            what: "a full-NAT ACK carrying the SYN form",
+            way: Way::In,
+            known: false,
+            frame: tcp_frame(
+                LB_SNAT,
+                Endpoint::new(BACKEND.addr, VIP.port()),
+                TcpFlags::ACK,
+                &heels_syn,
+                &[],
+            ),
+            verdict: "pass no_entry",
+            counters: &[],
+        },
+        Case {
+            name: "syn-bad-ip-checksum",
+            what: "the full-NAT SYN with a wrong IPv4 checksum",
+            way: Way::In,
+            known: false,
+            frame: bad_ip_checksum,
+            verdict: "pass bad_checksum",
+            counters: &[],
+        },
+        Case {
+            name: "syn-bad-tcp-checksum",
+            what: "the full-NAT SYN with a wrong TCP checksum",
+            way: Way::In,
+            known: false,
+            frame: bad_tcp_checksum,
+            verdict: "pass bad_checksum",
+            counters: &[],
+        },
+        Case {
+            name: "syn-ack-bad-checksum",
+            what: "the direct SYN-ACK with a wrong TCP checksum",
+            way: Way::In,
+            known: false,
+            frame: bad_syn_ack_checksum,
+            verdict: "pass bad_checksum",
+            counters: &[],
+        },
+        Case {
+            name: "syn-with-data",
+            what: "the full-NAT SYN with 4 bytes of data (TCP Fast Open)",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn_with_data(&heels_syn),
+            verdict: "pass handshake_with_data",
+            counters: &[],
+        },
+        Case {
+            name: "ipip-non-syn",
+            what: "a client's data segment in IPIP to this host",
+            way: Way::In,
+            known: false,
+            frame: ipip_data,
+            verdict: "decapsulated, pass no_entry",
+            counters: &[TcCounter::IpipDecapsulated],
+        },
+        Case {
+            name: "ipip-bad-inner",
+            what: "IPIP to this host around a version-6 header",
+            way: Way::In,
+            known: false,
+            frame: ipip_bad_inner,
+            verdict: "pass not_tcp",
+            counters: &[],
+        },
+        Case {
+            name: "udp-to-vip",
+            what: "UDP to the VIP",
+            way: Way::Out,
+            known: true,
+            frame: udp_to_vip,
+            verdict: "pass not_tcp",
+            counters: &[],
+        },
+        Case {
+            name: "syn-ack-not-opened",
+            what: "a SYN-ACK form for a client port no socket is connecting from",
+            way: Way::In,
+            known: false,
+            frame: syn_ack(BACKEND, Endpoint::new(CLIENT.addr, 40001), None),
+            verdict: "pass not_connecting",
+            counters: &[TcCounter::SynAckRefused],
+        },
+        Case {
+            name: "syn-ack-foreign-backend",
+            what: "a SYN-ACK form naming a DIP outside the backend prefixes",
+            way: Way::In,
+            known: false,
+            frame: syn_ack(Endpoint::new([10, 10, 9, 9], 8080), CLIENT, None),
+            verdict: "pass backend_not_allowed",
+            counters: &[TcCounter::SynAckRefused],
+        },
+        Case {
+            name: "syn-ack-malformed-options",
+            what: "a direct SYN-ACK form followed by an overrunning option",
+            way: Way::In,
+            known: false,
+            frame: syn_ack(BACKEND, CLIENT, Some(9)),
+            verdict: "pass bad_option",
+            counters: &[],
+        },
+        Case {
+            name: "syn-foreign-source",
+            what: "a SYN form from outside the LB-source prefixes",
+            way: Way::In,
+            known: false,
+            frame: tcp_frame(
+                Endpoint::new([192, 0, 2, 1], 51000),
+                Endpoint::new(BACKEND.addr, VIP.port()),
+                TcpFlags::SYN,
+                &heels_syn,
+                &[],
+            ),
+            verdict: "pass source_not_allowed",
+            counters: &[TcCounter::SynRefused],
+        },
+        Case {
+            name: "syn-unknown-service",
+            what: "a SYN form naming a VIP this host does not serve",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&syn_form(Endpoint::new([10, 10, 100, 9], 80), CLIENT)),
+            verdict: "pass unknown_service",
+            counters: &[TcCounter::SynRefused],
+        },
+        Case {
+            name: "syn-no-listener",
+            what: "a SYN form for a service whose local port has no listener",
+            way: Way::In,
+            known: false,
+            frame: fullnat_syn(&syn_form(VIP2, CLIENT)),
+            verdict: "pass no_listener",
+            counters: &[TcCounter::SynNoListener],
+        },
+    ]
+}
+
+fn fullnat_syn_with_data(form: &[u8]) -> Vec<u8> {
+    tcp_frame(LB_SNAT, Endpoint::new(BACKEND.addr, VIP.port()), TcpFlags::SYN, form, b"data")
+}
+
+fn describe(outcome: Ingress) -> String {
+    let verdict = match outcome.verdict {
+        Verdict::Rewritten { .. } => "rewritten".to_owned(),
+        Verdict::Pass(reason) => format!("pass {reason}"),
+        Verdict::Drop(reason) => format!("drop {reason}"),
+    };
+    if outcome.start > 0 {
+        format!("decapsulated, {verdict}")
+    } else {
+        verdict
+    }
+}
+
+/// The core's answer: the verdict and the frame as it leaves.
+fn core(case: &Case) -> (String, Vec<u8>) {
+    let table = ConnTable::new(64, 60);
+    if case.known {
+        let known = fuzzing::table_with_connection();
+        for key in [
+            heels_dataplane::conntrack::FlowKey { src: CLIENT, dst: VIP },
+            heels_dataplane::conntrack::FlowKey { src: BACKEND, dst: CLIENT },
+        ] {
+            table.insert(key, known.lookup(&key, 0).expect("known"), 0).expect("room");
+        }
+    }
+    let sockets = fuzzing::sockets();
+    let mut frame = case.frame.clone();
+    let outcome = match case.way {
+        Way::In => translate::ingress(&mut frame, Mode::Full, &config(), &table, &sockets, 1),
+        Way::Out => {
+            Ingress { start: 0, verdict: translate::client_egress(&mut frame, Mode::Full, &table, 1) }
+        }
+    };
+    (describe(outcome), frame[outcome.start..].to_vec())
+}
+
+/// A network namespace with the docs' host in it: heels attached (TC on a
+/// veth, sockops on a cgroup), a served listener on the backend's port, a
+/// socket connecting from CIP:cport to VIP:vport. Removed on drop.
+struct Bed {
+    instance: String,
+    netns: NetNs,
+    listener: std::process::Child,
+    _connecting: OwnedFd,
+    // Dropped in this order, after the listener: the host's cgroup, then its parent.
+    _cgroup: Cgroup,
+    _cgroup_root: Cgroup,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self.listener.kill();
+        let _ = self.listener.wait();
+        let _ = Datapath::remove(&self.instance);
+    }
+}
+
+fn heels_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_heels"))
+}
+
+fn bed() -> Bed {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert!(unsafe { libc::geteuid() } == 0, "the conformance suite loads eBPF programs: run it as root");
+    let prefix = format!("hl{}c", std::process::id() % 100_000);
+    let instance = format!("{prefix}-conformance");
+    let netns = NetNs::create(&instance).expect("a network namespace");
+    let cgroup_root =
+        Cgroup::create(PathBuf::from("/sys/fs/cgroup/unified/heels-lab").join(&prefix)).expect("a cgroup");
+    let cgroup = Cgroup::create(cgroup_root.path().join("host")).expect("a cgroup");
+    for args in [
+        &["link", "add", "v0", "type", "veth", "peer", "name", "v1"][..],
+        &["addr", "add", "10.10.3.2/24", "dev", "v0"],
+        &["addr", "add", "10.10.1.2/24", "dev", "v0"],
+        &["link", "set", "v0", "up"],
+        &["link", "set", "v1", "up"],
+        &["link", "set", "lo", "up"],
+        // The client socket's SYN leaves into the veth and is never answered.
+        &["route", "add", "10.10.100.0/24", "dev", "v0"],
+    ] {
+        netns.ip(args).expect("ip");
+    }
+    let config = config();
+    let datapath = DatapathConfig {
+        instance: instance.clone(),
+        interfaces: vec!["v0".to_owned()],
+        cgroup: cgroup.path().to_owned(),
+        local_addrs: config.local_addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+        services: config.services.iter().map(|s| (SocketAddrV4::from(s.vip), s.local_port)).collect(),
+        lb_sources: config.lb_sources.iter().map(|p| (Ipv4Addr::from(p.addr()), p.len())).collect(),
+        vips: config.vips.iter().map(|v| SocketAddrV4::from(*v)).collect(),
+        backends: config.backends.iter().map(|p| (Ipv4Addr::from(p.addr()), p.len())).collect(),
+        syn_mark: 0,
+        local_vips: Vec::new(),
+        dsr_addr: None,
+    };
+    netns.enter(|| Ok(Datapath::start(&datapath)?)).expect("heels attaches");
+    // The listener opens after sockops is attached: it is served.
+    let mut command = Command::new(heels_binary());
+    command
+        .args(["lab", "serve", "--port", &BACKEND.port().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut listener = spawn_in(&netns, &cgroup, &mut command).expect("the listener starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(listener.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let connecting = netns.enter(|| Ok(connecting_socket(CLIENT, VIP))).expect("a connecting socket");
+    Bed { instance, netns, listener, _connecting: connecting, _cgroup: cgroup, _cgroup_root: cgroup_root }
+}
+
+/// A socket bound to `client`, connecting (SYN_SENT) to `vip`.
+fn connecting_socket(client: Endpoint, vip: Endpoint) -> OwnedFd {
+    let sockaddr = |e: Endpoint| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: e.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(e.addr) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // address structures live on the stack for each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = OwnedFd::from_raw_fd(fd);
+        let local = sockaddr(client);
+        assert_eq!(libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len), 0, "bind");
+        let remote = sockaddr(vip);
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert!(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS));
+        owned
+    }
+}
+
+fn counters(instance: &str) -> Vec<(TcCounter, u64)> {
+    Datapath::open(instance).unwrap().counters().unwrap()
+}
+
+/// The kernel's answer: the frame as it leaves, and the counters that moved.
+fn kernel(bed: &Bed, runner: &ProgramRunner, case: &Case) -> (Vec<TcCounter>, Vec<u8>) {
+    let mut datapath = Datapath::open(&bed.instance).unwrap();
+    for connection in datapath.connections().unwrap() {
+        datapath.forget(&connection).unwrap();
+    }
+    if case.known {
+        datapath
+            .remember(&Connection { client: CLIENT.into(), vip: VIP.into(), backend: BACKEND.into() })
+            .unwrap();
+    }
+    let before = counters(&bed.instance);
+    let hook = if case.way == Way::In { Hook::Ingress } else { Hook::Egress };
+    let out = bed
+        .netns
+        .enter(|| Ok(runner.run(hook, &case.frame)?))
+        .unwrap_or_else(|e| panic!("{}: the program did not run: {e:?}", case.name));
+    let after = counters(&bed.instance);
+    let moved = before
+        .iter()
+        .zip(&after)
+        .filter(|((counter, b), (_, a))| a > b && *counter != TcCounter::EgressViaSocket)
+        .map(|((counter, _), _)| *counter)
+        .collect();
+    (moved, out)
+}
+
+/// The conformance table of docs/protocol.md, as the cases say it.
+fn table(cases: &[Case]) -> String {
+    let mut out =
+        String::from("| case | frame | verdict (both engines) | TC counters |\n| --- | --- | --- | --- |\n");
+    for case in cases {
+        let way = if case.way == Way::In { "in" } else { "out" };
+        let counters: Vec<&str> = case.counters.iter().map(|c| c.name()).collect();
+        out.push_str(&format!(
+            "| `{}` | {} ({way}{}) | {} | {} |\n",
+            case.name,
+            case.what,
+            if case.known { ", connection known" } else { "" },
+            case.verdict,
+            if counters.is_empty() { "none".to_owned() } else { counters.join(", ") }
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_documented_table_is_the_one_tested() {
+    let doc = include_str!("../docs/protocol.md");
+    let begin = "<!-- cases:begin -->\n";
+    let start = doc.find(begin).expect("a cases table in docs/protocol.md") + begin.len();
+    let end = doc[start..].find("<!-- cases:end -->").expect("its end") + start;
+    assert_eq!(
+        doc[start..end],
+        table(&cases()),
+        "docs/protocol.md's conformance table differs from the cases"
+    );
+}
+
+#[test]
+fn the_core_and_the_tc_programs_agree_on_every_case() {
+    let bed = bed();
+    let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
+    let mut failures = Vec::new();
+    for case in cases() {
+        let (verdict, core_frame) = core(&case);
+        let (moved, kernel_frame) = kernel(&bed, &runner, &case);
+        if verdict != case.verdict {
+            failures.push(format!("{}: the core says {verdict:?}, the table {:?}", case.name, case.verdict));
+        }
+        if kernel_frame != core_frame {
+            failures.push(format!(
+                "{}: the frames differ\n  core   {core_frame:02x?}\n  kernel {kernel_frame:02x?}",
+                case.name
+            ));
+        }
+        if moved != case.counters {
+            failures.push(format!(
+                "{}: the kernel counted {moved:?}, the table says {:?}",
+                case.name, case.counters
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+}
