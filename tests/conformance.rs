@@ -93,7 +93,7 @@ fn tcp_frame(src: Endpoint, dst: Endpoint, flags: TcpFlags, options: &[u8], payl
 /// multiple of 4.
 fn options(parts: &[&[u8]]) -> Vec<u8> {
     let mut list: Vec<u8> = parts.concat();
-    while list.len() % 4 != 0 {
+    while !list.len().is_multiple_of(4) {
         list.insert(0, 1);
     }
     list
