@@ -463,25 +463,32 @@ fn status_conns_and_stats_read_an_instance() {
 }
 
 /// Short connections for `seconds`, the server closing each one first
-/// (it keeps the TIME_WAIT, as an HTTP/1.0 server does); returns the rate
-/// and the client's SYN retransmissions meanwhile.
+/// (it keeps the TIME_WAIT, as an HTTP/1.0 server does), in runs of two
+/// seconds; returns the median rate of the runs (a passing slowdown of this
+/// shared machine moves one run, not the median) and the client's SYN
+/// retransmissions over all of them.
 fn short_connections(lab: &Lab, target: SocketAddrV4, seconds: f64) -> (f64, u64) {
     let retransmitted = || lab.client().netstat("TcpExtTCPSynRetrans").unwrap();
     let before = retransmitted();
-    let report = lab
-        .load(&LoadSpec {
-            mode: Mode::Connect,
-            concurrency: 4,
-            request: 1,
-            response: 1,
-            seconds,
-            server_closes: true,
-            ..verify_spec(target, 0)
-        })
-        .expect("the load client runs");
-    assert_eq!(report.connections_failed, 0, "{:?}", report.errors);
-    assert!(report.connections_ok > 0);
-    (report.connections_per_s, retransmitted() - before)
+    let mut rates = Vec::new();
+    for _ in 0..(seconds / 2.0).ceil() as usize {
+        let report = lab
+            .load(&LoadSpec {
+                mode: Mode::Connect,
+                concurrency: 4,
+                request: 1,
+                response: 1,
+                seconds: 2.0,
+                server_closes: true,
+                ..verify_spec(target, 0)
+            })
+            .expect("the load client runs");
+        assert_eq!(report.connections_failed, 0, "{:?}", report.errors);
+        assert!(report.connections_ok > 0);
+        rates.push(report.connections_per_s);
+    }
+    rates.sort_by(f64::total_cmp);
+    (rates[rates.len() / 2], retransmitted() - before)
 }
 
 /// A translated connection has the wire tuple CIP:cport <-> DIP:dport, the
@@ -518,14 +525,18 @@ fn translated_and_direct_connections_share_tuples_without_stalls() {
     assert!(translated as f64 >= heels_fresh * SECONDS * 0.9, "heels bypassed the fresh bed: {translated}");
     assert_eq!(stalls_heels, 0, "SYN retransmissions through heels after direct connections: {rates}");
     assert_eq!(stalls_direct, 0, "SYN retransmissions of direct connections after heels: {rates}");
-    // The collapse this guards against is to ~1% of the fresh rate (one
-    // second per SYN retransmission). The goal is 0.8; on this
-    // 2-core machine one 10 s phase against another varies by up to a
-    // third (measured: 0.65 to 0.96 for either order, the low one
-    // alternating between runs), so the assertion keeps a margin below it
-    // and the stall counts above are the exact check.
-    assert!(heels_after_direct >= 0.5 * heels_fresh, "{rates}");
-    assert!(direct_after_heels >= 0.5 * direct_fresh, "{rates}");
+    // The collapse this guards against is to ~1% of the fresh rate (a
+    // second per SYN retransmission): the stall counts above are the exact
+    // check. The rates stay below the fresh bed's for reasons that remain
+    // (docs/design.md, "Shared tuples"): after direct connections about a
+    // third of the bypassed ones find their tuple held and take the LB path,
+    // and either order runs against tens of thousands of TIME_WAIT sockets.
+    // Measured here (medians of 2 s runs): 0.79 to 0.86 of the fresh rate
+    // through heels after direct connections, 0.77 to 0.96 for direct
+    // connections after heels; the goal of 0.8 is not met by the
+    // first every time, so the floor is set below both.
+    assert!(heels_after_direct >= 0.65 * heels_fresh, "{rates}");
+    assert!(direct_after_heels >= 0.65 * direct_fresh, "{rates}");
 }
 
 /// An ICMP error about a bypassed connection quotes CIP:cport -> DIP:dport;
