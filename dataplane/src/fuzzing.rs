@@ -168,6 +168,9 @@ pub fn untouchable_from(frame: &[u8]) -> Option<usize> {
         let end = ethernet::HEADER_LEN + usize::from(ip.total_len());
         ip = Ipv4Packet::new_checked(&frame[start..end]).ok()?;
     }
+    if ip.protocol() != Protocol::Tcp {
+        return None;
+    }
     let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
     Some(start + usize::from(ip.header_len()) + usize::from(tcp.header_len()))
 }

@@ -101,26 +101,12 @@ mod tests {
     fn icmp_error_about_a_bypassed_connection_is_translated() {
         let table = fuzzing::table_with_connection();
         let mut frame = vector("icmp-frag-needed-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            Mode::Full,
-            &fuzzing::config(),
-            &table,
-            &fuzzing::sockets(),
-            1,
-        );
+        let verdict = client_in(&mut frame, &table, 1);
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("icmp-frag-needed-after"));
         // Without a connection it is left alone.
         let mut frame = vector("icmp-frag-needed-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            Mode::Full,
-            &fuzzing::config(),
-            &ConnTable::new(4, 60),
-            &fuzzing::sockets(),
-            1,
-        );
+        let verdict = client_in(&mut frame, &ConnTable::new(4, 60), 1);
         assert_eq!(verdict, Verdict::Pass(Reason::NoEntry));
         assert_eq!(frame, vector("icmp-frag-needed-before"));
     }
@@ -138,6 +124,11 @@ mod tests {
             }
             assert_eq!(fuzzing::checksums_verify(&frame), Some(true), "{name}");
         }
+    }
+
+    /// Client ingress of `frame` on the host of docs/protocol.md.
+    fn client_in(frame: &mut [u8], table: &ConnTable, now: u32) -> Verdict {
+        translate::client_ingress(frame, Mode::Full, &fuzzing::config(), table, &fuzzing::sockets(), now)
     }
 
     fn server_case(before: &str, after: &str, start: usize) {
@@ -168,14 +159,7 @@ mod tests {
     fn direct_syn_ack_learns_and_is_rewritten() {
         let table = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            Mode::Full,
-            &fuzzing::config(),
-            &table,
-            &fuzzing::sockets(),
-            5,
-        );
+        let verdict = client_in(&mut frame, &table, 5);
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("syn-ack-after"));
         etherparse_verifies(&frame);
@@ -187,14 +171,7 @@ mod tests {
     fn syn_ack_via_lb_learns_and_stays() {
         let table = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-via-lb");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            Mode::Full,
-            &fuzzing::config(),
-            &table,
-            &fuzzing::sockets(),
-            5,
-        );
+        let verdict = client_in(&mut frame, &table, 5);
         assert_eq!(verdict, Verdict::Pass(Reason::LearnedViaLb));
         assert_eq!(frame, vector("syn-ack-via-lb"));
         assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, 5), Some(BACKEND));
@@ -211,14 +188,7 @@ mod tests {
         assert_eq!(frame, vector("egress-data-after"));
         etherparse_verifies(&frame);
         let mut frame = vector("ingress-data-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            Mode::Full,
-            &fuzzing::config(),
-            &table,
-            &fuzzing::sockets(),
-            1,
-        );
+        let verdict = client_in(&mut frame, &table, 1);
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("ingress-data-after"));
         etherparse_verifies(&frame);
@@ -338,14 +308,7 @@ mod tests {
         let table = ConnTable::new(1, 60);
         table.insert(FlowKey { src: VIP, dst: VIP }, VIP, 0).unwrap();
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            Mode::Full,
-            &fuzzing::config(),
-            &table,
-            &fuzzing::sockets(),
-            1,
-        );
+        let verdict = client_in(&mut frame, &table, 1);
         assert_eq!(verdict, Verdict::Drop(Reason::TableFull));
         assert_eq!(frame, vector("syn-ack-before"));
         assert_eq!(table.len(), 1);
@@ -375,17 +338,7 @@ mod tests {
                 translate::client_egress(&mut frame, Mode::Full, &table, 1),
                 Verdict::Pass(Reason::NoEntry)
             );
-            assert_eq!(
-                translate::client_ingress(
-                    &mut frame,
-                    Mode::Full,
-                    &fuzzing::config(),
-                    &table,
-                    &fuzzing::sockets(),
-                    1
-                ),
-                Verdict::Pass(Reason::NoEntry)
-            );
+            assert_eq!(client_in(&mut frame, &table, 1), Verdict::Pass(Reason::NoEntry));
             assert_eq!(frame, vector(name));
         }
         let mut arp = vector("egress-data-before");

@@ -297,6 +297,20 @@ impl Datapath {
     }
 }
 
+/// Loads the TC program `name` of an object into the kernel.
+fn load_classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+        .try_into()
+        .map_err(program_error(name))?;
+    program.load().map_err(program_error(name))?;
+    Ok(program)
+}
+
 /// Which TC program to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -326,12 +340,7 @@ impl ProgramRunner {
         }
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
         for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
-                .try_into()
-                .map_err(program_error(name))?;
-            program.load().map_err(program_error(name))?;
+            load_classifier(&mut ebpf, name)?;
         }
         Ok(ProgramRunner { ebpf })
     }
@@ -445,12 +454,7 @@ fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<
         (TC_INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
         (TC_EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
     ] {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(program_error(name))?;
-        program.load().map_err(program_error(name))?;
+        let program = load_classifier(ebpf, name)?;
         for interface in &config.interfaces {
             let pin = links_dir.join(format!("{prefix}-{interface}"));
             let id = match PinnedLink::from_pin(&pin) {
