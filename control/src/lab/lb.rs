@@ -86,7 +86,12 @@ fn load_ruleset(host: &Host, rules: &str) -> anyhow::Result<()> {
 /// (`nft -j list counters`), failing if one is missing.
 fn nft_counters(host: &Host, names: &[&str]) -> anyhow::Result<Vec<(u64, u64)>> {
     let output = host.netns.exec("nft", &["-j", "list", "counters", "table", "ip", "heels_lab"])?;
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    parse_nft_counters(&output.stdout, names)
+}
+
+/// The named counters of `nft -j list counters` output, in the order asked.
+fn parse_nft_counters(json: &[u8], names: &[&str]) -> anyhow::Result<Vec<(u64, u64)>> {
+    let value: serde_json::Value = serde_json::from_slice(json)?;
     let items = value["nftables"].as_array().context("nft output without \"nftables\"")?;
     names
         .iter()
@@ -269,6 +274,23 @@ pub fn attach_decap(servers: &[&Host], at: DecapAt) -> anyhow::Result<Ebpf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `nft -j list counters table ip heels_lab` of a real LB (trimmed).
+    const NFT_COUNTERS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"counter": {"family": "ip", "name": "to_servers", "table": "heels_lab", "handle": 1, "packets": 40, "bytes": 3040}},
+        {"counter": {"family": "ip", "name": "to_clients", "table": "heels_lab", "handle": 2, "packets": 0, "bytes": 0}},
+        {"counter": {"family": "ip", "name": "syns", "table": "heels_lab", "handle": 3, "packets": 40, "bytes": 3040}}]}"#;
+
+    #[test]
+    fn counters_are_read_by_name_and_a_missing_one_is_an_error() {
+        let read = parse_nft_counters(NFT_COUNTERS.as_bytes(), &["syns", "to_servers"]).unwrap();
+        assert_eq!(read, vec![(40, 3040), (40, 3040)]);
+        let error = parse_nft_counters(NFT_COUNTERS.as_bytes(), &["to_elsewhere"]).unwrap_err().to_string();
+        assert!(error.contains("no nftables counter to_elsewhere"), "{error}");
+        let no_bytes = NFT_COUNTERS.replace(r#""packets": 0, "bytes": 0"#, r#""packets": 0"#);
+        let error = parse_nft_counters(no_bytes.as_bytes(), &["to_clients"]).unwrap_err().to_string();
+        assert!(error.contains("counter to_clients: no bytes"), "{error}");
+    }
 
     #[test]
     fn fullnat_masquerades_and_dnat_does_not() {
