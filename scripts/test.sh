@@ -4,6 +4,14 @@
 # integration tests. Needs root: the eBPF and namespace tests load programs
 # and make network namespaces, and fail (never skip) without it.
 set -euo pipefail
+# Root is needed (namespaces, eBPF, apt): as another user, ask sudo for it.
+if [[ $(id -u) != 0 ]]; then
+    if ! command -v sudo >/dev/null; then
+        echo "$0: needs root (network namespaces, eBPF, apt); run it as root" >&2
+        exit 1
+    fi
+    exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
