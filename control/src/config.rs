@@ -28,7 +28,10 @@
 //! uniform_timestamps = true
 //! ```
 //!
-//! Every error names the field it is about.
+//! Every error names the field it is about and the value it has;
+//! [`AgentConfig::warnings`] names what is legal but likely wrong.
+//! `heels agent --check-config FILE` prints both without attaching anything.
+//! A commented example that passes with no warning: `deploy/heels.toml`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -57,6 +60,24 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     ConfigError::Invalid { field: field.into(), message: message.into() }
 }
 
+/// Something legal but likely wrong in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The field, as a TOML path.
+    pub field: String,
+    /// What is likely wrong, and why.
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.message)
+    }
+}
+
+/// LB-source prefixes shorter than this likely cover clients too.
+const WIDE_LB_SOURCE: u8 = 16;
+
 /// A service of this host.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +101,13 @@ pub struct DirectRoute {
     /// Routing table of the direct route (default 4845).
     #[serde(default = "default_table")]
     pub table: u32,
+}
+
+impl DirectRoute {
+    /// Replies by `gateway`, with the default mark and table.
+    pub fn via(gateway: Ipv4Addr) -> Self {
+        DirectRoute { gateway, mark: default_mark(), table: default_table() }
+    }
 }
 
 fn default_sweep_seconds() -> u64 {
@@ -173,7 +201,10 @@ impl AgentConfig {
             && self.instance.len() <= 64
             && self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
-            return Err(invalid("instance", "1 to 64 letters, digits, '-' or '_'"));
+            return Err(invalid(
+                "instance",
+                format!("{:?}: 1 to 64 letters, digits, '-' or '_'", self.instance),
+            ));
         }
         if self.interfaces.is_empty() {
             return Err(invalid("interfaces", "name at least one interface"));
@@ -187,7 +218,10 @@ impl AgentConfig {
             }
         }
         if !self.cgroup.is_absolute() {
-            return Err(invalid("cgroup", "an absolute path to a cgroup v2 directory"));
+            return Err(invalid(
+                "cgroup",
+                format!("{:?}: an absolute path to a cgroup v2 directory", self.cgroup.display().to_string()),
+            ));
         }
         if self.sweep_seconds == 0 {
             return Err(invalid("sweep_seconds", "at least 1"));
@@ -213,12 +247,12 @@ impl AgentConfig {
             }
             if let Some(route) = &server.direct_route {
                 if route.mark == 0 {
-                    return Err(invalid("server.direct_route.mark", "must not be 0"));
+                    return Err(invalid("server.direct_route.mark", "0: must not be 0"));
                 }
                 if route.table == 0 || route.table >= 253 && route.table <= 255 {
                     return Err(invalid(
                         "server.direct_route.table",
-                        "not 0 and not a reserved table (253-255)",
+                        format!("{}: not 0 and not a reserved table (253-255)", route.table),
                     ));
                 }
             }
@@ -233,6 +267,62 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// What is legal but likely wrong: a client VIP inside the backend
+    /// prefixes, an LB-source prefix wide enough to cover clients, a local
+    /// port that serves two VIPs. Call on a configuration that parsed.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let mut warnings = Vec::new();
+        let mut warn = |field: String, message: String| warnings.push(Warning { field, message });
+        if let Some(server) = &self.server {
+            let sources = prefixes("server.lb_sources", &server.lb_sources).unwrap_or_default();
+            for (i, (addr, len)) in sources.iter().enumerate() {
+                if *len < WIDE_LB_SOURCE {
+                    warn(
+                        format!("server.lb_sources[{i}]"),
+                        format!(
+                            "{addr}/{len} is wide: if it covers clients, any of them can make this server see \
+                             any client address (docs/security.md); name the LB's own SNAT range"
+                        ),
+                    );
+                }
+            }
+            for (i, service) in server.services.iter().enumerate() {
+                let port = service.port.unwrap_or(service.vip.port());
+                let earlier = server.services[..i].iter().find(|s| s.port.unwrap_or(s.vip.port()) == port);
+                if let Some(earlier) = earlier {
+                    let message = if earlier.vip == service.vip {
+                        format!("{} is listed twice", service.vip)
+                    } else {
+                        format!(
+                            "local port {port} also serves {}: connections of both VIPs from one client port \
+                             share a tuple, and the second takes the LB path (docs/design.md, \"Shared tuples\")",
+                            earlier.vip
+                        )
+                    };
+                    warn(format!("server.services[{i}]"), message);
+                }
+            }
+        }
+        if let Some(client) = &self.client {
+            let backends = prefixes("client.backends", &client.backends).unwrap_or_default();
+            for (i, vip) in client.vips.iter().enumerate() {
+                let inside = backends.iter().find(|(addr, len)| {
+                    Prefix::new(addr.octets(), *len).is_some_and(|p| p.contains(vip.ip().octets()))
+                });
+                if let Some((addr, len)) = inside {
+                    warn(
+                        format!("client.vips[{i}]"),
+                        format!(
+                            "{vip} lies inside backend prefix {addr}/{len}: a SYN-ACK form could name the VIP \
+                             as a backend; keep VIPs out of the backend prefixes"
+                        ),
+                    );
+                }
+            }
+        }
+        warnings
     }
 
     /// The kernel-side form of the configuration.
@@ -310,6 +400,42 @@ backends = ["10.10.0.0/24"]
         assert!(error_of(&relative).contains("`cgroup`"));
         let zero_mark = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#);
         assert!(error_of(&zero_mark).contains("server.direct_route.mark"));
+    }
+
+    #[test]
+    fn errors_name_the_bad_value() {
+        let bad_name = FULL.replace("server1", "a/b");
+        assert!(error_of(&bad_name).contains("\"a/b\""), "{}", error_of(&bad_name));
+        let bad_table = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", table = 254"#);
+        assert!(error_of(&bad_table).contains("254"), "{}", error_of(&bad_table));
+        let relative = FULL.replace("/sys/fs/cgroup/unified/heels", "heels");
+        assert!(error_of(&relative).contains("\"heels\""), "{}", error_of(&relative));
+    }
+
+    #[test]
+    fn warnings_name_what_is_likely_wrong() {
+        assert_eq!(AgentConfig::parse(FULL).unwrap().warnings(), vec![]);
+        let wide = FULL.replace(r#"lb_sources = ["10.10.0.3/32"]"#, r#"lb_sources = ["10.0.0.0/8"]"#);
+        let warnings = AgentConfig::parse(&wide).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].to_string().starts_with("field `server.lb_sources[0]`: 10.0.0.0/8 is wide"));
+        let shared =
+            FULL.replace(r#"{ vip = "10.10.100.2:443" }"#, r#"{ vip = "10.10.100.2:443", port = 8080 }"#);
+        let warnings = AgentConfig::parse(&shared).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].message.contains("local port 8080 also serves 10.10.100.1:80"), "{warnings:?}");
+        let vip_in_backends = FULL.replace(r#"vips = ["10.10.100.1:0"]"#, r#"vips = ["10.10.0.9:80"]"#);
+        let warnings = AgentConfig::parse(&vip_in_backends).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, "client.vips[0]");
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid_and_warns_of_nothing() {
+        let example = include_str!("../../deploy/heels.toml");
+        let config = AgentConfig::parse(example).unwrap();
+        assert_eq!(config.warnings(), vec![]);
+        assert!(config.server.is_some() && config.client.is_some(), "the example shows both roles");
     }
 
     #[test]

@@ -8,7 +8,18 @@ use heels::config::AgentConfig;
 use heels::lab;
 
 #[derive(Parser)]
-#[command(name = "heels", version, about = "Let an L4 load balancer see only the SYN.")]
+#[command(
+    name = "heels",
+    version,
+    about = "Let an L4 load balancer see only the SYN.",
+    after_help = "Examples:
+  heels agent --config /etc/heels/heels.toml   attach and run (root)
+  heels agent --check-config heels.toml        validate a configuration (no root)
+  heels stats --instance web1                  what heels did on this host
+  heels lab demo                               try it on this machine (root)
+
+Exit status: 0 on success, 1 on any error (one line on stderr: what failed, and why)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,10 +28,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach heels on this host and keep it until SIGINT/SIGTERM.
+    #[command(
+        after_help = "Examples:\n  heels agent --config /etc/heels/heels.toml\n  heels agent --check-config deploy/heels.toml"
+    )]
     Agent {
         /// The TOML configuration.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "check_config", conflicts_with = "check_config")]
+        config: Option<PathBuf>,
+        /// Check a configuration and print its warnings; attach nothing
+        /// (root not needed). Exits 1 if it is invalid.
+        #[arg(long, value_name = "FILE")]
+        check_config: Option<PathBuf>,
         /// Remove everything on exit (by default the datapath stays so that
         /// connections survive a restart).
         #[arg(long)]
@@ -55,6 +73,11 @@ struct Query {
     json: bool,
 }
 
+fn read_config(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    AgentConfig::parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
 fn print_out(text: anyhow::Result<String>) -> anyhow::Result<()> {
     print!("{}", text?);
     Ok(())
@@ -71,11 +94,23 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Agent { config, detach_on_exit } => {
-            let text =
-                std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let config = AgentConfig::parse(&text).with_context(|| format!("in {}", config.display()))?;
+        Command::Agent { config: _, check_config: Some(path), .. } => {
+            let config = read_config(&path)?;
+            for warning in config.warnings() {
+                println!("{}: warning: {warning}", path.display());
+            }
+            println!("{}: valid (instance {})", path.display(), config.instance);
+            Ok(())
+        }
+        Command::Agent { config: Some(path), check_config: None, detach_on_exit } => {
+            let config = read_config(&path)?;
+            for warning in config.warnings() {
+                eprintln!("heels agent {}: warning: {warning}", config.instance);
+            }
             heels::agent::run(&config, detach_on_exit)
+        }
+        Command::Agent { config: None, check_config: None, .. } => {
+            unreachable!("clap requires --config or --check-config")
         }
         Command::Down { instance } => heels::agent::down(&instance),
         Command::Status(q) => print_out(heels::report::status(&q.instance, q.json)),

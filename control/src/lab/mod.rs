@@ -32,6 +32,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use self::lb::{LbCounters, LoadBalancer};
+use crate::config::{AgentConfig, DirectRoute, Service};
+
+/// The repository's example agent configuration, the base of the lab's.
+const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/heels.toml");
 use self::netns::{spawn_in, Cgroup, NetNs};
 use self::workload::{LoadReport, LoadSpec};
 
@@ -385,38 +389,36 @@ impl Lab {
         Ok(())
     }
 
-    /// The agent configuration of host `index`.
-    fn agent_config(&self, index: usize) -> String {
+    /// The agent configuration of host `index`: the repository's example
+    /// (deploy/heels.toml) with this host's names, addresses and role.
+    fn agent_config(&self, index: usize) -> anyhow::Result<AgentConfig> {
         let host = &self.hosts[index];
-        let instance = format!("{}-{}", self.prefix, host.role);
-        let mut text = format!(
-            "instance = \"{instance}\"\ninterfaces = [\"eth0\"]\ncgroup = \"{}\"\naddresses = [\"{}\"]\nsweep_seconds = 1\n",
-            host.cgroup.path().display(),
-            host.addr
-        );
         let overrides = &self.spec.overrides;
-        let quoted =
-            |items: &[String]| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+        let mut config = AgentConfig::parse(EXAMPLE_CONFIG).context("the example configuration")?;
+        config.instance = format!("{}-{}", self.prefix, host.role);
+        config.interfaces = vec!["eth0".to_owned()];
+        config.cgroup = host.cgroup.path().to_owned();
+        config.addresses = vec![host.addr];
+        config.sweep_seconds = 1;
         if index == 0 {
-            let mut vips = vec![format!("{VIP}:{VPORT}")];
-            vips.extend(overrides.extra_client_vips.iter().map(|v| v.to_string()));
-            let backends = overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned());
-            text.push_str(&format!("\n[client]\nvips = [{}]\nbackends = [\"{backends}\"]\n", quoted(&vips)));
+            config.server = None;
+            let client = config.client.as_mut().context("the example has a [client]")?;
+            client.vips = std::iter::once(SocketAddrV4::new(VIP, VPORT))
+                .chain(overrides.extra_client_vips.iter().copied())
+                .collect();
+            client.backends = vec![overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned())];
         } else {
-            let sources = overrides
+            config.client = None;
+            let server = config.server.as_mut().context("the example has a [server]")?;
+            let port = overrides.server_local_port.unwrap_or_else(|| self.server_port());
+            server.services = vec![Service { vip: SocketAddrV4::new(VIP, VPORT), port: Some(port) }];
+            server.lb_sources = overrides
                 .server_lb_sources
                 .clone()
                 .unwrap_or_else(|| vec![format!("{LB}/32"), "172.16.0.0/16".to_owned()]);
-            text.push_str(&format!(
-                "\n[server]\nservices = [{{ vip = \"{VIP}:{VPORT}\", port = {} }}]\nlb_sources = [{}]\n",
-                overrides.server_local_port.unwrap_or_else(|| self.server_port()),
-                quoted(&sources)
-            ));
-            if self.spec.lb == LbKind::Dnat {
-                text.push_str(&format!("direct_route = {{ gateway = \"{ROUTER}\" }}\n"));
-            }
+            server.direct_route = (self.spec.lb == LbKind::Dnat).then(|| DirectRoute::via(ROUTER));
         }
-        text
+        Ok(config)
     }
 
     fn start_agents(&mut self) -> anyhow::Result<()> {
@@ -429,7 +431,11 @@ impl Lab {
         }
         for index in wanted {
             let config_path = self.work_dir.join(format!("{}.toml", self.hosts[index].role));
-            std::fs::write(&config_path, self.agent_config(index))?;
+            let config = self.agent_config(index)?;
+            std::fs::write(
+                &config_path,
+                toml::to_string(&config).context("writing an agent configuration")?,
+            )?;
             let instance = format!("{}-{}", self.prefix, self.hosts[index].role);
             self.agents.push(Agent { host: index, instance, config_path, child: None });
             let agent = self.agents.len() - 1;
