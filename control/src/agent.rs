@@ -249,7 +249,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     }
     let mut datapath = start(config)?;
     let links = datapath.links().join(", ");
-    eprintln!("heels agent {}: attached ({links}); pins in {}", config.instance, datapath.dir().display());
+    tracing::info!(instance = %config.instance, links = %links, pins = %datapath.dir().display(), "attached");
     println!("ready");
     std::io::stdout().flush().ok();
     let interval = Duration::from_secs(config.sweep_seconds);
@@ -262,9 +262,11 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
             match sweeper.sweep(&mut datapath) {
                 Ok(0) => {}
                 Ok(n) => {
-                    eprintln!("heels agent {}: dropped {n} connections whose socket is gone", config.instance)
+                    tracing::info!(instance = %config.instance, connections = n, "dropped entries whose socket is gone")
                 }
-                Err(e) => eprintln!("heels agent {}: sweep: {e:#}", config.instance),
+                Err(e) => {
+                    tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "sweep failed")
+                }
             }
         }
     }
@@ -272,12 +274,13 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     drop(datapath);
     if detach_on_exit {
         down(&config.instance)?;
-        eprintln!("heels agent {}: signal {signal}: detached and removed", config.instance);
+        tracing::info!(instance = %config.instance, signal, "detached and removed");
     } else {
-        eprintln!(
-            "heels agent {}: signal {signal}: exiting; the datapath stays attached so connections survive \
-             (`heels down --instance {}` removes it)",
-            config.instance, config.instance
+        tracing::info!(
+            instance = %config.instance,
+            signal,
+            "exiting; the datapath stays attached so connections survive (`heels down --instance {}` removes it)",
+            config.instance
         );
     }
     Ok(())

@@ -84,6 +84,18 @@ fn print_out(text: anyhow::Result<String>) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // Logs: one line per attach, detach, configuration warning or sweep
+    // that changed something, never one per packet; level from RUST_LOG
+    // (default info), on stderr so stdout stays for "ready" and reports.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     // Errors as one line of context ("reading x: field `y`: ..."), never a
     // backtrace, whatever RUST_BACKTRACE says.
     if let Err(error) = run(Cli::parse()) {
@@ -105,7 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent { config: Some(path), check_config: None, detach_on_exit } => {
             let config = read_config(&path)?;
             for warning in config.warnings() {
-                eprintln!("heels agent {}: warning: {warning}", config.instance);
+                tracing::warn!(instance = %config.instance, "{warning}");
             }
             heels::agent::run(&config, detach_on_exit)
         }
