@@ -588,3 +588,88 @@ fn path_mtu_discovery_works_on_bypassed_connections() {
     assert_eq!(report.bytes_verified, 4 * 2 * size);
     assert_only_syns(&lab.lb_counters().unwrap(), 5);
 }
+
+/// A user's own programs on a bare lab, as the README shows: a stock HTTP
+/// server that closes first (Python's, HTTP/1.0) listening on `[::]`, and
+/// curl through the VIP. Every request answered, the LB sees SYNs only.
+#[test]
+fn stock_programs_run_on_a_bare_lab_through_heels() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert!(unsafe { libc::geteuid() } == 0, "the lab tests need root");
+    let mut up = std::process::Command::new(heels())
+        .args(["lab", "up", "--bare", "--servers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Whatever happens below, the lab goes (SIGTERM: its own teardown).
+    struct Up(std::process::Child);
+    impl Drop for Up {
+        fn drop(&mut self) {
+            // SAFETY: kill on the pid of a child we still own.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = up.stdout.take().unwrap();
+    let up = Up(up);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let prefix =
+        line.strip_prefix("lab up: ").and_then(|l| l.split_whitespace().next()).expect(&line).to_owned();
+    let exec = |host: &str, command: &[&str]| {
+        std::process::Command::new(heels())
+            .args(["lab", "exec", "--lab", &prefix, host, "--"])
+            .args(command)
+            .output()
+            .unwrap()
+    };
+    let mut server = std::process::Command::new(heels())
+        .args([
+            "lab",
+            "exec",
+            "--lab",
+            &prefix,
+            "server1",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "::",
+            "8080",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = || exec("client", &["curl", "-sS", "-m", "5", "http://10.10.100.1/"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !curl().status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lb =
+        || lb_counters_of(&exec("lb", &["nft", "-j", "list", "counters", "table", "ip", "heels_lab"]).stdout);
+    let before = lb();
+    for _ in 0..10 {
+        let output = curl();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Directory listing"));
+    }
+    let after = lb();
+    assert_eq!(after.0 - before.0, 10, "the LB forwarded the 10 SYNs and nothing else toward the server");
+    assert_eq!(after.1 - before.1, 0, "nothing came back through the LB");
+    let instance = format!("{prefix}-server1");
+    assert!(counter(&instance, TcCounter::SynTranslated) >= 10);
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(up);
+    assert!(!Path::new(&format!("/var/run/netns/{prefix}-client")).exists(), "the lab is gone");
+}
+
+/// (to_servers, to_clients) packets of `nft -j list counters` output.
+fn lb_counters_of(json: &[u8]) -> (u64, u64) {
+    let counters =
+        heels::lab::lb::parse_nft_counters(json, &["to_servers", "to_clients"]).expect("the LB's counters");
+    (counters[0].0, counters[1].0)
+}

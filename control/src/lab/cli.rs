@@ -53,6 +53,10 @@ pub enum LabCommand {
         plot: Option<std::path::PathBuf>,
     },
     /// Build the lab and keep it until SIGINT/SIGTERM (to explore it by hand).
+    #[command(after_help = "Example, with your own programs:
+  heels lab up --bare &
+  heels lab exec server1 -- python3 -m http.server 8080 &
+  heels lab exec client -- curl http://10.10.100.1/")]
     Up {
         /// The load balancer.
         #[arg(long, value_enum, default_value = "fullnat")]
@@ -63,6 +67,20 @@ pub enum LabCommand {
         /// Servers behind the LB.
         #[arg(long, default_value_t = 2)]
         servers: usize,
+        /// Start no lab server: the service port (8080; 80 behind ipip) is free for your own.
+        #[arg(long)]
+        bare: bool,
+    },
+    /// Run a program on a lab host, in its namespace and cgroup (as that host's own).
+    Exec {
+        /// Which lab (the prefix `heels lab up` printed); needed only when several run.
+        #[arg(long)]
+        lab: Option<String>,
+        /// The host: client, lb, server1, server2...
+        host: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Remove what interrupted or killed lab runs left behind.
     Clean,
@@ -148,21 +166,29 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Up { lb, dataplane, servers } => {
+        LabCommand::Exec { lab, host, command } => {
+            let status = super::exec(lab.as_deref(), &host, &command)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        LabCommand::Up { lb, dataplane, servers, bare } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let mut signals = signal_hook::iterator::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
             ])?;
+            let overrides = super::Overrides { bare, ..Default::default() };
             let lab = super::Lab::build(
-                LabSpec { lb, servers, client: dataplane, server: dataplane, overrides: Default::default() },
+                LabSpec { lb, servers, client: dataplane, server: dataplane, overrides },
                 &heels,
             )?;
             println!(
-                "lab up: namespaces {}-*, instances {:?}; SIGINT or SIGTERM tears it down",
+                "lab up: {} (namespaces {}-*), instances {:?}; run programs on it with `heels lab exec HOST -- \
+                 COMMAND`; SIGINT or SIGTERM tears it down",
+                lab.prefix,
                 lab.prefix,
                 lab.instances()
             );
+            std::io::Write::flush(&mut std::io::stdout())?;
             signals.forever().next();
             drop(lab);
             Ok(())

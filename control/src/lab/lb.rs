@@ -90,7 +90,7 @@ fn nft_counters(host: &Host, names: &[&str]) -> anyhow::Result<Vec<(u64, u64)>> 
 }
 
 /// The named counters of `nft -j list counters` output, in the order asked.
-fn parse_nft_counters(json: &[u8], names: &[&str]) -> anyhow::Result<Vec<(u64, u64)>> {
+pub fn parse_nft_counters(json: &[u8], names: &[&str]) -> anyhow::Result<Vec<(u64, u64)>> {
     let value: serde_json::Value = serde_json::from_slice(json)?;
     let items = value["nftables"].as_array().context("nft output without \"nftables\"")?;
     names

@@ -133,6 +133,9 @@ pub struct Overrides {
     pub ipip_decap_in_xdp: bool,
     /// Servers open their listeners before their agents start.
     pub servers_before_agents: bool,
+    /// No lab server: the service port is free for the user's own
+    /// (`heels lab up --bare`, then `heels lab exec`).
+    pub bare: bool,
 }
 
 impl Default for LabSpec {
@@ -246,7 +249,7 @@ impl Lab {
         let prefix = unique_prefix();
         let work_dir = std::env::temp_dir().join(format!("heels-lab-{prefix}"));
         std::fs::create_dir_all(&work_dir)?;
-        let cgroup_root = Cgroup::create(PathBuf::from("/sys/fs/cgroup/unified/heels-lab").join(&prefix))?;
+        let cgroup_root = Cgroup::create(PathBuf::from(CGROUP_ROOT).join(&prefix))?;
         let mut lab = Lab {
             spec,
             prefix,
@@ -285,8 +288,10 @@ impl Lab {
             lab.start_agents()?;
         } else {
             lab.start_agents()?;
-            for i in 0..lab.spec.servers {
-                lab.start_server(i)?;
+            if !lab.spec.overrides.bare {
+                for i in 0..lab.spec.servers {
+                    lab.start_server(i)?;
+                }
             }
         }
         Ok(lab)
@@ -645,7 +650,7 @@ impl InterfaceCounters {
 /// after a normal teardown, on SIGINT/SIGTERM, and by `heels lab clean`.
 /// An empty prefix means every lab.
 pub fn sweep(prefix: &str) {
-    let root = Path::new("/sys/fs/cgroup/unified/heels-lab");
+    let root = Path::new(CGROUP_ROOT);
     let labs: Vec<PathBuf> = std::fs::read_dir(root)
         .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
@@ -690,6 +695,52 @@ pub fn sweep(prefix: &str) {
         }
     }
     let _ = std::fs::remove_dir(root);
+}
+
+/// Where every lab's cgroups live (one directory per lab, named by its prefix).
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified/heels-lab";
+
+/// `heels lab exec`: runs `command` on `host` of a running lab (in its
+/// network namespace and cgroup, so heels treats it as that host's own
+/// program); `lab` is the prefix `heels lab up` printed, needed only when
+/// more than one lab runs. Returns the program's exit status.
+pub fn exec(lab: Option<&str>, host: &str, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+    let labs: Vec<String> = std::fs::read_dir(CGROUP_ROOT)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let prefix = match (lab, labs.as_slice()) {
+        (Some(lab), _) if labs.iter().any(|l| l == lab) => lab.to_owned(),
+        (Some(lab), _) => bail!("no lab {lab} (running: {})", labs.join(", ")),
+        (None, [only]) => only.clone(),
+        (None, []) => bail!("no lab is running (start one with `heels lab up`)"),
+        (None, _) => bail!("{} labs are running ({}): say which with --lab", labs.len(), labs.join(", ")),
+    };
+    let cgroup = Path::new(CGROUP_ROOT).join(&prefix).join(host);
+    let netns = Path::new("/var/run/netns").join(format!("{prefix}-{host}"));
+    if !cgroup.is_dir() || !netns.exists() {
+        let hosts: Vec<String> = std::fs::read_dir(Path::new(CGROUP_ROOT).join(&prefix))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        bail!("no host {host} in lab {prefix} (hosts: {})", hosts.join(", "));
+    }
+    let (program, args) = command.split_first().context("name a program to run")?;
+    let mut command = Command::new(program);
+    command.args(args);
+    let mut child =
+        netns::spawn_at(&netns, &cgroup, &mut command).with_context(|| format!("running {program}"))?;
+    Ok(child.wait()?)
 }
 
 /// On SIGINT or SIGTERM, removes every lab of this process and exits: a

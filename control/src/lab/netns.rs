@@ -124,8 +124,14 @@ impl Drop for Cgroup {
 
 /// Spawns `program args` inside a network namespace and a cgroup.
 pub fn spawn_in(netns: &NetNs, cgroup: &Cgroup, command: &mut Command) -> anyhow::Result<Child> {
-    let ns = File::open(netns.path()).with_context(|| format!("opening {}", netns.path().display()))?;
-    let procs_path = cgroup.path().join("cgroup.procs");
+    spawn_at(&netns.path(), cgroup.path(), command)
+}
+
+/// Spawns a command inside the network namespace pinned at `netns` and
+/// the cgroup directory `cgroup`, neither of which it owns.
+pub fn spawn_at(netns: &Path, cgroup: &Path, command: &mut Command) -> anyhow::Result<Child> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let procs_path = cgroup.join("cgroup.procs");
     let procs = OpenOptions::new()
         .write(true)
         .open(&procs_path)
