@@ -494,39 +494,57 @@ mod tests {
         // replacing k1 by k2 and back in a two-slot table, so the same slots
         // hold one key, then the other; a reader that mixed the words of
         // the two would find `mixed` (k1's addresses, k2's ports), which
-        // was never inserted. The reader runs for a fixed time and must
-        // have seen both real keys.
+        // was never inserted. The writer leaves each key in place until the
+        // reader has seen it (or 20 ms), so both are seen however the two
+        // threads are scheduled; the reader goes on for 300 ms at least.
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::time::{Duration, Instant};
         let table = Arc::new(ConnTable::new(1, 1000));
         let k1 = FlowKey { src: Endpoint::new([1, 1, 1, 1], 1111), dst: Endpoint::new([9, 9, 9, 9], 80) };
         let k2 = FlowKey { src: Endpoint::new([2, 2, 2, 2], 2222), dst: Endpoint::new([9, 9, 9, 9], 81) };
         let mixed = FlowKey { src: Endpoint::new(k1.src.addr, k2.src.port()), dst: k2.dst };
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let stop = Arc::new(AtomicBool::new(false));
         let writer = {
-            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            let (table, stop, seen) = (Arc::clone(&table), Arc::clone(&stop), Arc::clone(&seen));
             std::thread::spawn(move || {
-                let mut rounds = 0u64;
+                let mut replacements = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    for key in [k1, k2] {
+                    for (i, key) in [k1, k2].into_iter().enumerate() {
+                        let before = seen[i].load(Ordering::Relaxed);
                         table.insert(key, target(1), 0).unwrap();
+                        let until = Instant::now() + Duration::from_millis(20);
+                        while seen[i].load(Ordering::Relaxed) == before && Instant::now() < until {
+                            std::thread::yield_now();
+                        }
                         table.remove(&key);
+                        replacements += 1;
                     }
-                    rounds += 1;
                 }
-                rounds
+                replacements
             })
         };
-        let (mut seen_k1, mut seen_k2, mut seen_mixed) = (0u64, 0u64, 0u64);
-        let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_millis(300) {
-            seen_k1 += u64::from(table.lookup(&k1, 0).is_some());
-            seen_k2 += u64::from(table.lookup(&k2, 0).is_some());
+        let mut seen_mixed = 0u64;
+        let started = Instant::now();
+        let both_seen = || seen.iter().all(|s| s.load(Ordering::Relaxed) > 0);
+        while (started.elapsed() < Duration::from_millis(300) || !both_seen())
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            for (i, key) in [k1, k2].iter().enumerate() {
+                if table.lookup(key, 0).is_some() {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
             seen_mixed += u64::from(table.lookup(&mixed, 0).is_some());
         }
         stop.store(true, Ordering::Relaxed);
-        let rounds = writer.join().unwrap();
+        let replacements = writer.join().unwrap();
         assert_eq!(seen_mixed, 0, "torn reads: a key made of two entries' halves was found");
-        assert!(rounds > 1000, "the writer ran alongside the reader ({rounds} rounds)");
-        assert!(seen_k1 > 0 && seen_k2 > 0, "the reader saw both keys: {seen_k1} k1, {seen_k2} k2");
+        assert!(both_seen(), "the reader saw both keys: {seen:?}");
+        assert!(
+            replacements >= 10,
+            "the writer replaced the keys alongside the reader ({replacements} times)"
+        );
     }
 
     #[test]
