@@ -651,9 +651,7 @@ impl InterfaceCounters {
 /// An empty prefix means every lab.
 pub fn sweep(prefix: &str) {
     let root = Path::new(CGROUP_ROOT);
-    let labs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
+    let labs = subdirectories(root);
     // A lab's cgroup is named by its prefix alone ("hl12x3"), its hosts and
     // instances "hl12x3-client": match both against "hl12x3-" or "hl12x".
     let ours =
@@ -680,13 +678,7 @@ pub fn sweep(prefix: &str) {
     }
     for lab in labs.iter().filter(|p| ours(p)) {
         for _ in 0..50 {
-            let hosts: Vec<PathBuf> = std::fs::read_dir(lab)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect();
+            let hosts = subdirectories(lab);
             let gone = hosts.iter().all(|h| std::fs::remove_dir(h).is_ok());
             if gone && std::fs::remove_dir(lab).is_ok() {
                 break;
@@ -697,6 +689,18 @@ pub fn sweep(prefix: &str) {
     let _ = std::fs::remove_dir(root);
 }
 
+/// The directories inside `dir` (none if it cannot be read).
+fn subdirectories(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default()
+}
+
+/// The names of the directories inside `dir`.
+fn subdirectory_names(dir: &Path) -> Vec<String> {
+    subdirectories(dir).iter().filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned())).collect()
+}
+
 /// Where every lab's cgroups live (one directory per lab, named by its prefix).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified/heels-lab";
 
@@ -705,15 +709,7 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified/heels-lab";
 /// program); `lab` is the prefix `heels lab up` printed, needed only when
 /// more than one lab runs. Returns the program's exit status.
 pub fn exec(lab: Option<&str>, host: &str, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
-    let labs: Vec<String> = std::fs::read_dir(CGROUP_ROOT)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let labs = subdirectory_names(Path::new(CGROUP_ROOT));
     let prefix = match (lab, labs.as_slice()) {
         (Some(lab), _) if labs.iter().any(|l| l == lab) => lab.to_owned(),
         (Some(lab), _) => bail!("no lab {lab} (running: {})", labs.join(", ")),
@@ -724,15 +720,7 @@ pub fn exec(lab: Option<&str>, host: &str, command: &[String]) -> anyhow::Result
     let cgroup = Path::new(CGROUP_ROOT).join(&prefix).join(host);
     let netns = Path::new("/var/run/netns").join(format!("{prefix}-{host}"));
     if !cgroup.is_dir() || !netns.exists() {
-        let hosts: Vec<String> = std::fs::read_dir(Path::new(CGROUP_ROOT).join(&prefix))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let hosts = subdirectory_names(&Path::new(CGROUP_ROOT).join(&prefix));
         bail!("no host {host} in lab {prefix} (hosts: {})", hosts.join(", "));
     }
     let (program, args) = command.split_first().context("name a program to run")?;
