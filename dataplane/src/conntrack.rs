@@ -60,17 +60,27 @@ impl FlowKey {
     }
 }
 
-/// The table has no free slot for a new entry.
+/// Why an entry could not be inserted. `Copy`, for the per-packet path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableFull;
+pub enum InsertError {
+    /// No free slot in the entry's probe window, or `max_entries` live.
+    Full,
+    /// Other writers held the slots it needed through every retry (one
+    /// descheduled in the middle of a write, say): trying again later may
+    /// succeed. Readers give up the same way rather than wait.
+    Busy,
+}
 
-impl core::fmt::Display for TableFull {
+impl core::fmt::Display for InsertError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("connection table full")
+        f.write_str(match self {
+            InsertError::Full => "connection table full",
+            InsertError::Busy => "connection table slots busy with other writers",
+        })
     }
 }
 
-impl std::error::Error for TableFull {}
+impl std::error::Error for InsertError {}
 
 #[derive(Debug, Default)]
 #[repr(C, align(32))]
@@ -265,7 +275,7 @@ impl ConnTable {
     }
 
     /// Inserts or updates the entry for `key`.
-    pub fn insert(&self, key: FlowKey, target: Endpoint, now: u32) -> Result<(), TableFull> {
+    pub fn insert(&self, key: FlowKey, target: Endpoint, now: u32) -> Result<(), InsertError> {
         // A claim lost to another writer restarts the search; writers are
         // rare (one per handshake), so a few rounds always suffice.
         for _ in 0..MAX_PROBE {
@@ -274,11 +284,11 @@ impl ConnTable {
                 None => continue,
             }
         }
-        Err(TableFull)
+        Err(InsertError::Busy)
     }
 
     /// One round of insert; `None` when a concurrent writer got in the way.
-    fn try_insert(&self, key: &FlowKey, target: Endpoint, now: u32) -> Option<Result<(), TableFull>> {
+    fn try_insert(&self, key: &FlowKey, target: Endpoint, now: u32) -> Option<Result<(), InsertError>> {
         let home = self.home(key);
         let mut free: Option<(usize, Snapshot)> = None;
         for i in 0..MAX_PROBE {
@@ -297,11 +307,11 @@ impl ConnTable {
             }
         }
         let Some((index, snapshot)) = free else {
-            return Some(Err(TableFull));
+            return Some(Err(InsertError::Full));
         };
         let reusing_live = snapshot.state == LIVE;
         if !reusing_live && self.live.load(Ordering::Relaxed) >= self.max_entries {
-            return Some(Err(TableFull));
+            return Some(Err(InsertError::Full));
         }
         if !self.write(index, snapshot, key, target, now) {
             return None;
@@ -436,7 +446,7 @@ mod tests {
         for i in 0..1000 {
             table.insert(key(i), target(i), 0).unwrap();
         }
-        assert_eq!(table.insert(key(5000), target(0), 0), Err(TableFull));
+        assert_eq!(table.insert(key(5000), target(0), 0), Err(InsertError::Full));
         for i in 0..1000 {
             assert_eq!(table.lookup(&key(i), 0), Some(target(i)), "entry {i}");
         }
@@ -555,7 +565,19 @@ mod tests {
                 let table = Arc::clone(&table);
                 std::thread::spawn(move || {
                     for i in (t * 10_000)..((t + 1) * 10_000) {
-                        table.insert(key(i), target(i), 0).unwrap();
+                        // The other writer, descheduled mid-write on a busy
+                        // machine, can hold a slot past every retry: that is
+                        // `Busy`, and trying again lands. `Full` never may.
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        loop {
+                            match table.insert(key(i), target(i), 0) {
+                                Ok(()) => break,
+                                Err(InsertError::Busy) if std::time::Instant::now() < deadline => {
+                                    std::thread::yield_now()
+                                }
+                                Err(error) => panic!("insert {i}: {error}"),
+                            }
+                        }
                     }
                 })
             })

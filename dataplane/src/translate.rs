@@ -209,7 +209,8 @@ pub enum Reason {
     ClientSyn,
     /// A SYN-ACK that came back through the LB: entries created, frame as it came.
     LearnedViaLb,
-    /// No room for the connection's entries.
+    /// No room for the connection's entries (the table full, or its slots
+    /// held by other writers through every retry).
     TableFull,
     /// No socket would answer the translated SYN (no listener on its port).
     NoListener,
@@ -750,7 +751,8 @@ fn learn(
     if inserted.is_err() {
         table.remove(&egress);
         // A direct SYN-ACK the stack cannot match would draw a reset; the
-        // server retransmits it, perhaps when there is room.
+        // server retransmits it, perhaps when there is room (or the slots
+        // are no longer busy).
         return if direct { Verdict::Drop(Reason::TableFull) } else { Verdict::Pass(Reason::TableFull) };
     }
     if direct {
