@@ -8,7 +8,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # Debian packages the tests and the lab use: ip, nft, ethtool, nsenter,
 # sysctl; bpftool and tcpdump to look at a lab by hand; curl and python3
 # (http.server), the stock client and server the lab tests run through heels.
-APT_PACKAGES=(iproute2 nftables ethtool util-linux procps bpftool tcpdump curl python3)
+APT_PACKAGES=(iproute2 nftables ethtool util-linux procps bpftool tcpdump curl python3 systemd iperf3 sockperf wrk)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

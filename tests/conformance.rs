@@ -658,10 +658,28 @@ fn kernel(bed: &Bed, runner: &ProgramRunner, case: &Case) -> (Vec<TcCounter>, Ve
         .enter(|| Ok(runner.run(hook, &case.frame)?))
         .unwrap_or_else(|e| panic!("{}: the program did not run: {e:?}", case.name));
     let after = counters(&bed.instance);
+    let delta = |which: TcCounter| {
+        let value = |of: &[(TcCounter, u64)]| of.iter().find(|(c, _)| *c == which).map_or(0, |(_, v)| *v);
+        value(&after) - value(&before)
+    };
+    // Byte counters are amounts, not events: each rewritten packet adds
+    // its whole frame (Ethernet header included), as docs and metrics say.
+    for (packets, bytes) in [
+        (TcCounter::EgressRewritten, TcCounter::EgressBytes),
+        (TcCounter::IngressRewritten, TcCounter::IngressBytes),
+    ] {
+        assert_eq!(delta(bytes), delta(packets) * case.frame.len() as u64, "{}: {bytes:?}", case.name);
+    }
     let moved = before
         .iter()
         .zip(&after)
-        .filter(|((counter, b), (_, a))| a > b && *counter != TcCounter::EgressViaSocket)
+        .filter(|((counter, b), (_, a))| {
+            a > b
+                && !matches!(
+                    counter,
+                    TcCounter::EgressViaSocket | TcCounter::EgressBytes | TcCounter::IngressBytes
+                )
+        })
         .map(|((counter, _), _)| *counter)
         .collect();
     (moved, out)

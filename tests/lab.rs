@@ -673,3 +673,116 @@ fn lb_counters_of(json: &[u8]) -> (u64, u64) {
         heels::lab::lb::parse_nft_counters(json, &["to_servers", "to_clients"]).expect("the LB's counters");
     (counters[0].0, counters[1].0)
 }
+
+/// The sum of the samples of `family` whose labels include every one of
+/// `labels` (`key="value"`), from an OpenMetrics text.
+fn sample_sum(text: &str, family: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+            (name == family && labels.iter().all(|l| rest.contains(l))).then(|| value.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// Every family the metrics module documents, as it appears in a scrape.
+const DECLARED_SERIES: [&str; 21] = [
+    "heels_agent_info",
+    "heels_syns_translated_total",
+    "heels_syns_translated_from_local_vip_total",
+    "heels_syn_fallbacks_total",
+    "heels_ipip_decapsulated_packets_total",
+    "heels_syn_acks_learned_total",
+    "heels_syn_acks_refused_total",
+    "heels_rewritten_packets_total",
+    "heels_rewritten_bytes_total",
+    "heels_egress_socket_hits_total",
+    "heels_icmp_errors_rewritten_total",
+    "heels_options_written_total",
+    "heels_options_no_room_total",
+    "heels_helper_errors_total",
+    "heels_table_entries_removed_total",
+    "heels_table_entries",
+    "heels_table_capacity",
+    "heels_vip_syns_translated_total",
+    "heels_vip_syn_acks_learned_total",
+    "heels_vip_rewritten_bytes_total",
+    "heels_vip_options_written_total",
+];
+
+#[test]
+fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic() {
+    let overrides =
+        Overrides { agent_capabilities: Some(heels::deploy::unit_capabilities()), ..Overrides::default() };
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
+    let vip = format!("vip=\"{}\"", lab.service());
+    let before = (lab.scrape("client", "/metrics").unwrap(), lab.scrape("server1", "/metrics").unwrap());
+    for text in [&before.0, &before.1] {
+        for family in DECLARED_SERIES {
+            assert!(text.lines().any(|l| l.starts_with(family)), "{family} absent from\n{text}");
+        }
+        assert!(text.contains(&vip), "the configured VIP has its series from the start:\n{text}");
+    }
+    assert_eq!(lab.scrape("client", "/healthz").unwrap(), "ok\n");
+
+    // Under traffic: request-response on one open connection for a few
+    // seconds (pingpong runs one connection).
+    let connections = 1;
+    let spec = LoadSpec {
+        mode: Mode::Pingpong,
+        connections,
+        concurrency: connections,
+        request: 64,
+        response: 64,
+        seconds: 4.0,
+        ..verify_spec(lab.service(), connections)
+    };
+    let load = lab.spawn_load(&spec).unwrap();
+    let egress = |text: &str| sample_sum(text, "heels_rewritten_packets_total", &["direction=\"egress\""]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let during = loop {
+        let text = lab.scrape("client", "/metrics").unwrap();
+        if egress(&text) > egress(&before.0) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(egress(&during) > egress(&before.0), "no egress rewrite counted while traffic ran:\n{during}");
+    let report = finish_load(load).unwrap();
+    assert_eq!((report.connections_ok, report.connections_failed), (connections, 0), "{:?}", report.errors);
+    assert_only_syns(&lab.lb_counters().unwrap(), connections);
+
+    let client = lab.scrape("client", "/metrics").unwrap();
+    let server = (lab.scrape("server1", "/metrics").unwrap(), lab.scrape("server2", "/metrics").unwrap());
+    let moved = |text: &str, old: &str, family: &str, labels: &[&str]| {
+        let (new, old) = (sample_sum(text, family, labels), sample_sum(old, family, labels));
+        assert!(new > old, "{family} {labels:?} did not move ({old} -> {new}):\n{text}");
+        new
+    };
+    assert!(moved(&client, &before.0, "heels_syn_acks_learned_total", &[]) >= connections as u64);
+    assert!(moved(&client, &before.0, "heels_vip_syn_acks_learned_total", &[&vip]) >= connections as u64);
+    moved(&client, &before.0, "heels_options_written_total", &["form=\"syn\""]);
+    moved(&client, &before.0, "heels_vip_options_written_total", &[&vip, "form=\"syn\""]);
+    for direction in ["direction=\"egress\"", "direction=\"ingress\""] {
+        let packets = moved(&client, &before.0, "heels_rewritten_packets_total", &[direction]);
+        let bytes = moved(&client, &before.0, "heels_rewritten_bytes_total", &[direction]);
+        // At least an Ethernet, IPv4 and TCP header each.
+        assert!(bytes >= 54 * packets, "{direction}: {bytes} bytes in {packets} packets");
+        assert_eq!(
+            moved(&client, &before.0, "heels_vip_rewritten_packets_total", &[&vip, direction]),
+            packets
+        );
+        assert_eq!(moved(&client, &before.0, "heels_vip_rewritten_bytes_total", &[&vip, direction]), bytes);
+    }
+    let translated = sample_sum(&server.0, "heels_syns_translated_total", &[])
+        + sample_sum(&server.1, "heels_syns_translated_total", &[]);
+    let per_vip = sample_sum(&server.0, "heels_vip_syns_translated_total", &[&vip])
+        + sample_sum(&server.1, "heels_vip_syns_translated_total", &[&vip]);
+    assert!(translated >= connections as u64 && per_vip == translated, "{translated} {per_vip}");
+    let forms = sample_sum(&server.0, "heels_options_written_total", &["form=\"syn_ack\""])
+        + sample_sum(&server.1, "heels_options_written_total", &["form=\"syn_ack\""]);
+    assert!(forms >= connections as u64, "SYN-ACK forms: {forms}");
+    assert_eq!(sample_sum(&client, "heels_helper_errors_total", &[]), 0);
+}

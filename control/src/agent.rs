@@ -15,7 +15,7 @@ use std::process::Command;
 
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use heels_xdp::{Connection, Datapath};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::{AgentConfig, DirectRoute};
+use crate::metrics::MetricsServer;
 
 /// Where the agent keeps a copy of each instance's configuration, for
 /// `heels down` and `heels status`.
@@ -250,6 +251,11 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let mut datapath = start(config)?;
     let links = datapath.links().join(", ");
     tracing::info!(instance = %config.instance, links = %links, pins = %datapath.dir().display(), "attached");
+    let swept = Arc::new(AtomicU64::new(0));
+    if let Some(address) = config.metrics_socket() {
+        let server = MetricsServer::start(address, &config.instance, config.vips(), Arc::clone(&swept))?;
+        tracing::info!(instance = %config.instance, address = %server.address(), "serving metrics");
+    }
     println!("ready");
     std::io::stdout().flush().ok();
     let interval = Duration::from_secs(config.sweep_seconds);
@@ -262,6 +268,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
             match sweeper.sweep(&mut datapath) {
                 Ok(0) => {}
                 Ok(n) => {
+                    swept.fetch_add(n as u64, Ordering::Relaxed);
                     tracing::info!(instance = %config.instance, connections = n, "dropped entries whose socket is gone")
                 }
                 Err(e) => {

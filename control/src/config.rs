@@ -6,6 +6,7 @@
 //! cgroup = "/sys/fs/cgroup/unified/heels"   # sockops sees sockets of this cgroup v2
 //! addresses = ["10.10.0.11"]        # this host's addresses (DIPs, IPIP destinations)
 //! sweep_seconds = 30                # how often entries of vanished sockets are dropped
+//! metrics_address = "9464"          # Prometheus endpoint (a bare port: loopback); none by default
 //!
 //! [server]                          # omit on a host that serves nothing
 //! services = [{ vip = "10.10.100.1:80", port = 8080 }]
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 pub enum ConfigError {
     /// Not TOML, or a field of the wrong type (toml names the field and line).
     #[error("{0}")]
-    Syntax(#[from] toml::de::Error),
+    Syntax(String),
     /// A field with a value that cannot work.
     #[error("field `{field}`: {message}")]
     Invalid {
@@ -54,6 +55,49 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// toml's error in one line: where, and what (its own rendering is a
+/// multi-line snippet).
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            // The field: the key of that line, under the last table header.
+            let table = before
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix('[')?.split(']').next())
+                .next_back()
+                .map_or(String::new(), |t| format!("{}.", t.trim()));
+            let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+            // Inside an inline table, the innermost key before the value.
+            let line_start = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+            let inner = line_start
+                .rsplit('=')
+                .nth(1)
+                .and_then(|k| k.rsplit(['{', ',', '[']).next())
+                .map(str::trim)
+                .filter(|inner| Some(*inner) != key && !inner.is_empty());
+            let key = key.map(|k| inner.map_or(k.to_owned(), |inner| format!("{k}.{inner}")));
+            let key = key.as_deref();
+            // The bad value itself, when it is short enough to quote.
+            let value = text.get(span.clone()).filter(|v| !v.contains('\n') && v.len() <= 60);
+            let message = match value {
+                Some(value) if !message.contains(value) => format!("{value}: {message}"),
+                _ => message,
+            };
+            match key {
+                Some(key) if !key.starts_with('#') && !key.is_empty() => ConfigError::Syntax(format!(
+                    "field `{table}{key}` (line {line}, column {column}): {message}"
+                )),
+                _ => ConfigError::Syntax(format!("line {line}, column {column}: {message}")),
+            }
+        }
+        None => ConfigError::Syntax(message),
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -164,12 +208,17 @@ pub struct AgentConfig {
     pub interfaces: Vec<String>,
     /// cgroup v2 directory.
     pub cgroup: PathBuf,
-    /// This host's addresses.
+    /// This host's addresses (`--address` replaces them).
+    #[serde(default)]
     pub addresses: Vec<Ipv4Addr>,
     /// Seconds between sweeps that drop the entries of connections whose
     /// socket is gone (missed close callbacks); default 30.
     #[serde(default = "default_sweep_seconds")]
     pub sweep_seconds: u64,
+    /// The Prometheus endpoint: `PORT` (loopback), `IP:PORT` or
+    /// `[IPv6]:PORT`; none by default (`--metrics-addr` overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
     /// Server role.
     pub server: Option<Server>,
     /// Client role.
@@ -191,7 +240,17 @@ fn prefixes(field: &str, values: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, Confi
 impl AgentConfig {
     /// Parses and checks a configuration.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: AgentConfig = toml::from_str(text)?;
+        Self::parse_with_addresses(text, &[])
+    }
+
+    /// Parses a configuration, puts `addresses` (when there are any) in
+    /// place of its own (`--address`: one file for a fleet, each host's
+    /// address from its command line), and checks the result.
+    pub fn parse_with_addresses(text: &str, addresses: &[Ipv4Addr]) -> Result<Self, ConfigError> {
+        let mut config: AgentConfig = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+        if !addresses.is_empty() {
+            config.addresses = addresses.to_vec();
+        }
         config.check()?;
         Ok(config)
     }
@@ -226,8 +285,11 @@ impl AgentConfig {
         if self.sweep_seconds == 0 {
             return Err(invalid("sweep_seconds", "at least 1"));
         }
+        if let Some(address) = &self.metrics_address {
+            crate::metrics::parse_address(address).map_err(|e| invalid("metrics_address", e))?;
+        }
         if self.addresses.is_empty() {
-            return Err(invalid("addresses", "name at least one address of this host"));
+            return Err(invalid("addresses", "name at least one address of this host (or pass --address)"));
         }
         if self.server.is_none() && self.client.is_none() {
             return Err(invalid("server", "configure [server], [client] or both"));
@@ -267,6 +329,21 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// Every VIP:vport this host serves or connects to.
+    pub fn vips(&self) -> Vec<SocketAddrV4> {
+        let served = self.server.iter().flat_map(|s| s.services.iter().map(|service| service.vip));
+        let used = self.client.iter().flat_map(|c| c.vips.iter().copied());
+        let mut vips: Vec<SocketAddrV4> = served.chain(used).collect();
+        vips.sort();
+        vips.dedup();
+        vips
+    }
+
+    /// The metrics endpoint's address, if any (checked by `parse`).
+    pub fn metrics_socket(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address.as_deref().and_then(|a| crate::metrics::parse_address(a).ok())
     }
 
     /// What is legal but likely wrong: a client VIP inside the backend
@@ -413,6 +490,30 @@ backends = ["10.10.0.0/24"]
     }
 
     #[test]
+    fn syntax_errors_are_one_line_naming_the_field_and_where() {
+        let wrong_type = FULL.replace("[server]", "sweep_seconds = \"x\"\n[server]");
+        let error = error_of(&wrong_type);
+        assert!(error.starts_with("field `sweep_seconds` (line "), "{error}");
+        assert!(error.contains("\"x\"") && !error.contains('\n'), "{error}");
+        let in_table = FULL.replace(r#"backends = ["10.10.0.0/24"]"#, "backends = [1]");
+        assert!(error_of(&in_table).starts_with("field `client.backends`"), "{}", error_of(&in_table));
+        let bad_metrics = FULL.replace("[server]", "metrics_address = \"host:x\"\n[server]");
+        assert!(
+            error_of(&bad_metrics).contains("`metrics_address`: \"host:x\""),
+            "{}",
+            error_of(&bad_metrics)
+        );
+    }
+
+    #[test]
+    fn addresses_from_the_command_line_replace_the_files() {
+        let without = FULL.replace(r#"addresses = ["10.10.0.11"]"#, "");
+        assert!(error_of(&without).contains("--address"), "{}", error_of(&without));
+        let config = AgentConfig::parse_with_addresses(&without, &[Ipv4Addr::new(10, 10, 0, 12)]).unwrap();
+        assert_eq!(config.addresses, [Ipv4Addr::new(10, 10, 0, 12)]);
+    }
+
+    #[test]
     fn warnings_name_what_is_likely_wrong() {
         assert_eq!(AgentConfig::parse(FULL).unwrap().warnings(), vec![]);
         let wide = FULL.replace(r#"lb_sources = ["10.10.0.3/32"]"#, r#"lb_sources = ["10.0.0.0/8"]"#);
@@ -432,7 +533,7 @@ backends = ["10.10.0.0/24"]
 
     #[test]
     fn the_example_configuration_is_valid_and_warns_of_nothing() {
-        let example = include_str!("../../deploy/heels.toml");
+        let example = crate::deploy::EXAMPLE_CONFIG;
         let config = AgentConfig::parse(example).unwrap();
         assert_eq!(config.warnings(), vec![]);
         assert!(config.server.is_some() && config.client.is_some(), "the example shows both roles");

@@ -2,6 +2,9 @@
 //! read-only tools, and the lab test bed shared with the integration tests.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod lab;
+pub mod metrics;
 pub mod report;

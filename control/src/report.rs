@@ -23,6 +23,11 @@
 //! | `errors` | helper failures; the packet went on as far as it got |
 //! | `egress_via_socket` | of `egress_rewritten`, those that found DIP:dport on the socket (client) |
 //! | `icmp_rewritten` | ICMP errors about a bypassed connection whose quote became CIP:cport -> VIP:vport, so the socket gets them (client) |
+//! | `egress_bytes` | bytes of the `egress_rewritten` packets as TC sees them (Ethernet header included, a GSO packet whole) (client) |
+//! | `ingress_bytes` | bytes of the `ingress_rewritten` packets (client) |
+//!
+//! The same counters per CPU and per VIP:vport, in Prometheus form: the
+//! agent's metrics endpoint (`crate::metrics`).
 //!
 //! Sample (`heels stats --instance client`):
 //!

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::progress::Progress;
 use super::workload::{LoadReport, LoadSpec, Mode};
 use super::{server_addr, Dataplane, Lab, LabSpec, LbKind, Overrides};
 
@@ -85,7 +86,8 @@ fn spec(target: SocketAddrV4, mode: Mode, bench: &BenchSpec) -> LoadSpec {
 }
 
 /// Builds two labs (no heels; heels tc) and measures the three paths.
-pub fn run(bench: &BenchSpec, heels: &Path) -> anyhow::Result<BenchReport> {
+pub fn run(bench: &BenchSpec, heels: &Path, progress: &Progress) -> anyhow::Result<BenchReport> {
+    progress.message("building the labs");
     let plain = LabSpec {
         lb: bench.lb,
         servers: 1,
@@ -118,6 +120,7 @@ pub fn run(bench: &BenchSpec, heels: &Path) -> anyhow::Result<BenchReport> {
             for k in 0..paths.len() {
                 let i = (round + k) % paths.len();
                 let (name, lab, target) = &paths[i];
+                progress.step(format!("round {} of {}: {name} {mode:?}", round + 1, bench.rounds));
                 let mut report = lab.load(&spec(*target, mode, bench))?;
                 if report.connections_ok == 0 {
                     // A lost connection (counted in `failed`) gets one more try.

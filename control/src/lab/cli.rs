@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::demo::{self, DemoSpec};
+use super::progress::Progress;
 use super::workload::{self, LoadSpec};
 use super::{Dataplane, LabSpec, LbKind};
 
@@ -140,7 +141,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 connections,
                 ..DemoSpec::default()
             };
-            let report = demo::run(&spec, &heels)?;
+            let report = demo::run(&spec, &heels, &Progress::new(0, json))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -154,7 +155,8 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Bench { lb, rounds, seconds, json, plot } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let spec = super::bench::BenchSpec { lb, rounds, seconds, ..Default::default() };
-            let report = super::bench::run(&spec, &heels)?;
+            let steps = (rounds * 3 * 3) as u64;
+            let report = super::bench::run(&spec, &heels, &Progress::new(steps, false))?;
             print!("{}", super::bench::render(&report));
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -177,17 +179,14 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 signal_hook::consts::SIGTERM,
             ])?;
             let overrides = super::Overrides { bare, ..Default::default() };
+            let progress = Progress::new(0, false);
+            progress.message("building the lab: namespaces, the LB, servers, agents");
             let lab = super::Lab::build(
                 LabSpec { lb, servers, client: dataplane, server: dataplane, overrides },
                 &heels,
             )?;
-            println!(
-                "lab up: {} (namespaces {}-*), instances {:?}; run programs on it with `heels lab exec HOST -- \
-                 COMMAND`; SIGINT or SIGTERM tears it down",
-                lab.prefix,
-                lab.prefix,
-                lab.instances()
-            );
+            drop(progress);
+            print!("{}", super::up_banner(&lab));
             std::io::Write::flush(&mut std::io::stdout())?;
             signals.forever().next();
             drop(lab);

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::lb::LbCounters;
+use super::progress::Progress;
 use super::workload::{LoadReport, LoadSpec, Mode};
 use super::{Dataplane, Lab, LabSpec, LbKind};
 
@@ -92,8 +93,10 @@ pub struct DemoReport {
 }
 
 /// Builds the lab, runs the workload, reads the counters.
-pub fn run(spec: &DemoSpec, heels: &Path) -> anyhow::Result<DemoReport> {
+pub fn run(spec: &DemoSpec, heels: &Path, progress: &Progress) -> anyhow::Result<DemoReport> {
+    progress.message("building the lab: namespaces, the LB, servers, agents");
     let lab = Lab::build(spec.lab.clone(), heels)?;
+    progress.message(format!("{} connections through the VIP, every byte checked", spec.connections));
     let before = lab.client_interface()?;
     let load = lab.load(&LoadSpec {
         target: lab.service(),
@@ -109,6 +112,7 @@ pub fn run(spec: &DemoSpec, heels: &Path) -> anyhow::Result<DemoReport> {
     })?;
     let after = lab.client_interface()?;
     let lb = lab.lb_counters()?;
+    progress.message("removing the lab");
     let sent = after.tx_packets - before.tx_packets;
     let client_bytes = (after.tx_bytes - before.tx_bytes) + (after.rx_bytes - before.rx_bytes);
     let bypass_ratio =

@@ -20,8 +20,10 @@ pub mod cli;
 pub mod demo;
 pub mod lb;
 pub mod netns;
+pub mod progress;
 pub mod workload;
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -35,7 +37,6 @@ use self::lb::{LbCounters, LoadBalancer};
 use crate::config::{AgentConfig, DirectRoute, Service};
 
 /// The repository's example agent configuration, the base of the lab's.
-const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/heels.toml");
 use self::netns::{spawn_in, Cgroup, NetNs};
 use self::workload::{LoadReport, LoadSpec};
 
@@ -45,6 +46,8 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 1);
 pub const VPORT: u16 = 80;
 /// Where the servers listen behind the NAT LBs (which translate the port).
 pub const SERVER_PORT: u16 = 8080;
+/// Where each lab agent serves its metrics, on its host's loopback.
+pub const METRICS_PORT: u16 = 9464;
 /// The client's address.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
 /// The LB's address.
@@ -136,6 +139,9 @@ pub struct Overrides {
     /// No lab server: the service port is free for the user's own
     /// (`heels lab up --bare`, then `heels lab exec`).
     pub bare: bool,
+    /// Run the agents with only these capabilities (names as `setpriv`
+    /// takes them, e.g. `bpf`), as deploy/heels.service does.
+    pub agent_capabilities: Option<Vec<String>>,
 }
 
 impl Default for LabSpec {
@@ -399,12 +405,14 @@ impl Lab {
     fn agent_config(&self, index: usize) -> anyhow::Result<AgentConfig> {
         let host = &self.hosts[index];
         let overrides = &self.spec.overrides;
-        let mut config = AgentConfig::parse(EXAMPLE_CONFIG).context("the example configuration")?;
+        let mut config =
+            AgentConfig::parse(crate::deploy::EXAMPLE_CONFIG).context("the example configuration")?;
         config.instance = format!("{}-{}", self.prefix, host.role);
         config.interfaces = vec!["eth0".to_owned()];
         config.cgroup = host.cgroup.path().to_owned();
         config.addresses = vec![host.addr];
         config.sweep_seconds = 1;
+        config.metrics_address = Some(format!("127.0.0.1:{METRICS_PORT}"));
         if index == 0 {
             config.server = None;
             let client = config.client.as_mut().context("the example has a [client]")?;
@@ -452,12 +460,45 @@ impl Lab {
     fn start_agent(&mut self, agent: usize) -> anyhow::Result<()> {
         let Agent { host, config_path, .. } = &self.agents[agent];
         let host = &self.hosts[*host];
-        let mut command = Command::new(&self.heels);
+        let mut command = match &self.spec.overrides.agent_capabilities {
+            Some(capabilities) => {
+                let allowed: String = capabilities.iter().map(|c| format!(",+{c}")).collect();
+                let mut command = Command::new("setpriv");
+                command
+                    .arg(format!("--bounding-set=-all{allowed}"))
+                    .args(["--inh-caps=-all", "--"])
+                    .arg(&self.heels);
+                command
+            }
+            None => Command::new(&self.heels),
+        };
         command.arg("agent").arg("--config").arg(config_path).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
         wait_ready(&mut child, &format!("the agent on {}", host.role))?;
         self.agents[agent].child = Some(child);
         Ok(())
+    }
+
+    /// An HTTP GET of `path` on the metrics endpoint of the agent of host
+    /// `role` (from inside its namespace); the body.
+    pub fn scrape(&self, role: &str, path: &str) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let host =
+            self.hosts.iter().find(|h| h.role == role).with_context(|| format!("no lab host {role}"))?;
+        let path = path.to_owned();
+        let response = host.netns.enter(move || {
+            let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("{role}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_owned())
     }
 
     /// Stops every agent with SIGTERM and starts it again (the kernel
@@ -649,6 +690,36 @@ impl InterfaceCounters {
 /// configurations. Safe to call on a lab that is gone or half built; used
 /// after a normal teardown, on SIGINT/SIGTERM, and by `heels lab clean`.
 /// An empty prefix means every lab.
+/// What `heels lab up` prints: the hosts and how to reach them.
+pub fn up_banner(lab: &Lab) -> String {
+    let service = lab.service();
+    let mut out = format!("lab up: {} (namespaces {}-*)\n", lab.prefix, lab.prefix);
+    for host in &lab.hosts {
+        let agent = lab.agents.iter().any(|a| lab.hosts[a.host].role == host.role);
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<12} {}",
+            host.role,
+            host.addr.to_string(),
+            if agent { "heels agent" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "  service   {service} (the VIP; servers listen on port {})", lab.server_port());
+    let _ = writeln!(
+        out,
+        "\nrun your own programs on a host (its namespace and cgroup):\n  \
+         heels lab exec server1 -- python3 -m http.server {}   (with `heels lab up --bare`)\n  \
+         heels lab exec client -- curl http://{}/\n\
+         metrics of a host's agent:\n  heels lab exec client -- curl -s localhost:{METRICS_PORT}/metrics\n\
+         what heels did:\n  heels stats --instance {}-client\n\
+         Ctrl-C (SIGINT) or SIGTERM tears the lab down.",
+        lab.server_port(),
+        service.ip(),
+        lab.prefix,
+    );
+    out
+}
+
 pub fn sweep(prefix: &str) {
     let root = Path::new(CGROUP_ROOT);
     let labs = subdirectories(root);

@@ -241,13 +241,18 @@ pub enum TcCounter {
     /// DIP:dport), its quote rewritten to CIP:cport -> VIP:vport so that
     /// the socket gets it (path MTU discovery).
     IcmpRewritten = 17,
+    /// Bytes of the packets counted by `EgressRewritten` (as TC sees them:
+    /// Ethernet header included, a GSO packet whole).
+    EgressBytes = 18,
+    /// Bytes of the packets counted by `IngressRewritten`.
+    IngressBytes = 19,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 18] = [
+    pub const ALL: [TcCounter; 20] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -266,6 +271,8 @@ impl TcCounter {
         TcCounter::SynTupleInUse,
         TcCounter::SynTranslatedFromVip,
         TcCounter::IcmpRewritten,
+        TcCounter::EgressBytes,
+        TcCounter::IngressBytes,
     ];
 
     /// A snake_case name for output.
@@ -289,8 +296,83 @@ impl TcCounter {
             TcCounter::SynTupleInUse => "syn_tuple_in_use",
             TcCounter::SynTranslatedFromVip => "syn_translated_from_vip",
             TcCounter::IcmpRewritten => "icmp_rewritten",
+            TcCounter::EgressBytes => "egress_bytes",
+            TcCounter::IngressBytes => "ingress_bytes",
         }
     }
+}
+
+/// Name of the pinned per-CPU hash of [`VipStats`] by VIP:vport.
+pub const MAP_VIP_STATS: &str = "HEELS_VIP_STATS";
+
+/// How many VIP:vport the per-VIP counters track; past that, only the
+/// host-wide counters count.
+pub const MAX_VIP_STATS: u32 = 1024;
+
+/// What the TC programs did for one VIP:vport (a configured service or
+/// client VIP); indexes of [`VipStats`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VipCounter {
+    /// As [`TcCounter::SynTranslated`].
+    SynTranslated = 0,
+    /// As [`TcCounter::SynNoListener`].
+    SynNoListener = 1,
+    /// As [`TcCounter::SynListenerUnserved`].
+    SynListenerUnserved = 2,
+    /// As [`TcCounter::SynTupleInUse`].
+    SynTupleInUse = 3,
+    /// As [`TcCounter::SynAckLearned`].
+    SynAckLearned = 4,
+    /// As [`TcCounter::EgressRewritten`].
+    EgressPackets = 5,
+    /// As [`TcCounter::EgressBytes`].
+    EgressBytes = 6,
+    /// As [`TcCounter::IngressRewritten`].
+    IngressPackets = 7,
+    /// As [`TcCounter::IngressBytes`].
+    IngressBytes = 8,
+    /// As [`TcCounter::SynOptionWritten`].
+    SynOptionWritten = 9,
+    /// As [`TcCounter::SynAckOptionWritten`].
+    SynAckOptionWritten = 10,
+}
+
+impl VipCounter {
+    /// Number of counters.
+    pub const COUNT: usize = 11;
+    /// Every counter, in index order.
+    pub const ALL: [VipCounter; 11] = [
+        VipCounter::SynTranslated,
+        VipCounter::SynNoListener,
+        VipCounter::SynListenerUnserved,
+        VipCounter::SynTupleInUse,
+        VipCounter::SynAckLearned,
+        VipCounter::EgressPackets,
+        VipCounter::EgressBytes,
+        VipCounter::IngressPackets,
+        VipCounter::IngressBytes,
+        VipCounter::SynOptionWritten,
+        VipCounter::SynAckOptionWritten,
+    ];
+
+    /// The per-VIP counter a SYN refusal also counts in, if any.
+    pub const fn of_refusal(counter: TcCounter) -> Option<VipCounter> {
+        match counter {
+            TcCounter::SynNoListener => Some(VipCounter::SynNoListener),
+            TcCounter::SynListenerUnserved => Some(VipCounter::SynListenerUnserved),
+            TcCounter::SynTupleInUse => Some(VipCounter::SynTupleInUse),
+            _ => None,
+        }
+    }
+}
+
+/// One CPU's counters for one VIP:vport, indexed by [`VipCounter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// The counters.
+    pub counters: [u64; VipCounter::COUNT],
 }
 
 #[cfg(feature = "user")]
@@ -302,6 +384,8 @@ mod user {
     // SAFETY: #[repr(C)] of a u32 and a byte array: no padding, every bit
     // pattern valid.
     unsafe impl aya::Pod for super::TcConfig {}
+    // SAFETY: #[repr(C)] of a u64 array: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::VipStats {}
 }
 
 /// The lab's Katran-style IPIP load balancer fixture (not part of heels):

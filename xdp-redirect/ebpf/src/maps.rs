@@ -6,11 +6,11 @@
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, XskMap},
 };
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, XdpCounter, MAX_CONFIG_ENTRIES, MAX_CONNECTIONS, MAX_SERVICES,
-    MAX_STEERED_FLOWS, MAX_XSKS,
+    EndpointV4, FlowV4, TcConfig, TcCounter, VipCounter, VipStats, XdpCounter, MAX_CONFIG_ENTRIES,
+    MAX_CONNECTIONS, MAX_SERVICES, MAX_STEERED_FLOWS, MAX_VIP_STATS, MAX_XSKS,
 };
 
 #[map(name = "HEELS_SERVICES")]
@@ -103,6 +103,13 @@ pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
 #[map(name = "HEELS_TC_STATS")]
 pub static TC_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TcCounter::COUNT, 0);
 
+/// Counters per VIP:vport. Entries are made by the programs on first use,
+/// only for a VIP:vport that passed the configuration's check (a service
+/// of this server, a learned or configured client VIP), so a forged form
+/// cannot fill the map.
+#[map(name = "HEELS_VIP_STATS")]
+pub static VIP_STATS: PerCpuHashMap<EndpointV4, VipStats> = PerCpuHashMap::pinned(MAX_VIP_STATS, 0);
+
 #[map(name = "HEELS_XSKS")]
 pub static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
 
@@ -126,6 +133,32 @@ pub fn bump(map: &PerCpuArray<u64>, index: u32) {
 #[inline(always)]
 pub fn count(counter: TcCounter) {
     bump(&TC_STATS, counter as u32);
+}
+
+/// Adds `amount` to a counter of `vip`, making its entry on first use
+/// (when the map is full, only the host-wide counters count).
+#[inline(always)]
+pub fn count_vip(vip: &EndpointV4, counter: VipCounter, amount: u64) {
+    let mut stats = VIP_STATS.get_ptr_mut(vip);
+    if stats.is_none() {
+        // BPF_NOEXIST: a racing CPU's entry is kept, not zeroed.
+        let _ = VIP_STATS.insert(vip, VipStats::default(), 1);
+        stats = VIP_STATS.get_ptr_mut(vip);
+    }
+    if let Some(stats) = stats {
+        // SAFETY: this CPU's slot of the entry; the program runs with
+        // migration off, so nothing else writes it meanwhile.
+        unsafe { (*stats).counters[counter as usize] += amount };
+    }
+}
+
+/// Adds `amount` to a TC/sockops counter.
+#[inline(always)]
+pub fn count_by(counter: TcCounter, amount: u64) {
+    if let Some(value) = TC_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `bump`.
+        unsafe { *value += amount };
+    }
 }
 
 /// True when `addr` lies in one of the prefixes of an LPM trie.

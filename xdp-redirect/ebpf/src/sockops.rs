@@ -27,11 +27,11 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use heels_common::{option, EndpointV4, FlowV4, TcCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
+use heels_common::{option, EndpointV4, FlowV4, TcCounter, VipCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
 
 use crate::maps::{
-    count, is_client_vip, PinnedSkStorage, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS, INGRESS,
-    SERVICES, TRANSLATED,
+    count, count_vip, is_client_vip, PinnedSkStorage, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS,
+    INGRESS, SERVICES, TRANSLATED,
 };
 
 const TCP_SYN: u32 = 0x02;
@@ -119,11 +119,15 @@ fn handle(ctx: &SockOpsContext) {
                 let err =
                     unsafe { bpf_store_hdr_opt(ctx.ops, option.as_ptr() as *const _, OPTION_LEN.into(), 0) };
                 if err == 0 {
-                    count(if skb_flags(ctx) & TCP_ACK != 0 {
-                        TcCounter::SynAckOptionWritten
+                    // The SYN form names VIP:vport first, the SYN-ACK form second.
+                    let (first, second) = option::endpoints(&option);
+                    if skb_flags(ctx) & TCP_ACK != 0 {
+                        count(TcCounter::SynAckOptionWritten);
+                        count_vip(&second, VipCounter::SynAckOptionWritten, 1);
                     } else {
-                        TcCounter::SynOptionWritten
-                    });
+                        count(TcCounter::SynOptionWritten);
+                        count_vip(&first, VipCounter::SynOptionWritten, 1);
+                    }
                 }
             }
         }

@@ -19,11 +19,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use heels_common::{EndpointV4, FlowV4, TcCounter};
+use heels_common::{EndpointV4, FlowV4, TcCounter, VipCounter};
 
 use crate::maps::{
-    count, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS,
-    INGRESS, LB_SOURCES, LOCAL_ADDRS, LOCAL_VIPS, SERVICES, TC_CONFIG, TRANSLATED,
+    count, count_by, count_vip, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS,
+    HEELS_SOCK_BACKENDS, INGRESS, LB_SOURCES, LOCAL_ADDRS, LOCAL_VIPS, SERVICES, TC_CONFIG, TRANSLATED,
 };
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
@@ -325,7 +325,7 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
     // whole, never written in place.
     if let Some(vip) = unsafe { INGRESS.get(segment.flow()) }.copied() {
         rewrite(ctx, &segment, Side::Src, &vip)?;
-        count(TcCounter::IngressRewritten);
+        count_ingress(ctx, &vip);
     }
     Ok(())
 }
@@ -481,6 +481,9 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
     let translated = FlowV4::between(&client, &backend);
     if let Err(refusal) = answering_socket(ctx, &translated, &vip) {
         count(refusal);
+        if let Some(counter) = VipCounter::of_refusal(refusal) {
+            count_vip(&vip, counter, 1);
+        }
         forget_translation(segment);
         return Ok(());
     }
@@ -493,6 +496,7 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
         }
     }
     count(TcCounter::SynTranslated);
+    count_vip(&vip, VipCounter::SynTranslated, 1);
     if to_local_vip {
         count(TcCounter::SynTranslatedFromVip);
     }
@@ -576,9 +580,10 @@ fn client_learn(ctx: &TcContext, segment: &Segment, option: &heels_common::optio
         return Err(());
     }
     count(TcCounter::SynAckLearned);
+    count_vip(&vip, VipCounter::SynAckLearned, 1);
     if direct {
         rewrite(ctx, segment, Side::Src, &vip)?;
-        count(TcCounter::IngressRewritten);
+        count_ingress(ctx, &vip);
     }
     Ok(())
 }
@@ -671,6 +676,20 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
         },
     };
     rewrite(ctx, &segment, Side::Dst, &backend)?;
+    let bytes = u64::from(ctx.len());
     count(TcCounter::EgressRewritten);
+    count_by(TcCounter::EgressBytes, bytes);
+    count_vip(&segment.dst, VipCounter::EgressPackets, 1);
+    count_vip(&segment.dst, VipCounter::EgressBytes, bytes);
     Ok(())
+}
+
+/// Counts a packet delivered as from `vip`, host-wide and for the VIP.
+#[inline(always)]
+fn count_ingress(ctx: &TcContext, vip: &EndpointV4) {
+    let bytes = u64::from(ctx.len());
+    count(TcCounter::IngressRewritten);
+    count_by(TcCounter::IngressBytes, bytes);
+    count_vip(vip, VipCounter::IngressPackets, 1);
+    count_vip(vip, VipCounter::IngressBytes, bytes);
 }

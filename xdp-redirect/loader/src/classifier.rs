@@ -13,13 +13,13 @@ use heels_common::{EndpointV4, FlowV4, XdpCounter, MAP_SERVICES, MAP_STEERING, M
 #[derive(Debug, thiserror::Error)]
 pub enum ClassifierError {
     /// The object did not load (the verifier log is inside).
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] EbpfError),
     /// The program is missing from the object or failed to load or run.
-    #[error("program {XDP_PROGRAM}: {0}")]
+    #[error("program {XDP_PROGRAM}")]
     Program(#[from] ProgramError),
     /// A map is missing or an operation on it failed.
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         /// Which map.
         name: &'static str,

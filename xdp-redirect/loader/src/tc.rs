@@ -15,15 +15,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS, MAP_INGRESS,
-    MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
-    SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS,
+    MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
+    MAP_VIP_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
 };
 
 /// Root of every instance's pins.
@@ -33,10 +33,10 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/heels";
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The object did not load (the verifier log is inside).
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] EbpfError),
     /// A program failed to load, attach or be replaced.
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         /// Which program.
         name: &'static str,
@@ -44,15 +44,18 @@ pub enum DatapathError {
         source: ProgramError,
     },
     /// A map is missing or an operation on it failed.
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         /// Which map.
         name: &'static str,
         /// What failed.
         source: MapError,
     },
+    /// Pins left by another version that this one cannot take over.
+    #[error("{0}")]
+    Incompatible(String),
     /// A pinned link could not be opened, pinned or removed.
-    #[error("link {path}: {reason}")]
+    #[error("link {}: {reason}", path.display())]
     Link {
         /// The pin.
         path: PathBuf,
@@ -60,7 +63,7 @@ pub enum DatapathError {
         reason: String,
     },
     /// A file system operation failed (bpffs, cgroup).
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {}", path.display())]
     Io {
         /// What was being done.
         what: &'static str,
@@ -149,8 +152,56 @@ type MapKind = fn(MapData) -> Map;
 
 /// The maps a running instance is read and written through, opened from
 /// their pins (no object is loaded, no other map created).
-const RUNTIME_MAPS: [(&str, MapKind); 3] =
-    [(MAP_EGRESS, Map::LruHashMap), (MAP_INGRESS, Map::LruHashMap), (MAP_TC_STATS, Map::PerCpuArray)];
+const RUNTIME_MAPS: [(&str, MapKind); 4] = [
+    (MAP_EGRESS, Map::LruHashMap),
+    (MAP_INGRESS, Map::LruHashMap),
+    (MAP_TC_STATS, Map::PerCpuArray),
+    (MAP_VIP_STATS, Map::PerCpuHashMap),
+];
+
+/// The pinned maps that hold connections: never dropped to make way for
+/// another version's shape (that would break the connections they carry).
+const CONNECTION_MAPS: [&str; 5] =
+    [MAP_EGRESS, MAP_INGRESS, "HEELS_TRANSLATED", "HEELS_SOCK_BACKENDS", "HEELS_SERVED_LISTENERS"];
+
+/// Before loading over the pins of a previous agent (an upgrade): aya reuses
+/// a pinned map by name whatever its shape, so a map whose type, key, value
+/// or size changed between versions would be used with the wrong layout.
+/// Such a counter or configuration map is unpinned here, and the loader
+/// makes it anew (counters restart at zero; configuration is refilled).
+/// A connection map of another shape stops the start, naming it: only
+/// `heels down` (which ends the bypass of open connections) can replace it.
+/// Returns the maps replaced.
+pub fn replace_pins_of_another_shape(maps_dir: &Path) -> Result<Vec<String>, DatapathError> {
+    let object = aya_obj::Object::parse(crate::EBPF_OBJECT)
+        .map_err(|e| DatapathError::Incompatible(format!("parsing the eBPF object: {e}")))?;
+    let mut replaced = Vec::new();
+    for (name, map) in &object.maps {
+        let pin = maps_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+            continue;
+        };
+        let pinned = (
+            info.map_type().map_or(u32::MAX, |t| t as u32),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        let built = (map.map_type(), map.key_size(), map.value_size(), map.max_entries());
+        if pinned == built {
+            continue;
+        }
+        if CONNECTION_MAPS.contains(&name.as_str()) {
+            return Err(DatapathError::Incompatible(format!(
+                "pinned map {name} (type, key, value, entries) is {pinned:?}, this version's is {built:?}: \
+                 `heels down` first (open bypassed connections then take the LB path)"
+            )));
+        }
+        std::fs::remove_file(&pin).map_err(io_error("removing", &pin))?;
+        replaced.push(name.clone());
+    }
+    Ok(replaced)
+}
 
 impl Datapath {
     /// Loads the programs, fills the maps (pinned: kept from a previous run,
@@ -163,6 +214,7 @@ impl Datapath {
         for path in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(path).map_err(io_error("creating", path))?;
         }
+        replace_pins_of_another_shape(&maps_dir)?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
         configure(&mut ebpf, config)?;
         attach(&mut ebpf, config, &links_dir)?;
@@ -230,15 +282,45 @@ impl Datapath {
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(TcCounter, u64)>, DatapathError> {
+        Ok(self
+            .counters_per_cpu()?
+            .into_iter()
+            .map(|(counter, values)| (counter, values.iter().sum()))
+            .collect())
+    }
+
+    /// The counters, one value per possible CPU (index = CPU number).
+    pub fn counters_per_cpu(&self) -> Result<Vec<(TcCounter, Vec<u64>)>, DatapathError> {
         let map = self.map(MAP_TC_STATS)?;
         let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error(MAP_TC_STATS))?;
         TcCounter::ALL
             .iter()
             .map(|&counter| {
                 let values = stats.get(&(counter as u32), 0).map_err(map_error(MAP_TC_STATS))?;
-                Ok((counter, values.iter().sum()))
+                Ok((counter, values.to_vec()))
             })
             .collect()
+    }
+
+    /// The counters of each VIP:vport the programs have counted for,
+    /// summed over CPUs.
+    pub fn vip_counters(&self) -> Result<Vec<(SocketAddrV4, VipStats)>, DatapathError> {
+        let map = self.map(MAP_VIP_STATS)?;
+        let stats: PerCpuHashMap<_, EndpointV4, VipStats> =
+            PerCpuHashMap::try_from(map).map_err(map_error(MAP_VIP_STATS))?;
+        let mut out = Vec::new();
+        for entry in stats.iter() {
+            let (vip, per_cpu) = entry.map_err(map_error(MAP_VIP_STATS))?;
+            let mut total = VipStats::default();
+            for cpu in per_cpu.iter() {
+                for (sum, value) in total.counters.iter_mut().zip(cpu.counters) {
+                    *sum += value;
+                }
+            }
+            out.push((vip.into(), total));
+        }
+        out.sort_by_key(|(vip, _)| *vip);
+        Ok(out)
     }
 
     /// The bypassed connections the client side knows.

@@ -1,0 +1,497 @@
+//! The agent's Prometheus endpoint (`--metrics-addr`, or `metrics_address`
+//! in the configuration): OpenMetrics text at `/metrics`, `ok` at
+//! `/healthz` once the datapath is attached (readiness).
+//!
+//! Every figure is read from the instance's pinned maps at scrape time, so
+//! a scrape shows what the kernel did, whichever agent process attached it.
+//! The families (all counters end in `_total`; `cpu` is the CPU a program
+//! ran on, the tc dataplane's worker):
+//!
+//! | family | labels | counts |
+//! | --- | --- | --- |
+//! | `heels_agent_info` | `instance`, `dataplane`, `version` | always 1 |
+//! | `heels_syns_translated_total` | `cpu` | SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server) |
+//! | `heels_syns_translated_from_local_vip_total` | `cpu` | of those, SYNs to a VIP this host holds (server) |
+//! | `heels_syn_fallbacks_total` | `cpu`, `reason` | SYNs with the SYN form left on the LB path: `refused` (a check failed), `no_listener`, `listener_unserved`, `tuple_in_use` (server) |
+//! | `heels_ipip_decapsulated_packets_total` | `cpu` | IPIP packets to a local address, decapsulated (server) |
+//! | `heels_syn_acks_learned_total` | `cpu` | SYN-ACK forms accepted, a connection's entries made (client) |
+//! | `heels_syn_acks_refused_total` | `cpu` | SYN-ACK forms that failed a check (client) |
+//! | `heels_rewritten_packets_total` | `cpu`, `direction` | packets sent to DIP (`egress`) or delivered as from the VIP (`ingress`) (client) |
+//! | `heels_rewritten_bytes_total` | `cpu`, `direction` | their bytes as TC sees them: Ethernet header included, a GSO packet whole (client) |
+//! | `heels_egress_socket_hits_total` | `cpu` | egress rewrites that found DIP:dport on the socket, not in the table (client) |
+//! | `heels_icmp_errors_rewritten_total` | `cpu` | ICMP errors whose quote was rewritten for the socket (client) |
+//! | `heels_options_written_total` | `cpu`, `form` | forms written by sockops: `syn` (client), `syn_ack` (server) |
+//! | `heels_options_no_room_total` | `cpu` | segments that left without the option for lack of room |
+//! | `heels_helper_errors_total` | `cpu` | kernel helper failures (the packet went on as far as it got) |
+//! | `heels_table_entries_removed_total` | `cause` | connections forgotten: `socket_closed` (sockops), `swept` (the agent's sweep of vanished sockets) |
+//! | `heels_table_entries` | `vip` | bypassed connections in the table now (client) |
+//! | `heels_table_capacity` | | how many the table holds; past that the kernel evicts the least recently used |
+//! | `heels_vip_syns_translated_total` | `vip` | per VIP:vport, as above (server) |
+//! | `heels_vip_syn_fallbacks_total` | `vip`, `reason` | per VIP:vport: `no_listener`, `listener_unserved`, `tuple_in_use` (server) |
+//! | `heels_vip_syn_acks_learned_total` | `vip` | per VIP:vport (client) |
+//! | `heels_vip_rewritten_packets_total` | `vip`, `direction` | per VIP:vport (client) |
+//! | `heels_vip_rewritten_bytes_total` | `vip`, `direction` | per VIP:vport (client) |
+//! | `heels_vip_options_written_total` | `vip`, `form` | per VIP:vport |
+//!
+//! Every configured VIP:vport has its `heels_vip_*` series from the start
+//! (zero until traffic); a VIP configured with port 0 gets one series per
+//! port it carries. The kernel tracks up to 1024 VIP:vport; past that only
+//! the host-wide families count. LRU evictions of a full table are not
+//! visible to the kernel's counters: compare `heels_table_entries` with
+//! `heels_table_capacity`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use heels_common::{TcCounter, VipCounter, VipStats, MAX_CONNECTIONS};
+use heels_xdp::Datapath;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The endpoint's address: `PORT` (loopback), `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse().map_err(|_| format!("{text:?}: a port (loopback), IP:PORT or [IPv6]:PORT"))
+}
+
+/// One family of host-wide counters: each series a counter of the
+/// programs, with at most one label beside `cpu`.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    series: &'static [(TcCounter, Option<(&'static str, &'static str)>)],
+}
+
+/// The host-wide families, in output order. Every [`TcCounter`] is in
+/// exactly one (a test checks).
+const FAMILIES: [Family; 13] = [
+    Family {
+        name: "heels_syns_translated",
+        help: "SYNs with the SYN form rewritten to the client and this host (server)",
+        unit: None,
+        series: &[(TcCounter::SynTranslated, None)],
+    },
+    Family {
+        name: "heels_syns_translated_from_local_vip",
+        help: "Translated SYNs that were addressed to a VIP this host holds (server)",
+        unit: None,
+        series: &[(TcCounter::SynTranslatedFromVip, None)],
+    },
+    Family {
+        name: "heels_syn_fallbacks",
+        help: "SYNs with the SYN form left on the LB path, by reason (server)",
+        unit: None,
+        series: &[
+            (TcCounter::SynRefused, Some(("reason", "refused"))),
+            (TcCounter::SynNoListener, Some(("reason", "no_listener"))),
+            (TcCounter::SynListenerUnserved, Some(("reason", "listener_unserved"))),
+            (TcCounter::SynTupleInUse, Some(("reason", "tuple_in_use"))),
+        ],
+    },
+    Family {
+        name: "heels_ipip_decapsulated_packets",
+        help: "IPIP packets to a local address, decapsulated (server)",
+        unit: None,
+        series: &[(TcCounter::IpipDecapsulated, None)],
+    },
+    Family {
+        name: "heels_syn_acks_learned",
+        help: "SYN-ACK forms accepted: a connection's entries made (client)",
+        unit: None,
+        series: &[(TcCounter::SynAckLearned, None)],
+    },
+    Family {
+        name: "heels_syn_acks_refused",
+        help: "SYN-ACK forms that failed a check (client)",
+        unit: None,
+        series: &[(TcCounter::SynAckRefused, None)],
+    },
+    Family {
+        name: "heels_rewritten_packets",
+        help: "Packets of bypassed connections rewritten, by direction (client)",
+        unit: None,
+        series: &[
+            (TcCounter::EgressRewritten, Some(("direction", "egress"))),
+            (TcCounter::IngressRewritten, Some(("direction", "ingress"))),
+        ],
+    },
+    Family {
+        name: "heels_rewritten",
+        help: "Bytes of the rewritten packets as TC sees them, by direction (client)",
+        unit: Some(Unit::Bytes),
+        series: &[
+            (TcCounter::EgressBytes, Some(("direction", "egress"))),
+            (TcCounter::IngressBytes, Some(("direction", "ingress"))),
+        ],
+    },
+    Family {
+        name: "heels_egress_socket_hits",
+        help: "Egress rewrites that found the backend on the socket rather than in the table (client)",
+        unit: None,
+        series: &[(TcCounter::EgressViaSocket, None)],
+    },
+    Family {
+        name: "heels_icmp_errors_rewritten",
+        help: "ICMP errors about bypassed connections whose quote was rewritten for the socket (client)",
+        unit: None,
+        series: &[(TcCounter::IcmpRewritten, None)],
+    },
+    Family {
+        name: "heels_options_written",
+        help: "Option forms written by sockops, by form",
+        unit: None,
+        series: &[
+            (TcCounter::SynOptionWritten, Some(("form", "syn"))),
+            (TcCounter::SynAckOptionWritten, Some(("form", "syn_ack"))),
+        ],
+    },
+    Family {
+        name: "heels_options_no_room",
+        help: "Segments that left without the option for lack of room (their connection takes the LB path)",
+        unit: None,
+        series: &[(TcCounter::NoOptionRoom, None)],
+    },
+    Family {
+        name: "heels_helper_errors",
+        help: "Kernel helper failures; the packet went on as far as it got",
+        unit: None,
+        series: &[(TcCounter::Errors, None)],
+    },
+];
+
+/// The per-VIP families: each series a [`VipCounter`], with at most one
+/// label beside `vip`.
+struct VipFamily {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    series: &'static [(VipCounter, Option<(&'static str, &'static str)>)],
+}
+
+const VIP_FAMILIES: [VipFamily; 6] = [
+    VipFamily {
+        name: "heels_vip_syns_translated",
+        help: "SYNs with the SYN form translated, per VIP:vport (server)",
+        unit: None,
+        series: &[(VipCounter::SynTranslated, None)],
+    },
+    VipFamily {
+        name: "heels_vip_syn_fallbacks",
+        help: "SYNs for a served VIP:vport left on the LB path, by reason (server)",
+        unit: None,
+        series: &[
+            (VipCounter::SynNoListener, Some(("reason", "no_listener"))),
+            (VipCounter::SynListenerUnserved, Some(("reason", "listener_unserved"))),
+            (VipCounter::SynTupleInUse, Some(("reason", "tuple_in_use"))),
+        ],
+    },
+    VipFamily {
+        name: "heels_vip_syn_acks_learned",
+        help: "SYN-ACK forms accepted, per VIP:vport (client)",
+        unit: None,
+        series: &[(VipCounter::SynAckLearned, None)],
+    },
+    VipFamily {
+        name: "heels_vip_rewritten_packets",
+        help: "Packets rewritten, per VIP:vport and direction (client)",
+        unit: None,
+        series: &[
+            (VipCounter::EgressPackets, Some(("direction", "egress"))),
+            (VipCounter::IngressPackets, Some(("direction", "ingress"))),
+        ],
+    },
+    VipFamily {
+        name: "heels_vip_rewritten",
+        help: "Bytes rewritten, per VIP:vport and direction (client)",
+        unit: Some(Unit::Bytes),
+        series: &[
+            (VipCounter::EgressBytes, Some(("direction", "egress"))),
+            (VipCounter::IngressBytes, Some(("direction", "ingress"))),
+        ],
+    },
+    VipFamily {
+        name: "heels_vip_options_written",
+        help: "Option forms written by sockops, per VIP:vport and form",
+        unit: None,
+        series: &[
+            (VipCounter::SynOptionWritten, Some(("form", "syn"))),
+            (VipCounter::SynAckOptionWritten, Some(("form", "syn_ack"))),
+        ],
+    },
+];
+
+/// What one scrape shows, read from the pins (no I/O after this).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The instance.
+    pub instance: String,
+    /// Each counter's value per CPU.
+    pub per_cpu: Vec<(TcCounter, Vec<u64>)>,
+    /// Each VIP:vport's counters (summed over CPUs).
+    pub per_vip: Vec<(SocketAddrV4, VipStats)>,
+    /// Bypassed connections per VIP:vport.
+    pub entries: Vec<(SocketAddrV4, u64)>,
+    /// Entries the agent's sweep removed since it started.
+    pub swept: u64,
+}
+
+impl Snapshot {
+    /// Reads an instance's pins. `vips` are the configured VIP:vport,
+    /// shown at zero before their first packet.
+    pub fn read(instance: &str, vips: &[SocketAddrV4], swept: u64) -> anyhow::Result<Snapshot> {
+        let datapath = Datapath::open(instance)?;
+        let mut per_vip = datapath.vip_counters()?;
+        for vip in vips.iter().filter(|vip| vip.port() != 0) {
+            if !per_vip.iter().any(|(seen, _)| seen == vip) {
+                per_vip.push((*vip, VipStats::default()));
+            }
+        }
+        per_vip.sort_by_key(|(vip, _)| *vip);
+        let mut entries: Vec<(SocketAddrV4, u64)> = vips.iter().map(|vip| (*vip, 0)).collect();
+        for connection in datapath.connections()? {
+            match entries.iter_mut().find(|(vip, _)| *vip == connection.vip) {
+                Some((_, count)) => *count += 1,
+                None => entries.push((connection.vip, 1)),
+            }
+        }
+        entries.sort_by_key(|(vip, _)| *vip);
+        Ok(Snapshot {
+            instance: instance.to_owned(),
+            per_cpu: datapath.counters_per_cpu()?,
+            per_vip,
+            entries,
+            swept,
+        })
+    }
+
+    fn value(&self, counter: TcCounter) -> &[u64] {
+        self.per_cpu.iter().find(|(c, _)| *c == counter).map_or(&[], |(_, values)| values)
+    }
+
+    /// The OpenMetrics text of this snapshot.
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let info: Labels = vec![
+            ("instance", self.instance.clone()),
+            ("dataplane", "tc".to_owned()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ];
+        let mut metric = encoder.encode_descriptor("heels_agent", "The agent", None, MetricType::Info)?;
+        metric.encode_info(&info)?;
+        for family in &FAMILIES {
+            let series = family.series.iter().flat_map(|(tc_counter, label)| {
+                self.value(*tc_counter).iter().enumerate().map(move |(cpu, value)| {
+                    let mut labels: Labels = vec![("cpu", cpu.to_string())];
+                    labels.extend(label.map(|(key, value)| (key, value.to_owned())));
+                    (labels, *value)
+                })
+            });
+            counter(&mut encoder, family.name, family.help, family.unit.as_ref(), series)?;
+        }
+        let removed = [
+            (vec![("cause", "socket_closed".to_owned())], self.value(TcCounter::EntriesRemoved).iter().sum()),
+            (vec![("cause", "swept".to_owned())], self.swept),
+        ];
+        counter(
+            &mut encoder,
+            "heels_table_entries_removed",
+            "Connections forgotten, by cause",
+            None,
+            removed,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "heels_table_entries",
+            "Bypassed connections in the table, per VIP:vport (client)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (vip, count) in &self.entries {
+            let labels: Labels = vec![("vip", vip.to_string())];
+            ConstGauge::new(*count as i64).encode(metric.encode_family(&labels)?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "heels_table_capacity",
+            "Connections the table holds before the least recently used is evicted",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(MAX_CONNECTIONS)).encode(metric)?;
+        for family in &VIP_FAMILIES {
+            let series = family.series.iter().flat_map(|(vip_counter, label)| {
+                self.per_vip.iter().map(move |(vip, stats)| {
+                    let mut labels: Labels = vec![("vip", vip.to_string())];
+                    labels.extend(label.map(|(key, value)| (key, value.to_owned())));
+                    (labels, stats.counters[*vip_counter as usize])
+                })
+            });
+            counter(&mut encoder, family.name, family.help, family.unit.as_ref(), series)?;
+        }
+        Ok(())
+    }
+}
+
+/// The endpoint, serving scrapes on its own thread until the process ends.
+#[derive(Debug)]
+pub struct MetricsServer {
+    address: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `address` (an error if it cannot: the user asked for it) and
+    /// serves `instance`'s figures.
+    pub fn start(
+        address: SocketAddr,
+        instance: &str,
+        vips: Vec<SocketAddrV4>,
+        swept: Arc<AtomicU64>,
+    ) -> anyhow::Result<MetricsServer> {
+        let listener =
+            TcpListener::bind(address).with_context(|| format!("metrics endpoint on {address}"))?;
+        let address = listener.local_addr()?;
+        let instance = instance.to_owned();
+        std::thread::Builder::new().name("metrics".to_owned()).spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = serve(stream, &instance, &vips, swept.load(Ordering::Relaxed)) {
+                    tracing::debug!(error = %format!("{e:#}"), "metrics request failed");
+                }
+            }
+        })?;
+        Ok(MetricsServer { address })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+/// Answers one HTTP/1.x request (the connection closes after it).
+fn serve(mut stream: TcpStream, instance: &str, vips: &[SocketAddrV4], swept: u64) -> anyhow::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => match Snapshot::read(instance, vips, swept) {
+            Ok(snapshot) => {
+                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", snapshot.render())
+            }
+            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
+        },
+        ("GET", "/healthz") => match Datapath::open(instance) {
+            Ok(_) => ("200 OK", "text/plain", "ok\n".to_owned()),
+            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
+        },
+        ("GET", _) => ("404 Not Found", "text/plain", "/metrics or /healthz\n".to_owned()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned()),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_in_one_family() {
+        for counter in TcCounter::ALL {
+            let homes = FAMILIES.iter().flat_map(|f| f.series).filter(|(c, _)| *c == counter).count()
+                + usize::from(counter == TcCounter::EntriesRemoved);
+            assert_eq!(homes, 1, "{counter:?}");
+        }
+        for counter in VipCounter::ALL {
+            let homes = VIP_FAMILIES.iter().flat_map(|f| f.series).filter(|(c, _)| *c == counter).count();
+            assert_eq!(homes, 1, "{counter:?}");
+        }
+    }
+
+    #[test]
+    fn renders_prometheus_names_and_labels() {
+        let vip = SocketAddrV4::new(Ipv4Addr::new(10, 10, 100, 1), 80);
+        let mut stats = VipStats::default();
+        stats.counters[VipCounter::EgressBytes as usize] = 1500;
+        let snapshot = Snapshot {
+            instance: "web1".to_owned(),
+            per_cpu: TcCounter::ALL.iter().map(|&c| (c, vec![c as u64, 100])).collect(),
+            per_vip: vec![(vip, stats)],
+            entries: vec![(vip, 3)],
+            swept: 7,
+        };
+        let text = snapshot.render();
+        for line in [
+            "heels_agent_info{instance=\"web1\",dataplane=\"tc\",version=\"0.1.0\"} 1",
+            "heels_syns_translated_total{cpu=\"1\"} 100",
+            "heels_syn_fallbacks_total{cpu=\"0\",reason=\"tuple_in_use\"} 15",
+            "heels_rewritten_bytes_total{cpu=\"0\",direction=\"ingress\"} 19",
+            "heels_table_entries_removed_total{cause=\"socket_closed\"} 110",
+            "heels_table_entries_removed_total{cause=\"swept\"} 7",
+            "heels_table_entries{vip=\"10.10.100.1:80\"} 3",
+            "heels_table_capacity 262144",
+            "heels_vip_rewritten_bytes_total{vip=\"10.10.100.1:80\",direction=\"egress\"} 1500",
+            "heels_vip_syns_translated_total{vip=\"10.10.100.1:80\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("# UNIT heels_rewritten_bytes bytes"), "{text}");
+    }
+
+    #[test]
+    fn a_bare_port_is_loopback() {
+        assert_eq!(parse_address("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_address("0.0.0.0:9464"), Ok("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(parse_address("[::1]:9464"), Ok("[::1]:9464".parse().unwrap()));
+        assert!(parse_address("localhost").unwrap_err().contains("\"localhost\""));
+    }
+}
