@@ -786,3 +786,57 @@ fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic
     assert!(forms >= connections as u64, "SYN-ACK forms: {forms}");
     assert_eq!(sample_sum(&client, "heels_helper_errors_total", &[]), 0);
 }
+
+/// The bench end to end, short: every tool through every path of the
+/// full-NAT bed, one JSON object with every figure in the documented form.
+#[test]
+fn the_quick_bench_writes_one_json_object_with_every_figure() {
+    let dir = std::env::temp_dir().join(format!("heels-bench-test-{}", std::process::id()));
+    let json = dir.join("bench.json");
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = std::process::Command::new(heels())
+        .args(["lab", "bench", "--quick", "--seconds", "1", "--json"])
+        .arg(&json)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = std::fs::read(&json)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_else(|| panic!("no JSON report: {}", String::from_utf8_lossy(&output.stderr)));
+    let svg = std::fs::read_to_string(dir.join("bench.svg")).unwrap_or_default();
+    let table = std::fs::read_to_string(dir.join("bench.md")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(svg.starts_with("<svg") && table.contains("| bulk-1 | Gbit/s | iperf3 |"), "{table}");
+    let results = report["results"].as_array().expect("results");
+    for row in results {
+        for field in ["lb", "path", "workload", "value", "unit", "ratio_to_direct", "spread"] {
+            assert!(row.get(field).is_some(), "{field} missing in {row}");
+        }
+        assert!(row["spread"]["min"].as_f64() <= row["value"].as_f64(), "{row}");
+        assert!(row["value"].as_f64() <= row["spread"]["max"].as_f64(), "{row}");
+    }
+    let value = |path: &str, workload: &str| {
+        results
+            .iter()
+            .find(|r| r["lb"] == "fullnat" && r["path"] == path && r["workload"] == workload)
+            .and_then(|r| r["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {path} {workload}"))
+    };
+    for path in ["direct", "vanilla", "heels-tc"] {
+        for workload in
+            ["bulk-1", "bulk-4", "latency-p50", "latency-p99.9", "http-new-connections", "http-requests-open"]
+        {
+            assert!(value(path, workload) > 0.0, "{path} {workload}");
+        }
+        assert!(value(path, "connections-client-closes-after-direct") > 0.0, "{path}");
+        assert_eq!(value(path, "connections-failed"), 0.0, "{path}: heels never fails a connection");
+    }
+    // heels keeps the LB to the SYN; the vanilla LB forwards every message.
+    assert!(value("heels-tc", "lb-packets-per-connection") <= 1.5);
+    assert!(value("heels-tc", "lb-bytes-per-message-1MiB") < 200.0);
+    assert!(value("vanilla", "lb-bytes-per-message-1MiB") > 1024.0 * 1024.0);
+    assert!(report["cost"].as_array().is_some_and(|c| c.len() == 3), "{}", report["cost"]);
+}

@@ -159,48 +159,6 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The IPv4 TCP connections of this network namespace, as (local,
-/// remote): those of IPv4 sockets (`/proc/net/tcp`) and of IPv6 sockets
-/// with IPv4-mapped addresses (`/proc/net/tcp6`: dual-stack clients and
-/// listeners' children).
-pub fn tcp_sockets() -> anyhow::Result<HashSet<(SocketAddrV4, SocketAddrV4)>> {
-    let mut sockets = HashSet::new();
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        match std::fs::read_to_string(path) {
-            Ok(text) => sockets.extend(parse_proc_net_tcp(&text)),
-            // A kernel without IPv6 has no tcp6.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.ends_with('6') => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
-        }
-    }
-    Ok(sockets)
-}
-
-/// An address:port of /proc/net/tcp or tcp6. The kernel prints each 32-bit
-/// word of the address as the u32 it stores (network order) read on this
-/// little-endian host, and the port in host order. An IPv6 address counts
-/// only when IPv4-mapped (`::ffff:a.b.c.d`: words 0, 0, 0xffff, the IPv4).
-fn parse_endpoint(field: &str) -> Option<SocketAddrV4> {
-    let (addr, port) = field.split_once(':')?;
-    let ipv4 = match addr.len() {
-        8 => addr,
-        32 if addr[..24].eq_ignore_ascii_case("0000000000000000FFFF0000") => &addr[24..],
-        _ => return None,
-    };
-    let addr = u32::from_str_radix(ipv4, 16).ok()?.to_le_bytes();
-    Some(SocketAddrV4::new(addr.into(), u16::from_str_radix(port, 16).ok()?))
-}
-
-fn parse_proc_net_tcp(text: &str) -> HashSet<(SocketAddrV4, SocketAddrV4)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            Some((parse_endpoint(fields.next()?)?, parse_endpoint(fields.next()?)?))
-        })
-        .collect()
-}
-
 /// Drops the entries of connections whose socket is gone: the close
 /// callback can be missed (a socket that closed while the programs were
 /// being replaced, or that opened before them). A connection is dropped
@@ -227,8 +185,13 @@ impl Sweeper {
 
     /// One sweep over the datapath; returns how many connections went.
     pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
-        let sockets = tcp_sockets()?;
-        let stale = self.stale(&datapath.connections()?, &sockets);
+        let connections = datapath.connections()?;
+        if connections.is_empty() && self.suspects.is_empty() {
+            // Nothing to check (a server-only host, an idle client): no dump.
+            return Ok(0);
+        }
+        let sockets = crate::sockets::live_tcp_connections()?;
+        let stale = self.stale(&connections, &sockets);
         for connection in &stale {
             datapath.forget(connection)?;
         }
@@ -297,13 +260,6 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// Two lines of a real /proc/net/tcp: a listener on 0.0.0.0:8080 and a
-    /// connection 10.10.1.2:40000 -> 10.10.100.1:80.
-    const PROC_NET_TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31251 1 0000000000000000 100 0 0 10 0
-   1: 02010A0A:9C40 01640A0A:0050 01 00000000:00000000 00:00000000 00000000     0        0 31252 1 0000000000000000 20 4 30 10 -1
-";
-
     fn connection(cport: u16) -> Connection {
         Connection {
             client: SocketAddrV4::new([10, 10, 1, 2].into(), cport),
@@ -312,34 +268,10 @@ mod tests {
         }
     }
 
-    /// Three lines of a real /proc/net/tcp6: a dual-stack listener on
-    /// [::]:8080, a connection 10.10.1.2:18900 -> 10.10.100.1:80 of an IPv6
-    /// socket, and a real IPv6 connection (not IPv4: left out).
-    const PROC_NET_TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
-   1: 0000000000000000FFFF000002010A0A:49D4 0000000000000000FFFF000001640A0A:0050 01 00000000:00000000 00:00000000 00000000     0        0 2 2 0 20 4 30 10 -1
-   2: 000080FE00000000FF0000020300FEFF:1F90 000080FE00000000FF0000020400FEFF:C000 01 00000000:00000000 00:00000000 00000000     0        0 3 2 0 20 4 30 10 -1
-";
-
-    #[test]
-    fn parses_ipv4_mapped_sockets_of_proc_net_tcp6() {
-        let sockets = parse_proc_net_tcp(PROC_NET_TCP6);
-        assert_eq!(sockets.len(), 1, "{sockets:?}");
-        let connection =
-            Connection { client: SocketAddrV4::new([10, 10, 1, 2].into(), 18900), ..connection(1) };
-        assert!(sockets.contains(&(connection.client, connection.vip)));
-    }
-
-    #[test]
-    fn parses_proc_net_tcp() {
-        let sockets = parse_proc_net_tcp(PROC_NET_TCP);
-        assert_eq!(sockets.len(), 2);
-        assert!(sockets.contains(&(connection(40000).client, connection(40000).vip)));
-    }
-
     #[test]
     fn a_connection_goes_after_two_sweeps_without_a_socket() {
-        let sockets = parse_proc_net_tcp(PROC_NET_TCP);
+        let live = connection(40000);
+        let sockets = HashSet::from([(live.client, live.vip)]);
         let mut sweeper = Sweeper::default();
         let connections = [connection(40000), connection(40001)];
         // 40001 has no socket: suspected first, dropped the second time.

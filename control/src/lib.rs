@@ -8,3 +8,4 @@ pub mod deploy;
 pub mod lab;
 pub mod metrics;
 pub mod report;
+pub mod sockets;

@@ -3,10 +3,24 @@
 use anyhow::Context;
 use clap::Subcommand;
 
+use super::bench::{self, BenchSpec};
 use super::demo::{self, DemoSpec};
 use super::progress::Progress;
 use super::workload::{self, LoadSpec};
 use super::{Dataplane, LabSpec, LbKind};
+
+/// `heels lab bench --lb`: one LB kind or all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchLb {
+    /// Full-NAT (nftables DNAT and SNAT).
+    Fullnat,
+    /// DNAT only (client address kept).
+    Dnat,
+    /// Katran-style IPIP (the project's XDP fixture).
+    Ipip,
+    /// All three.
+    All,
+}
 
 /// The lab's subcommands.
 #[derive(Debug, Subcommand)]
@@ -35,23 +49,39 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Throughput, latency and connection rate: direct, vanilla LB, heels.
+    /// The benchmark matrix: every LB kind, path and workload, with iperf3, sockperf and wrk.
+    #[command(after_help = "Examples:
+  heels lab bench --quick                          full-NAT, one round, under two minutes
+  heels lab bench --out results/                   everything: table, JSON and plot in results/
+  heels lab bench --lb ipip --rounds 3 --json ipip.json
+
+Each figure is the median over rounds with its min-max spread and its ratio to the direct path;
+docs/benchmarks.md says what each workload measures.")]
     Bench {
-        /// The load balancer.
-        #[arg(long, value_enum, default_value = "fullnat")]
-        lb: LbKind,
-        /// Rounds; each figure is the median.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds per throughput and connection-rate run.
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
-        /// Also write the full result as JSON here.
+        /// The LB kind, or all (default: all; with --quick, fullnat).
+        #[arg(long, value_enum)]
+        lb: Option<BenchLb>,
+        /// One round of 1 s on one LB kind: under two minutes.
         #[arg(long)]
+        quick: bool,
+        /// Rounds; each figure is the median (default 5; --quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds per timed run (default 2; --quick 1).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// The capped LB's rate in Mbit/s (HTB on the LB's link); 0: no capped runs.
+        #[arg(long, default_value_t = 500)]
+        lb_rate: u32,
+        /// Write the full result (one JSON object) here.
+        #[arg(long, value_name = "FILE")]
         json: Option<std::path::PathBuf>,
-        /// Also write a bar chart of the ratios (SVG) here.
-        #[arg(long)]
+        /// Write the plot (SVG) here.
+        #[arg(long, value_name = "FILE")]
         plot: Option<std::path::PathBuf>,
+        /// Write bench.md, bench.json and bench.svg into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
     },
     /// Build the lab and keep it until SIGINT/SIGTERM (to explore it by hand).
     #[command(after_help = "Example, with your own programs:
@@ -152,19 +182,35 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Bench { lb, rounds, seconds, json, plot } => {
+        LabCommand::Bench { lb, quick, rounds, seconds, lb_rate, json, plot, out } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
-            let spec = super::bench::BenchSpec { lb, rounds, seconds, ..Default::default() };
-            let steps = (rounds * 3 * 3) as u64;
-            let report = super::bench::run(&spec, &heels, &Progress::new(steps, false))?;
-            print!("{}", super::bench::render(&report));
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+            let lbs = match (lb, quick) {
+                (Some(BenchLb::All), _) | (None, false) => vec![LbKind::Fullnat, LbKind::Dnat, LbKind::Ipip],
+                (Some(BenchLb::Fullnat), _) | (None, true) => vec![LbKind::Fullnat],
+                (Some(BenchLb::Dnat), _) => vec![LbKind::Dnat],
+                (Some(BenchLb::Ipip), _) => vec![LbKind::Ipip],
+            };
+            let mut spec = if quick { BenchSpec::quick(lbs) } else { BenchSpec::full(lbs) };
+            spec.rounds = rounds.unwrap_or(spec.rounds).max(1);
+            spec.seconds = seconds.unwrap_or(spec.seconds);
+            spec.lb_rate_mbit = lb_rate;
+            let mut report = bench::run(&spec, &heels, &Progress::new(spec.steps(), false))?;
+            report.command = std::env::args().collect::<Vec<_>>().join(" ");
+            let table = bench::report::render(&report);
+            print!("{table}");
+            let json_text = serde_json::to_string_pretty(&report)?;
+            let svg = bench::plot::svg(&report);
+            let mut files = Vec::new();
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                files.push((dir.join("bench.md"), table.clone()));
+                files.push((dir.join("bench.json"), json_text.clone()));
+                files.push((dir.join("bench.svg"), svg.clone()));
             }
-            if let Some(path) = plot {
-                std::fs::write(&path, super::bench::plot(&report))
-                    .with_context(|| format!("writing {}", path.display()))?;
+            files.extend(json.map(|path| (path, json_text)));
+            files.extend(plot.map(|path| (path, svg)));
+            for (path, text) in files {
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod lb;
 pub mod netns;
 pub mod progress;
+pub mod tools;
 pub mod workload;
 
 use std::fmt::Write as _;
@@ -564,8 +565,19 @@ impl Lab {
 
     /// Starts `heels lab load` on the client; returns the child (stdout: one JSON report).
     pub fn spawn_load(&self, spec: &LoadSpec) -> anyhow::Result<Child> {
+        self.spawn_load_with(spec, None)
+    }
+
+    fn spawn_load_with(&self, spec: &LoadSpec, cpu: Option<usize>) -> anyhow::Result<Child> {
         let host = self.client();
-        let mut command = Command::new(&self.heels);
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut command = tools::pinned(cpu);
+                command.arg(&self.heels);
+                command
+            }
+            None => Command::new(&self.heels),
+        };
         command
             .args(["lab", "load", "--json"])
             .args(["--target", &spec.target.to_string()])
@@ -598,6 +610,70 @@ impl Lab {
         InterfaceCounters::read(&self.hosts[0].netns, "eth0")
     }
 
+    /// The `heels` binary the lab runs.
+    pub fn heels(&self) -> &Path {
+        &self.heels
+    }
+
+    /// The lab's scratch directory (removed with the lab).
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// Spawns a command on host `role`, in its namespace and cgroup.
+    pub fn spawn_on(&self, role: &str, command: &mut Command) -> anyhow::Result<Child> {
+        let host =
+            self.hosts.iter().find(|h| h.role == role).with_context(|| format!("no lab host {role}"))?;
+        spawn_in(&host.netns, &host.cgroup, command)
+    }
+
+    /// Waits until a TCP socket listens on `port` on host `role`.
+    pub fn wait_listening(&self, role: &str, port: u16, limit: Duration) -> anyhow::Result<()> {
+        let host =
+            self.hosts.iter().find(|h| h.role == role).with_context(|| format!("no lab host {role}"))?;
+        let filter = format!("sport = :{port}");
+        let listening = || {
+            host.netns
+                .exec("ss", &["-Hltn", &filter])
+                .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+        };
+        if !tools::wait_for(limit, listening) {
+            bail!("nothing listens on port {port} of {role} after {} s", limit.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Caps what the LB can forward at `mbit` Mbit/s: an HTB on the
+    /// router's port toward the LB. Everything the LB forwards, either
+    /// way and whatever the LB kind (an XDP LB's transmit skips qdiscs),
+    /// first arrives through that port.
+    pub fn cap_lb(&self, mbit: u32) -> anyhow::Result<()> {
+        let router = self.router();
+        let rate = format!("{mbit}mbit");
+        router.exec(
+            "tc",
+            &["qdisc", "replace", "dev", "to-lb", "root", "handle", "1:", "htb", "default", "10"],
+        )?;
+        router.exec(
+            "tc",
+            &[
+                "class", "replace", "dev", "to-lb", "parent", "1:", "classid", "1:10", "htb", "rate", &rate,
+                "ceil", &rate,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes the cap of [`Lab::cap_lb`].
+    pub fn uncap_lb(&self) -> anyhow::Result<()> {
+        self.router().exec("tc", &["qdisc", "del", "dev", "to-lb", "root"]).map(drop)
+    }
+
+    /// Runs `heels lab load` on the client, pinned to `cpu`, to completion.
+    pub fn load_pinned(&self, spec: &LoadSpec, cpu: usize) -> anyhow::Result<LoadReport> {
+        finish_load(self.spawn_load_with(spec, Some(cpu))?)
+    }
+
     /// The service as the client reaches it.
     pub fn service(&self) -> SocketAddrV4 {
         SocketAddrV4::new(VIP, VPORT)
@@ -613,9 +689,22 @@ pub fn finish_load(child: Child) -> anyhow::Result<LoadReport> {
 }
 
 /// Waits for a load child at most `limit`, then kills it and fails; parses
-/// its report. Its output is drained meanwhile, so it never blocks on a
-/// full pipe.
-pub fn finish_load_within(mut child: Child, limit: Duration) -> anyhow::Result<LoadReport> {
+/// its report.
+pub fn finish_load_within(child: Child, limit: Duration) -> anyhow::Result<LoadReport> {
+    let output = output_within(child, limit).context("the load client")?;
+    if !output.status.success() {
+        bail!(
+            "the load client failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("parsing the load report")
+}
+
+/// Waits for a child at most `limit`, then kills it and fails; its output,
+/// drained meanwhile so that it never blocks on a full pipe.
+pub fn output_within(mut child: Child, limit: Duration) -> anyhow::Result<std::process::Output> {
     fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -634,16 +723,13 @@ pub fn finish_load_within(mut child: Child, limit: Duration) -> anyhow::Result<L
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the load client did not finish within {} s: killed", limit.as_secs_f64());
+            bail!("did not finish within {} s: killed", limit.as_secs_f64());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stdout = stdout.join().map_err(|_| anyhow::anyhow!("reading the load client's output"))?;
-    let stderr = stderr.join().map_err(|_| anyhow::anyhow!("reading the load client's errors"))?;
-    if !status.success() {
-        bail!("the load client failed ({status}): {}", String::from_utf8_lossy(&stderr).trim());
-    }
-    serde_json::from_slice(&stdout).context("parsing the load report")
+    let stdout = stdout.join().map_err(|_| anyhow::anyhow!("reading the output"))?;
+    let stderr = stderr.join().map_err(|_| anyhow::anyhow!("reading the errors"))?;
+    Ok(std::process::Output { status, stdout, stderr })
 }
 
 impl Host {

@@ -1,0 +1,383 @@
+//! `heels lab bench`: the benchmark matrix. For each LB kind, each path
+//! (direct to a server, the vanilla LB path, heels tc) runs each workload
+//! with the tools users already trust (iperf3, sockperf, wrk) and the
+//! project's own generator where it adds checking (every byte verified).
+//!
+//! Made for a noisy 2-vCPU machine: a warm-up run per path before each
+//! workload, paths interleaved within each round (each round starts with
+//! another path), client and server processes pinned to fixed CPUs
+//! ([`tools::CLIENT_CPU`], [`tools::SERVER_CPU`]), several rounds, and the
+//! spread (min and max over rounds) beside every median. Only ratios
+//! measured side by side in one run mean anything here.
+
+pub mod plot;
+pub mod report;
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::progress::Progress;
+use super::tools::{self, ServerKind};
+use super::workload::{LoadReport, LoadSpec, Mode};
+use super::{server_addr, Dataplane, Lab, LabSpec, LbKind, Overrides};
+pub use report::{BenchReport, Measured};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// LB kinds, in order.
+    pub lbs: Vec<LbKind>,
+    /// Rounds (each path once per round and workload).
+    pub rounds: usize,
+    /// Seconds of each timed run.
+    pub seconds: f64,
+    /// The capped LB's rate, Mbit/s (0: no capped runs).
+    pub lb_rate_mbit: u32,
+    /// Messages (connections) per message-size run of the cost model.
+    pub messages: usize,
+}
+
+impl BenchSpec {
+    /// The full run: every LB kind, 5 rounds of 2 s.
+    pub fn full(lbs: Vec<LbKind>) -> Self {
+        BenchSpec { lbs, rounds: 5, seconds: 2.0, lb_rate_mbit: 500, messages: 40 }
+    }
+
+    /// `--quick`: one LB kind (full-NAT unless told), one round of 1 s;
+    /// under two minutes here.
+    pub fn quick(lbs: Vec<LbKind>) -> Self {
+        BenchSpec { lbs, rounds: 1, seconds: 1.0, lb_rate_mbit: 500, messages: 10 }
+    }
+
+    /// Progress steps: one per measured run.
+    pub fn steps(&self) -> u64 {
+        (self.lbs.len() * self.rounds * PATHS.len() * RUNS_PER_ROUND) as u64
+    }
+}
+
+/// Timed runs of one path in one round (for the progress bar).
+const RUNS_PER_ROUND: usize = 19;
+
+/// A way from the client to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    /// To a server's own address: no LB (the limit).
+    Direct,
+    /// To the VIP through the LB, no heels.
+    Vanilla,
+    /// To the VIP with heels tc on the client and the server.
+    HeelsTc,
+}
+
+impl PathKind {
+    /// Its name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Vanilla => "vanilla",
+            PathKind::HeelsTc => "heels-tc",
+        }
+    }
+}
+
+/// The paths measured, in order.
+pub const PATHS: [PathKind; 3] = [PathKind::Direct, PathKind::Vanilla, PathKind::HeelsTc];
+
+/// Paths of the design this bench cannot measure yet, and why.
+pub const NOT_MEASURED: [(&str, &str); 2] = [
+    ("heels-afxdp", "the afxdp dataplane has not landed (its issue is open)"),
+    ("mixed (afxdp with tc)", "needs the afxdp dataplane"),
+];
+
+/// One path's bed: its lab and where its client connects.
+#[derive(Clone, Copy)]
+struct Bed<'a> {
+    path: PathKind,
+    lab: &'a Lab,
+    target: SocketAddrV4,
+}
+
+/// Runs the matrix.
+pub fn run(spec: &BenchSpec, heels: &Path, progress: &Progress) -> anyhow::Result<BenchReport> {
+    let mut measured = Vec::new();
+    let mut notes = Vec::new();
+    for &lb in &spec.lbs {
+        let kind = format!("{lb:?}").to_lowercase();
+        progress.message(format!("{kind}: building the labs"));
+        let plain = LabSpec {
+            lb,
+            servers: 1,
+            client: Dataplane::None,
+            server: Dataplane::None,
+            overrides: Overrides { bare: true, ..Overrides::default() },
+        };
+        // The direct path needs servers that answer by the router: behind
+        // a DNAT LB their replies would cross it (and its conntrack would
+        // refuse SYN-ACKs of connections it never saw). A full-NAT lab
+        // without heels routes so; each path has a lab of its own, so no
+        // path's traffic leaves state (TIME_WAITs) on another's server.
+        let direct = Lab::build(LabSpec { lb: LbKind::Fullnat, ..plain.clone() }, heels)?;
+        let vanilla = Lab::build(plain.clone(), heels)?;
+        let with_heels =
+            Lab::build(LabSpec { client: Dataplane::Tc, server: Dataplane::Tc, ..plain }, heels)?;
+        let beds = [
+            Bed {
+                path: PathKind::Direct,
+                lab: &direct,
+                target: SocketAddrV4::new(server_addr(0), direct.server_port()),
+            },
+            Bed { path: PathKind::Vanilla, lab: &vanilla, target: vanilla.service() },
+            Bed { path: PathKind::HeelsTc, lab: &with_heels, target: with_heels.service() },
+        ];
+        let mut matrix =
+            Matrix { lb, spec, beds: &beds, progress, measured: &mut measured, notes: &mut notes };
+        matrix.run().with_context(|| format!("the {kind} bench"))?;
+    }
+    Ok(BenchReport::new(spec, measured, notes))
+}
+
+/// One LB kind's runs.
+struct Matrix<'a> {
+    lb: LbKind,
+    spec: &'a BenchSpec,
+    beds: &'a [Bed<'a>; 3],
+    progress: &'a Progress,
+    measured: &'a mut Vec<Measured>,
+    notes: &'a mut Vec<String>,
+}
+
+impl Matrix<'_> {
+    fn run(&mut self) -> anyhow::Result<()> {
+        let seconds = self.spec.seconds;
+        self.phase(ServerKind::Iperf3, |bed| {
+            let one = tools::iperf3(bed.lab, bed.target, 1, seconds)?;
+            let four = tools::iperf3(bed.lab, bed.target, 4, seconds)?;
+            Ok(vec![("bulk-1", one), ("bulk-4", four)])
+        })?;
+        if self.spec.lb_rate_mbit > 0 {
+            self.capped()?;
+        }
+        self.phase(ServerKind::Sockperf, |bed| {
+            let latency = tools::sockperf(bed.lab, bed.target, 64, seconds)?;
+            Ok(vec![
+                ("latency-p50", latency.p50),
+                ("latency-p99", latency.p99),
+                ("latency-p99.9", latency.p999),
+                ("latency-samples", latency.samples as f64),
+            ])
+        })?;
+        self.phase(ServerKind::Http, |bed| {
+            // Connection: close makes every request a new connection, which
+            // the server closes first (HTTP/1.0 style).
+            let per_connection = tools::wrk(bed.lab, bed.target, 4, seconds, true)?;
+            let open = tools::wrk(bed.lab, bed.target, 4, seconds, false)?;
+            Ok(vec![("http-new-connections", per_connection), ("http-requests-open", open)])
+        })?;
+        self.phase(ServerKind::Lab, |bed| {
+            let mut out = Vec::new();
+            let mut failed = 0.0;
+            for (name, server_closes) in
+                [("connections-client-closes", false), ("connections-server-closes", true)]
+            {
+                let rate = connection_rate(bed, seconds, server_closes)?;
+                out.push((name, rate.per_second));
+                failed += rate.failed;
+                if !server_closes {
+                    out.push(("lb-packets-per-connection", rate.lb_packets));
+                }
+            }
+            out.push(("connections-failed", failed));
+            Ok(out)
+        })?;
+        self.after_direct()?;
+        self.messages()
+    }
+
+    /// Runs `measure` on every path, round after round, with `kind`
+    /// serving; each round starts with another path, after a warm-up run
+    /// of each.
+    fn phase(
+        &mut self,
+        kind: ServerKind,
+        measure: impl Fn(&Bed) -> anyhow::Result<Vec<(&'static str, f64)>>,
+    ) -> anyhow::Result<()> {
+        let _servers: Vec<_> =
+            self.beds.iter().map(|bed| tools::start_servers(bed.lab, kind)).collect::<Result<_, _>>()?;
+        let tool = tool_of(kind);
+        for bed in self.beds.iter() {
+            self.progress.message(format!("{:?} {}: warm-up ({tool})", self.lb, bed.path.name()));
+            measure(bed).with_context(|| format!("{} warm-up with {tool}", bed.path.name()))?;
+        }
+        for round in 0..self.spec.rounds {
+            for k in 0..self.beds.len() {
+                let bed = &self.beds[(round + k) % self.beds.len()];
+                self.progress.message(format!(
+                    "{:?} round {}/{}: {} ({tool})",
+                    self.lb,
+                    round + 1,
+                    self.spec.rounds,
+                    bed.path.name()
+                ));
+                let values = measure(bed).with_context(|| format!("{} with {tool}", bed.path.name()))?;
+                for (workload, value) in values {
+                    self.record(bed.path, workload, tool, round, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        path: PathKind,
+        workload: &'static str,
+        tool: &'static str,
+        round: usize,
+        value: f64,
+    ) {
+        self.progress.step(format!("{:?} {} {workload}", self.lb, path.name()));
+        self.measured.push(Measured { lb: self.lb, path, workload, tool, round, value });
+    }
+
+    /// Bulk throughput with the LB capped (HTB), as it is in production
+    /// where the LB is the bottleneck; the direct path has no LB to cap.
+    fn capped(&mut self) -> anyhow::Result<()> {
+        let rate = self.spec.lb_rate_mbit;
+        for bed in self.beds.iter().filter(|b| b.path != PathKind::Direct) {
+            bed.lab.cap_lb(rate)?;
+        }
+        let seconds = self.spec.seconds;
+        let result = self.phase(ServerKind::Iperf3, |bed| {
+            Ok(vec![("bulk-4-capped-lb", tools::iperf3(bed.lab, bed.target, 4, seconds)?)])
+        });
+        for bed in self.beds.iter().filter(|b| b.path != PathKind::Direct) {
+            bed.lab.uncap_lb()?;
+        }
+        result
+    }
+
+    /// New connections right after a burst of direct connections from the
+    /// same client to the same backend (the shared-tuple case of
+    /// docs/design.md): it must never regress.
+    fn after_direct(&mut self) -> anyhow::Result<()> {
+        if self.lb == LbKind::Dnat {
+            self.notes.push(
+                "dnat: no connection rate after direct connections: behind a DNAT LB a server's replies to a \
+                 direct connection cross the LB, whose conntrack refuses them"
+                    .to_owned(),
+            );
+        }
+        let seconds = self.spec.seconds;
+        let lb = self.lb;
+        self.phase(ServerKind::Lab, |bed| {
+            if lb == LbKind::Dnat && bed.path != PathKind::Direct {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::new();
+            for (name, server_closes) in [
+                ("connections-client-closes-after-direct", false),
+                ("connections-server-closes-after-direct", true),
+            ] {
+                let backend = SocketAddrV4::new(server_addr(0), bed.lab.server_port());
+                let burst = Bed { target: backend, ..*bed };
+                connection_rate(&burst, seconds.min(1.0), server_closes)?;
+                let rate = connection_rate(bed, seconds, server_closes)?;
+                out.push((name, rate.per_second));
+                out.push(("connections-failed-after-direct", rate.failed));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Messages of 8 KiB, 1 MiB and 4 MiB, every byte checked: what the LB
+    /// forwards per message (the cost model's input).
+    fn messages(&mut self) -> anyhow::Result<()> {
+        let messages = self.spec.messages;
+        self.phase(ServerKind::Lab, |bed| {
+            let mut out = Vec::new();
+            for (name, size) in report::MESSAGE_SIZES {
+                let before = bed.lab.lb_counters()?;
+                let spec = LoadSpec {
+                    connections: messages,
+                    concurrency: 4,
+                    request: 64,
+                    response: size,
+                    ..load_spec(bed.target, Mode::Verify, 0.0, false)
+                };
+                let report = checked(bed.lab.load_pinned(&spec, tools::CLIENT_CPU)?, messages)?;
+                let after = bed.lab.lb_counters()?;
+                out.push((name, (after.bytes() - before.bytes()) as f64 / report.connections_ok as f64));
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn tool_of(kind: ServerKind) -> &'static str {
+    match kind {
+        ServerKind::Iperf3 => "iperf3",
+        ServerKind::Sockperf => "sockperf",
+        ServerKind::Http => "wrk",
+        ServerKind::Lab => "heels lab load",
+    }
+}
+
+fn load_spec(target: SocketAddrV4, mode: Mode, seconds: f64, server_closes: bool) -> LoadSpec {
+    LoadSpec {
+        target,
+        mode,
+        connections: 1,
+        concurrency: 2,
+        request: 1,
+        response: 1,
+        count: 0,
+        seconds,
+        server_closes,
+        mapped: false,
+    }
+}
+
+/// A run in which every connection completed, or an error naming what failed.
+fn checked(report: LoadReport, wanted: usize) -> anyhow::Result<LoadReport> {
+    if report.connections_failed > 0 || report.connections_ok < wanted {
+        anyhow::bail!(
+            "{} of {} connections failed: {:?}",
+            report.connections_failed,
+            report.connections_ok + report.connections_failed,
+            report.errors
+        );
+    }
+    Ok(report)
+}
+
+/// A connection-rate run.
+struct Rate {
+    per_second: f64,
+    /// Packets the LB forwarded per completed connection.
+    lb_packets: f64,
+    /// Connections that failed (recorded: heels must never fail one).
+    failed: f64,
+}
+
+/// New connections per second for `seconds` (each one 1-byte exchange,
+/// then a close by the client or the server), and what the LB forwarded
+/// per connection meanwhile.
+fn connection_rate(bed: &Bed, seconds: f64, server_closes: bool) -> anyhow::Result<Rate> {
+    let before = bed.lab.lb_counters()?;
+    let report = bed
+        .lab
+        .load_pinned(&load_spec(bed.target, Mode::Connect, seconds, server_closes), tools::CLIENT_CPU)?;
+    if report.connections_ok == 0 {
+        anyhow::bail!("no connection completed: {:?}", report.errors);
+    }
+    let after = bed.lab.lb_counters()?;
+    Ok(Rate {
+        per_second: report.connections_per_s,
+        lb_packets: (after.packets() - before.packets()) as f64 / report.connections_ok as f64,
+        failed: report.connections_failed as f64,
+    })
+}
