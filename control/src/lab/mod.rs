@@ -933,7 +933,7 @@ mod tests {
         let child =
             Command::new("sleep").arg("30").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let started = Instant::now();
-        let error = finish_load_within(child, Duration::from_millis(300)).unwrap_err().to_string();
+        let error = format!("{:#}", finish_load_within(child, Duration::from_millis(300)).unwrap_err());
         assert!(error.contains("did not finish"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(10), "gave up at the deadline, not when sleep ended");
     }

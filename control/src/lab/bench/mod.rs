@@ -193,8 +193,11 @@ impl Matrix<'_> {
             out.push(("connections-failed", failed));
             Ok(out)
         })?;
-        self.after_direct()?;
-        self.messages()
+        // Before the direct bursts: their TIME_WAITs on the backend would
+        // send some of heels's connections by the LB (docs/design.md,
+        // "Shared tuples") and blur what a message costs through it.
+        self.messages()?;
+        self.after_direct()
     }
 
     /// Runs `measure` on every path, round after round, with `kind`
