@@ -7,7 +7,6 @@
 //! byte-identical frames, and the kernel must count what the verdict says.
 //! Needs root; never skips.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -536,6 +535,80 @@ fn core(case: &Case) -> (String, Vec<u8>) {
     (describe(outcome), frame[outcome.start..].to_vec())
 }
 
+/// A case through the batch entry points (the AF_XDP workers' shape),
+/// between two frames of flows nobody knows, so the batch's parse and
+/// prefetch passes run over neighbours: the verdict and bytes of the case
+/// frame, and the neighbours left as they came.
+fn batched(case: &Case) -> (String, Vec<u8>) {
+    let table = if case.known { fuzzing::table_with_connection() } else { ConnTable::new(16, 60) };
+    let sockets = fuzzing::sockets();
+    let stranger = Endpoint::new([192, 0, 2, 9], 40_000);
+    let neighbour =
+        tcp_frame(stranger, Endpoint::new([192, 0, 2, 10], 443), TcpFlags::ACK, &[], b"neighbour");
+    let mut frames = [neighbour.clone(), case.frame.clone(), neighbour.clone()];
+    let mut views: Vec<&mut [u8]> = frames.iter_mut().map(|f| f.as_mut_slice()).collect();
+    let outcome = match case.way {
+        Way::In => {
+            let mut out = [Ingress { start: 0, verdict: Verdict::Rewritten { start: 0 } }; 3];
+            translate::ingress_batch(&mut views, Mode::Full, &config(), &table, &sockets, 1, &mut out);
+            assert_eq!(out[0].verdict, out[2].verdict, "{}: the neighbours", case.name);
+            out[1]
+        }
+        Way::Out => {
+            let mut verdicts = [Verdict::Rewritten { start: 0 }; 3];
+            translate::client_egress_batch(&mut views, Mode::Full, &table, 1, &mut verdicts);
+            Ingress { start: 0, verdict: verdicts[1] }
+        }
+    };
+    assert!(frames[0] == neighbour && frames[2] == neighbour, "{}: a neighbour changed", case.name);
+    (describe(outcome), frames[1][outcome.start..].to_vec())
+}
+
+#[test]
+fn the_batch_entry_points_agree_with_the_core_on_every_case() {
+    for case in cases() {
+        assert_eq!(batched(&case), core(&case), "{}", case.name);
+    }
+}
+
+#[test]
+fn a_batch_longer_than_a_chunk_rewrites_every_frame_as_the_core_does() {
+    // 150 frames: two full chunks of BATCH and a partial one.
+    for (name, way) in [("ingress-data", Way::In), ("egress-data", Way::Out)] {
+        let case = cases().into_iter().find(|c| c.name == name).expect(name);
+        assert!(case.known && case.way == way);
+        let (verdict, bytes) = core(&case);
+        let table = fuzzing::table_with_connection();
+        let mut frames = vec![case.frame.clone(); 150];
+        let mut views: Vec<&mut [u8]> = frames.iter_mut().map(|f| f.as_mut_slice()).collect();
+        let verdicts: Vec<Ingress> = if way == Way::In {
+            let mut out =
+                vec![Ingress { start: 0, verdict: Verdict::Pass(translate::Reason::Malformed) }; 150];
+            translate::ingress_batch(
+                &mut views,
+                Mode::Full,
+                &config(),
+                &table,
+                &fuzzing::sockets(),
+                1,
+                &mut out,
+            );
+            out
+        } else {
+            let mut out = vec![Verdict::Pass(translate::Reason::Malformed); 150];
+            translate::client_egress_batch(&mut views, Mode::Full, &table, 1, &mut out);
+            out.into_iter().map(|verdict| Ingress { start: 0, verdict }).collect()
+        };
+        for (i, (outcome, frame)) in verdicts.iter().zip(&frames).enumerate() {
+            assert_eq!(
+                (describe(*outcome), frame.clone()),
+                (verdict.clone(), bytes.clone()),
+                "{name} frame {i}"
+            );
+        }
+    }
+}
+
 /// A network namespace with the docs' host in it: heels attached (TC on a
 /// veth, sockops on a cgroup), a served listener on the backend's port, a
 /// socket connecting from CIP:cport to VIP:vport. Removed on drop.
@@ -582,19 +655,13 @@ fn bed() -> Bed {
     ] {
         netns.ip(args).expect("ip");
     }
-    let config = config();
+    // The very value the core runs with: one configuration, both engines.
     let datapath = DatapathConfig {
         instance: instance.clone(),
         interfaces: vec!["v0".to_owned()],
         cgroup: cgroup.path().to_owned(),
-        local_addrs: config.local_addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
-        services: config.services.iter().map(|s| (SocketAddrV4::from(s.vip), s.local_port)).collect(),
-        lb_sources: config.lb_sources.iter().map(|p| (Ipv4Addr::from(p.addr()), p.len())).collect(),
-        vips: config.vips.iter().map(|v| SocketAddrV4::from(*v)).collect(),
-        backends: config.backends.iter().map(|p| (Ipv4Addr::from(p.addr()), p.len())).collect(),
         syn_mark: 0,
-        local_vips: Vec::new(),
-        dsr_addr: None,
+        rules: config(),
     };
     netns.enter(|| Ok(Datapath::start(&datapath)?)).expect("heels attaches");
     // The listener opens after sockops is attached: it is served.

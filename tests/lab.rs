@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use heels::lab::lb::LbCounters;
 use heels::lab::workload::{LoadReport, LoadSpec, Mode};
-use heels::lab::{finish_load, Dataplane, Lab, LabSpec, LbKind, Overrides};
+use heels::lab::{finish_load, Dataplane, Lab, LabSpec, LbKind, Overrides, Role};
 use heels_common::TcCounter;
 use heels_xdp::Datapath;
 
@@ -718,14 +718,15 @@ fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic
         Overrides { agent_capabilities: Some(heels::deploy::unit_capabilities()), ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let vip = format!("vip=\"{}\"", lab.service());
-    let before = (lab.scrape("client", "/metrics").unwrap(), lab.scrape("server1", "/metrics").unwrap());
+    let before =
+        (lab.scrape(Role::Client, "/metrics").unwrap(), lab.scrape(Role::Server(1), "/metrics").unwrap());
     for text in [&before.0, &before.1] {
         for family in DECLARED_SERIES {
             assert!(text.lines().any(|l| l.starts_with(family)), "{family} absent from\n{text}");
         }
         assert!(text.contains(&vip), "the configured VIP has its series from the start:\n{text}");
     }
-    assert_eq!(lab.scrape("client", "/healthz").unwrap(), "ok\n");
+    assert_eq!(lab.scrape(Role::Client, "/healthz").unwrap(), "ok\n");
 
     // Under traffic: request-response on one open connection for a few
     // seconds (pingpong runs one connection).
@@ -743,7 +744,7 @@ fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic
     let egress = |text: &str| sample_sum(text, "heels_rewritten_packets_total", &["direction=\"egress\""]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let during = loop {
-        let text = lab.scrape("client", "/metrics").unwrap();
+        let text = lab.scrape(Role::Client, "/metrics").unwrap();
         if egress(&text) > egress(&before.0) || Instant::now() > deadline {
             break text;
         }
@@ -754,8 +755,9 @@ fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic
     assert_eq!((report.connections_ok, report.connections_failed), (connections, 0), "{:?}", report.errors);
     assert_only_syns(&lab.lb_counters().unwrap(), connections);
 
-    let client = lab.scrape("client", "/metrics").unwrap();
-    let server = (lab.scrape("server1", "/metrics").unwrap(), lab.scrape("server2", "/metrics").unwrap());
+    let client = lab.scrape(Role::Client, "/metrics").unwrap();
+    let server =
+        (lab.scrape(Role::Server(1), "/metrics").unwrap(), lab.scrape(Role::Server(2), "/metrics").unwrap());
     let moved = |text: &str, old: &str, family: &str, labels: &[&str]| {
         let (new, old) = (sample_sum(text, family, labels), sample_sum(old, family, labels));
         assert!(new > old, "{family} {labels:?} did not move ({old} -> {new}):\n{text}");

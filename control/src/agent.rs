@@ -118,11 +118,12 @@ pub fn start(config: &AgentConfig) -> anyhow::Result<Datapath> {
     let mut datapath_config = config.datapath()?;
     if config.server.is_some() {
         let held = host_addresses().context("reading this host's addresses")?;
-        datapath_config.local_vips = datapath_config
+        let rules = &mut datapath_config.rules;
+        rules.local_vips = rules
             .services
             .iter()
-            .map(|(vip, _)| *vip.ip())
-            .filter(|vip| held.contains(vip))
+            .map(|service| service.vip.addr)
+            .filter(|vip| held.contains(&std::net::Ipv4Addr::from(*vip)))
             .collect();
     }
     if config.client.as_ref().is_some_and(|c| c.uniform_timestamps) {

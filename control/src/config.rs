@@ -37,7 +37,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use heels_dataplane::translate::Prefix;
+use heels_dataplane::translate::{Config as Rules, Prefix, Service as ServiceRule};
 use heels_xdp::DatapathConfig;
 use serde::{Deserialize, Serialize};
 
@@ -225,14 +225,12 @@ pub struct AgentConfig {
     pub client: Option<Client>,
 }
 
-fn prefixes(field: &str, values: &[String]) -> Result<Vec<(Ipv4Addr, u8)>, ConfigError> {
+fn prefixes(field: &str, values: &[String]) -> Result<Vec<Prefix>, ConfigError> {
     values
         .iter()
         .enumerate()
         .map(|(i, value)| {
-            let prefix: Prefix =
-                value.parse().map_err(|e| invalid(format!("{field}[{i}]"), format!("{value:?}: {e}")))?;
-            Ok((Ipv4Addr::from(prefix.addr()), prefix.len()))
+            value.parse().map_err(|e| invalid(format!("{field}[{i}]"), format!("{value:?}: {e}")))
         })
         .collect()
 }
@@ -354,12 +352,12 @@ impl AgentConfig {
         let mut warn = |field: String, message: String| warnings.push(Warning { field, message });
         if let Some(server) = &self.server {
             let sources = prefixes("server.lb_sources", &server.lb_sources).unwrap_or_default();
-            for (i, (addr, len)) in sources.iter().enumerate() {
-                if *len < WIDE_LB_SOURCE {
+            for (i, prefix) in sources.iter().enumerate() {
+                if prefix.len() < WIDE_LB_SOURCE {
                     warn(
                         format!("server.lb_sources[{i}]"),
                         format!(
-                            "{addr}/{len} is wide: if it covers clients, any of them can make this server see \
+                            "{prefix} is wide: if it covers clients, any of them can make this server see \
                              any client address (docs/security.md); name the LB's own SNAT range"
                         ),
                     );
@@ -385,14 +383,12 @@ impl AgentConfig {
         if let Some(client) = &self.client {
             let backends = prefixes("client.backends", &client.backends).unwrap_or_default();
             for (i, vip) in client.vips.iter().enumerate() {
-                let inside = backends.iter().find(|(addr, len)| {
-                    Prefix::new(addr.octets(), *len).is_some_and(|p| p.contains(vip.ip().octets()))
-                });
-                if let Some((addr, len)) = inside {
+                let inside = backends.iter().find(|prefix| prefix.contains(vip.ip().octets()));
+                if let Some(prefix) = inside {
                     warn(
                         format!("client.vips[{i}]"),
                         format!(
-                            "{vip} lies inside backend prefix {addr}/{len}: a SYN-ACK form could name the VIP \
+                            "{vip} lies inside backend prefix {prefix}: a SYN-ACK form could name the VIP \
                              as a backend; keep VIPs out of the backend prefixes"
                         ),
                     );
@@ -404,21 +400,37 @@ impl AgentConfig {
 
     /// The kernel-side form of the configuration.
     pub fn datapath(&self) -> Result<DatapathConfig, ConfigError> {
-        let server = self.server.clone().unwrap_or_default();
-        let client = self.client.clone().unwrap_or_default();
         Ok(DatapathConfig {
             instance: self.instance.clone(),
             interfaces: self.interfaces.clone(),
             cgroup: self.cgroup.clone(),
-            local_addrs: self.addresses.clone(),
-            services: server.services.iter().map(|s| (s.vip, s.port.unwrap_or(s.vip.port()))).collect(),
+            syn_mark: self.server.as_ref().and_then(|s| s.direct_route.as_ref()).map_or(0, |r| r.mark),
+            rules: self.rules()?,
+        })
+    }
+
+    /// What this host accepts, as both dataplanes take it (the core's
+    /// [`Rules`]). `local_vips` is left empty: the agent fills it from the
+    /// host's addresses when it starts.
+    pub fn rules(&self) -> Result<Rules, ConfigError> {
+        let server = self.server.clone().unwrap_or_default();
+        let client = self.client.clone().unwrap_or_default();
+        Ok(Rules {
+            local_addrs: self.addresses.iter().map(|a| a.octets()).collect(),
+            services: server
+                .services
+                .iter()
+                .map(|s| ServiceRule { vip: s.vip.into(), local_port: s.port.unwrap_or(s.vip.port()) })
+                .collect(),
             lb_sources: prefixes("server.lb_sources", &server.lb_sources)?,
-            vips: client.vips.clone(),
+            vips: client.vips.iter().map(|&vip| vip.into()).collect(),
             backends: prefixes("client.backends", &client.backends)?,
-            syn_mark: server.direct_route.as_ref().map_or(0, |r| r.mark),
-            // Filled by the agent from the host's addresses.
             local_vips: Vec::new(),
-            dsr_addr: self.server.as_ref().and(server.dsr_address.or(self.addresses.first().copied())),
+            dsr_addr: self
+                .server
+                .as_ref()
+                .and(server.dsr_address.or(self.addresses.first().copied()))
+                .map(|a| a.octets()),
         })
     }
 }
@@ -447,12 +459,16 @@ backends = ["10.10.0.0/24"]
     fn parses_a_full_configuration() {
         let config = AgentConfig::parse(FULL).unwrap();
         let datapath = config.datapath().unwrap();
-        assert_eq!(
-            datapath.services,
-            vec![("10.10.100.1:80".parse().unwrap(), 8080), ("10.10.100.2:443".parse().unwrap(), 443)]
-        );
-        assert_eq!(datapath.lb_sources, vec![(Ipv4Addr::new(10, 10, 0, 3), 32)]);
-        assert_eq!(datapath.backends, vec![(Ipv4Addr::new(10, 10, 0, 0), 24)]);
+        let rules = &datapath.rules;
+        let service = |vip: &str, local_port| ServiceRule {
+            vip: vip.parse::<SocketAddrV4>().unwrap().into(),
+            local_port,
+        };
+        assert_eq!(rules.services, vec![service("10.10.100.1:80", 8080), service("10.10.100.2:443", 443)]);
+        assert_eq!(rules.lb_sources, vec![Prefix::new([10, 10, 0, 3], 32).unwrap()]);
+        assert_eq!(rules.backends, vec![Prefix::new([10, 10, 0, 0], 24).unwrap()]);
+        assert_eq!(rules.local_addrs, vec![[10, 10, 0, 11]]);
+        assert_eq!(rules.dsr_addr, Some([10, 10, 0, 11]), "the first address by default");
         assert_eq!(datapath.syn_mark, 0x4845);
         assert_eq!(config.server.unwrap().direct_route.unwrap().table, 4845);
     }

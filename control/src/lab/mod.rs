@@ -157,11 +157,33 @@ impl Default for LabSpec {
     }
 }
 
+/// What a lab host is. Its name (`client`, `lb`, `server1`...) ends its
+/// namespace's name and is what `heels lab exec` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The client.
+    Client,
+    /// The load balancer.
+    Lb,
+    /// Server n (from 1).
+    Server(usize),
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Client => f.write_str("client"),
+            Role::Lb => f.write_str("lb"),
+            Role::Server(n) => write!(f, "server{n}"),
+        }
+    }
+}
+
 /// One host of the lab.
 #[derive(Debug)]
 pub struct Host {
-    /// Its role name (client, lb, server1...).
-    pub role: String,
+    /// What it is.
+    pub role: Role,
     /// Its namespace.
     pub netns: NetNs,
     /// Its cgroup.
@@ -173,7 +195,7 @@ pub struct Host {
 /// A running heels agent.
 #[derive(Debug)]
 struct Agent {
-    host: usize,
+    host: Role,
     instance: String,
     config_path: PathBuf,
     child: Option<Child>,
@@ -192,7 +214,7 @@ pub struct Lab {
     lb: Option<LoadBalancer>,
     /// The ipip-module stand-in on servers without heels (IPIP LB).
     decap: Option<aya::Ebpf>,
-    /// Hosts: 0 client, 1 lb, 2.. servers. Dropped after the processes.
+    /// Hosts, found by [`Role`]. Dropped after the processes.
     hosts: Vec<Host>,
     router: Option<NetNs>,
     cgroup_root: Option<Cgroup>,
@@ -273,12 +295,13 @@ impl Lab {
         lab.wire().context("building the namespaces")?;
         lab.lb = Some(LoadBalancer::start(
             lab.spec.lb,
-            &lab.hosts[1],
+            lab.host(Role::Lb),
             lab.router.as_ref().expect("router"),
             lab.spec.servers,
         )?);
         if lab.spec.lb == LbKind::Ipip {
-            let servers: Vec<&Host> = lab.hosts[2..].iter().collect();
+            let servers: Vec<&Host> =
+                lab.hosts.iter().filter(|h| matches!(h.role, Role::Server(_))).collect();
             if lab.spec.overrides.ipip_decap_in_xdp {
                 lab.decap = Some(lb::attach_decap(&servers, lb::DecapAt::Xdp)?);
             } else if lab.spec.server == Dataplane::None {
@@ -304,12 +327,23 @@ impl Lab {
         Ok(lab)
     }
 
-    fn host(&mut self, role: &str, addr: Ipv4Addr) -> anyhow::Result<usize> {
+    fn add_host(&mut self, role: Role, addr: Ipv4Addr) -> anyhow::Result<()> {
         let netns = NetNs::create(&format!("{}-{role}", self.prefix))?;
         let root = self.cgroup_root.as_ref().expect("cgroup root").path().to_owned();
-        let cgroup = Cgroup::create(root.join(role))?;
-        self.hosts.push(Host { role: role.to_owned(), netns, cgroup, addr });
-        Ok(self.hosts.len() - 1)
+        let cgroup = Cgroup::create(root.join(role.to_string()))?;
+        self.hosts.push(Host { role, netns, cgroup, addr });
+        Ok(())
+    }
+
+    /// The host of `role`, if the lab has it.
+    pub fn find_host(&self, role: Role) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.role == role)
+    }
+
+    /// The host of `role` (every lab has its client, LB and servers 1 to
+    /// `servers`; any other role is a bug of the caller).
+    pub fn host(&self, role: Role) -> &Host {
+        self.find_host(role).unwrap_or_else(|| panic!("this lab has no {role}"))
     }
 
     fn wire(&mut self) -> anyhow::Result<()> {
@@ -320,16 +354,16 @@ impl Lab {
         router.ip(&["link", "set", "br0", "mtu", SERVER_SIDE_MTU, "up"])?;
         self.router = Some(router);
 
-        let client = self.host("client", CLIENT)?;
-        let lb = self.host("lb", LB)?;
-        let mut servers = Vec::new();
-        for i in 0..self.spec.servers {
-            servers.push(self.host(&format!("server{}", i + 1), server_addr(i))?);
+        self.add_host(Role::Client, CLIENT)?;
+        self.add_host(Role::Lb, LB)?;
+        let servers: Vec<Role> = (1..=self.spec.servers).map(Role::Server).collect();
+        for (i, &role) in servers.iter().enumerate() {
+            self.add_host(role, server_addr(i))?;
         }
         let router = self.router.as_ref().expect("router");
 
         // The client's link: a /24 of its own behind the router.
-        let host = &self.hosts[client];
+        let host = self.host(Role::Client);
         veth(router, "to-client", host)?;
         router.ip(&["addr", "add", "10.10.1.1/24", "dev", "to-client"])?;
         router.ip(&["link", "set", "to-client", "up"])?;
@@ -343,10 +377,10 @@ impl Lab {
         host.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
 
         // The server side: one bridge in the router namespace.
-        for (index, mac) in std::iter::once((lb, [0x02, 0x00, 0x0a, 0x0a, 0x00, 0x03]))
-            .chain(servers.iter().enumerate().map(|(i, &h)| (h, server_mac(i))))
+        for (role, mac) in std::iter::once((Role::Lb, [0x02, 0x00, 0x0a, 0x0a, 0x00, 0x03]))
+            .chain(servers.iter().enumerate().map(|(i, &role)| (role, server_mac(i))))
         {
-            let host = &self.hosts[index];
+            let host = self.host(role);
             let port = format!("to-{}", host.role);
             let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             veth(router, &port, host)?;
@@ -354,11 +388,12 @@ impl Lab {
             host.netns.ip(&["link", "set", "eth0", "address", &mac, "mtu", SERVER_SIDE_MTU, "up"])?;
             host.netns.ip(&["addr", "add", &format!("{}/24", host.addr), "dev", "eth0"])?;
         }
-        self.hosts[lb].netns.sysctl("net.ipv4.ip_forward", "1")?;
-        self.hosts[lb].netns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
+        let lb = self.host(Role::Lb);
+        lb.netns.sysctl("net.ipv4.ip_forward", "1")?;
+        lb.netns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
         router.ip(&["route", "add", &format!("{VIP}/32"), "via", &LB.to_string()])?;
-        for &index in &servers {
-            let host = &self.hosts[index];
+        for &role in &servers {
+            let host = self.host(role);
             let gateway = if self.spec.lb == LbKind::Dnat { LB } else { ROUTER };
             host.netns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
             if self.spec.overrides.server_syncookies {
@@ -386,7 +421,7 @@ impl Lab {
     }
 
     fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = &self.hosts[2 + i];
+        let host = self.host(Role::Server(i + 1));
         let mut command = Command::new(&self.heels);
         command
             .args(["lab", "serve", "--port", &self.server_port().to_string(), "--id", &(i + 1).to_string()])
@@ -401,10 +436,10 @@ impl Lab {
         Ok(())
     }
 
-    /// The agent configuration of host `index`: the repository's example
+    /// The agent configuration of host `role`: the repository's example
     /// (deploy/heels.toml) with this host's names, addresses and role.
-    fn agent_config(&self, index: usize) -> anyhow::Result<AgentConfig> {
-        let host = &self.hosts[index];
+    fn agent_config(&self, role: Role) -> anyhow::Result<AgentConfig> {
+        let host = self.host(role);
         let overrides = &self.spec.overrides;
         let mut config =
             AgentConfig::parse(crate::deploy::EXAMPLE_CONFIG).context("the example configuration")?;
@@ -414,7 +449,7 @@ impl Lab {
         config.addresses = vec![host.addr];
         config.sweep_seconds = 1;
         config.metrics_address = Some(format!("127.0.0.1:{METRICS_PORT}"));
-        if index == 0 {
+        if role == Role::Client {
             config.server = None;
             let client = config.client.as_mut().context("the example has a [client]")?;
             client.vips = std::iter::once(SocketAddrV4::new(VIP, VPORT))
@@ -438,20 +473,20 @@ impl Lab {
     fn start_agents(&mut self) -> anyhow::Result<()> {
         let mut wanted = Vec::new();
         if self.spec.client == Dataplane::Tc {
-            wanted.push(0);
+            wanted.push(Role::Client);
         }
         if self.spec.server == Dataplane::Tc {
-            wanted.extend(2..2 + self.spec.servers);
+            wanted.extend((1..=self.spec.servers).map(Role::Server));
         }
-        for index in wanted {
-            let config_path = self.work_dir.join(format!("{}.toml", self.hosts[index].role));
-            let config = self.agent_config(index)?;
+        for role in wanted {
+            let config_path = self.work_dir.join(format!("{role}.toml"));
+            let config = self.agent_config(role)?;
             std::fs::write(
                 &config_path,
                 toml::to_string(&config).context("writing an agent configuration")?,
             )?;
-            let instance = format!("{}-{}", self.prefix, self.hosts[index].role);
-            self.agents.push(Agent { host: index, instance, config_path, child: None });
+            let instance = format!("{}-{role}", self.prefix);
+            self.agents.push(Agent { host: role, instance, config_path, child: None });
             let agent = self.agents.len() - 1;
             self.start_agent(agent)?;
         }
@@ -460,7 +495,7 @@ impl Lab {
 
     fn start_agent(&mut self, agent: usize) -> anyhow::Result<()> {
         let Agent { host, config_path, .. } = &self.agents[agent];
-        let host = &self.hosts[*host];
+        let host = self.host(*host);
         let mut command = match &self.spec.overrides.agent_capabilities {
             Some(capabilities) => {
                 let allowed: String = capabilities.iter().map(|c| format!(",+{c}")).collect();
@@ -482,10 +517,9 @@ impl Lab {
 
     /// An HTTP GET of `path` on the metrics endpoint of the agent of host
     /// `role` (from inside its namespace); the body.
-    pub fn scrape(&self, role: &str, path: &str) -> anyhow::Result<String> {
+    pub fn scrape(&self, role: Role, path: &str) -> anyhow::Result<String> {
         use std::io::{Read, Write};
-        let host =
-            self.hosts.iter().find(|h| h.role == role).with_context(|| format!("no lab host {role}"))?;
+        let host = self.find_host(role).with_context(|| format!("no lab host {role}"))?;
         let path = path.to_owned();
         let response = host.netns.enter(move || {
             let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
@@ -530,17 +564,17 @@ impl Lab {
 
     /// The instance of the client's agent, if it runs one.
     pub fn client_instance(&self) -> Option<String> {
-        self.agents.iter().find(|a| a.host == 0).map(|a| a.instance.clone())
+        self.agents.iter().find(|a| a.host == Role::Client).map(|a| a.instance.clone())
     }
 
     /// The instances of the servers' agents.
     pub fn server_instances(&self) -> Vec<String> {
-        self.agents.iter().filter(|a| a.host >= 2).map(|a| a.instance.clone()).collect()
+        self.agents.iter().filter(|a| matches!(a.host, Role::Server(_))).map(|a| a.instance.clone()).collect()
     }
 
     /// The client host.
     pub fn client(&self) -> &Host {
-        &self.hosts[0]
+        self.host(Role::Client)
     }
 
     /// The router's namespace (the direct path between client and servers).
@@ -548,9 +582,9 @@ impl Lab {
         self.router.as_ref().expect("the router lives as long as the lab")
     }
 
-    /// Server host `i`.
+    /// Server host `i` (from 0: `server1`).
     pub fn server(&self, i: usize) -> &Host {
-        &self.hosts[2 + i]
+        self.host(Role::Server(i + 1))
     }
 
     /// What the lab was built with.
@@ -560,7 +594,7 @@ impl Lab {
 
     /// The LB's counters.
     pub fn lb_counters(&self) -> anyhow::Result<LbCounters> {
-        self.lb.as_ref().expect("lb").counters(&self.hosts[1])
+        self.lb.as_ref().expect("lb").counters(self.host(Role::Lb))
     }
 
     /// Starts `heels lab load` on the client; returns the child (stdout: one JSON report).
@@ -607,7 +641,7 @@ impl Lab {
 
     /// Bytes and packets the client's interface sent and received.
     pub fn client_interface(&self) -> anyhow::Result<InterfaceCounters> {
-        InterfaceCounters::read(&self.hosts[0].netns, "eth0")
+        InterfaceCounters::read(&self.client().netns, "eth0")
     }
 
     /// The `heels` binary the lab runs.
@@ -621,16 +655,14 @@ impl Lab {
     }
 
     /// Spawns a command on host `role`, in its namespace and cgroup.
-    pub fn spawn_on(&self, role: &str, command: &mut Command) -> anyhow::Result<Child> {
-        let host =
-            self.hosts.iter().find(|h| h.role == role).with_context(|| format!("no lab host {role}"))?;
+    pub fn spawn_on(&self, role: Role, command: &mut Command) -> anyhow::Result<Child> {
+        let host = self.find_host(role).with_context(|| format!("no lab host {role}"))?;
         spawn_in(&host.netns, &host.cgroup, command)
     }
 
     /// Waits until a TCP socket listens on `port` on host `role`.
-    pub fn wait_listening(&self, role: &str, port: u16, limit: Duration) -> anyhow::Result<()> {
-        let host =
-            self.hosts.iter().find(|h| h.role == role).with_context(|| format!("no lab host {role}"))?;
+    pub fn wait_listening(&self, role: Role, port: u16, limit: Duration) -> anyhow::Result<()> {
+        let host = self.find_host(role).with_context(|| format!("no lab host {role}"))?;
         let filter = format!("sport = :{port}");
         let listening = || {
             host.netns
@@ -781,7 +813,7 @@ pub fn up_banner(lab: &Lab) -> String {
     let service = lab.service();
     let mut out = format!("lab up: {} (namespaces {}-*)\n", lab.prefix, lab.prefix);
     for host in &lab.hosts {
-        let agent = lab.agents.iter().any(|a| lab.hosts[a.host].role == host.role);
+        let agent = lab.agents.iter().any(|a| a.host == host.role);
         let _ = writeln!(
             out,
             "  {:<9} {:<12} {}",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::Lab;
+use super::{Lab, Role};
 
 /// The CPU every lab server process runs on.
 pub const SERVER_CPU: usize = 1;
@@ -76,12 +76,12 @@ pub fn start_servers(lab: &Lab, kind: ServerKind) -> anyhow::Result<Vec<Server>>
                 .arg(lab.heels())
                 .args(["lab", "serve", "--port", &port, "--id", &(i + 1).to_string()]),
         };
-        let role = format!("server{}", i + 1);
+        let role = Role::Server(i + 1);
         let log_path = lab.work_dir().join(format!("{kind:?}-{role}.log").to_lowercase());
         let log = std::fs::File::create(&log_path)?;
         command.current_dir(lab.work_dir()).stdout(log.try_clone()?).stderr(log);
-        servers.push(Server(lab.spawn_on(&role, &mut command)?));
-        if let Err(e) = lab.wait_listening(&role, lab.server_port(), Duration::from_secs(10)) {
+        servers.push(Server(lab.spawn_on(role, &mut command)?));
+        if let Err(e) = lab.wait_listening(role, lab.server_port(), Duration::from_secs(10)) {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             bail!("{kind:?} on {role}: {e}: {}", log.trim());
         }
@@ -101,7 +101,7 @@ pub fn pinned(cpu: usize) -> Command {
 fn client(lab: &Lab, args: &[&str], limit: Duration) -> anyhow::Result<Output> {
     let mut command = pinned(CLIENT_CPU);
     command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = lab.spawn_on("client", &mut command)?;
+    let child = lab.spawn_on(Role::Client, &mut command)?;
     let output = super::output_within(child, limit).with_context(|| args[0].to_owned())?;
     if !output.status.success() {
         bail!(

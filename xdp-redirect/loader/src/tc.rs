@@ -11,7 +11,7 @@
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -25,6 +25,7 @@ use heels_common::{
     MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
     MAP_VIP_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
 };
+use heels_dataplane::translate::{Config as Rules, Prefix};
 
 /// Root of every instance's pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/heels";
@@ -86,24 +87,12 @@ pub struct DatapathConfig {
     pub interfaces: Vec<String>,
     /// cgroup v2 directory whose sockets the sockops program sees.
     pub cgroup: PathBuf,
-    /// Addresses of this host.
-    pub local_addrs: Vec<Ipv4Addr>,
-    /// Services: VIP:vport and the local port.
-    pub services: Vec<(SocketAddrV4, u16)>,
-    /// LB source prefixes (address, length).
-    pub lb_sources: Vec<(Ipv4Addr, u8)>,
-    /// VIPs this host connects to (port 0: every port).
-    pub vips: Vec<SocketAddrV4>,
-    /// Backend prefixes (address, length).
-    pub backends: Vec<(Ipv4Addr, u8)>,
     /// skb mark for translated SYNs (0: none).
     pub syn_mark: u32,
-    /// Service VIPs this host holds itself (direct server return behind a
-    /// load balancer whose encapsulation is removed before heels).
-    pub local_vips: Vec<Ipv4Addr>,
-    /// The address a SYN to one of `local_vips` is translated to (none:
-    /// such SYNs are left as they come).
-    pub dsr_addr: Option<Ipv4Addr>,
+    /// What the host accepts: addresses, services, LB sources, VIPs,
+    /// backends. The one value both dataplanes consume (the AF_XDP
+    /// workers run the core with it; here it fills the programs' maps).
+    pub rules: Rules,
 }
 
 /// A bypassed connection as the client's maps hold it.
@@ -471,15 +460,11 @@ fn replace<K: Pod + Eq + std::hash::Hash, V: Pod>(
 fn replace_prefixes(
     trie: &mut LpmTrie<&mut MapData, [u8; 4], u8>,
     name: &'static str,
-    prefixes: &[(Ipv4Addr, u8)],
+    prefixes: &[Prefix],
 ) -> Result<(), DatapathError> {
-    let wanted: StdHashMap<([u8; 4], u32), ()> = prefixes
-        .iter()
-        .map(|(addr, len)| {
-            let masked = u32::from(*addr) & u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
-            ((masked.to_be_bytes(), u32::from(*len)), ())
-        })
-        .collect();
+    // A Prefix has its host bits cleared already.
+    let wanted: StdHashMap<([u8; 4], u32), ()> =
+        prefixes.iter().map(|p| ((p.addr(), u32::from(p.len())), ())).collect();
     for (addr, len) in wanted.keys() {
         trie.insert(&Key::new(*len, *addr), 1, 0).map_err(map_error(name))?;
     }
@@ -514,20 +499,21 @@ fn loaded_trie<'a>(
 /// first, stale ones removed after, so a restart never shows an empty
 /// configuration to packets in flight.
 fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathError> {
-    let local: Vec<([u8; 4], u8)> = config.local_addrs.iter().map(|a| (a.octets(), 1)).collect();
+    let rules = &config.rules;
+    let local: Vec<([u8; 4], u8)> = rules.local_addrs.iter().map(|a| (*a, 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
-    let local_vips: Vec<([u8; 4], u8)> = config.local_vips.iter().map(|a| (a.octets(), 1)).collect();
+    let local_vips: Vec<([u8; 4], u8)> = rules.local_vips.iter().map(|a| (*a, 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_VIPS)?, MAP_LOCAL_VIPS, &local_vips)?;
     let services: Vec<(EndpointV4, [u8; 2])> =
-        config.services.iter().map(|(vip, port)| (EndpointV4::from(*vip), port.to_be_bytes())).collect();
+        rules.services.iter().map(|s| (s.vip, s.local_port.to_be_bytes())).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_SERVICES)?, MAP_SERVICES, &services)?;
-    let vips: Vec<(EndpointV4, u8)> = config.vips.iter().map(|vip| (EndpointV4::from(*vip), 1)).collect();
+    let vips: Vec<(EndpointV4, u8)> = rules.vips.iter().map(|vip| (*vip, 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_CLIENT_VIPS)?, MAP_CLIENT_VIPS, &vips)?;
-    replace_prefixes(&mut loaded_trie(ebpf, MAP_LB_SOURCES)?, MAP_LB_SOURCES, &config.lb_sources)?;
-    replace_prefixes(&mut loaded_trie(ebpf, MAP_BACKENDS)?, MAP_BACKENDS, &config.backends)?;
+    replace_prefixes(&mut loaded_trie(ebpf, MAP_LB_SOURCES)?, MAP_LB_SOURCES, &rules.lb_sources)?;
+    replace_prefixes(&mut loaded_trie(ebpf, MAP_BACKENDS)?, MAP_BACKENDS, &rules.backends)?;
     let map = crate::find_map_mut(ebpf, MAP_TC_CONFIG).map_err(map_error(MAP_TC_CONFIG))?;
     let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
-    let dsr_addr = config.dsr_addr.map_or([0; 4], |a| a.octets());
+    let dsr_addr = rules.dsr_addr.unwrap_or([0; 4]);
     settings.set(0, TcConfig { syn_mark: config.syn_mark, dsr_addr }, 0).map_err(map_error(MAP_TC_CONFIG))
 }
 

@@ -13,6 +13,7 @@
 pub mod plot;
 pub mod report;
 
+use std::cell::RefCell;
 use std::net::SocketAddrV4;
 use std::path::Path;
 
@@ -152,6 +153,14 @@ struct Matrix<'a> {
 
 impl Matrix<'_> {
     fn run(&mut self) -> anyhow::Result<()> {
+        let failures = RefCell::new(Vec::new());
+        let result = self.phases(&failures);
+        let lb = format!("{:?}", self.lb).to_lowercase();
+        self.notes.extend(failures.into_inner().into_iter().map(|f| format!("{lb} {f}")));
+        result
+    }
+
+    fn phases(&mut self, failures: &RefCell<Vec<String>>) -> anyhow::Result<()> {
         let seconds = self.spec.seconds;
         self.phase(ServerKind::Iperf3, |bed| {
             let one = tools::iperf3(bed.lab, bed.target, 1, seconds)?;
@@ -183,7 +192,7 @@ impl Matrix<'_> {
             for (name, server_closes) in
                 [("connections-client-closes", false), ("connections-server-closes", true)]
             {
-                let rate = connection_rate(bed, seconds, server_closes)?;
+                let rate = connection_rate(bed, seconds, server_closes, failures)?;
                 out.push((name, rate.per_second));
                 failed += rate.failed;
                 if !server_closes {
@@ -196,8 +205,8 @@ impl Matrix<'_> {
         // Before the direct bursts: their TIME_WAITs on the backend would
         // send some of heels's connections by the LB (docs/design.md,
         // "Shared tuples") and blur what a message costs through it.
-        self.messages()?;
-        self.after_direct()
+        self.messages(failures)?;
+        self.after_direct(failures)
     }
 
     /// Runs `measure` on every path, round after round, with `kind`
@@ -266,7 +275,7 @@ impl Matrix<'_> {
     /// New connections right after a burst of direct connections from the
     /// same client to the same backend (the shared-tuple case of
     /// docs/design.md): it must never regress.
-    fn after_direct(&mut self) -> anyhow::Result<()> {
+    fn after_direct(&mut self, failures: &RefCell<Vec<String>>) -> anyhow::Result<()> {
         if self.lb == LbKind::Dnat {
             self.notes.push(
                 "dnat: no connection rate after direct connections: behind a DNAT LB a server's replies to a \
@@ -287,8 +296,8 @@ impl Matrix<'_> {
             ] {
                 let backend = SocketAddrV4::new(server_addr(0), bed.lab.server_port());
                 let burst = Bed { target: backend, ..*bed };
-                connection_rate(&burst, seconds.min(1.0), server_closes)?;
-                let rate = connection_rate(bed, seconds, server_closes)?;
+                connection_rate(&burst, seconds.min(1.0), server_closes, failures)?;
+                let rate = connection_rate(bed, seconds, server_closes, failures)?;
                 out.push((name, rate.per_second));
                 out.push(("connections-failed-after-direct", rate.failed));
             }
@@ -298,7 +307,7 @@ impl Matrix<'_> {
 
     /// Messages of 8 KiB, 1 MiB and 4 MiB, every byte checked: what the LB
     /// forwards per message (the cost model's input).
-    fn messages(&mut self) -> anyhow::Result<()> {
+    fn messages(&mut self, failures: &RefCell<Vec<String>>) -> anyhow::Result<()> {
         let messages = self.spec.messages;
         self.phase(ServerKind::Lab, |bed| {
             let mut out = Vec::new();
@@ -311,7 +320,9 @@ impl Matrix<'_> {
                     response: size,
                     ..load_spec(bed.target, Mode::Verify, 0.0, false)
                 };
-                let report = checked(bed.lab.load_pinned(&spec, tools::CLIENT_CPU)?, messages)?;
+                let report = bed.lab.load_pinned(&spec, tools::CLIENT_CPU)?;
+                note_failures(failures, bed, &format!("{size}-byte messages"), &report);
+                let report = checked(report, messages)?;
                 let after = bed.lab.lb_counters()?;
                 out.push((name, (after.bytes() - before.bytes()) as f64 / report.connections_ok as f64));
             }
@@ -366,14 +377,34 @@ struct Rate {
     failed: f64,
 }
 
+/// What failed connections said, kept for the report's notes.
+fn note_failures(notes: &RefCell<Vec<String>>, bed: &Bed, what: &str, report: &LoadReport) {
+    if report.connections_failed > 0 {
+        notes.borrow_mut().push(format!(
+            "{}: {} of {} connections failed ({what}): {}",
+            bed.path.name(),
+            report.connections_failed,
+            report.connections_ok + report.connections_failed,
+            report.errors.join("; ")
+        ));
+    }
+}
+
 /// New connections per second for `seconds` (each one 1-byte exchange,
 /// then a close by the client or the server), and what the LB forwarded
 /// per connection meanwhile.
-fn connection_rate(bed: &Bed, seconds: f64, server_closes: bool) -> anyhow::Result<Rate> {
+fn connection_rate(
+    bed: &Bed,
+    seconds: f64,
+    server_closes: bool,
+    notes: &RefCell<Vec<String>>,
+) -> anyhow::Result<Rate> {
     let before = bed.lab.lb_counters()?;
     let report = bed
         .lab
         .load_pinned(&load_spec(bed.target, Mode::Connect, seconds, server_closes), tools::CLIENT_CPU)?;
+    let what = if server_closes { "server closes" } else { "client closes" };
+    note_failures(notes, bed, &format!("{what}, to {}", bed.target), &report);
     if report.connections_ok == 0 {
         anyhow::bail!("no connection completed: {:?}", report.errors);
     }
