@@ -377,17 +377,35 @@ struct Rate {
     failed: f64,
 }
 
-/// What failed connections said, kept for the report's notes.
+/// What failed connections said, kept for the report's notes, with what
+/// heels counted on the bed's hosts so far (for the diagnosis).
 fn note_failures(notes: &RefCell<Vec<String>>, bed: &Bed, what: &str, report: &LoadReport) {
-    if report.connections_failed > 0 {
-        notes.borrow_mut().push(format!(
-            "{}: {} of {} connections failed ({what}): {}",
-            bed.path.name(),
-            report.connections_failed,
-            report.connections_ok + report.connections_failed,
-            report.errors.join("; ")
-        ));
+    if report.connections_failed == 0 {
+        return;
     }
+    let mut counted = Vec::new();
+    for instance in bed.lab.instances() {
+        let Ok(datapath) = heels_xdp::Datapath::open(&instance) else {
+            continue;
+        };
+        let entries = datapath.connections().map_or(0, |c| c.len());
+        let counters: Vec<String> = datapath
+            .counters()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(c, v)| *v > 0 && !matches!(c.name(), "egress_bytes" | "ingress_bytes"))
+            .map(|(c, v)| format!("{} {v}", c.name()))
+            .collect();
+        counted.push(format!("{instance}: {entries} entries, {}", counters.join(", ")));
+    }
+    notes.borrow_mut().push(format!(
+        "{}: {} of {} connections failed ({what}): {} [{}]",
+        bed.path.name(),
+        report.connections_failed,
+        report.connections_ok + report.connections_failed,
+        report.errors.join("; "),
+        counted.join("; ")
+    ));
 }
 
 /// New connections per second for `seconds` (each one 1-byte exchange,
