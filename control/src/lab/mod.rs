@@ -703,7 +703,12 @@ impl Lab {
 
     /// Runs `heels lab load` on the client, pinned to `cpu`, to completion.
     pub fn load_pinned(&self, spec: &LoadSpec, cpu: usize) -> anyhow::Result<LoadReport> {
-        finish_load(self.spawn_load_with(spec, Some(cpu))?)
+        finish_load(self.spawn_load_pinned(spec, cpu)?)
+    }
+
+    /// Starts `heels lab load` on the client, pinned to `cpu`.
+    pub fn spawn_load_pinned(&self, spec: &LoadSpec, cpu: usize) -> anyhow::Result<Child> {
+        self.spawn_load_with(spec, Some(cpu))
     }
 
     /// The service as the client reaches it.

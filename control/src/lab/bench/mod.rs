@@ -368,6 +368,49 @@ fn checked(report: LoadReport, wanted: usize) -> anyhow::Result<LoadReport> {
     Ok(report)
 }
 
+/// Waits for a connection-rate run; one that outlasts its time by 5 s has
+/// a connection stuck (the load client waits 20 s for a reply), so the
+/// sockets that are not done yet, on the client and the server, go into the
+/// notes before it ends.
+fn finish_or_diagnose(
+    mut load: std::process::Child,
+    seconds: f64,
+    bed: &Bed,
+    notes: &RefCell<Vec<String>>,
+) -> anyhow::Result<LoadReport> {
+    let overdue = std::time::Duration::from_secs_f64(seconds + 5.0);
+    if !tools::wait_for(overdue, || matches!(load.try_wait(), Ok(Some(_)))) {
+        let mut seen = Vec::new();
+        for role in [super::Role::Client, super::Role::Server(1)] {
+            let host = bed.lab.host(role);
+            // Not closed, not TIME_WAIT, not listening: what is still open or opening.
+            let filter = [
+                "-Htnoi",
+                "state",
+                "all",
+                "exclude",
+                "time-wait",
+                "exclude",
+                "listening",
+                "exclude",
+                "close",
+            ];
+            let sockets =
+                host.netns.exec("ss", &filter).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            seen.push(format!(
+                "{role}: {}",
+                sockets.unwrap_or_else(|e| e.to_string()).split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+        notes.borrow_mut().push(format!(
+            "{}: a run outlasted its {seconds} s by 5 s; open sockets then: {}",
+            bed.path.name(),
+            seen.join(" | ")
+        ));
+    }
+    super::finish_load(load)
+}
+
 /// A connection-rate run.
 struct Rate {
     per_second: f64,
@@ -418,9 +461,11 @@ fn connection_rate(
     notes: &RefCell<Vec<String>>,
 ) -> anyhow::Result<Rate> {
     let before = bed.lab.lb_counters()?;
-    let report = bed
-        .lab
-        .load_pinned(&load_spec(bed.target, Mode::Connect, seconds, server_closes), tools::CLIENT_CPU)?;
+    let load = bed.lab.spawn_load_pinned(
+        &load_spec(bed.target, Mode::Connect, seconds, server_closes),
+        tools::CLIENT_CPU,
+    )?;
+    let report = finish_or_diagnose(load, seconds, bed, notes)?;
     let what = if server_closes { "server closes" } else { "client closes" };
     note_failures(notes, bed, &format!("{what}, to {}", bed.target), &report);
     if report.connections_ok == 0 {
