@@ -63,18 +63,19 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("{text:?}: a port (loopback), IP:PORT or [IPv6]:PORT"))
 }
 
-/// One family of host-wide counters: each series a counter of the
-/// programs, with at most one label beside `cpu`.
-struct Family {
+/// One family of counters: each series a counter of the programs (a
+/// [`TcCounter`] per CPU, or a [`VipCounter`] per VIP), with at most one
+/// label beside `cpu` or `vip`.
+struct Family<C: 'static> {
     name: &'static str,
     help: &'static str,
     unit: Option<Unit>,
-    series: &'static [(TcCounter, Option<(&'static str, &'static str)>)],
+    series: &'static [(C, Option<(&'static str, &'static str)>)],
 }
 
 /// The host-wide families, in output order. Every [`TcCounter`] is in
 /// exactly one (a test checks).
-const FAMILIES: [Family; 13] = [
+const FAMILIES: [Family<TcCounter>; 13] = [
     Family {
         name: "heels_syns_translated",
         help: "SYNs with the SYN form rewritten to the client and this host (server)",
@@ -169,23 +170,15 @@ const FAMILIES: [Family; 13] = [
     },
 ];
 
-/// The per-VIP families: each series a [`VipCounter`], with at most one
-/// label beside `vip`.
-struct VipFamily {
-    name: &'static str,
-    help: &'static str,
-    unit: Option<Unit>,
-    series: &'static [(VipCounter, Option<(&'static str, &'static str)>)],
-}
-
-const VIP_FAMILIES: [VipFamily; 6] = [
-    VipFamily {
+/// The per-VIP families.
+const VIP_FAMILIES: [Family<VipCounter>; 6] = [
+    Family {
         name: "heels_vip_syns_translated",
         help: "SYNs with the SYN form translated, per VIP:vport (server)",
         unit: None,
         series: &[(VipCounter::SynTranslated, None)],
     },
-    VipFamily {
+    Family {
         name: "heels_vip_syn_fallbacks",
         help: "SYNs for a served VIP:vport left on the LB path, by reason (server)",
         unit: None,
@@ -195,13 +188,13 @@ const VIP_FAMILIES: [VipFamily; 6] = [
             (VipCounter::SynTupleInUse, Some(("reason", "tuple_in_use"))),
         ],
     },
-    VipFamily {
+    Family {
         name: "heels_vip_syn_acks_learned",
         help: "SYN-ACK forms accepted, per VIP:vport (client)",
         unit: None,
         series: &[(VipCounter::SynAckLearned, None)],
     },
-    VipFamily {
+    Family {
         name: "heels_vip_rewritten_packets",
         help: "Packets rewritten, per VIP:vport and direction (client)",
         unit: None,
@@ -210,7 +203,7 @@ const VIP_FAMILIES: [VipFamily; 6] = [
             (VipCounter::IngressPackets, Some(("direction", "ingress"))),
         ],
     },
-    VipFamily {
+    Family {
         name: "heels_vip_rewritten",
         help: "Bytes rewritten, per VIP:vport and direction (client)",
         unit: Some(Unit::Bytes),
@@ -219,7 +212,7 @@ const VIP_FAMILIES: [VipFamily; 6] = [
             (VipCounter::IngressBytes, Some(("direction", "ingress"))),
         ],
     },
-    VipFamily {
+    Family {
         name: "heels_vip_options_written",
         help: "Option forms written by sockops, per VIP:vport and form",
         unit: None,

@@ -122,10 +122,16 @@ pub static XDP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounte
 /// Adds one to a per-CPU counter.
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    add(map, index, 1);
+}
+
+/// Adds `amount` to a per-CPU counter.
+#[inline(always)]
+fn add(map: &PerCpuArray<u64>, index: u32, amount: u64) {
     if let Some(value) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot of this CPU; the program runs with
         // preemption (migration) off, so nothing else writes it meanwhile.
-        unsafe { *value += 1 };
+        unsafe { *value += amount };
     }
 }
 
@@ -155,10 +161,7 @@ pub fn count_vip(vip: &EndpointV4, counter: VipCounter, amount: u64) {
 /// Adds `amount` to a TC/sockops counter.
 #[inline(always)]
 pub fn count_by(counter: TcCounter, amount: u64) {
-    if let Some(value) = TC_STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: as in `bump`.
-        unsafe { *value += amount };
-    }
+    add(&TC_STATS, counter as u32, amount);
 }
 
 /// True when `addr` lies in one of the prefixes of an LPM trie.
