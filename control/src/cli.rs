@@ -115,6 +115,40 @@ pub enum Command {
         #[command(subcommand)]
         command: lab::cli::LabCommand,
     },
+    /// Benchmarks of the engine itself (root).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// `heels bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The afxdp worker against a null forwarder on the same veth rings,
+    /// and in memory (no kernel): Mpps, Gbit/s and their ratio.
+    #[command(after_help = "Example:\n  heels bench dataplane --json /tmp/dataplane.json")]
+    Dataplane {
+        /// Also write the result as one JSON object to FILE (`-`: stdout,
+        /// alone).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Seconds of each measured run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Frame sizes in bytes, comma separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [64usize, 1500])]
+        sizes: Vec<usize>,
+        /// Flows (table entries, frames in turn).
+        #[arg(long, default_value_t = 1024)]
+        flows: u32,
+        /// Rounds of (null, heels) per size.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Receive queues per veth.
+        #[arg(long, default_value_t = 2)]
+        queues: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod dataplane_bench;
 pub mod deploy;
 pub mod lab;
 pub mod metrics;

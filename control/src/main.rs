@@ -72,5 +72,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conns(q) => print_out(heels::report::conns(&q.instance, q.json)),
         Command::Stats(q) => print_out(heels::report::stats(&q.instance, q.json)),
         Command::Lab { command } => lab::cli::run(command),
+        Command::Bench {
+            command: heels::cli::BenchCommand::Dataplane { json, seconds, sizes, flows, rounds, queues },
+        } => {
+            let spec = heels::dataplane_bench::Spec { seconds, sizes, flows, rounds, queues };
+            let quiet = json.as_deref() == Some(std::path::Path::new("-"));
+            let progress = lab::progress::Progress::new(heels::dataplane_bench::steps(&spec), quiet);
+            let report = heels::dataplane_bench::run(&spec, &progress)?;
+            drop(progress);
+            match json.as_deref() {
+                Some(path) if path == std::path::Path::new("-") => {
+                    println!("{}", serde_json::to_string_pretty(&report)?)
+                }
+                Some(path) => {
+                    std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    print!("{}", heels::dataplane_bench::render(&report));
+                }
+                None => print!("{}", heels::dataplane_bench::render(&report)),
+            }
+            Ok(())
+        }
     }
 }

@@ -67,21 +67,29 @@ impl NetNs {
     /// Runs `f` on a thread that has entered the namespace (attach, bind
     /// and netlink calls act in the caller thread's namespace).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
-        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        let path = self.path();
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    // SAFETY: setns on this thread only, with a namespace fd
-                    // that stays open for the call.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error()).context("setns");
-                    }
+                    set_thread_netns(&path)?;
                     f()
                 })
                 .join()
                 .map_err(|_| anyhow::anyhow!("a thread in namespace panicked"))?
         })
     }
+}
+
+/// Moves the calling thread (only) into the network namespace bound at
+/// `path`: attach, bind and netlink calls then act there.
+pub fn set_thread_netns(path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns acts on this thread only, with a namespace fd that
+    // stays open for the call.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
 }
 
 impl Drop for NetNs {

@@ -13,6 +13,11 @@ pub use option::{EXID as OPTION_EXID, KIND as OPTION_KIND, LEN as OPTION_LEN};
 pub const XDP_PROGRAM: &str = "heels_classify";
 /// `XSKMAP` of AF_XDP sockets, indexed by receive queue.
 pub const MAP_XSKS: &str = "HEELS_XSKS";
+/// Name of the XDP program that sends every frame to the workers (the
+/// host side of `heels0`; the dataplane bench's input port).
+pub const XDP_TO_WORKERS_PROGRAM: &str = "heels_to_workers";
+/// `XSKMAP` of that program's sockets, indexed by receive queue.
+pub const MAP_HOST_XSKS: &str = "HEELS_HOST_XSKS";
 /// Services of this host: VIP:vport ([`EndpointV4`]) -> local port (network order).
 pub const MAP_SERVICES: &str = "HEELS_SERVICES";
 /// Addresses of this host: `[u8; 4]` -> unused byte.

@@ -11,7 +11,7 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use heels_common::{EndpointV4, FlowV4, XdpCounter, OPTION_LEN};
 
-use crate::maps::{bump, SERVICES, STEERING, XDP_STATS, XSKS};
+use crate::maps::{bump, HOST_XSKS, SERVICES, STEERING, XDP_STATS, XSKS};
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
 
@@ -36,6 +36,14 @@ pub fn heels_classify(ctx: XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// Every frame to the worker of its receive queue: what the host sends
+/// through `heels0` all goes through the workers. With no socket on the
+/// queue, pass (fail open).
+#[xdp]
+pub fn heels_to_workers(ctx: XdpContext) -> u32 {
+    HOST_XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_PASS)).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]

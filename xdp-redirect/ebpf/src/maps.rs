@@ -113,6 +113,12 @@ pub static VIP_STATS: PerCpuHashMap<EndpointV4, VipStats> = PerCpuHashMap::pinne
 #[map(name = "HEELS_XSKS")]
 pub static XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
 
+/// Sockets of the workers on `heels0` (and on the dataplane bench's input
+/// port), by receive queue: apart from the uplink's, whose queue numbers
+/// they share.
+#[map(name = "HEELS_HOST_XSKS")]
+pub static HOST_XSKS: XskMap = XskMap::with_max_entries(MAX_XSKS, 0);
+
 #[map(name = "HEELS_STEERING")]
 pub static STEERING: HashMap<FlowV4, u8> = HashMap::with_max_entries(MAX_STEERED_FLOWS, 0);
 

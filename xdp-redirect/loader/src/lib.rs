@@ -6,9 +6,11 @@ use aya::Ebpf;
 
 pub mod classifier;
 pub mod tc;
+pub mod workers;
 
 pub use classifier::{Classifier, ClassifierError};
 pub use tc::{Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner};
+pub use workers::ToWorkers;
 
 /// The eBPF object built by build.rs: every heels kernel-side program.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heels-ebpf"));

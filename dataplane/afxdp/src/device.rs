@@ -1,0 +1,331 @@
+//! Where a worker's frames come from and go to: an AF_XDP socket on one
+//! queue of one interface ([`XskPort`]), or memory ([`MemoryPort`], the
+//! in-memory mode: the same worker loop with no kernel).
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig};
+
+use crate::umem::{Held, Region};
+use crate::Error;
+
+/// One end of a worker's paths.
+pub trait Device {
+    /// Reaps frames the device has sent (back to the region) and gives it
+    /// free ones to receive into, up to `share` waiting at once (the
+    /// worker's even split, so that an idle queue cannot hoard frames).
+    fn refill(&mut self, region: &mut Region, share: u32);
+    /// Receives up to `out`'s spare capacity of frames into `out`.
+    fn receive(&mut self, region: &mut Region, out: &mut Vec<Held>);
+    /// Sends the frames of `frames` (drained); a frame the device has no
+    /// room for is freed and counted in [`DeviceStats::tx_full`].
+    fn transmit(&mut self, region: &mut Region, frames: &mut Vec<Held>);
+    /// What the device counted.
+    fn stats(&self) -> DeviceStats;
+}
+
+impl<D: Device + ?Sized> Device for Box<D> {
+    fn refill(&mut self, region: &mut Region, share: u32) {
+        (**self).refill(region, share)
+    }
+
+    fn receive(&mut self, region: &mut Region, out: &mut Vec<Held>) {
+        (**self).receive(region, out)
+    }
+
+    fn transmit(&mut self, region: &mut Region, frames: &mut Vec<Held>) {
+        (**self).transmit(region, frames)
+    }
+
+    fn stats(&self) -> DeviceStats {
+        (**self).stats()
+    }
+}
+
+/// Counters of one device, kept by the worker that owns it (plain
+/// integers: no atomic per packet).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames handed to the kernel to send.
+    pub tx: u64,
+    /// Bytes handed to the kernel to send.
+    pub tx_bytes: u64,
+    /// Frames freed because the transmit ring was full.
+    pub tx_full: u64,
+    /// Times the fill ring was empty when the worker looked (the kernel
+    /// had nowhere to receive into).
+    pub fill_starved: u64,
+    /// Wakeup system calls made (transmit kicks and fill polls).
+    pub wakeups: u64,
+}
+
+impl std::ops::AddAssign for DeviceStats {
+    fn add_assign(&mut self, other: DeviceStats) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.tx_bytes += other.tx_bytes;
+        self.tx_full += other.tx_full;
+        self.fill_starved += other.fill_starved;
+        self.wakeups += other.wakeups;
+    }
+}
+
+/// Ring sizes and bind flags of the sockets a worker opens.
+#[derive(Debug, Clone, Copy)]
+pub struct PortConfig {
+    /// Entries of each ring (rx, tx, fill, completion); a power of two.
+    pub ring_size: u32,
+    /// Ask the driver for zero copy (refused on veth: copy mode is used).
+    pub zero_copy: bool,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig { ring_size: 2048, zero_copy: false }
+    }
+}
+
+/// An AF_XDP socket bound to one queue of one interface, sharing its
+/// worker's UMEM: its own fill and completion rings, receive and
+/// transmit rings, need_wakeup on.
+pub struct XskPort {
+    device: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+    stats: DeviceStats,
+    name: String,
+    queue: u32,
+}
+
+impl std::fmt::Debug for XskPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskPort").field("interface", &self.name).field("queue", &self.queue).finish()
+    }
+}
+
+fn socket_error(what: &'static str) -> impl FnOnce(xdpilone::Errno) -> Error {
+    move |e| Error::Socket { what, errno: e.get_raw() }
+}
+
+impl XskPort {
+    /// Opens and binds a socket on `interface` queue `queue` with the
+    /// region's UMEM. The first socket of a region shares the UMEM's own
+    /// descriptor; later ones bind with `XDP_SHARED_UMEM`.
+    pub fn open(
+        region: &mut Region,
+        interface: &str,
+        queue: u32,
+        config: PortConfig,
+    ) -> Result<XskPort, Error> {
+        let first = region.take_umem_socket();
+        let umem = region.umem().ok_or(Error::NotRegistered)?;
+        let name = CString::new(interface).map_err(|_| Error::Interface(interface.to_string()))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&name).map_err(|_| Error::Interface(interface.to_string()))?;
+        info.set_queue(queue);
+        let socket = if first {
+            Socket::with_shared(&info, umem).map_err(socket_error("creating the socket"))?
+        } else {
+            Socket::new(&info).map_err(socket_error("creating the socket"))?
+        };
+        let device = umem.fq_cq(&socket).map_err(socket_error("making the fill and completion rings"))?;
+        // A socket sharing another's UMEM may not name bind flags: it takes
+        // the first socket's (need_wakeup, copy or zero copy).
+        let mut bind_flags = 0;
+        if first {
+            bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
+            if config.zero_copy {
+                bind_flags |= SocketConfig::XDP_BIND_ZEROCOPY;
+            }
+        }
+        let rings = SocketConfig {
+            rx_size: NonZeroU32::new(config.ring_size),
+            tx_size: NonZeroU32::new(config.ring_size),
+            bind_flags,
+        };
+        let user = umem.rx_tx(&socket, &rings).map_err(socket_error("making the rx and tx rings"))?;
+        let rx = user.map_rx().map_err(socket_error("mapping the rx ring"))?;
+        let tx = user.map_tx().map_err(socket_error("mapping the tx ring"))?;
+        // A queue whose previous socket just closed stays busy until the
+        // kernel has released it (deferred work): retry for up to a second.
+        let mut tries = 0;
+        while let Err(e) = umem.bind(&user) {
+            tries += 1;
+            if e.get_raw() != libc::EBUSY || tries == 50 {
+                return Err(socket_error("binding")(e));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(XskPort { device, rx, tx, stats: DeviceStats::default(), name: interface.to_string(), queue })
+    }
+
+    /// The socket's descriptor, for the XSKMAP of the XDP program.
+    pub fn fd(&self) -> i32 {
+        self.rx.as_raw_fd()
+    }
+}
+
+impl Device for XskPort {
+    fn refill(&mut self, region: &mut Region, share: u32) {
+        let mut reader = self.device.complete(u32::MAX);
+        while let Some(addr) = reader.read() {
+            region.reclaim(addr);
+        }
+        reader.release();
+        drop(reader);
+        let wanted = share.saturating_sub(self.device.pending()).min(region.free_frames() as u32);
+        if wanted > 0 {
+            let mut writer = self.device.fill(wanted);
+            while writer.capacity() > 0 {
+                let Some(addr) = region.lend() else { break };
+                if !writer.insert_once(addr) {
+                    region.unlend(addr);
+                    break;
+                }
+            }
+            writer.commit();
+        }
+        if self.device.pending() == 0 {
+            self.stats.fill_starved += 1;
+        }
+    }
+
+    fn receive(&mut self, region: &mut Region, out: &mut Vec<Held>) {
+        let room = (out.capacity() - out.len()) as u32;
+        let mut reader = self.rx.receive(room);
+        while let Some(desc) = reader.read() {
+            if let Some(held) = region.receive(desc) {
+                out.push(held);
+                self.stats.rx += 1;
+            }
+        }
+        reader.release();
+        drop(reader);
+        // The kernel waits for a poll before it uses a refilled ring again.
+        if out.is_empty() && self.device.needs_wakeup() {
+            self.device.wake();
+            self.stats.wakeups += 1;
+        }
+    }
+
+    fn transmit(&mut self, region: &mut Region, frames: &mut Vec<Held>) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut writer = self.tx.transmit(frames.len() as u32);
+        let mut sent = 0;
+        for held in frames.drain(..) {
+            let len = held.len() as u64;
+            let desc = region.send(held);
+            if writer.insert_once(desc) {
+                sent += 1;
+                self.stats.tx_bytes += len;
+            } else {
+                let held = region.unsend(desc);
+                region.release(held);
+                self.stats.tx_full += 1;
+            }
+        }
+        writer.commit();
+        drop(writer);
+        self.stats.tx += sent;
+        if self.tx.needs_wakeup() {
+            self.tx.wake();
+            self.stats.wakeups += 1;
+        }
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+}
+
+/// A device in memory: it "receives" copies of template frames into the
+/// chunks it was lent, in turn, as a NIC would write them, and "sends" by
+/// counting and taking the chunk straight back, as a NIC completes.
+#[derive(Debug)]
+pub struct MemoryPort {
+    templates: Vec<Vec<u8>>,
+    next: usize,
+    limit: Option<u64>,
+    lent: Vec<u64>,
+    sent: Option<Vec<Vec<u8>>>,
+    stats: DeviceStats,
+}
+
+impl MemoryPort {
+    /// A device that receives `templates` over and over, in order.
+    pub fn new(templates: Vec<Vec<u8>>) -> MemoryPort {
+        MemoryPort {
+            templates,
+            next: 0,
+            limit: None,
+            lent: Vec::new(),
+            sent: None,
+            stats: DeviceStats::default(),
+        }
+    }
+
+    /// A device that receives each of `templates` once and keeps a copy
+    /// of every frame it sends (tests: an allocation per frame).
+    pub fn once_capturing(templates: Vec<Vec<u8>>) -> MemoryPort {
+        let limit = Some(templates.len() as u64);
+        MemoryPort { limit, sent: Some(Vec::new()), ..MemoryPort::new(templates) }
+    }
+
+    /// The frames sent so far, when capturing.
+    pub fn sent(&self) -> &[Vec<u8>] {
+        self.sent.as_deref().unwrap_or_default()
+    }
+}
+
+impl Device for MemoryPort {
+    fn refill(&mut self, region: &mut Region, share: u32) {
+        if self.lent.capacity() == 0 {
+            self.lent.reserve_exact(region.frames() as usize);
+        }
+        while self.lent.len() < share as usize {
+            let Some(addr) = region.lend() else { break };
+            self.lent.push(addr);
+        }
+    }
+
+    fn receive(&mut self, region: &mut Region, out: &mut Vec<Held>) {
+        if self.templates.is_empty() {
+            return;
+        }
+        while out.len() < out.capacity() && self.limit.is_none_or(|limit| self.stats.rx < limit) {
+            let Some(addr) = self.lent.pop() else { break };
+            let template = &self.templates[self.next];
+            self.next = (self.next + 1) % self.templates.len();
+            let held = region.write_lent(addr, template).and_then(|desc| region.receive(desc));
+            match held {
+                Some(held) => {
+                    out.push(held);
+                    self.stats.rx += 1;
+                }
+                None => region.unlend(addr),
+            }
+        }
+    }
+
+    fn transmit(&mut self, region: &mut Region, frames: &mut Vec<Held>) {
+        for held in frames.drain(..) {
+            self.stats.tx += 1;
+            self.stats.tx_bytes += held.len() as u64;
+            let desc: XdpDesc = region.send(held);
+            if let Some(sent) = &mut self.sent {
+                sent.push(region.read_lent(&desc).map(<[u8]>::to_vec).unwrap_or_default());
+            }
+            region.reclaim(desc.addr);
+        }
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+}

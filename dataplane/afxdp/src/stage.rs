@@ -1,0 +1,108 @@
+//! The heels stages: the core's batch entry points as worker stages. A
+//! frame on these paths is whole (AF_XDP hands over frames, not offloaded
+//! segments), so checksums are complete ([`Mode::Full`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use heels_dataplane::checksum::Mode;
+use heels_dataplane::conntrack::ConnTable;
+use heels_dataplane::translate::{self, Config, Ingress, Reason, Sockets, Verdict, BATCH};
+
+use crate::worker::{Action, Stage};
+
+/// The table's clock: seconds since the worker started, or a fixed time
+/// (tests, benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// Seconds since this instant.
+    Since(Instant),
+    /// Always this.
+    Fixed(u32),
+}
+
+impl Clock {
+    /// Now, in the table's seconds; read once per batch.
+    pub fn now(&self) -> u32 {
+        match self {
+            Clock::Since(start) => start.elapsed().as_secs() as u32,
+            Clock::Fixed(now) => *now,
+        }
+    }
+}
+
+/// Frames the host sends (from `heels0`) on their way to the uplink: the
+/// client's egress rewrite, VIP to DIP, for bypassed connections.
+#[derive(Debug)]
+pub struct HostEgress {
+    table: Arc<ConnTable>,
+    clock: Clock,
+    verdicts: [Verdict; BATCH],
+}
+
+impl HostEgress {
+    /// Rewrites with `table`, timed by `clock`.
+    pub fn new(table: Arc<ConnTable>, clock: Clock) -> Self {
+        HostEgress { table, clock, verdicts: [Verdict::Pass(Reason::Malformed); BATCH] }
+    }
+
+    /// What became of each frame of the last batch.
+    pub fn verdicts(&self) -> &[Verdict] {
+        &self.verdicts
+    }
+}
+
+impl Stage for HostEgress {
+    fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        let verdicts = &mut self.verdicts[..frames.len()];
+        translate::client_egress_batch(frames, Mode::Full, &self.table, self.clock.now(), verdicts);
+        for (action, verdict) in actions.iter_mut().zip(verdicts.iter()) {
+            *action = Action::from(*verdict);
+        }
+    }
+}
+
+/// Frames the XDP program sent up from the uplink on their way to the host
+/// (through `heels0`): everything a host does on ingress, as the TC
+/// ingress program does it.
+pub struct UplinkIngress<S> {
+    config: Arc<Config>,
+    table: Arc<ConnTable>,
+    sockets: S,
+    clock: Clock,
+    outcomes: [Ingress; BATCH],
+}
+
+impl<S> std::fmt::Debug for UplinkIngress<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkIngress").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S: Sockets> UplinkIngress<S> {
+    /// Translates under `config` with `table` and what `sockets` says.
+    pub fn new(config: Arc<Config>, table: Arc<ConnTable>, sockets: S, clock: Clock) -> Self {
+        let outcome = Ingress { start: 0, verdict: Verdict::Pass(Reason::Malformed) };
+        UplinkIngress { config, table, sockets, clock, outcomes: [outcome; BATCH] }
+    }
+
+    /// What became of each frame of the last batch.
+    pub fn outcomes(&self) -> &[Ingress] {
+        &self.outcomes
+    }
+}
+
+impl<S: Sockets> Stage for UplinkIngress<S> {
+    fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        let outcomes = &mut self.outcomes[..frames.len()];
+        let now = self.clock.now();
+        translate::ingress_batch(frames, Mode::Full, &self.config, &self.table, &self.sockets, now, outcomes);
+        for (action, outcome) in actions.iter_mut().zip(outcomes.iter()) {
+            *action = match outcome.verdict {
+                Verdict::Drop(_) => Action::Drop,
+                // The frame now starts past a removed IPIP header.
+                Verdict::Pass(_) | Verdict::Rewritten { .. } => Action::Forward { start: outcome.start },
+            };
+        }
+    }
+}

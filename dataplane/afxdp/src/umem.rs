@@ -1,0 +1,297 @@
+//! A worker's UMEM: the memory its sockets share, split into fixed-size
+//! chunks, and the record of who owns each chunk.
+//!
+//! A chunk is always in exactly one place: free (in the worker's free
+//! list), with the kernel (on a fill or transmit ring, or on the wire of an
+//! in-memory device), or held by the worker (received, being translated).
+//! The record is what makes handing out `&mut [u8]` for a batch of held
+//! frames sound, and what stops a misbehaving ring from making the worker
+//! free or send one chunk twice.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use xdpilone::xdp::XdpDesc;
+
+use crate::sys::Area;
+use crate::Error;
+
+/// Chunk size: one page, the UMEM's aligned mode; a standard frame fits
+/// with the kernel's 256 bytes of headroom.
+pub const FRAME_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Free,
+    Kernel,
+    Worker,
+}
+
+/// A frame the worker holds: received and not yet sent or freed. Not
+/// `Clone`: there is one per held chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Held {
+    region: u32,
+    addr: u64,
+    len: u32,
+}
+
+impl Held {
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for an empty frame.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops the first `start` bytes (after IPIP decapsulation the frame
+    /// starts further in); `start` past the end leaves the frame empty.
+    pub fn advance(&mut self, start: usize) {
+        let start = (start as u32).min(self.len);
+        self.addr += u64::from(start);
+        self.len -= start;
+    }
+}
+
+static NEXT_REGION: AtomicU32 = AtomicU32::new(0);
+
+/// What a region has seen go wrong (rings handing back chunks they were
+/// not given); kept, not fatal.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RegionErrors {
+    /// Descriptors naming a chunk that was not with the kernel, or running
+    /// past their chunk.
+    pub bad_descriptors: u64,
+}
+
+/// A UMEM with its chunk ownership record. Fields drop in order: the
+/// kernel's registration before the memory it points into.
+#[derive(Debug)]
+pub struct Region {
+    umem: Option<UmemHandle>,
+    area: Area,
+    id: u32,
+    owners: Vec<Owner>,
+    free: Vec<u32>,
+    errors: RegionErrors,
+    umem_socket_taken: bool,
+}
+
+/// xdpilone's `Umem` is not `Debug`.
+struct UmemHandle(xdpilone::Umem);
+
+impl std::fmt::Debug for UmemHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Umem")
+    }
+}
+
+impl Region {
+    /// `frames` chunks of [`FRAME_SIZE`] in memory only (no socket): for the
+    /// in-memory device.
+    pub fn in_memory(frames: u32) -> Result<Region, Error> {
+        let len = frames as usize * FRAME_SIZE as usize;
+        let area = Area::new(len).map_err(Error::Memory)?;
+        Ok(Region {
+            umem: None,
+            area,
+            id: NEXT_REGION.fetch_add(1, Ordering::Relaxed),
+            owners: vec![Owner::Free; frames as usize],
+            free: (0..frames).rev().collect(),
+            errors: RegionErrors::default(),
+            umem_socket_taken: false,
+        })
+    }
+
+    /// `frames` chunks registered with the kernel as a UMEM whose fill and
+    /// completion rings hold `ring_size` entries each.
+    pub fn registered(frames: u32, ring_size: u32) -> Result<Region, Error> {
+        let mut region = Region::in_memory(frames)?;
+        let config = xdpilone::UmemConfig {
+            fill_size: ring_size,
+            complete_size: ring_size,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let umem = region
+            .area
+            .register(config)
+            .map_err(|e| Error::Socket { what: "registering the UMEM", errno: e.get_raw() })?;
+        region.umem = Some(UmemHandle(umem));
+        Ok(region)
+    }
+
+    /// True the first time only: the first socket of a region is the
+    /// UMEM's own descriptor; later ones are sockets of their own bound
+    /// with `XDP_SHARED_UMEM`.
+    pub(crate) fn take_umem_socket(&mut self) -> bool {
+        !std::mem::replace(&mut self.umem_socket_taken, true)
+    }
+
+    /// The kernel's UMEM, for making sockets.
+    pub(crate) fn umem(&self) -> Option<&xdpilone::Umem> {
+        self.umem.as_ref().map(|u| &u.0)
+    }
+
+    /// Chunks in the region.
+    pub fn frames(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// Chunks free now.
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// What went wrong so far.
+    pub fn errors(&self) -> RegionErrors {
+        self.errors
+    }
+
+    /// Takes a free chunk for the kernel (a fill ring, a device); returns
+    /// its address.
+    pub fn lend(&mut self) -> Option<u64> {
+        let chunk = self.free.pop()?;
+        self.owners[chunk as usize] = Owner::Kernel;
+        Some(u64::from(chunk) * u64::from(FRAME_SIZE))
+    }
+
+    /// Puts back a chunk lent to the kernel and not used (a fill ring with
+    /// no room).
+    pub fn unlend(&mut self, addr: u64) {
+        self.reclaim(addr);
+    }
+
+    /// A chunk the kernel is done with (a completion): free again.
+    pub fn reclaim(&mut self, addr: u64) {
+        match self.chunk_of(addr) {
+            Some(chunk) if self.owners[chunk] == Owner::Kernel => {
+                self.owners[chunk] = Owner::Free;
+                self.free.push(chunk as u32);
+            }
+            _ => self.errors.bad_descriptors += 1,
+        }
+    }
+
+    /// A received descriptor: the worker holds its frame, or `None` (counted)
+    /// when the chunk was not with the kernel or the frame runs past it.
+    pub fn receive(&mut self, desc: XdpDesc) -> Option<Held> {
+        let chunk = self.chunk_of(desc.addr)?;
+        let within = (desc.addr % u64::from(FRAME_SIZE)) + u64::from(desc.len);
+        if self.owners[chunk] != Owner::Kernel || within > u64::from(FRAME_SIZE) {
+            self.errors.bad_descriptors += 1;
+            return None;
+        }
+        self.owners[chunk] = Owner::Worker;
+        Some(Held { region: self.id, addr: desc.addr, len: desc.len })
+    }
+
+    /// Hands a held frame to the kernel to send; the descriptor to put on
+    /// a transmit ring. Its chunk comes back through [`Region::reclaim`].
+    pub fn send(&mut self, held: Held) -> XdpDesc {
+        debug_assert_eq!(held.region, self.id);
+        if let Some(chunk) = self.chunk_of(held.addr) {
+            self.owners[chunk] = Owner::Kernel;
+        }
+        XdpDesc { addr: held.addr, len: held.len, options: 0 }
+    }
+
+    /// Frees a held frame (dropped, or no room to send it).
+    pub fn release(&mut self, held: Held) {
+        debug_assert_eq!(held.region, self.id);
+        if let Some(chunk) = self.chunk_of(held.addr) {
+            self.owners[chunk] = Owner::Free;
+            self.free.push(chunk as u32);
+        }
+    }
+
+    /// Takes back a frame just handed to the kernel with [`Region::send`]
+    /// that the ring had no room for.
+    pub fn unsend(&mut self, desc: XdpDesc) -> Held {
+        if let Some(chunk) = self.chunk_of(desc.addr) {
+            self.owners[chunk] = Owner::Worker;
+        }
+        Held { region: self.id, addr: desc.addr, len: desc.len }
+    }
+
+    /// Writes `bytes` into a chunk lent to the kernel, as a device would:
+    /// returns the descriptor of the frame, or `None` if the chunk is not
+    /// with the kernel or the bytes do not fit.
+    pub fn write_lent(&mut self, addr: u64, bytes: &[u8]) -> Option<XdpDesc> {
+        let chunk = self.chunk_of(addr)?;
+        if self.owners[chunk] != Owner::Kernel || bytes.len() > FRAME_SIZE as usize {
+            return None;
+        }
+        let base = chunk * FRAME_SIZE as usize;
+        self.area.bytes_mut(base, bytes.len())?.copy_from_slice(bytes);
+        Some(XdpDesc { addr: base as u64, len: bytes.len() as u32, options: 0 })
+    }
+
+    /// The bytes of a frame lent to the kernel (a device reading what it
+    /// sends), or `None` if its chunk is not with the kernel.
+    pub fn read_lent(&mut self, desc: &XdpDesc) -> Option<&[u8]> {
+        let chunk = self.chunk_of(desc.addr)?;
+        let within = (desc.addr % u64::from(FRAME_SIZE)) + u64::from(desc.len);
+        if self.owners[chunk] != Owner::Kernel || within > u64::from(FRAME_SIZE) {
+            return None;
+        }
+        self.area.bytes_mut(desc.addr as usize, desc.len as usize).map(|bytes| &*bytes)
+    }
+
+    /// The bytes of each held frame, `out[i]` for `held[i]`, all at once.
+    pub fn frames_mut<'a>(&'a mut self, held: &[Held], out: &mut [&'a mut [u8]]) {
+        // Held frames of this region are distinct chunks (one `Held` per
+        // chunk the record marks as the worker's), so the spans are
+        // disjoint, as `disjoint_spans_mut` requires.
+        let id = self.id;
+        assert!(held.iter().all(|h| h.region == id), "a frame of another region");
+        self.area
+            .disjoint_spans_mut(held.iter().map(|h| (h.addr as usize, h.len as usize)), out)
+            .expect("held frames lie inside their region");
+    }
+
+    fn chunk_of(&self, addr: u64) -> Option<usize> {
+        let chunk = usize::try_from(addr / u64::from(FRAME_SIZE)).ok()?;
+        (chunk < self.owners.len()).then_some(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_moves_free_kernel_worker_and_back() {
+        let mut region = Region::in_memory(2).unwrap();
+        let addr = region.lend().unwrap();
+        let desc = region.write_lent(addr, &[7; 60]).unwrap();
+        let mut held = region.receive(desc).unwrap();
+        // The same descriptor again is refused: the chunk is held already.
+        assert!(region.receive(desc).is_none());
+        assert_eq!(region.errors().bad_descriptors, 1);
+        held.advance(20);
+        let mut out: [&mut [u8]; 1] = [&mut []];
+        region.frames_mut(std::slice::from_ref(&held), &mut out);
+        assert_eq!(out[0].len(), 40);
+        let sent = region.send(held);
+        assert_eq!((sent.addr, sent.len), (addr + 20, 40));
+        // A completion reports the address as sent; it frees the chunk.
+        region.reclaim(sent.addr);
+        assert_eq!(region.free_frames(), 2);
+        region.reclaim(sent.addr);
+        assert_eq!(region.errors().bad_descriptors, 2);
+    }
+
+    #[test]
+    fn descriptors_past_their_chunk_or_the_region_are_refused() {
+        let mut region = Region::in_memory(1).unwrap();
+        let addr = region.lend().unwrap();
+        assert!(region.receive(XdpDesc { addr: addr + 4000, len: 200, options: 0 }).is_none());
+        assert!(region.receive(XdpDesc { addr: 1 << 20, len: 10, options: 0 }).is_none());
+        assert!(region.write_lent(addr, &[0; 5000]).is_none());
+        assert!(region.receive(XdpDesc { addr, len: 10, options: 0 }).is_some());
+    }
+}
