@@ -120,6 +120,9 @@ pub struct Report {
     pub flows: u32,
     /// Queues per veth.
     pub queues: u32,
+    /// The process that ran it (its namespaces were `hdb<pid>-gen` and
+    /// `hdb<pid>-dut`).
+    pub pid: u32,
 }
 
 /// Runs the benchmark.
@@ -189,6 +192,7 @@ pub fn run(spec: &Spec, progress: &Progress) -> anyhow::Result<Report> {
         runs,
         flows: spec.flows,
         queues: spec.queues,
+        pid: std::process::id(),
     })
 }
 
@@ -215,8 +219,11 @@ fn in_memory<S: Stage>(frames: &[Vec<u8>], seconds: f64, stage: S) -> anyhow::Re
     Ok(frames as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
-/// The veth bed: generator and device-under-test namespaces.
-struct Bed {
+/// The veth bed: generator and device-under-test namespaces, `g0` -> `d0`
+/// and `d1` -> `g1`, each veth with `queues` queues; and a bpffs directory
+/// for the programs' pins. Removed on drop.
+#[derive(Debug)]
+pub struct Bed {
     generator: NetNs,
     dut: NetNs,
     pin_dir: PathBuf,
@@ -224,7 +231,8 @@ struct Bed {
 }
 
 impl Bed {
-    fn create(queues: u32) -> anyhow::Result<Bed> {
+    /// Makes the bed.
+    pub fn create(queues: u32) -> anyhow::Result<Bed> {
         let tag = format!("hdb{}", std::process::id());
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
@@ -245,6 +253,21 @@ impl Bed {
             ns.ip(&["link", "set", link, "up"])?;
         }
         Ok(bed)
+    }
+
+    /// The generator's namespace (`g0`, `g1`).
+    pub fn generator(&self) -> &NetNs {
+        &self.generator
+    }
+
+    /// The device-under-test's namespace (`d0`, `d1`).
+    pub fn dut(&self) -> &NetNs {
+        &self.dut
+    }
+
+    /// Where programs loaded for the bed pin their maps.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
     }
 
     /// Frames `g1` has received.
@@ -289,6 +312,8 @@ impl Bed {
                     to_workers.insert(queue as u32, pair[0].fd())?;
                 }
                 let mut worker = Worker::new(region, devices, paths);
+                // Ready once a turn has filled the fill rings.
+                worker.turn();
                 let _ = ready_tx.send(());
                 worker.run(&stop, Idle::Spin);
                 drop(to_workers);

@@ -75,7 +75,7 @@ struct Family<C: 'static> {
 
 /// The host-wide families, in output order. Every [`TcCounter`] is in
 /// exactly one (a test checks).
-const FAMILIES: [Family<TcCounter>; 13] = [
+const FAMILIES: [Family<TcCounter>; 14] = [
     Family {
         name: "heels_syns_translated",
         help: "SYNs with the SYN form rewritten to the client and this host (server)",
@@ -134,6 +134,12 @@ const FAMILIES: [Family<TcCounter>; 13] = [
             (TcCounter::EgressBytes, Some(("direction", "egress"))),
             (TcCounter::IngressBytes, Some(("direction", "ingress"))),
         ],
+    },
+    Family {
+        name: "heels_lb_resets_sent",
+        help: "SYNs to a VIP sent after a reset through the LB, which closes the state a conntrack LB kept from the tuple's earlier SYN-only flow (client)",
+        unit: None,
+        series: &[(TcCounter::LbResetsSent, None)],
     },
     Family {
         name: "heels_egress_socket_hits",

@@ -251,13 +251,19 @@ pub enum TcCounter {
     EgressBytes = 18,
     /// Bytes of the packets counted by `IngressRewritten`.
     IngressBytes = 19,
+    /// SYNs to a VIP preceded by a reset through the LB: the tuple's last
+    /// SYN through the LB had a later sequence number, which an LB that
+    /// keeps TCP state (Linux conntrack) still holds for a flow it saw
+    /// only the SYNs of, and by which it would refuse this connection's
+    /// handshake (docs/design.md).
+    LbResetsSent = 20,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 20] = [
+    pub const ALL: [TcCounter; 21] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -278,6 +284,7 @@ impl TcCounter {
         TcCounter::IcmpRewritten,
         TcCounter::EgressBytes,
         TcCounter::IngressBytes,
+        TcCounter::LbResetsSent,
     ];
 
     /// A snake_case name for output.
@@ -303,6 +310,7 @@ impl TcCounter {
             TcCounter::IcmpRewritten => "icmp_rewritten",
             TcCounter::EgressBytes => "egress_bytes",
             TcCounter::IngressBytes => "ingress_bytes",
+            TcCounter::LbResetsSent => "lb_resets_sent",
         }
     }
 }

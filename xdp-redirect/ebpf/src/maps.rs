@@ -97,6 +97,12 @@ pub static HEELS_SERVED_LISTENERS: PinnedSkStorage<u8> = PinnedSkStorage::new();
 #[map(name = "HEELS_TRANSLATED")]
 pub static TRANSLATED: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
+/// Per 4-tuple this host sent a SYN on to a client VIP (CIP:cport ->
+/// VIP:vport): that SYN's end (sequence number + 1, network order), as an
+/// LB that tracks TCP state holds it while it sees only SYNs.
+#[map(name = "HEELS_LB_SYN_ENDS")]
+pub static LB_SYN_ENDS: LruHashMap<FlowV4, [u8; 4]> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
 #[map(name = "HEELS_TC_CONFIG")]
 pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);
 

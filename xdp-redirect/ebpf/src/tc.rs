@@ -23,7 +23,8 @@ use heels_common::{EndpointV4, FlowV4, TcCounter, VipCounter};
 
 use crate::maps::{
     count, count_by, count_vip, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS,
-    HEELS_SOCK_BACKENDS, INGRESS, LB_SOURCES, LOCAL_ADDRS, LOCAL_VIPS, SERVICES, TC_CONFIG, TRANSLATED,
+    HEELS_SOCK_BACKENDS, INGRESS, LB_SOURCES, LB_SYN_ENDS, LOCAL_ADDRS, LOCAL_VIPS, SERVICES, TC_CONFIG,
+    TRANSLATED,
 };
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
@@ -662,6 +663,9 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
             let _ = INGRESS.remove(FlowV4::between(&backend, &segment.src));
             let _ = EGRESS.remove(flow);
         }
+        if is_client_vip(&segment.dst) {
+            close_lb_state(ctx, &segment, flow)?;
+        }
         return Ok(());
     }
     let backend = match socket_backend(ctx) {
@@ -682,6 +686,53 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     count_vip(&segment.dst, VipCounter::EgressPackets, 1);
     count_vip(&segment.dst, VipCounter::EgressBytes, bytes);
     Ok(())
+}
+
+/// Before a SYN to a VIP: an LB that tracks TCP state (Linux conntrack)
+/// and saw only the SYNs of this 4-tuple's bypassed connections keeps the
+/// flow in SYN_SENT, refreshed by each SYN, with the sequence end of the
+/// latest SYN whose sequence number was later than the one before. A SYN
+/// whose end is not later (a fresh initial sequence number after a chain
+/// of TIME_WAIT reuses, whose numbers lag the clock by more than 2^31)
+/// passes but does not reset that end, so the LB ignores the SYN-ACK that
+/// acknowledges it and drops the client's ACK: a connection on the LB path
+/// (a fallback) would stall. A reset on the tuple first closes the LB's
+/// flow, and the SYN then opens a new one. The reset is this SYN turned
+/// into a RST with the recorded sequence number, sent as a clone; the SYN
+/// is restored and follows. Every SYN's end is recorded.
+#[inline(always)]
+fn close_lb_state(ctx: &TcContext, segment: &Segment, flow: FlowV4) -> Result<(), ()> {
+    let seq_at = segment.tcp + 4;
+    let flags_at = segment.tcp + 12;
+    let seq: [u8; 4] = read(ctx, seq_at)?;
+    let end = u32::from_be_bytes(seq).wrapping_add(1);
+    // SAFETY: the value is copied out at once.
+    let last = (unsafe { LB_SYN_ENDS.get(flow) }).copied();
+    if let Some(last) = last {
+        // Strictly earlier only: an equal end is this SYN retransmitted.
+        if (end.wrapping_sub(u32::from_be_bytes(last)) as i32) < 0 {
+            let syn_word: [u8; 2] = read(ctx, flags_at)?;
+            let rst_word = [syn_word[0], (syn_word[1] & !(TCP_SYN | 0xc0)) | TCP_RST];
+            let tcp_check = segment.tcp + 16;
+            let as_u64 = |b: [u8; 4]| u64::from(u32::from_ne_bytes(b));
+            let as_u64_2 = |b: [u8; 2]| u64::from(u16::from_ne_bytes(b));
+            ctx.store(seq_at, &last, 0).map_err(|_| ())?;
+            ctx.l4_csum_replace(tcp_check, as_u64(seq), as_u64(last), 4).map_err(|_| ())?;
+            ctx.store(flags_at, &rst_word, 0).map_err(|_| ())?;
+            ctx.l4_csum_replace(tcp_check, as_u64_2(syn_word), as_u64_2(rst_word), 2).map_err(|_| ())?;
+            // SAFETY: `skb` points to the program's live sk_buff.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            let sent = ctx.clone_redirect(ifindex, 0).is_ok();
+            ctx.store(seq_at, &seq, 0).map_err(|_| ())?;
+            ctx.l4_csum_replace(tcp_check, as_u64(last), as_u64(seq), 4).map_err(|_| ())?;
+            ctx.store(flags_at, &syn_word, 0).map_err(|_| ())?;
+            ctx.l4_csum_replace(tcp_check, as_u64_2(rst_word), as_u64_2(syn_word), 2).map_err(|_| ())?;
+            if sent {
+                count(TcCounter::LbResetsSent);
+            }
+        }
+    }
+    LB_SYN_ENDS.insert(flow, end.to_be_bytes(), 0).map_err(|_| ())
 }
 
 /// Counts a packet delivered as from `vip`, host-wide and for the VIP.

@@ -1,0 +1,200 @@
+//! The afxdp engine on real rings, in namespaces of its own: frames from a
+//! generator worker cross a heels worker between two veth pairs and reach a
+//! capturing worker as the core rewrites them; and `heels bench dataplane`
+//! reports what it promises and leaves nothing behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use heels::dataplane_bench::Bed;
+use heels::lab::netns::set_thread_netns;
+use heels_afxdp::device::{Device, MemoryPort, PortConfig, XskPort};
+use heels_afxdp::stage::{Clock, HostEgress};
+use heels_afxdp::synthetic;
+use heels_afxdp::umem::Region;
+use heels_afxdp::worker::{Idle, NullForward, Path as WorkerPath, Worker};
+use heels_dataplane::checksum::Mode;
+use heels_dataplane::translate;
+
+/// The sink's two kinds of device, so that the capture can be read back.
+enum Sink {
+    Port(Box<XskPort>),
+    Memory(MemoryPort),
+}
+
+impl Device for Sink {
+    fn refill(&mut self, region: &mut Region, share: u32) {
+        match self {
+            Sink::Port(d) => d.refill(region, share),
+            Sink::Memory(d) => d.refill(region, share),
+        }
+    }
+
+    fn receive(&mut self, region: &mut Region, out: &mut Vec<heels_afxdp::umem::Held>) {
+        match self {
+            Sink::Port(d) => d.receive(region, out),
+            Sink::Memory(d) => d.receive(region, out),
+        }
+    }
+
+    fn transmit(&mut self, region: &mut Region, frames: &mut Vec<heels_afxdp::umem::Held>) {
+        match self {
+            Sink::Port(d) => d.transmit(region, frames),
+            Sink::Memory(d) => d.transmit(region, frames),
+        }
+    }
+
+    fn stats(&self) -> heels_afxdp::device::DeviceStats {
+        match self {
+            Sink::Port(d) => d.stats(),
+            Sink::Memory(d) => d.stats(),
+        }
+    }
+}
+
+fn assert_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert!(unsafe { libc::geteuid() } == 0, "AF_XDP sockets and namespaces need root");
+}
+
+#[test]
+fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
+    assert_root();
+    let bed = Bed::create(1).expect("the bed");
+    let flows = 64u32;
+    let frames = synthetic::egress_frames(flows, 200);
+    let (table, refused) = synthetic::table(flows);
+    assert_eq!(refused, 0);
+    let mut expected: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|frame| {
+            let mut frame = frame.clone();
+            let verdict = translate::client_egress(&mut frame, Mode::Full, &table, 1);
+            assert_eq!(verdict, translate::Verdict::Rewritten { start: 0 });
+            frame
+        })
+        .collect();
+    let table = Arc::new(table);
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(20);
+
+    // The sink: g1's frames into a capturing memory device.
+    let (sink_ready, sink_started) = mpsc::channel();
+    let sink = {
+        let (path, pins) = (bed.generator().path(), bed.pin_dir().to_path_buf());
+        std::thread::spawn(move || -> anyhow::Result<Vec<Vec<u8>>> {
+            set_thread_netns(&path)?;
+            let mut region = Region::registered(1024, 512)?;
+            let port = XskPort::open(&mut region, "g1", 0, PortConfig { ring_size: 512, zero_copy: false })?;
+            let mut program = heels_xdp::ToWorkers::attach(&pins, "g1")?;
+            program.insert(0, port.fd())?;
+            let devices =
+                vec![Sink::Port(Box::new(port)), Sink::Memory(MemoryPort::once_capturing(Vec::new()))];
+            let mut worker =
+                Worker::new(region, devices, vec![WorkerPath { from: 0, to: 1, stage: NullForward }]);
+            sink_ready.send(()).ok();
+            while worker.stats().devices[1].tx < u64::from(flows) && Instant::now() < deadline {
+                worker.turn();
+            }
+            drop(program);
+            match &worker.devices()[1] {
+                Sink::Memory(memory) => Ok(memory.sent().to_vec()),
+                Sink::Port(_) => unreachable!("device 1 is the memory device"),
+            }
+        })
+    };
+    sink_started.recv_timeout(Duration::from_secs(10)).expect("the sink starts");
+
+    // The device under test: d0 -> heels client egress -> d1.
+    let (dut_ready, dut_started) = mpsc::channel();
+    let dut = {
+        let (path, pins, stop, table) =
+            (bed.dut().path(), bed.pin_dir().to_path_buf(), stop.clone(), table.clone());
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            set_thread_netns(&path)?;
+            let mut region = Region::registered(1024, 512)?;
+            let config = PortConfig { ring_size: 512, zero_copy: false };
+            let input = XskPort::open(&mut region, "d0", 0, config)?;
+            let output = XskPort::open(&mut region, "d1", 0, config)?;
+            let mut program = heels_xdp::ToWorkers::attach(&pins, "d0")?;
+            program.insert(0, input.fd())?;
+            let stage = HostEgress::new(table, Clock::Fixed(1));
+            let mut worker =
+                Worker::new(region, vec![input, output], vec![WorkerPath { from: 0, to: 1, stage }]);
+            dut_ready.send(()).ok();
+            worker.run(&stop, Idle::Sleep(Duration::from_micros(50)));
+            Ok(worker.stats().devices[1].tx)
+        })
+    };
+    dut_started.recv_timeout(Duration::from_secs(10)).expect("the worker starts");
+
+    // The generator: every frame once, g0 -> d0.
+    let generator = {
+        let (path, frames) = (bed.generator().path(), frames.clone());
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            set_thread_netns(&path)?;
+            let mut region = Region::registered(1024, 512)?;
+            let port = XskPort::open(&mut region, "g0", 0, PortConfig { ring_size: 512, zero_copy: false })?;
+            let devices: Vec<Box<dyn Device + Send>> =
+                vec![Box::new(MemoryPort::once_capturing(frames)), Box::new(port)];
+            let mut worker =
+                Worker::new(region, devices, vec![WorkerPath { from: 0, to: 1, stage: NullForward }]);
+            while worker.stats().devices[1].tx < u64::from(flows) && Instant::now() < deadline {
+                worker.turn();
+            }
+            // Let the kernel complete the last sends.
+            let settle = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < settle {
+                worker.turn();
+            }
+            Ok(worker.stats().devices[1].tx)
+        })
+    };
+
+    let sent = generator.join().expect("the generator thread").expect("the generator");
+    let mut captured = sink.join().expect("the sink thread").expect("the sink");
+    stop.store(true, Ordering::Relaxed);
+    let forwarded = dut.join().expect("the worker thread").expect("the worker");
+    assert_eq!(sent, u64::from(flows));
+    assert_eq!(forwarded, u64::from(flows), "the worker sent every frame on");
+    captured.sort();
+    expected.sort();
+    assert_eq!(captured.len(), expected.len(), "every frame reached g1");
+    assert_eq!(captured, expected, "g1 got the core's bytes");
+}
+
+/// `heels bench dataplane --json -` prints one object with the figures the
+/// issue names, from runs that moved frames, and removes its namespaces
+/// and pins.
+#[test]
+fn the_dataplane_bench_reports_both_forwarders_and_cleans_up() {
+    assert_root();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_heels"))
+        .args(["bench", "dataplane", "--json", "-", "--seconds", "0.3", "--rounds", "1", "--sizes", "64,600"])
+        .args(["--flows", "128", "--queues", "2"])
+        .output()
+        .expect("heels runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    for key in ["null_mpps", "heels_mpps", "ratio", "in_memory_mpps_per_core"] {
+        let value = report[key].as_f64().unwrap_or_else(|| panic!("{key} in {report}"));
+        assert!(value > 0.0, "{key} = {value}");
+    }
+    let sizes = report["sizes"].as_array().expect("sizes");
+    assert_eq!(sizes.len(), 2);
+    assert_eq!(sizes[1]["size"], 600);
+    for run in report["runs"].as_array().expect("runs") {
+        assert!(run["worker_rx"].as_u64().unwrap() > 0, "the worker received frames: {run}");
+        assert_eq!(run["bad_descriptors"], 0, "{run}");
+    }
+    let pid = report["pid"].as_u64().expect("pid");
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    let prefix = format!("hdb{pid}-");
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains(&prefix),
+        "the bench's namespaces are gone"
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/hdb{pid}")).exists(), "its pins are gone");
+}
