@@ -119,7 +119,9 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
             let output = XskPort::open(&mut region, "d1", 0, config)?;
             let mut program = heels_xdp::ToWorkers::attach(&pins, "d0")?;
             program.insert(0, input.fd())?;
-            let stage = HostEgress::new(table, Clock::Fixed(1));
+            let config = Arc::new(heels_dataplane::fuzzing::config());
+            let syn_ends = Arc::new(heels_dataplane::conntrack::SynEnds::new(64));
+            let stage = HostEgress::new(config, table, syn_ends, Clock::Fixed(1));
             let mut worker =
                 Worker::new(region, vec![input, output], vec![WorkerPath { from: 0, to: 1, stage }]);
             dut_ready.send(()).ok();

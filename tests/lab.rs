@@ -886,6 +886,16 @@ fn lb_conntrack_line(lab: &Lab, sport: u16) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Waits up to 5 s for the LB's flow of client port `sport` to be in
+/// `state`; fails saying `what` and the flow as it is.
+fn wait_for_lb_state(lab: &Lab, sport: u16, state: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lb_conntrack_line(lab, sport).is_some_and(|l| l.contains(state)) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", lb_conntrack_line(lab, sport));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The defect the full-NAT bench found: an LB that tracks TCP state sees
 /// only the SYNs of bypassed connections, so it keeps their 4-tuple in
 /// SYN_SENT with the latest SYN's sequence; a later SYN on the tuple whose
@@ -920,30 +930,14 @@ fn a_syn_whose_sequence_an_lb_would_refuse_is_preceded_by_a_reset() {
     }
     let first: u32 = 3_000_000_000;
     raw_syn(&lab, Role::Client, sport, target, first);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lb_conntrack_line(&lab, sport).is_some_and(|l| l.contains("SYN_SENT")) {
-        assert!(
-            Instant::now() < deadline,
-            "the LB tracks the first SYN: {:?}",
-            lb_conntrack_line(&lab, sport)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lb_state(&lab, sport, "SYN_SENT", "the LB tracks the first SYN");
     for server in [Role::Server(1), Role::Server(2)] {
         lab.host(server).netns.exec("nft", &["delete", "table", "inet", "heels_test"]).expect("nft delete");
     }
     let client = lab.client_instance().expect("the client runs heels");
     assert_eq!(counter(&client, TcCounter::LbResetsSent), 0);
     raw_syn(&lab, Role::Client, sport, target, first.wrapping_sub(1 << 30));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lb_conntrack_line(&lab, sport).is_some_and(|l| l.contains("SYN_RECV")) {
-        assert!(
-            Instant::now() < deadline,
-            "the LB took the SYN-ACK of the second SYN: {:?}",
-            lb_conntrack_line(&lab, sport)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lb_state(&lab, sport, "SYN_RECV", "the LB took the SYN-ACK of the second SYN");
     assert_eq!(counter(&client, TcCounter::LbResetsSent), 1);
     // A retransmission (the same sequence) sends no reset.
     raw_syn(&lab, Role::Client, sport, target, first.wrapping_sub(1 << 30));

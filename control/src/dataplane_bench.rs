@@ -140,8 +140,11 @@ pub fn run(spec: &Spec, progress: &Progress) -> anyhow::Result<Report> {
         let memory_seconds = (spec.seconds / 2.0).max(0.2);
         let (table, _) = synthetic::table(spec.flows);
         let table = Arc::new(table);
-        let memory_heels =
-            in_memory(&frames, memory_seconds, HostEgress::new(table.clone(), Clock::Fixed(1)))?;
+        let config = Arc::new(heels_dataplane::fuzzing::config());
+        let syn_ends = Arc::new(heels_dataplane::conntrack::SynEnds::new(spec.flows as usize));
+        let heels_stage =
+            move || HostEgress::new(config.clone(), table.clone(), syn_ends.clone(), Clock::Fixed(1));
+        let memory_heels = in_memory(&frames, memory_seconds, heels_stage())?;
         let memory_null = in_memory(&frames, memory_seconds, NullForward)?;
         progress.step(format!("{size} B: in memory {memory_heels:.1} Mpps"));
         let mut null = Vec::new();
@@ -154,10 +157,7 @@ pub fn run(spec: &Spec, progress: &Progress) -> anyhow::Result<Report> {
                 let name = if with_heels { "heels" } else { "null" };
                 progress.message(format!("{size} B: {name}, round {}", round + 1));
                 let run = if with_heels {
-                    let table = table.clone();
-                    bed.measure(spec, &frames, name, round, move || {
-                        HostEgress::new(table.clone(), Clock::Fixed(1))
-                    })?
+                    bed.measure(spec, &frames, name, round, heels_stage.clone())?
                 } else {
                     bed.measure(spec, &frames, name, round, || NullForward)?
                 };

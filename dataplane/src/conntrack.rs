@@ -605,3 +605,29 @@ mod tests {
         }
     }
 }
+
+/// Per 4-tuple on which a client sent a SYN to a VIP (CIP:cport ->
+/// VIP:vport): that SYN's end (sequence number + 1), as an LB that tracks
+/// TCP state holds it while it sees only SYNs (docs/design.md, "An LB that
+/// tracks TCP state sees only SYNs"). The TC programs keep the same record
+/// in `HEELS_LB_SYN_ENDS`. Records do not expire (the kernel's is an LRU):
+/// a stale one costs at most one reset the LB did not need.
+#[derive(Debug)]
+pub struct SynEnds(ConnTable);
+
+impl SynEnds {
+    /// Room for `max_entries` 4-tuples.
+    pub fn new(max_entries: usize) -> Self {
+        SynEnds(ConnTable::new(max_entries, u32::MAX))
+    }
+
+    /// Records `end` for `key`. Returns the end recorded before when it is
+    /// strictly later than `end` in sequence space (an equal one is the
+    /// same SYN retransmitted): the sequence number of the reset to send
+    /// first. A full table records nothing, as an evicting LRU would not.
+    pub fn record(&self, key: FlowKey, end: u32, now: u32) -> Option<u32> {
+        let last = self.0.lookup(&key, now).map(|e| u32::from_be_bytes(e.addr));
+        let _ = self.0.insert(key, Endpoint::new(end.to_be_bytes(), 0), now);
+        last.filter(|&last| (end.wrapping_sub(last) as i32) < 0)
+    }
+}

@@ -21,7 +21,7 @@ use core::fmt;
 use core::str::FromStr;
 
 use crate::checksum::{self, Mode};
-use crate::conntrack::{ConnTable, FlowKey};
+use crate::conntrack::{ConnTable, FlowKey, SynEnds};
 use crate::option::{self, Endpoint};
 use crate::wire::icmpv4::Quote;
 use crate::wire::{
@@ -681,6 +681,44 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) 
         Ok(at) => egress_located(frame, &at, mode, table, now),
         Err(reason) => Verdict::Pass(reason),
     }
+}
+
+/// Before a SYN to a configured VIP leaves: `Some(seq)` when a reset with
+/// sequence number `seq` must go through the LB first, because an LB that
+/// tracks TCP state would refuse this SYN's handshake (docs/design.md, "An
+/// LB that tracks TCP state sees only SYNs"). Records the SYN's end either
+/// way. `None` for any other frame.
+pub fn client_syn_needs_reset(frame: &[u8], config: &Config, ends: &SynEnds, now: u32) -> Option<u32> {
+    let at = locate(frame, false).ok()?;
+    if !at.flags.is_syn() || !config.is_vip(at.dst) {
+        return None;
+    }
+    let end = at.tcp(frame).seq_number().wrapping_add(1);
+    ends.record(FlowKey { src: at.src, dst: at.dst }, end, now)
+}
+
+/// Turns a SYN (a copy of it) into the reset that goes before it, as the TC
+/// program does to the clone it sends: flags RST (SYN and ECN bits
+/// cleared), sequence number `seq`, the TCP checksum updated so that a
+/// complete one stays complete. False, and the frame untouched, if it is
+/// not a TCP/IPv4 frame.
+pub fn turn_into_reset(frame: &mut [u8], seq: u32) -> bool {
+    let Ok(at) = locate(frame, false) else {
+        return false;
+    };
+    // The flags share a 16-bit checksum word with the data offset.
+    let offset_byte = frame[at.tcp + 12];
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[at.tcp..at.end]);
+    let old_seq = tcp.seq_number();
+    let old_word = u16::from_be_bytes([offset_byte, tcp.flags().0]);
+    let flags = TcpFlags((tcp.flags().0 & !(TcpFlags::SYN.0 | 0xc0)) | TcpFlags::RST.0);
+    let new_word = u16::from_be_bytes([offset_byte, flags.0]);
+    let check = checksum::update32(tcp.checksum(), old_seq, seq);
+    let check = checksum::update16(check, old_word, new_word);
+    tcp.set_seq_number(seq);
+    tcp.set_flags(flags);
+    tcp.set_checksum(check);
+    true
 }
 
 fn egress_located(frame: &mut [u8], at: &Located, mode: Mode, table: &ConnTable, now: u32) -> Verdict {

@@ -49,7 +49,7 @@ mod tests {
 
     use super::{vector, ALL};
     use crate::checksum::Mode;
-    use crate::conntrack::{ConnTable, FlowKey};
+    use crate::conntrack::{ConnTable, FlowKey, SynEnds};
     use crate::fuzzing::{self, BACKEND, CLIENT, VIP};
     use crate::translate::{self, Reason, Verdict};
 
@@ -327,6 +327,53 @@ mod tests {
         );
         assert_eq!(frame, copy);
         assert!(table.is_empty());
+    }
+
+    /// The client's SYN of the protocol's 4-tuple with sequence `seq`
+    /// (the egress data vector turned into a SYN, checksum recomputed).
+    fn client_syn(seq: u32) -> Vec<u8> {
+        let mut frame = vector("egress-data-before");
+        frame[47] = 0x02;
+        let mut tcp = crate::wire::TcpPacket::new_unchecked(&mut frame[34..]);
+        tcp.set_seq_number(seq);
+        tcp.fill_checksum(CLIENT.addr, VIP.addr);
+        frame
+    }
+
+    #[test]
+    fn a_syn_earlier_than_the_last_on_its_tuple_needs_a_reset_first() {
+        let ends = SynEnds::new(16);
+        let config = fuzzing::config();
+        let check = |seq: u32| translate::client_syn_needs_reset(&client_syn(seq), &config, &ends, 1);
+        let first = 3_000_000_000u32;
+        assert_eq!(check(first), None, "nothing recorded yet");
+        assert_eq!(check(first), None, "a retransmission");
+        assert_eq!(check(first.wrapping_add(65_537)), None, "a later SYN (a TIME_WAIT reuse)");
+        let fresh = first.wrapping_sub(1 << 30);
+        assert_eq!(check(fresh), Some(first.wrapping_add(65_538)), "earlier: reset with the recorded end");
+        assert_eq!(check(fresh), None, "the earlier SYN is now the record");
+        // Not a SYN, or not to a VIP: nothing asked, nothing recorded.
+        assert_eq!(translate::client_syn_needs_reset(&vector("egress-data-before"), &config, &ends, 1), None);
+        let mut elsewhere = client_syn(1);
+        elsewhere[33] ^= 1;
+        let other = SynEnds::new(16);
+        assert_eq!(translate::client_syn_needs_reset(&elsewhere, &config, &other, 1), None);
+        assert_eq!(translate::client_syn_needs_reset(&elsewhere, &config, &other, 1), None);
+    }
+
+    #[test]
+    fn a_syn_turned_into_its_reset_keeps_a_valid_checksum() {
+        let syn = client_syn(7);
+        let mut reset = syn.clone();
+        assert!(translate::turn_into_reset(&mut reset, 0x8000_0001));
+        let tcp = crate::wire::TcpPacket::new_unchecked(&reset[34..]);
+        assert_eq!(tcp.flags(), crate::wire::TcpFlags::RST);
+        assert_eq!(tcp.seq_number(), 0x8000_0001);
+        assert_eq!(reset[..34], syn[..34], "Ethernet and IPv4 unchanged");
+        etherparse_verifies(&reset);
+        let mut not_tcp = vec![0u8; 20];
+        assert!(!translate::turn_into_reset(&mut not_tcp, 1));
+        assert_eq!(not_tcp, vec![0u8; 20]);
     }
 
     #[test]

@@ -308,7 +308,11 @@ impl Device for MemoryPort {
         while out.len() < out.capacity() && self.limit.is_none_or(|limit| self.stats.rx < limit) {
             let Some(addr) = self.lent.pop() else { break };
             let template = &self.templates[self.next];
-            self.next = (self.next + 1) % self.templates.len();
+            // No division per frame: wrap by comparison.
+            self.next += 1;
+            if self.next == self.templates.len() {
+                self.next = 0;
+            }
             let held = region.write_lent(addr, template).and_then(|desc| region.receive(desc));
             match held {
                 Some(held) => {

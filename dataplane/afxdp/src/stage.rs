@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use heels_dataplane::checksum::Mode;
-use heels_dataplane::conntrack::ConnTable;
+use heels_dataplane::conntrack::{ConnTable, SynEnds};
 use heels_dataplane::translate::{self, Config, Ingress, Reason, Sockets, Verdict, BATCH};
 
 use crate::worker::{Action, Stage};
@@ -33,17 +33,22 @@ impl Clock {
 
 /// Frames the host sends (from `heels0`) on their way to the uplink: the
 /// client's egress rewrite, VIP to DIP, for bypassed connections.
+/// A SYN to a VIP that an LB tracking TCP state would refuse goes after a
+/// reset (docs/design.md, "An LB that tracks TCP state sees only SYNs").
 #[derive(Debug)]
 pub struct HostEgress {
+    config: Arc<Config>,
     table: Arc<ConnTable>,
+    syn_ends: Arc<SynEnds>,
     clock: Clock,
     verdicts: [Verdict; BATCH],
 }
 
 impl HostEgress {
-    /// Rewrites with `table`, timed by `clock`.
-    pub fn new(table: Arc<ConnTable>, clock: Clock) -> Self {
-        HostEgress { table, clock, verdicts: [Verdict::Pass(Reason::Malformed); BATCH] }
+    /// Rewrites with `table` and checks SYNs to `config`'s VIPs against
+    /// `syn_ends`, timed by `clock`.
+    pub fn new(config: Arc<Config>, table: Arc<ConnTable>, syn_ends: Arc<SynEnds>, clock: Clock) -> Self {
+        HostEgress { config, table, syn_ends, clock, verdicts: [Verdict::Pass(Reason::Malformed); BATCH] }
     }
 
     /// What became of each frame of the last batch.
@@ -55,9 +60,18 @@ impl HostEgress {
 impl Stage for HostEgress {
     fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
         let verdicts = &mut self.verdicts[..frames.len()];
-        translate::client_egress_batch(frames, Mode::Full, &self.table, self.clock.now(), verdicts);
-        for (action, verdict) in actions.iter_mut().zip(verdicts.iter()) {
-            *action = Action::from(*verdict);
+        let now = self.clock.now();
+        translate::client_egress_batch(frames, Mode::Full, &self.table, now, verdicts);
+        for ((action, verdict), frame) in actions.iter_mut().zip(verdicts.iter()).zip(frames.iter()) {
+            *action = match verdict {
+                Verdict::Pass(Reason::ClientSyn) => {
+                    match translate::client_syn_needs_reset(frame, &self.config, &self.syn_ends, now) {
+                        Some(seq) => Action::ResetFirst { seq },
+                        None => Action::Forward { start: 0 },
+                    }
+                }
+                verdict => Action::from(*verdict),
+            };
         }
     }
 }

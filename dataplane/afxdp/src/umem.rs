@@ -159,6 +159,17 @@ impl Region {
         Some(u64::from(chunk) * u64::from(FRAME_SIZE))
     }
 
+    /// A free chunk for the worker to build a frame of `len` bytes in
+    /// (its contents are whatever the chunk last held).
+    pub fn take(&mut self, len: usize) -> Option<Held> {
+        if len > FRAME_SIZE as usize {
+            return None;
+        }
+        let chunk = self.free.pop()?;
+        self.owners[chunk as usize] = Owner::Worker;
+        Some(Held { region: self.id, addr: u64::from(chunk) * u64::from(FRAME_SIZE), len: len as u32 })
+    }
+
     /// Puts back a chunk lent to the kernel and not used (a fill ring with
     /// no room).
     pub fn unlend(&mut self, addr: u64) {

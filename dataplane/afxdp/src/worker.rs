@@ -27,6 +27,13 @@ pub enum Action {
     },
     /// Free it.
     Drop,
+    /// Send, before it, a copy of it turned into a reset with this
+    /// sequence number (a client SYN an LB that tracks TCP state would
+    /// refuse: docs/design.md); then send it.
+    ResetFirst {
+        /// The reset's sequence number.
+        seq: u32,
+    },
 }
 
 impl From<Verdict> for Action {
@@ -79,6 +86,10 @@ pub struct WorkerStats {
     pub idle_turns: u64,
     /// Descriptors the rings handed back that the region refused.
     pub bad_descriptors: u64,
+    /// Resets sent before a SYN.
+    pub resets_sent: u64,
+    /// Resets not sent for want of a free frame (the SYN went alone).
+    pub resets_unsent: u64,
 }
 
 /// What a worker does when a turn found nothing to do.
@@ -102,6 +113,8 @@ pub struct Worker<D, S> {
     dropped: u64,
     turns: u64,
     idle_turns: u64,
+    resets_sent: u64,
+    resets_unsent: u64,
 }
 
 impl<D: Device, S: Stage> Worker<D, S> {
@@ -120,6 +133,8 @@ impl<D: Device, S: Stage> Worker<D, S> {
             dropped: 0,
             turns: 0,
             idle_turns: 0,
+            resets_sent: 0,
+            resets_unsent: 0,
         }
     }
 
@@ -155,6 +170,17 @@ impl<D: Device, S: Stage> Worker<D, S> {
                     Action::Drop => {
                         self.dropped += 1;
                         self.region.release(held);
+                    }
+                    Action::ResetFirst { seq } => {
+                        let (held, reset) = reset_copy(&mut self.region, held, seq);
+                        match reset {
+                            Some(reset) => {
+                                self.resets_sent += 1;
+                                self.forward.push(reset);
+                            }
+                            None => self.resets_unsent += 1,
+                        }
+                        self.forward.push(held);
                     }
                 }
             }
@@ -202,6 +228,8 @@ impl<D: Device, S: Stage> Worker<D, S> {
             turns: self.turns,
             idle_turns: self.idle_turns,
             bad_descriptors: self.region.errors().bad_descriptors,
+            resets_sent: self.resets_sent,
+            resets_unsent: self.resets_unsent,
         }
     }
 
@@ -209,6 +237,24 @@ impl<D: Device, S: Stage> Worker<D, S> {
     pub fn devices(&self) -> &[D] {
         &self.devices
     }
+}
+
+/// A free frame holding `syn` turned into the reset that goes before it,
+/// or `None` if no frame is free. Gives `syn` back either way.
+fn reset_copy(region: &mut Region, syn: Held, seq: u32) -> (Held, Option<Held>) {
+    let Some(copy) = region.take(syn.len()) else {
+        return (syn, None);
+    };
+    let pair = [syn, copy];
+    {
+        let mut bytes: [&mut [u8]; 2] = [&mut [], &mut []];
+        region.frames_mut(&pair, &mut bytes);
+        let [from, into] = bytes;
+        into.copy_from_slice(from);
+        heels_dataplane::translate::turn_into_reset(into, seq);
+    }
+    let [syn, copy] = pair;
+    (syn, Some(copy))
 }
 
 /// Pins the calling thread to `core`; false if the core does not exist or

@@ -10,7 +10,7 @@ use heels_afxdp::stage::{Clock, HostEgress, UplinkIngress};
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{Path, Stage, Worker};
 use heels_dataplane::checksum::Mode;
-use heels_dataplane::conntrack::ConnTable;
+use heels_dataplane::conntrack::{ConnTable, SynEnds};
 use heels_dataplane::fuzzing;
 use heels_dataplane::translate::{self, Verdict};
 use heels_dataplane::vectors::{vector, ALL};
@@ -47,6 +47,15 @@ fn core_egress(frame: &[u8], table: &ConnTable) -> (Vec<u8>, Verdict) {
     (frame, verdict)
 }
 
+fn egress_stage() -> HostEgress {
+    HostEgress::new(
+        Arc::new(fuzzing::config()),
+        Arc::new(fuzzing::table_with_connection()),
+        Arc::new(SynEnds::new(64)),
+        Clock::Fixed(NOW),
+    )
+}
+
 /// Every vector, plus a truncated and a corrupted copy of each, through
 /// both stages: the worker's output is the core's.
 #[test]
@@ -80,10 +89,33 @@ fn every_vector_through_the_workers_is_what_the_core_does() {
     // Egress: the whole list in one batch, one table, as a ring delivers it.
     let core_table = fuzzing::table_with_connection();
     let expected: Vec<Vec<u8>> = frames.iter().map(|f| core_egress(f, &core_table).0).collect();
-    let stage = HostEgress::new(Arc::new(fuzzing::table_with_connection()), Clock::Fixed(NOW));
+    let stage = egress_stage();
     let (sent, dropped) = through_worker(frames.clone(), stage);
     assert_eq!(dropped, 0);
     assert_eq!(sent, expected);
     // The test would be empty if nothing were rewritten.
     assert!(sent.iter().zip(&frames).any(|(out, input)| out != input));
+}
+
+/// A client SYN whose sequence is earlier than the last on its 4-tuple
+/// goes after its reset, as the TC program sends it: the worker sends the
+/// first SYN, then the reset (a copy turned into a RST with the first
+/// SYN's end), then the second SYN.
+#[test]
+fn an_earlier_syn_goes_after_its_reset() {
+    let syn = |seq: u32| {
+        let mut frame = vector("egress-data-before");
+        frame[47] = 0x02;
+        let mut tcp = heels_dataplane::wire::TcpPacket::new_unchecked(&mut frame[34..]);
+        tcp.set_seq_number(seq);
+        tcp.fill_checksum(fuzzing::CLIENT.addr, fuzzing::VIP.addr);
+        frame
+    };
+    let first = 3_000_000_000u32;
+    let fresh = first.wrapping_sub(1 << 30);
+    let (sent, dropped) = through_worker(vec![syn(first), syn(fresh)], egress_stage());
+    let mut reset = syn(fresh);
+    assert!(translate::turn_into_reset(&mut reset, first.wrapping_add(1)));
+    assert_eq!(dropped, 0);
+    assert_eq!(sent, vec![syn(first), reset, syn(fresh)]);
 }
