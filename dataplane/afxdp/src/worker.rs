@@ -129,7 +129,8 @@ impl<D: Device, S: Stage> Worker<D, S> {
             region,
             paths,
             received: Vec::with_capacity(BATCH),
-            forward: Vec::with_capacity(BATCH),
+            // A batch of SYNs could each take a reset before it.
+            forward: Vec::with_capacity(2 * BATCH),
             dropped: 0,
             turns: 0,
             idle_turns: 0,
@@ -161,8 +162,8 @@ impl<D: Device, S: Stage> Worker<D, S> {
                 self.region.frames_mut(&self.received, &mut frames[..n]);
                 path.stage.process(&mut frames[..n], &mut actions[..n]);
             }
-            for (mut held, action) in self.received.drain(..).zip(actions) {
-                match action {
+            for (mut held, action) in self.received.drain(..).zip(actions.iter()) {
+                match *action {
                     Action::Forward { start } => {
                         held.advance(start);
                         self.forward.push(held);
