@@ -133,8 +133,8 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
 
     // The generator: every frame once, g0 -> d0.
     let generator = {
-        let (path, frames) = (bed.generator().path(), frames.clone());
-        std::thread::spawn(move || -> anyhow::Result<u64> {
+        let (path, frames, stop) = (bed.generator().path(), frames.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<heels_afxdp::worker::WorkerStats> {
             set_thread_netns(&path)?;
             let mut region = Region::registered(1024, 512)?;
             let port = XskPort::open(&mut region, "g0", 0, PortConfig { ring_size: 512, zero_copy: false })?;
@@ -142,24 +142,41 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
                 vec![Box::new(MemoryPort::once_capturing(frames)), Box::new(port)];
             let mut worker =
                 Worker::new(region, devices, vec![WorkerPath { from: 0, to: 1, stage: NullForward }]);
-            while worker.stats().devices[1].tx < u64::from(flows) && Instant::now() < deadline {
-                worker.turn();
+            // Keep turning (the ring is kicked while frames wait on it)
+            // until the sink has every frame or gives up.
+            while !stop.load(Ordering::Relaxed) {
+                if worker.turn() == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
             }
-            // Let the kernel complete the last sends.
-            let settle = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < settle {
-                worker.turn();
-            }
-            Ok(worker.stats().devices[1].tx)
+            Ok(worker.stats())
         })
     };
 
-    let sent = generator.join().expect("the generator thread").expect("the generator");
     let mut captured = sink.join().expect("the sink thread").expect("the sink");
     stop.store(true, Ordering::Relaxed);
+    let generated = generator.join().expect("the generator thread").expect("the generator");
     let forwarded = dut.join().expect("the worker thread").expect("the worker");
-    assert_eq!(sent, u64::from(flows));
-    assert_eq!(forwarded, u64::from(flows), "the worker sent every frame on");
+    // On failure, what each link counted says where frames stopped.
+    let links = || {
+        let mut seen = String::new();
+        for (ns, link) in
+            [(bed.generator(), "g0"), (bed.dut(), "d0"), (bed.dut(), "d1"), (bed.generator(), "g1")]
+        {
+            let stats =
+                ns.exec("ethtool", &["-S", link]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let nonzero: Vec<String> = stats
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.trim_end().ends_with(": 0"))
+                .map(|l| l.trim().to_string())
+                .collect();
+            seen.push_str(&format!("{link}: {} | ", nonzero.join(", ")));
+        }
+        format!("generator {generated:?}; links {seen}")
+    };
+    assert_eq!(generated.devices[1].tx, u64::from(flows), "{}", links());
+    assert_eq!(forwarded, u64::from(flows), "the worker sent every frame on: {}", links());
     captured.sort();
     expected.sort();
     assert_eq!(captured.len(), expected.len(), "every frame reached g1");
