@@ -108,6 +108,8 @@ pub struct Worker<D, S> {
     devices: Vec<D>,
     region: Region,
     paths: Vec<Path<S>>,
+    /// Frames each device's fill ring is topped up to.
+    fill_share: u32,
     received: Vec<Held>,
     forward: Vec<Held>,
     dropped: u64,
@@ -124,7 +126,11 @@ impl<D: Device, S: Stage> Worker<D, S> {
             paths.iter().all(|p| p.from < devices.len() && p.to < devices.len()),
             "a path names a device the worker does not have"
         );
+        // Half the region waits in the devices' fill rings, split evenly;
+        // the other half is in flight (held, or on a transmit ring).
+        let fill_share = (region.frames() / (2 * devices.len().max(1) as u32)).max(1);
         Worker {
+            fill_share,
             devices,
             region,
             paths,
@@ -142,11 +148,8 @@ impl<D: Device, S: Stage> Worker<D, S> {
     /// One turn; returns the frames received.
     pub fn turn(&mut self) -> usize {
         self.turns += 1;
-        // Half the region waits in the devices' fill rings, split evenly;
-        // the other half is in flight (held, or on a transmit ring).
-        let share = (self.region.frames() / (2 * self.devices.len() as u32)).max(1);
         for device in &mut self.devices {
-            device.refill(&mut self.region, share);
+            device.refill(&mut self.region, self.fill_share);
         }
         let mut received = 0;
         let mut actions = [Action::Drop; BATCH];

@@ -713,26 +713,35 @@ fn close_lb_state(ctx: &TcContext, segment: &Segment, flow: FlowV4) -> Result<()
         if (end.wrapping_sub(u32::from_be_bytes(last)) as i32) < 0 {
             let syn_word: [u8; 2] = read(ctx, flags_at)?;
             let rst_word = [syn_word[0], (syn_word[1] & !(TCP_SYN | 0xc0)) | TCP_RST];
-            let tcp_check = segment.tcp + 16;
-            let as_u64 = |b: [u8; 4]| u64::from(u32::from_ne_bytes(b));
-            let as_u64_2 = |b: [u8; 2]| u64::from(u16::from_ne_bytes(b));
-            ctx.store(seq_at, &last, 0).map_err(|_| ())?;
-            ctx.l4_csum_replace(tcp_check, as_u64(seq), as_u64(last), 4).map_err(|_| ())?;
-            ctx.store(flags_at, &rst_word, 0).map_err(|_| ())?;
-            ctx.l4_csum_replace(tcp_check, as_u64_2(syn_word), as_u64_2(rst_word), 2).map_err(|_| ())?;
+            set_seq_and_flags(ctx, segment, (seq, syn_word), (last, rst_word))?;
             // SAFETY: `skb` points to the program's live sk_buff.
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
             let sent = ctx.clone_redirect(ifindex, 0).is_ok();
-            ctx.store(seq_at, &seq, 0).map_err(|_| ())?;
-            ctx.l4_csum_replace(tcp_check, as_u64(last), as_u64(seq), 4).map_err(|_| ())?;
-            ctx.store(flags_at, &syn_word, 0).map_err(|_| ())?;
-            ctx.l4_csum_replace(tcp_check, as_u64_2(rst_word), as_u64_2(syn_word), 2).map_err(|_| ())?;
+            set_seq_and_flags(ctx, segment, (last, rst_word), (seq, syn_word))?;
             if sent {
                 count(TcCounter::LbResetsSent);
             }
         }
     }
     LB_SYN_ENDS.insert(flow, end.to_be_bytes(), 0).map_err(|_| ())
+}
+
+/// Rewrites the sequence number and the data-offset/flags word of
+/// `segment` from `old` to `new`, with the TCP checksum.
+#[inline(always)]
+fn set_seq_and_flags(
+    ctx: &TcContext,
+    segment: &Segment,
+    old: ([u8; 4], [u8; 2]),
+    new: ([u8; 4], [u8; 2]),
+) -> Result<(), ()> {
+    let tcp_check = segment.tcp + 16;
+    ctx.store(segment.tcp + 4, &new.0, 0).map_err(|_| ())?;
+    let (from, into) = (u64::from(u32::from_ne_bytes(old.0)), u64::from(u32::from_ne_bytes(new.0)));
+    ctx.l4_csum_replace(tcp_check, from, into, 4).map_err(|_| ())?;
+    ctx.store(segment.tcp + 12, &new.1, 0).map_err(|_| ())?;
+    let (from, into) = (u64::from(u16::from_ne_bytes(old.1)), u64::from(u16::from_ne_bytes(new.1)));
+    ctx.l4_csum_replace(tcp_check, from, into, 2).map_err(|_| ())
 }
 
 /// Counts a packet delivered as from `vip`, host-wide and for the VIP.

@@ -405,26 +405,29 @@ fn finish_or_diagnose(
         // What the LB's conntrack holds for the client ports still open:
         // the stall seen on full-NAT beds is the LB dropping a connection's
         // packets after its SYN and SYN-ACK.
-        let client_ports: Vec<String> = seen[0]
-            .split_whitespace()
-            .filter_map(|field| field.rsplit_once(':').map(|(_, port)| port.to_string()))
-            .filter(|port| port.parse::<u16>().is_ok_and(|p| p >= 1024))
-            .collect();
+        // The client's own endpoints only (`ss` also prints `mss:1448` and
+        // the like).
+        let client = format!("{}:", super::CLIENT);
+        let client_ports: Vec<&str> =
+            seen[0].split_whitespace().filter_map(|field| field.strip_prefix(client.as_str())).collect();
         let lb = bed.lab.host(super::Role::Lb);
-        let conntrack = lb
-            .netns
-            .exec("cat", &["/proc/net/nf_conntrack", "/proc/net/stat/nf_conntrack"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_else(|e| e.to_string());
-        let wanted: Vec<String> = conntrack
+        let read = |path: &str| {
+            lb.netns
+                .exec("cat", &[path])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let mut wanted: Vec<String> = read("/proc/net/nf_conntrack")
             .lines()
-            .filter(|line| {
-                client_ports.iter().any(|port| line.contains(&format!("sport={port} ")))
-                    || line.starts_with("entries")
-                    || line.starts_with("0000")
-            })
+            .filter(|line| client_ports.iter().any(|port| line.contains(&format!("sport={port} "))))
             .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
             .collect();
+        // Per CPU, its `invalid` column among them.
+        wanted.extend(
+            read("/proc/net/stat/nf_conntrack")
+                .lines()
+                .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" ")),
+        );
         notes.borrow_mut().push(format!(
             "{}: a run outlasted its {seconds} s by 5 s; open sockets then: {}; LB conntrack then: {}",
             bed.path.name(),
