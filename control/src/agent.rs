@@ -23,7 +23,8 @@ use anyhow::{bail, Context};
 use heels_xdp::{Connection, Datapath};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::config::{AgentConfig, DirectRoute};
+use crate::afxdp::Afxdp;
+use crate::config::{AgentConfig, DataplaneKind, DirectRoute};
 use crate::metrics::MetricsServer;
 
 /// Where the agent keeps a copy of each instance's configuration, for
@@ -160,6 +161,26 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `heels agent --cleanup`: removes what an agent of `instance` left. The
+/// afxdp dataplane's pair and routes normally die with the process (the
+/// kernel deletes its namespace); a `heels0` found anyway is deleted too.
+pub fn cleanup(instance: &str) -> anyhow::Result<()> {
+    if crate::afxdp::pair::remove_leftover() {
+        println!("removed {} and its routes", crate::afxdp::pair::HOST_LINK);
+    }
+    match down(instance) {
+        Ok(()) => println!("removed instance {instance}"),
+        Err(e)
+            if e.chain()
+                .any(|c| matches!(c.downcast_ref(), Some(heels_xdp::DatapathError::NoInstance(_)))) =>
+        {
+            println!("nothing of instance {instance} was left")
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 /// Drops the entries of connections whose socket is gone: the close
 /// callback can be missed (a socket that closed while the programs were
 /// being replaced, or that opened before them). A connection is dropped
@@ -215,6 +236,15 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let mut datapath = start(config)?;
     let links = datapath.links().join(", ");
     tracing::info!(instance = %config.instance, links = %links, pins = %datapath.dir().display(), "attached");
+    let mut afxdp = match config.dataplane {
+        DataplaneKind::Tc => None,
+        DataplaneKind::Afxdp => {
+            let afxdp = Afxdp::start(config, &datapath, config.rules()?)
+                .with_context(|| format!("starting the afxdp dataplane of instance {}", config.instance))?;
+            tracing::info!(instance = %config.instance, workers = afxdp.stats().workers, "afxdp workers running");
+            Some(afxdp)
+        }
+    };
     let swept = Arc::new(AtomicU64::new(0));
     if let Some(address) = config.metrics_socket() {
         let server = MetricsServer::start(address, &config.instance, config.vips(), Arc::clone(&swept))?;
@@ -227,8 +257,24 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let mut last_sweep = Instant::now();
     while stop.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(afxdp) = afxdp.as_mut() {
+            if let Err(e) = afxdp.tick(&mut datapath) {
+                tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "afxdp control turn failed");
+            }
+        }
         if last_sweep.elapsed() >= interval {
             last_sweep = Instant::now();
+            if let Some(afxdp) = afxdp.as_mut() {
+                match afxdp.sweep(&datapath) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!(instance = %config.instance, connections = n, "afxdp connections closed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "afxdp sweep failed")
+                    }
+                }
+            }
             match sweeper.sweep(&mut datapath) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -242,6 +288,10 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         }
     }
     let signal = stop.load(Ordering::SeqCst);
+    if let Some(afxdp) = afxdp.take() {
+        // The standby carries the connections from here.
+        afxdp.stop(&mut datapath)?;
+    }
     drop(datapath);
     if detach_on_exit {
         down(&config.instance)?;

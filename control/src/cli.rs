@@ -97,6 +97,14 @@ pub enum Command {
         /// (repeat for several): one file for a fleet.
         #[arg(long = "address", value_name = "IP")]
         addresses: Vec<std::net::Ipv4Addr>,
+        /// The dataplane, in place of the configuration's `dataplane`.
+        #[arg(long, value_enum, value_name = "KIND")]
+        dataplane: Option<crate::config::DataplaneKind>,
+        /// Remove what an agent of this configuration left (pins, programs,
+        /// policy routing, heels0 and its routes) and exit: after a crash,
+        /// or to take the host back to the LB path.
+        #[arg(long, conflicts_with = "detach_on_exit")]
+        cleanup: bool,
     },
     /// Detach an instance and remove its pins, policy rule and route.
     Down {

@@ -198,6 +198,48 @@ fn default_uniform_timestamps() -> bool {
     true
 }
 
+/// Which dataplane moves the packets (docs/design.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    /// eBPF at TC (the paper's way).
+    #[default]
+    Tc,
+    /// An XDP classifier and AF_XDP sockets served by pinned workers, with
+    /// the TC programs standing by (client role only, so far).
+    Afxdp,
+}
+
+impl DataplaneKind {
+    fn is_tc(&self) -> bool {
+        *self == DataplaneKind::Tc
+    }
+}
+
+/// The afxdp dataplane's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Afxdp {
+    /// The cores workers are pinned to, one worker each (at most one per
+    /// receive queue of the uplink); default: core 0.
+    #[serde(default = "default_cores")]
+    pub cores: Vec<usize>,
+    /// Spin while idle instead of waiting in poll(2): lowest latency, a
+    /// whole core per worker.
+    #[serde(default)]
+    pub busy_poll: bool,
+}
+
+impl Default for Afxdp {
+    fn default() -> Self {
+        Afxdp { cores: default_cores(), busy_poll: false }
+    }
+}
+
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +261,12 @@ pub struct AgentConfig {
     /// `[IPv6]:PORT`; none by default (`--metrics-addr` overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<String>,
+    /// `tc` (default) or `afxdp` (`--dataplane` overrides).
+    #[serde(default, skip_serializing_if = "DataplaneKind::is_tc")]
+    pub dataplane: DataplaneKind,
+    /// Settings of the afxdp dataplane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp: Option<Afxdp>,
     /// Server role.
     pub server: Option<Server>,
     /// Client role.
@@ -251,6 +299,12 @@ impl AgentConfig {
         }
         config.check()?;
         Ok(config)
+    }
+
+    /// Runs on `kind` instead (`--dataplane`), if the rest allows it.
+    pub fn set_dataplane(&mut self, kind: DataplaneKind) -> Result<(), ConfigError> {
+        self.dataplane = kind;
+        self.check()
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -291,6 +345,20 @@ impl AgentConfig {
         }
         if self.server.is_none() && self.client.is_none() {
             return Err(invalid("server", "configure [server], [client] or both"));
+        }
+        if self.dataplane == DataplaneKind::Afxdp {
+            if self.server.is_some() {
+                return Err(invalid(
+                    "dataplane",
+                    "afxdp serves the client role only so far: a host with [server] runs dataplane = \"tc\"",
+                ));
+            }
+            if self.interfaces.len() != 1 {
+                return Err(invalid("interfaces", "afxdp takes exactly one interface (the uplink)"));
+            }
+            if self.afxdp.as_ref().is_some_and(|a| a.cores.is_empty()) {
+                return Err(invalid("afxdp.cores", "name at least one core"));
+            }
         }
         if let Some(server) = &self.server {
             if server.services.is_empty() {

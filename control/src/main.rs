@@ -54,8 +54,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             detach_on_exit,
             metrics_addr,
             addresses,
+            dataplane,
+            cleanup,
         } => {
             let mut config = read_config(&path, &addresses)?;
+            if let Some(kind) = dataplane {
+                config.set_dataplane(kind).with_context(|| format!("--dataplane with {}", path.display()))?;
+            }
+            if cleanup {
+                return heels::agent::cleanup(&config.instance);
+            }
             if let Some(address) = metrics_addr {
                 config.metrics_address = Some(address.to_string());
             }

@@ -13,12 +13,11 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddrV4};
 
-use anyhow::{bail, Context};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use anyhow::Context;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
 /// The states of a connection that still has a socket (not TIME_WAIT,
 /// not a listener).
@@ -60,11 +59,6 @@ pub fn ipv4_endpoints(id: &SocketId) -> Option<(SocketAddrV4, SocketAddrV4)> {
 }
 
 fn dump(family: u8, each: &mut dyn FnMut(&SocketId)) -> anyhow::Result<()> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
     let request = SockDiagMessage::InetRequest(InetRequest {
         family,
@@ -73,33 +67,11 @@ fn dump(family: u8, each: &mut dyn FnMut(&SocketId)) -> anyhow::Result<()> {
         states: live_states(),
         socket_id,
     });
-    let mut packet = NetlinkMessage::new(header, request.into());
-    packet.finalize();
-    let mut request_bytes = vec![0; packet.buffer_len()];
-    packet.serialize(&mut request_bytes);
-    socket.send(&request_bytes, 0)?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket.recv(&mut &mut buffer[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..size])
-                .map_err(|e| anyhow::anyhow!("parsing a sock_diag answer: {e}"))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    each(&response.header.socket_id)
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(error) => bail!("sock_diag: {error:?}"),
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+    crate::netlink::dump(NETLINK_SOCK_DIAG, request, |message| {
+        if let SockDiagMessage::InetResponse(response) = message {
+            each(&response.header.socket_id)
         }
-    }
+    })
 }
 
 #[cfg(test)]

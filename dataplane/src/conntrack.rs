@@ -232,6 +232,20 @@ impl ConnTable {
     /// AF_XDP workers' batches.
     #[inline]
     pub fn lookup(&self, key: &FlowKey, now: u32) -> Option<Endpoint> {
+        let (slot, snapshot) = self.find(key)?;
+        if self.expired(slot, now) {
+            return None;
+        }
+        // One store a second at most keeps the line shared between cores.
+        if slot.last_used.load(Ordering::Relaxed) != now {
+            slot.last_used.store(now, Ordering::Relaxed);
+        }
+        Some(snapshot.target())
+    }
+
+    /// The slot holding `key`, expired or not.
+    #[inline]
+    fn find(&self, key: &FlowKey) -> Option<(&Slot, Snapshot)> {
         let home = self.home(key);
         for i in 0..MAX_PROBE {
             let slot = &self.slots[(home + i) & self.mask];
@@ -240,14 +254,7 @@ impl ConnTable {
                 return None;
             }
             if snapshot.matches(key) {
-                if self.expired(slot, now) {
-                    return None;
-                }
-                // One store a second at most keeps the line shared between cores.
-                if slot.last_used.load(Ordering::Relaxed) != now {
-                    slot.last_used.store(now, Ordering::Relaxed);
-                }
-                return Some(snapshot.target());
+                return Some((slot, snapshot));
             }
         }
         None
@@ -621,6 +628,13 @@ impl SynEnds {
     /// Room for `max_entries` 4-tuples.
     pub fn new(max_entries: usize) -> Self {
         SynEnds(ConnTable::new(max_entries, u32::MAX))
+    }
+
+    /// Whether a SYN was recorded on `key` (the afxdp client's stand-in
+    /// for "a socket of this host is connecting": see
+    /// [`crate::translate::Sockets::connecting`]).
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.0.find(key).is_some()
     }
 
     /// Records `end` for `key`. Returns the end recorded before when it is

@@ -697,6 +697,38 @@ pub fn client_syn_needs_reset(frame: &[u8], config: &Config, ends: &SynEnds, now
     ends.record(FlowKey { src: at.src, dst: at.dst }, end, now)
 }
 
+/// A connection a client learned from a SYN-ACK's SYN-ACK form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learned {
+    /// CIP:cport.
+    pub client: Endpoint,
+    /// VIP:vport.
+    pub vip: Endpoint,
+    /// DIP:dport.
+    pub backend: Endpoint,
+}
+
+impl Learned {
+    /// The connection's packets from the backend, as they are on the wire.
+    pub fn ingress_key(&self) -> FlowKey {
+        FlowKey { src: self.backend, dst: self.client }
+    }
+}
+
+/// The connection a SYN-ACK that [`ingress`] learned from makes (its
+/// verdict `Rewritten` on a SYN-ACK, or `Pass(LearnedViaLb)`), read from
+/// the frame as [`ingress`] left it; `None` for any frame without the
+/// SYN-ACK form. The afxdp workers keep the XDP steering map in step with
+/// it.
+pub fn learned(frame: &[u8]) -> Option<Learned> {
+    let at = locate(frame, false).ok()?;
+    if !at.flags.is_syn_ack() {
+        return None;
+    }
+    let form = option::find(at.tcp(frame).options()).ok()??.syn_ack();
+    Some(Learned { client: at.dst, vip: form.vip, backend: form.backend })
+}
+
 /// Turns a SYN (a copy of it) into the reset that goes before it, as the TC
 /// program does to the clone it sends: flags RST (SYN and ECN bits
 /// cleared), sequence number `seq`, the TCP checksum updated so that a

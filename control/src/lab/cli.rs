@@ -95,6 +95,12 @@ docs/benchmarks.md says what each workload measures.")]
         /// heels on every host.
         #[arg(long, value_enum, default_value = "tc")]
         dataplane: Dataplane,
+        /// heels on the client only (overrides --dataplane for the client).
+        #[arg(long, value_enum)]
+        client_dataplane: Option<Dataplane>,
+        /// heels on the servers only (overrides --dataplane for the servers).
+        #[arg(long, value_enum)]
+        server_dataplane: Option<Dataplane>,
         /// Servers behind the LB.
         #[arg(long, default_value_t = 2)]
         servers: usize,
@@ -218,7 +224,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             let status = super::exec(lab.as_deref(), &host, &command)?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        LabCommand::Up { lb, dataplane, servers, bare } => {
+        LabCommand::Up { lb, dataplane, client_dataplane, server_dataplane, servers, bare } => {
             let heels = std::env::current_exe().context("locating the heels binary")?;
             let mut signals = signal_hook::iterator::Signals::new([
                 signal_hook::consts::SIGINT,
@@ -228,7 +234,13 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             let progress = Progress::new(0, false);
             progress.message("building the lab: namespaces, the LB, servers, agents");
             let lab = super::Lab::build(
-                LabSpec { lb, servers, client: dataplane, server: dataplane, overrides },
+                LabSpec {
+                    lb,
+                    servers,
+                    client: client_dataplane.unwrap_or(dataplane),
+                    server: server_dataplane.unwrap_or(dataplane),
+                    overrides,
+                },
                 &heels,
             )?;
             drop(progress);

@@ -157,6 +157,7 @@ pub fn render(report: &DemoReport) -> String {
     let dataplane = |d: Dataplane| match d {
         Dataplane::None => "no heels",
         Dataplane::Tc => "heels tc",
+        Dataplane::Afxdp => "heels afxdp",
     };
     let mut out = String::new();
     let _ = writeln!(

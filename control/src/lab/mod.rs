@@ -99,6 +99,19 @@ pub enum Dataplane {
     None,
     /// heels with the TC programs.
     Tc,
+    /// heels with the AF_XDP workers (client role only, so far).
+    Afxdp,
+}
+
+impl Dataplane {
+    /// The agent's dataplane for this, if heels runs.
+    fn agent(self) -> Option<crate::config::DataplaneKind> {
+        match self {
+            Dataplane::None => None,
+            Dataplane::Tc => Some(crate::config::DataplaneKind::Tc),
+            Dataplane::Afxdp => Some(crate::config::DataplaneKind::Afxdp),
+        }
+    }
 }
 
 /// What to build.
@@ -404,6 +417,12 @@ impl Lab {
                 host.netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             }
         }
+        if self.spec.client == Dataplane::Afxdp {
+            // The afxdp client's classifier runs in XDP, where a pending
+            // (offloaded) checksum is lost: the router completes what it
+            // sends to the client, as a real wire would have it.
+            router.exec("ethtool", &["-K", "to-client", "tx", "off"])?;
+        }
         if self.spec.lb == LbKind::Ipip {
             // A frame that enters XDP loses a pending (offloaded) checksum.
             // The router finishes the checksum of what it sends toward the
@@ -451,6 +470,7 @@ impl Lab {
         config.metrics_address = Some(format!("127.0.0.1:{METRICS_PORT}"));
         if role == Role::Client {
             config.server = None;
+            config.dataplane = self.spec.client.agent().unwrap_or_default();
             let client = config.client.as_mut().context("the example has a [client]")?;
             client.vips = std::iter::once(SocketAddrV4::new(VIP, VPORT))
                 .chain(overrides.extra_client_vips.iter().copied())
@@ -472,10 +492,13 @@ impl Lab {
 
     fn start_agents(&mut self) -> anyhow::Result<()> {
         let mut wanted = Vec::new();
-        if self.spec.client == Dataplane::Tc {
+        if self.spec.server == Dataplane::Afxdp {
+            bail!("the afxdp dataplane serves the client role only so far: run the servers with tc");
+        }
+        if self.spec.client != Dataplane::None {
             wanted.push(Role::Client);
         }
-        if self.spec.server == Dataplane::Tc {
+        if self.spec.server != Dataplane::None {
             wanted.extend((1..=self.spec.servers).map(Role::Server));
         }
         for role in wanted {

@@ -24,6 +24,11 @@ pub trait Device {
     fn transmit(&mut self, region: &mut Region, frames: &mut Vec<Held>);
     /// What the device counted.
     fn stats(&self) -> DeviceStats;
+    /// The descriptor that turns readable when frames arrive (for an idle
+    /// worker's wait); `None` for a device without one.
+    fn fd(&self) -> Option<i32> {
+        None
+    }
 }
 
 impl<D: Device + ?Sized> Device for Box<D> {
@@ -41,6 +46,10 @@ impl<D: Device + ?Sized> Device for Box<D> {
 
     fn stats(&self) -> DeviceStats {
         (**self).stats()
+    }
+
+    fn fd(&self) -> Option<i32> {
+        (**self).fd()
     }
 }
 
@@ -248,6 +257,10 @@ impl Device for XskPort {
 
     fn stats(&self) -> DeviceStats {
         self.stats
+    }
+
+    fn fd(&self) -> Option<i32> {
+        Some(XskPort::fd(self))
     }
 }
 

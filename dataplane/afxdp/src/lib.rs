@@ -8,13 +8,17 @@
 //! - [`device`]: AF_XDP sockets ([`device::XskPort`]) and the in-memory
 //!   device ([`device::MemoryPort`]) behind one trait;
 //! - [`worker`]: the loop, the stage trait and the null forwarder;
-//! - [`stage`]: the heels stages over the core's batch entry points.
+//! - [`stage`]: the heels stages over the core's batch entry points;
+//! - [`host`]: the agent's host paths (heels0 to uplink and back), with
+//!   [`nexthop`], the uplink's next hops.
 //!
 //! Every `unsafe` is in one private module, `sys`, behind safe types.
 
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod host;
+pub mod nexthop;
 pub mod stage;
 pub mod synthetic;
 mod sys;

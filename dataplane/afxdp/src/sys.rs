@@ -3,7 +3,8 @@
 //!   frames in (an anonymous mapping);
 //! - registering it as a UMEM (xdpilone's constructor trusts the area it
 //!   is given);
-//! - handing out the bytes of held frames as `&mut [u8]`.
+//! - handing out the bytes of held frames as `&mut [u8]`;
+//! - `poll(2)`, the idle worker's wait.
 //!
 //! Soundness of the last rests on the frame pool (`crate::umem`): a frame
 //! is handed out only while the pool records it as held by the worker, and
@@ -97,6 +98,17 @@ impl Area {
             *slot = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) };
         }
         Some(())
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes (the
+/// worker's idle wait: a socket whose receive ring gets a frame wakes it).
+/// Errors (EINTR) count as a wakeup: the caller just turns again.
+pub(crate) fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()`
+    // pollfd structures for the duration of the call.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
     }
 }
 

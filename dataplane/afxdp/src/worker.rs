@@ -99,7 +99,19 @@ pub enum Idle {
     Spin,
     /// Sleep this long before the next turn.
     Sleep(Duration),
+    /// After [`POLL_AFTER_IDLE_TURNS`] turns in a row found nothing, wait
+    /// in `poll(2)` until a device's socket has frames, or this long (the
+    /// agent's default: a core shared with the host's own work).
+    Poll(Duration),
 }
+
+/// Empty turns before an [`Idle::Poll`] worker waits in `poll(2)`: enough
+/// for every transmit ring to have been kicked empty (at most 32 frames
+/// a kick in copy mode) before the worker stops turning.
+pub const POLL_AFTER_IDLE_TURNS: u32 = 128;
+
+/// Turns between two calls of [`Worker::run_reporting`]'s report.
+const TURNS_PER_REPORT: u64 = 4096;
 
 /// A worker: its region, its devices and its paths.
 #[derive(Debug)]
@@ -198,14 +210,46 @@ impl<D: Device, S: Stage> Worker<D, S> {
 
     /// Turns until `stop` is set (checked once a turn), idling as told.
     pub fn run(&mut self, stop: &AtomicBool, idle: Idle) {
+        self.run_reporting(stop, idle, |_| {});
+    }
+
+    /// As [`Worker::run`], and calls `report` with the worker every few
+    /// thousand turns and before each idle wait (to publish its counters:
+    /// nothing per packet).
+    pub fn run_reporting(&mut self, stop: &AtomicBool, idle: Idle, mut report: impl FnMut(&Self)) {
+        let mut fds: Vec<libc::pollfd> = self
+            .devices
+            .iter()
+            .filter_map(Device::fd)
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
+        let mut empty_turns = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            if self.turn() == 0 {
-                match idle {
-                    Idle::Spin => std::hint::spin_loop(),
-                    Idle::Sleep(pause) => std::thread::sleep(pause),
+            if self.turns % TURNS_PER_REPORT == 0 {
+                report(self);
+            }
+            if self.turn() > 0 {
+                empty_turns = 0;
+                continue;
+            }
+            match idle {
+                Idle::Spin => std::hint::spin_loop(),
+                Idle::Sleep(pause) => std::thread::sleep(pause),
+                Idle::Poll(timeout) => {
+                    empty_turns += 1;
+                    if empty_turns >= POLL_AFTER_IDLE_TURNS {
+                        empty_turns = 0;
+                        report(self);
+                        if fds.is_empty() {
+                            std::thread::sleep(timeout);
+                        } else {
+                            crate::sys::poll_readable(&mut fds, timeout.as_millis() as i32);
+                        }
+                    }
                 }
             }
         }
+        report(self);
     }
 
     /// Turns for `duration`; returns the frames received.
@@ -235,6 +279,11 @@ impl<D: Device, S: Stage> Worker<D, S> {
             resets_sent: self.resets_sent,
             resets_unsent: self.resets_unsent,
         }
+    }
+
+    /// The worker's paths (to read their stages' counters).
+    pub fn paths(&self) -> &[Path<S>] {
+        &self.paths
     }
 
     /// The worker's devices (to read their descriptors, for instance).

@@ -4,10 +4,12 @@
 use std::collections::HashMap as StdHashMap;
 use std::net::SocketAddrV4;
 
-use aya::maps::{HashMap, MapError, PerCpuArray};
-use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use heels_common::{EndpointV4, FlowV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, XDP_PROGRAM};
+use heels_common::{
+    EndpointV4, FlowV4, XdpCounter, MAP_SERVICES, MAP_STEERING, MAP_XDP_STATS, MAP_XSKS, XDP_PROGRAM,
+};
 
 /// Why the classifier could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,41 @@ impl Classifier {
         let map = crate::find_map_mut(&mut self.ebpf, MAP_STEERING).map_err(map_error(MAP_STEERING))?;
         let mut steering: HashMap<_, FlowV4, u8> = HashMap::try_from(map).map_err(map_error(MAP_STEERING))?;
         steering.insert(flow, 1, 0).map_err(map_error(MAP_STEERING))
+    }
+
+    /// A handle of its own on the steering map (another descriptor of the
+    /// same map), for a worker thread to add flows and the control thread
+    /// to remove them.
+    pub fn steering(&self) -> Result<HashMap<MapData, FlowV4, u8>, ClassifierError> {
+        let map = crate::find_map(&self.ebpf, MAP_STEERING).map_err(map_error(MAP_STEERING))?;
+        let fd = match map {
+            aya::maps::Map::HashMap(data) => std::os::fd::AsFd::as_fd(data.fd()).try_clone_to_owned(),
+            _ => return Err(map_error(MAP_STEERING)(MapError::InvalidName { name: MAP_STEERING.into() })),
+        };
+        let fd = fd.map_err(|io_error| {
+            map_error(MAP_STEERING)(MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }))
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_error(MAP_STEERING))?;
+        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error(MAP_STEERING))
+    }
+
+    /// Attaches the program to `interface` (driver mode) through a link
+    /// this value owns: when it is dropped, or the process dies, the
+    /// program goes and every frame reaches the stack (and the TC
+    /// programs) again.
+    pub fn attach(&mut self, interface: &str) -> Result<(), ClassifierError> {
+        let program: &mut Xdp =
+            self.ebpf.program_mut(XDP_PROGRAM).ok_or(ClassifierError::MissingProgram)?.try_into()?;
+        program.attach(interface, XdpMode::Driver)?;
+        Ok(())
+    }
+
+    /// Sends what receive queue `queue` classifies to the AF_XDP socket
+    /// `socket` (a descriptor that stays open while it is used).
+    pub fn insert_socket(&mut self, queue: u32, socket: std::os::fd::RawFd) -> Result<(), ClassifierError> {
+        let map = crate::find_map_mut(&mut self.ebpf, MAP_XSKS).map_err(map_error(MAP_XSKS))?;
+        let mut sockets = XskMap::try_from(map).map_err(map_error(MAP_XSKS))?;
+        sockets.set(queue, socket, 0).map_err(map_error(MAP_XSKS))
     }
 
     /// The counters, summed over CPUs.

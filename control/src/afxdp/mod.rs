@@ -1,0 +1,448 @@
+//! The agent's `afxdp` dataplane (client role): per-core pinned workers on
+//! AF_XDP sockets do the per-packet work, with the `tc` programs standing
+//! by (docs/design.md, "The `afxdp` dataplane").
+//!
+//! - The host's traffic to the VIPs is routed into `heels0`; its peer's
+//!   XDP program (`heels_to_workers`) hands every frame to the workers,
+//!   which rewrite VIP to DIP and send it out of the uplink by descriptor,
+//!   addressed to the next hop the kernel's routes and neighbours name.
+//! - On the uplink, the XDP classifier hands the workers what needs work
+//!   (SYN-ACKs with the SYN-ACK form, steered flows); they learn, rewrite
+//!   DIP to VIP and pass the frames into the host through the pair.
+//! - Every connection learned is also written into the `tc` dataplane's
+//!   pinned maps, whose programs stay attached: when the workers go (a
+//!   stop, a crash, SIGKILL), the pair and its routes and the XDP programs
+//!   go with the process, and the `tc` programs carry the host's
+//!   connections on from where the workers left them. The next start
+//!   takes them back.
+
+pub mod nexthops;
+pub mod pair;
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use aya::maps::{HashMap, MapData};
+use crossbeam_queue::ArrayQueue;
+use heels_afxdp::device::{PortConfig, XskPort};
+use heels_afxdp::host::{HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
+use heels_afxdp::nexthop::{Hop, NextHops, Unresolved};
+use heels_afxdp::stage::Clock;
+use heels_afxdp::umem::Region;
+use heels_afxdp::worker::{pin_to_core, Idle, Path, Worker, WorkerStats};
+use heels_common::{EndpointV4, FlowV4};
+use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
+use heels_dataplane::translate::{Config as Rules, Learned};
+use heels_xdp::{Classifier, Connection, Datapath, ToWorkers};
+
+use crate::config::AgentConfig;
+use pair::{HostPair, Link, Namespaces, PEER_LINK};
+
+/// Frames of each worker's UMEM (4 KiB each: 16 MiB a worker).
+const FRAMES: u32 = 4096;
+/// Entries of each ring.
+const RING_SIZE: u32 = 2048;
+/// Connections the workers' table holds (two entries each).
+const MAX_CONNECTIONS: usize = 262_144;
+/// An entry unused this long stops matching (the close of its socket
+/// normally removes it long before).
+const IDLE_TIMEOUT_SECONDS: u32 = 24 * 3600;
+/// Learned connections waiting for the control thread.
+const LEARNED_QUEUE: usize = 65_536;
+/// How long the start waits for the kernel to resolve the uplink's
+/// gateways before it routes the VIPs into the pair.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a worker last published.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerReport {
+    /// The loop's counters.
+    pub stats: WorkerStats,
+    /// Its host paths' counters.
+    pub host: HostCounters,
+}
+
+/// The workers' counters, summed, and the control side's.
+#[derive(Debug, Default, Clone)]
+pub struct AfxdpStats {
+    /// Workers running.
+    pub workers: usize,
+    /// Per worker.
+    pub reports: Vec<WorkerReport>,
+    /// Connections in the workers' table (two entries each).
+    pub table_entries: usize,
+    /// Learned connections the control thread could not queue (standby
+    /// maps not written for them).
+    pub learned_lost: u64,
+}
+
+fn flow(key: &FlowKey) -> FlowV4 {
+    FlowV4 { src_addr: key.src.addr, dst_addr: key.dst.addr, src_port: key.src.port, dst_port: key.dst.port }
+}
+
+fn connection(learned: &Learned) -> Connection {
+    Connection { client: learned.client.into(), vip: learned.vip.into(), backend: learned.backend.into() }
+}
+
+/// A worker's side of learning: the steering map (one update a
+/// connection, before its SYN-ACK goes on) and the queue to the control
+/// thread.
+struct WorkerSteer {
+    steering: HashMap<MapData, FlowV4, u8>,
+    learned: Arc<ArrayQueue<Learned>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Steer for WorkerSteer {
+    fn learned(&mut self, connection: &Learned) -> bool {
+        if self.steering.insert(flow(&connection.ingress_key()), 1, 0).is_err() {
+            return false;
+        }
+        if self.learned.push(*connection).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// The sockets a worker opened: the XSKMAP entries to make.
+struct WorkerSockets {
+    worker: u32,
+    peer: i32,
+    uplink: Vec<(u32, i32)>,
+}
+
+/// A worker's region and sockets: its queue of heels1 (device 0, opened in
+/// the private namespace), then its queues of the uplink.
+fn open_worker(
+    worker: u32,
+    namespaces: &Namespaces,
+    uplink: &str,
+    queues: &[u32],
+) -> anyhow::Result<(Region, Vec<XskPort>, WorkerSockets)> {
+    let ports = PortConfig { ring_size: RING_SIZE, zero_copy: false };
+    // The UMEM's own socket is the first bound (to heels1): made in the
+    // private namespace, where its bind looks the interface up.
+    let (mut region, peer) = namespaces
+        .in_private(|| -> anyhow::Result<(Region, XskPort)> {
+            let mut region = Region::registered(FRAMES, RING_SIZE)?;
+            let peer = XskPort::open(&mut region, PEER_LINK, worker, ports)?;
+            Ok((region, peer))
+        })?
+        .with_context(|| format!("opening an AF_XDP socket on {PEER_LINK} queue {worker}"))?;
+    let mut sockets = WorkerSockets { worker, peer: peer.fd(), uplink: Vec::new() };
+    let mut devices = vec![peer];
+    for &queue in queues {
+        let port = XskPort::open(&mut region, uplink, queue, ports)
+            .with_context(|| format!("opening an AF_XDP socket on {uplink} queue {queue}"))?;
+        sockets.uplink.push((queue, port.fd()));
+        devices.push(port);
+    }
+    Ok((region, devices, sockets))
+}
+
+/// The running afxdp dataplane.
+pub struct Afxdp {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    reports: Vec<Arc<Mutex<WorkerReport>>>,
+    table: Arc<ConnTable>,
+    clock: Clock,
+    hops: Arc<ArcSwap<NextHops>>,
+    unresolved: Arc<Unresolved>,
+    watch: nexthops::Watch,
+    learned: Arc<ArrayQueue<Learned>>,
+    lost: Arc<AtomicU64>,
+    /// Connections learned, by (client, VIP).
+    known: StdHashMap<(SocketAddrV4, SocketAddrV4), Connection>,
+    steering: HashMap<MapData, FlowV4, u8>,
+    // Taken in `stop`, in this order: the uplink's classifier, the pair,
+    // then the workers and the pair's XDP program.
+    classifier: Option<Classifier>,
+    to_workers: Option<ToWorkers>,
+    pair: HostPair,
+    uplink: Link,
+}
+
+impl std::fmt::Debug for Afxdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Afxdp").field("workers", &self.threads.len()).field("uplink", &self.uplink).finish()
+    }
+}
+
+/// The first IPv4 address of interface `name`.
+fn interface_address(name: &str) -> anyhow::Result<Ipv4Addr> {
+    let output = std::process::Command::new("ip").args(["-j", "-4", "addr", "show", "dev", name]).output()?;
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j addr")?;
+    links[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|info| info["local"].as_str()?.parse().ok())
+        .with_context(|| format!("{name} has no IPv4 address"))
+}
+
+impl Afxdp {
+    /// Starts the workers over `datapath` (the `tc` dataplane, attached:
+    /// the standby) with `rules`, and routes the configured VIPs into them.
+    pub fn start(config: &AgentConfig, datapath: &Datapath, rules: Rules) -> anyhow::Result<Afxdp> {
+        let settings = config.afxdp.clone().unwrap_or_default();
+        let uplink_name = config.interfaces[0].as_str();
+        let uplink = pair::link(uplink_name)?;
+        let source = interface_address(uplink_name)?;
+        let workers = settings.cores.len().min(uplink.rx_queues as usize).max(1);
+        let pair = HostPair::create(workers as u32, uplink.mtu).context("making heels0")?;
+        let maps_dir = datapath.dir().join("maps");
+        let mut classifier = Classifier::load(&maps_dir).context("loading the XDP classifier")?;
+        let mut to_workers = pair
+            .in_private(|| ToWorkers::attach(&maps_dir, PEER_LINK))?
+            .context("attaching the XDP program of heels1")?;
+
+        let table = Arc::new(ConnTable::new(2 * MAX_CONNECTIONS, IDLE_TIMEOUT_SECONDS));
+        let syn_ends = Arc::new(SynEnds::new(2 * MAX_CONNECTIONS));
+        let clock = Clock::Since(Instant::now());
+        let learned = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut steering = classifier.steering()?;
+
+        // Take over what the standby carries (a previous agent's
+        // connections) before any frame of theirs can reach a worker.
+        let mut known = StdHashMap::new();
+        for c in datapath.connections().context("reading the standby's connections")? {
+            let (client, vip, backend) =
+                (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());
+            let ingress = FlowKey { src: backend, dst: client };
+            table.insert(FlowKey { src: client, dst: vip }, backend, 0).context("the table is full")?;
+            table.insert(ingress, vip, 0).context("the table is full")?;
+            steering.insert(flow(&ingress), 1, 0).context("steering a connection taken over")?;
+            known.insert((c.client, c.vip), c);
+        }
+
+        let hops = Arc::new(ArcSwap::from_pointee(nexthops::read(uplink.index)?));
+        let watch = nexthops::Watch::new()?;
+        let unresolved = Arc::new(Unresolved::default());
+        let mut afxdp = Afxdp {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            reports: Vec::new(),
+            table,
+            clock,
+            hops,
+            unresolved,
+            watch,
+            learned,
+            lost,
+            known,
+            steering,
+            classifier: None,
+            to_workers: None,
+            pair,
+            uplink,
+        };
+        let rules = Arc::new(rules);
+        // A worker's UMEM cannot leave its thread: each worker opens its
+        // sockets there and sends their descriptors back for the XSKMAPs.
+        let (sockets_tx, sockets_rx) = std::sync::mpsc::channel::<anyhow::Result<WorkerSockets>>();
+        for (w, &core) in settings.cores.iter().take(workers).enumerate() {
+            let namespaces = afxdp.pair.namespaces.try_clone()?;
+            let uplink_queues: Vec<u32> = (w as u32..uplink.rx_queues).step_by(workers).collect();
+            let to_uplink = ToUplink::new(
+                Arc::clone(&rules),
+                Arc::clone(&afxdp.table),
+                Arc::clone(&syn_ends),
+                clock,
+                uplink.mac,
+                Arc::clone(&afxdp.hops),
+                Arc::clone(&afxdp.unresolved),
+            );
+            let mut to_host = Vec::new();
+            for _ in &uplink_queues {
+                let steer = WorkerSteer {
+                    steering: classifier.steering()?,
+                    learned: Arc::clone(&afxdp.learned),
+                    lost: Arc::clone(&afxdp.lost),
+                };
+                to_host.push(ToHost::new(
+                    Arc::clone(&rules),
+                    Arc::clone(&afxdp.table),
+                    SentSyns(Arc::clone(&syn_ends)),
+                    clock,
+                    afxdp.pair.host_end.mac,
+                    afxdp.pair.peer_end.mac,
+                    steer,
+                ));
+            }
+            let report = Arc::new(Mutex::new(WorkerReport::default()));
+            afxdp.reports.push(Arc::clone(&report));
+            let stop = Arc::clone(&afxdp.stop);
+            let idle = if settings.busy_poll { Idle::Spin } else { Idle::Poll(Duration::from_millis(100)) };
+            let sockets_tx = sockets_tx.clone();
+            let uplink_name = uplink_name.to_owned();
+            let thread = std::thread::Builder::new()
+                .name(format!("heels-worker-{w}"))
+                .spawn(move || {
+                    if !pin_to_core(core) {
+                        tracing::warn!(core, "could not pin the worker to its core");
+                    }
+                    let opened = open_worker(w as u32, &namespaces, &uplink_name, &uplink_queues);
+                    let (region, devices) = match opened {
+                        Ok((region, devices, sockets)) => {
+                            let _ = sockets_tx.send(Ok(sockets));
+                            (region, devices)
+                        }
+                        Err(e) => {
+                            let _ = sockets_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let mut paths = vec![Path { from: 0, to: 1, stage: HostStage::ToUplink(to_uplink) }];
+                    for (i, stage) in to_host.into_iter().enumerate() {
+                        paths.push(Path { from: i + 1, to: 0, stage: HostStage::ToHost(stage) });
+                    }
+                    let mut worker = Worker::new(region, devices, paths);
+                    worker.run_reporting(&stop, idle, |worker| {
+                        let host = worker.paths().iter().fold(HostCounters::default(), |mut sum, path| {
+                            sum += path.stage.counters();
+                            sum
+                        });
+                        if let Ok(mut report) = report.lock() {
+                            *report = WorkerReport { stats: worker.stats(), host };
+                        }
+                    });
+                })
+                .context("starting a worker")?;
+            afxdp.threads.push(thread);
+        }
+        drop(sockets_tx);
+        for _ in 0..afxdp.threads.len() {
+            let sockets = sockets_rx.recv().context("a worker stopped while opening its sockets")??;
+            to_workers.insert(sockets.worker, sockets.peer)?;
+            for (queue, fd) in sockets.uplink {
+                classifier.insert_socket(queue, fd)?;
+            }
+        }
+        classifier
+            .attach(uplink_name)
+            .with_context(|| format!("attaching the XDP classifier to {uplink_name}"))?;
+        afxdp.classifier = Some(classifier);
+        afxdp.to_workers = Some(to_workers);
+        afxdp.resolve_gateways()?;
+        let mut routed = HashSet::new();
+        for vip in &config.client.as_ref().context("afxdp needs [client]")?.vips {
+            if routed.insert(*vip.ip()) {
+                afxdp.pair.route(*vip.ip(), source)?;
+            }
+        }
+        Ok(afxdp)
+    }
+
+    /// Makes the kernel resolve the next hop of every route of the uplink
+    /// and waits (a while) until it has: the first SYN to a VIP then finds
+    /// its next hop known.
+    fn resolve_gateways(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + RESOLVE_WAIT;
+        loop {
+            let hops = self.hops.load_full();
+            let missing: Vec<[u8; 4]> = hops
+                .routes()
+                .iter()
+                .filter_map(|route| route.gateway)
+                .filter(|gateway| !matches!(hops.hop(*gateway), Hop::Mac(_)))
+                .collect();
+            if missing.is_empty() || Instant::now() >= deadline {
+                return Ok(());
+            }
+            for gateway in missing {
+                nexthops::probe(gateway.into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            self.hops.store(Arc::new(nexthops::read(self.uplink.index)?));
+        }
+    }
+
+    /// The control thread's turn (every 100 ms or so): learned connections
+    /// into the standby maps, next hops read again after a change, and
+    /// unresolved ones probed.
+    pub fn tick(&mut self, datapath: &mut Datapath) -> anyhow::Result<()> {
+        while let Some(learned) = self.learned.pop() {
+            let connection = connection(&learned);
+            datapath.remember(&connection).context("writing a connection into the standby maps")?;
+            self.known.insert((connection.client, connection.vip), connection);
+        }
+        let unresolved = self.unresolved.take();
+        for next in &unresolved {
+            nexthops::probe((*next).into());
+        }
+        if self.watch.changed() {
+            self.hops.store(Arc::new(nexthops::read(self.uplink.index)?));
+        }
+        Ok(())
+    }
+
+    /// Drops from the workers' table and the steering map the connections
+    /// whose standby entries are gone (sockops removes them when the socket
+    /// closes; the sweep when the close was missed); expires idle entries.
+    /// Returns how many connections went.
+    pub fn sweep(&mut self, datapath: &Datapath) -> anyhow::Result<usize> {
+        let standby: HashSet<(SocketAddrV4, SocketAddrV4)> =
+            datapath.connections()?.iter().map(|c| (c.client, c.vip)).collect();
+        let closed: Vec<Connection> =
+            self.known.iter().filter(|(key, _)| !standby.contains(key)).map(|(_, c)| *c).collect();
+        for c in &closed {
+            let (client, vip, backend) =
+                (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());
+            let ingress = FlowKey { src: backend, dst: client };
+            self.table.remove(&FlowKey { src: client, dst: vip });
+            self.table.remove(&ingress);
+            // Absent is fine: a connection learned twice was removed once.
+            let _ = self.steering.remove(&flow(&ingress));
+            self.known.remove(&(c.client, c.vip));
+        }
+        self.table.expire(self.clock.now());
+        Ok(closed.len())
+    }
+
+    /// What the workers counted.
+    pub fn stats(&self) -> AfxdpStats {
+        AfxdpStats {
+            workers: self.threads.len(),
+            reports: self.reports.iter().filter_map(|r| r.lock().ok().map(|r| r.clone())).collect(),
+            table_entries: self.table.len(),
+            learned_lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Hands the host's traffic back to the standby and stops the workers:
+    /// the learned connections still queued go into the standby maps, the
+    /// uplink's classifier goes (the TC ingress program sees everything
+    /// again), then the pair and its routes (the host's traffic to the
+    /// VIPs leaves by the uplink, through the TC egress program), then the
+    /// workers.
+    pub fn stop(mut self, datapath: &mut Datapath) -> anyhow::Result<()> {
+        let drained = self.tick(datapath);
+        self.shut_down();
+        drained
+    }
+
+    fn shut_down(&mut self) {
+        self.classifier = None;
+        self.pair.remove();
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.to_workers = None;
+    }
+}
+
+impl Drop for Afxdp {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}

@@ -1,0 +1,265 @@
+//! The host's way into the workers: a veth pair, `heels0` in the host and
+//! its peer `heels1` in a network namespace only this process holds.
+//!
+//! The VIP routes point at `heels0`. When the process dies, by any signal,
+//! its sockets close, the kernel deletes the namespace and with it the
+//! pair and every route through `heels0`: the host's traffic to the VIPs
+//! takes its usual route again, and nothing is left behind (fail open).
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// The host's end of the pair.
+pub const HOST_LINK: &str = "heels0";
+/// The workers' end, in the private namespace.
+pub const PEER_LINK: &str = "heels1";
+
+/// One end of the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    /// Interface index (in its namespace).
+    pub index: u32,
+    /// Ethernet address.
+    pub mac: [u8; 6],
+}
+
+/// Handles on the private namespace and the host's, to move a thread
+/// between them.
+#[derive(Debug)]
+pub struct Namespaces {
+    private: OwnedFd,
+    host: OwnedFd,
+}
+
+impl Namespaces {
+    /// Other descriptors of the same namespaces (for another thread).
+    pub fn try_clone(&self) -> anyhow::Result<Namespaces> {
+        Ok(Namespaces { private: self.private.try_clone()?, host: self.host.try_clone()? })
+    }
+
+    /// Runs `f` on this thread inside the private namespace (to open or
+    /// attach on `heels1`), then comes back.
+    pub fn in_private<T>(&self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        set_netns(&self.private).context("entering the private namespace")?;
+        let out = f();
+        set_netns(&self.host).context("coming back from the private namespace")?;
+        Ok(out)
+    }
+}
+
+/// The pair and the private namespace.
+#[derive(Debug)]
+pub struct HostPair {
+    /// The private namespace and the host's.
+    pub namespaces: Namespaces,
+    /// heels0.
+    pub host_end: End,
+    /// heels1.
+    pub peer_end: End,
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+fn set_netns(fd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: setns acts on the calling thread only, with a namespace
+    // descriptor that stays open for the call.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new network namespace that no name and no process keeps: only the
+/// returned descriptor (and sockets made in it) hold it.
+fn private_netns() -> anyhow::Result<OwnedFd> {
+    std::thread::spawn(|| -> anyhow::Result<OwnedFd> {
+        // SAFETY: unshare of the network namespace acts on this thread
+        // only, which exits right after reading the namespace's handle.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+        }
+        let file = File::open("/proc/thread-self/ns/net").context("opening the new namespace")?;
+        Ok(OwnedFd::from(file))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+}
+
+fn end(name: &str) -> anyhow::Result<End> {
+    let link = link(name)?;
+    Ok(End { index: link.index, mac: link.mac })
+}
+
+/// What the kernel says of an interface of the calling thread's namespace
+/// (netlink through `ip`: sysfs shows the namespace it was mounted in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Ethernet address.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u32,
+    /// Receive queues.
+    pub rx_queues: u32,
+}
+
+/// Reads interface `name`.
+pub fn link(name: &str) -> anyhow::Result<Link> {
+    let output = Command::new("ip").args(["-d", "-j", "link", "show", "dev", name]).output()?;
+    if !output.status.success() {
+        bail!("no interface {name}: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j link")?;
+    let link = &links[0];
+    let number = |field: &str| link[field].as_u64().with_context(|| format!("{name}: no {field}"));
+    let address = link["address"].as_str().with_context(|| format!("{name} has no address"))?;
+    Ok(Link {
+        index: number("ifindex")? as u32,
+        mac: parse_mac(address)?,
+        mtu: number("mtu")? as u32,
+        rx_queues: rx_queues(name),
+    })
+}
+
+/// The receive queues in use on `name` (`ethtool -l`: current RX plus
+/// combined channels; the queues allocated can be more, and a socket
+/// cannot bind past the ones in use). 1 when the driver does not say.
+fn rx_queues(name: &str) -> u32 {
+    let Ok(output) = Command::new("ethtool").args(["-l", name]).output() else { return 1 };
+    current_rx_queues(&String::from_utf8_lossy(&output.stdout)).unwrap_or(1)
+}
+
+fn current_rx_queues(ethtool_l: &str) -> Option<u32> {
+    let (_, current) = ethtool_l.split_once("Current hardware settings:")?;
+    let count = |key: &str| {
+        current
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    Some(count("RX:") + count("Combined:")).filter(|&n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_in_use_come_from_the_current_settings() {
+        let veth = "Channel parameters for tq0:\nPre-set maximums:\nRX:\t\t2\nTX:\t\t2\nOther:\t\tn/a\n\
+                    Combined:\tn/a\nCurrent hardware settings:\nRX:\t\t1\nTX:\t\t1\nOther:\t\tn/a\nCombined:\tn/a\n";
+        assert_eq!(current_rx_queues(veth), Some(1));
+        let nic = "Pre-set maximums:\nRX:\t\tn/a\nCombined:\t63\nCurrent hardware settings:\nRX:\t\tn/a\nCombined:\t8\n";
+        assert_eq!(current_rx_queues(nic), Some(8));
+        assert_eq!(current_rx_queues("ethtool: Operation not supported"), None);
+        assert_eq!(parse_mac("02:00:0a:0a:00:0b").unwrap(), [2, 0, 10, 10, 0, 11]);
+        assert!(parse_mac("02:00:0a").is_err());
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .context(text.to_owned())?;
+    <[u8; 6]>::try_from(bytes).map_err(|_| anyhow::anyhow!("{text}: not an Ethernet address"))
+}
+
+impl HostPair {
+    /// Makes the namespace and the pair: `queues` queues each way, MTU
+    /// `mtu`, no ARP, no IPv6 and no offloads on `heels0` (frames reach the
+    /// workers whole, checksummed). A `heels0` a previous agent left is
+    /// deleted first.
+    pub fn create(queues: u32, mtu: u32) -> anyhow::Result<HostPair> {
+        let _ = run("ip", &["link", "del", HOST_LINK]);
+        let private = private_netns()?;
+        let host = OwnedFd::from(File::open("/proc/thread-self/ns/net").context("opening this namespace")?);
+        let pid = std::process::id().to_string();
+        let (queues, mtu) = (queues.to_string(), mtu.to_string());
+        let peer_end = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<End> {
+                    set_netns(&private).context("entering the private namespace")?;
+                    // Made from inside: heels0 goes to the process's own
+                    // namespace (its main thread's), heels1 stays here.
+                    let q = queues.as_str();
+                    run(
+                        "ip",
+                        &[
+                            "link",
+                            "add",
+                            PEER_LINK,
+                            "numtxqueues",
+                            q,
+                            "numrxqueues",
+                            q,
+                            "mtu",
+                            &mtu,
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            HOST_LINK,
+                            "netns",
+                            &pid,
+                            "numtxqueues",
+                            q,
+                            "numrxqueues",
+                            q,
+                        ],
+                    )?;
+                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{PEER_LINK}/disable_ipv6"), "1")
+                        .context("disabling IPv6 on heels1")?;
+                    run("ip", &["link", "set", PEER_LINK, "up"])?;
+                    end(PEER_LINK)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the pair thread panicked"))?
+        })?;
+        let namespaces = Namespaces { private, host };
+        let pair = HostPair { namespaces, host_end: End { index: 0, mac: [0; 6] }, peer_end };
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{HOST_LINK}/disable_ipv6"), "1")
+            .context("disabling IPv6 on heels0")?;
+        run("ip", &["link", "set", HOST_LINK, "mtu", &mtu, "arp", "off", "up"])?;
+        run("ethtool", &["-K", HOST_LINK, "tx", "off", "tso", "off", "gso", "off"])?;
+        let host_end = end(HOST_LINK)?;
+        Ok(HostPair { host_end, ..pair })
+    }
+
+    /// Runs `f` on this thread inside the private namespace.
+    pub fn in_private<T>(&self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        self.namespaces.in_private(f)
+    }
+
+    /// Routes `vip` into the pair, from `source`.
+    pub fn route(&self, vip: Ipv4Addr, source: Ipv4Addr) -> anyhow::Result<()> {
+        run("ip", &["route", "replace", &format!("{vip}/32"), "dev", HOST_LINK, "src", &source.to_string()])
+    }
+
+    /// Deletes the pair now (its routes go with it) rather than when the
+    /// namespace goes.
+    pub fn remove(&self) {
+        let _ = run("ip", &["link", "del", HOST_LINK]);
+    }
+}
+
+/// Deletes a `heels0` a dead agent left (`heels agent --cleanup`); the
+/// kernel normally does it when the agent's namespace goes. True if one
+/// was there.
+pub fn remove_leftover() -> bool {
+    run("ip", &["link", "del", HOST_LINK]).is_ok()
+}

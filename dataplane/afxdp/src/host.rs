@@ -1,0 +1,252 @@
+//! A host's two paths through its workers (the agent's `--dataplane
+//! afxdp`, client role):
+//! - [`ToUplink`]: what the host sends to a VIP (routed into `heels0`, out
+//!   of its peer into the worker) leaves by the uplink, rewritten VIP to
+//!   DIP for a bypassed connection, with the Ethernet addresses of the
+//!   uplink and its next hop;
+//! - [`ToHost`]: what the XDP classifier sends up from the uplink (SYN-ACKs
+//!   with the SYN-ACK form, steered flows) goes to the host through the
+//!   pair, rewritten DIP to VIP, addressed to `heels0`. A SYN-ACK it
+//!   learns from is handed to a [`Steer`] before the host sees it, so the
+//!   connection's next packets are steered before any can arrive.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
+use heels_dataplane::option::Endpoint;
+use heels_dataplane::translate::{self, Config, Learned, Reason, Sockets, Verdict};
+
+use crate::nexthop::{Hop, NextHops, Unresolved};
+use crate::stage::{Clock, HostEgress, UplinkIngress};
+use crate::worker::{Action, Stage};
+
+const ETH_DST: std::ops::Range<usize> = 0..6;
+const ETH_SRC: std::ops::Range<usize> = 6..12;
+const ETHERTYPE: std::ops::Range<usize> = 12..14;
+const IPV4_DST: std::ops::Range<usize> = 30..34;
+
+/// What the host paths counted (plain integers, the worker's own).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostCounters {
+    /// Frames from the host that were not IPv4 (dropped).
+    pub not_ipv4: u64,
+    /// Frames to a destination no uplink route covers (dropped).
+    pub no_route: u64,
+    /// Frames whose next hop had no neighbour entry (dropped, noted).
+    pub unresolved: u64,
+    /// Connections learned (steered before their SYN-ACK went on).
+    pub learned: u64,
+    /// Connections learned but not steerable (SYN-ACK dropped).
+    pub unsteered: u64,
+}
+
+impl std::ops::AddAssign for HostCounters {
+    fn add_assign(&mut self, other: HostCounters) {
+        self.not_ipv4 += other.not_ipv4;
+        self.no_route += other.no_route;
+        self.unresolved += other.unresolved;
+        self.learned += other.learned;
+        self.unsteered += other.unsteered;
+    }
+}
+
+/// Told of every connection a worker learns, before its SYN-ACK reaches
+/// the host: the agent adds the connection's flow to the XDP steering map
+/// (one map update a connection, never one a packet) and queues it for
+/// the kernel's standby maps.
+pub trait Steer {
+    /// `connection` was learned; false if its packets cannot be steered
+    /// (the map is full): then the connection is forgotten and its SYN-ACK
+    /// dropped, and the server's retransmission tries again (a SYN-ACK
+    /// let through would establish a connection whose packets from the
+    /// backend no one rewrites).
+    fn learned(&mut self, connection: &Learned) -> bool;
+}
+
+/// The client's record of the SYNs it sent to VIPs, as the [`Sockets`] the
+/// ingress path asks: "a socket of this host is connecting from CIP:cport
+/// to VIP:vport" is "this host sent a SYN on that 4-tuple". The stack
+/// itself drops a SYN-ACK that no `SYN_SENT` socket matches; this check
+/// only keeps a forged SYN-ACK from making entries for a tuple the host
+/// never used. The afxdp path serves no listener: a SYN for a service is
+/// refused (it takes the LB path).
+#[derive(Debug, Clone)]
+pub struct SentSyns(pub Arc<SynEnds>);
+
+impl Sockets for SentSyns {
+    fn answers(&self, _flow: &FlowKey, _vip: Endpoint) -> Result<(), Reason> {
+        Err(Reason::NoListener)
+    }
+
+    fn record(&self, _flow: &FlowKey, _vip: Endpoint) {}
+
+    fn forget(&self, _flow: &FlowKey) {}
+
+    fn connecting(&self, client: Endpoint, vip: Endpoint) -> bool {
+        self.0.contains(&FlowKey { src: client, dst: vip })
+    }
+}
+
+/// The host's frames on their way out of the uplink.
+#[derive(Debug)]
+pub struct ToUplink {
+    egress: HostEgress,
+    uplink_mac: [u8; 6],
+    hops: Arc<ArcSwap<NextHops>>,
+    unresolved: Arc<Unresolved>,
+    counters: HostCounters,
+}
+
+impl ToUplink {
+    /// Rewrites as the client's egress does (see [`HostEgress::new`]) and
+    /// sends from `uplink_mac` to the next hop `hops` names.
+    pub fn new(
+        config: Arc<Config>,
+        table: Arc<ConnTable>,
+        syn_ends: Arc<SynEnds>,
+        clock: Clock,
+        uplink_mac: [u8; 6],
+        hops: Arc<ArcSwap<NextHops>>,
+        unresolved: Arc<Unresolved>,
+    ) -> Self {
+        let egress = HostEgress::new(config, table, syn_ends, clock);
+        ToUplink { egress, uplink_mac, hops, unresolved, counters: HostCounters::default() }
+    }
+}
+
+impl Stage for ToUplink {
+    fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        self.egress.process(frames, actions);
+        let hops = self.hops.load();
+        for (frame, action) in frames.iter_mut().zip(actions.iter_mut()) {
+            if *action == Action::Drop {
+                continue;
+            }
+            // Only IPv4 goes on: heels0 has no IPv6 and no ARP, so anything
+            // else is stray and has no next hop here.
+            let dst = match frame.get(IPV4_DST) {
+                Some(dst) if frame[ETHERTYPE] == [0x08, 0x00] => dst,
+                _ => {
+                    self.counters.not_ipv4 += 1;
+                    *action = Action::Drop;
+                    continue;
+                }
+            };
+            match hops.hop([dst[0], dst[1], dst[2], dst[3]]) {
+                Hop::Mac(mac) => {
+                    frame[ETH_DST].copy_from_slice(&mac);
+                    frame[ETH_SRC].copy_from_slice(&self.uplink_mac);
+                }
+                Hop::Unresolved(next) => {
+                    self.unresolved.note(next);
+                    self.counters.unresolved += 1;
+                    *action = Action::Drop;
+                }
+                Hop::NoRoute => {
+                    self.counters.no_route += 1;
+                    *action = Action::Drop;
+                }
+            }
+        }
+    }
+}
+
+/// Frames from the uplink on their way into the host through the pair.
+pub struct ToHost<T> {
+    ingress: UplinkIngress<SentSyns>,
+    table: Arc<ConnTable>,
+    /// heels0's address (the destination), then its peer's (the source).
+    host_mac: [u8; 6],
+    peer_mac: [u8; 6],
+    steer: T,
+    counters: HostCounters,
+}
+
+impl<T> std::fmt::Debug for ToHost<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToHost").field("counters", &self.counters).finish_non_exhaustive()
+    }
+}
+
+impl<T: Steer> ToHost<T> {
+    /// Translates as the host's ingress does, learning only connections
+    /// whose SYN `sent` recorded, and hands each learned one to `steer`.
+    /// Frames go from `peer_mac` to `host_mac`.
+    pub fn new(
+        config: Arc<Config>,
+        table: Arc<ConnTable>,
+        sent: SentSyns,
+        clock: Clock,
+        host_mac: [u8; 6],
+        peer_mac: [u8; 6],
+        steer: T,
+    ) -> Self {
+        let ingress = UplinkIngress::new(config, Arc::clone(&table), sent, clock);
+        ToHost { ingress, table, host_mac, peer_mac, steer, counters: HostCounters::default() }
+    }
+}
+
+/// Whether the frame's TCP flags (at most one IPv4 header in) say SYN-ACK:
+/// a check a few loads long, so that only SYN-ACKs are parsed again.
+fn is_syn_ack(frame: &[u8]) -> bool {
+    let ihl = frame.get(14).map_or(0, |b| usize::from(b & 0x0f) * 4);
+    frame.get(14 + ihl + 13).is_some_and(|flags| flags & 0x12 == 0x12)
+}
+
+impl<T: Steer> Stage for ToHost<T> {
+    fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        self.ingress.process(frames, actions);
+        let outcomes = self.ingress.outcomes();
+        for ((frame, action), outcome) in frames.iter_mut().zip(actions.iter_mut()).zip(outcomes) {
+            let Action::Forward { start } = *action else { continue };
+            let Some(frame) = frame.get_mut(start..) else { continue };
+            let learning =
+                matches!(outcome.verdict, Verdict::Rewritten { .. } | Verdict::Pass(Reason::LearnedViaLb))
+                    && is_syn_ack(frame);
+            if let Some(connection) = learning.then(|| translate::learned(frame)).flatten() {
+                if self.steer.learned(&connection) {
+                    self.counters.learned += 1;
+                } else {
+                    self.counters.unsteered += 1;
+                    self.table.remove(&FlowKey { src: connection.client, dst: connection.vip });
+                    self.table.remove(&connection.ingress_key());
+                    *action = Action::Drop;
+                    continue;
+                }
+            }
+            if frame.len() >= ETH_SRC.end {
+                frame[ETH_DST].copy_from_slice(&self.host_mac);
+                frame[ETH_SRC].copy_from_slice(&self.peer_mac);
+            }
+        }
+    }
+}
+
+/// Either host path: one stage type for a worker that runs both.
+#[derive(Debug)]
+pub enum HostStage<T> {
+    /// heels0's peer to the uplink.
+    ToUplink(ToUplink),
+    /// The uplink to heels0's peer.
+    ToHost(ToHost<T>),
+}
+
+impl<T> HostStage<T> {
+    /// What the path counted.
+    pub fn counters(&self) -> HostCounters {
+        match self {
+            HostStage::ToUplink(stage) => stage.counters,
+            HostStage::ToHost(stage) => stage.counters,
+        }
+    }
+}
+
+impl<T: Steer> Stage for HostStage<T> {
+    fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        match self {
+            HostStage::ToUplink(stage) => stage.process(frames, actions),
+            HostStage::ToHost(stage) => stage.process(frames, actions),
+        }
+    }
+}
