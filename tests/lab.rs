@@ -944,3 +944,190 @@ fn a_syn_whose_sequence_an_lb_would_refuse_is_preceded_by_a_reset() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(counter(&client, TcCounter::LbResetsSent), 1);
 }
+
+// The afxdp dataplane on the client, the servers on tc (the afxdp path
+// serves the client role so far). The tc programs stand by on the client:
+// they must rewrite nothing while the workers run.
+
+/// The client's afxdp report once `done` holds (the agent writes one about
+/// every half second), or the last one after 10 s.
+fn wait_for_report(
+    lab: &Lab,
+    done: impl Fn(&heels::afxdp::AfxdpReport) -> bool,
+) -> heels::afxdp::AfxdpReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = heels::afxdp::read_report(&lab.client_instance().unwrap());
+        match report {
+            Some(report) if done(&report) || Instant::now() >= deadline => return report,
+            None if Instant::now() >= deadline => panic!("no afxdp report"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn afxdp_bypassed(kind: LbKind) {
+    let lab = lab(kind, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
+    let report = verify(&lab, lab.service(), CONNECTIONS);
+    assert_all_verified(&report, CONNECTIONS);
+    assert_eq!(report.real_address_seen, CONNECTIONS, "every server saw the client's own address");
+    assert_eq!(report.per_server.len(), 2, "the LB spread connections: {:?}", report.per_server);
+    assert_only_syns(&lab.lb_counters().unwrap(), CONNECTIONS);
+    let afxdp = wait_for_report(&lab, |r| r.learned >= CONNECTIONS as u64);
+    assert!(afxdp.learned >= CONNECTIONS as u64, "{afxdp:?}");
+    assert!(afxdp.rewritten_to_uplink > 0 && afxdp.rewritten_to_host > 0, "{afxdp:?}");
+    assert_eq!((afxdp.unsteered, afxdp.bad_descriptors, afxdp.learned_lost), (0, 0, 0), "{afxdp:?}");
+    assert_eq!((afxdp.tx_full_to_uplink, afxdp.tx_full_to_host), (0, 0), "{afxdp:?}");
+    let client = lab.client_instance().unwrap();
+    assert!(
+        counter(&client, TcCounter::SynOptionWritten) >= CONNECTIONS as u64,
+        "sockops wrote the SYN form"
+    );
+    for standing_by in [TcCounter::SynAckLearned, TcCounter::EgressRewritten, TcCounter::IngressRewritten] {
+        assert_eq!(counter(&client, standing_by), 0, "{standing_by:?}: the tc programs stood by");
+    }
+    assert!(sum_over(&lab.server_instances(), TcCounter::SynTranslated) >= CONNECTIONS as u64);
+    assert_forms_only_for_translations(&lab);
+    // Closed sockets took their entries with them: the standby's first
+    // (sockops), then the workers' table and steering.
+    let afxdp = wait_for_report(&lab, |r| r.table_entries == 0);
+    assert_eq!(afxdp.table_entries, 0, "{afxdp:?}");
+    assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
+}
+
+#[test]
+fn afxdp_client_fullnat_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Fullnat);
+}
+
+#[test]
+fn afxdp_client_dnat_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Dnat);
+}
+
+#[test]
+fn afxdp_client_ipip_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Ipip);
+}
+
+#[test]
+fn afxdp_client_falls_back_without_heels_on_the_servers() {
+    for kind in [LbKind::Fullnat, LbKind::Dnat, LbKind::Ipip] {
+        let lab = lab(kind, Dataplane::Afxdp, Dataplane::None, Overrides::default());
+        let report = verify(&lab, lab.service(), CONNECTIONS);
+        assert_all_verified(&report, CONNECTIONS);
+        let lb = lab.lb_counters().unwrap();
+        assert!(lb.to_servers_packets > 4 * lb.syns, "{kind:?}: the data crossed the LB: {lb:?}");
+        // Everything went through the workers, unchanged.
+        let afxdp = wait_for_report(&lab, |r| r.to_uplink > 4 * CONNECTIONS as u64);
+        assert!(afxdp.to_uplink > 4 * CONNECTIONS as u64, "{kind:?}: {afxdp:?}");
+        assert_eq!(
+            (afxdp.learned, afxdp.rewritten_to_uplink, afxdp.rewritten_to_host),
+            (0, 0, 0),
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_survives_an_afxdp_agent_restart() {
+    let mut lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
+    // Exchanges for a time that outlasts the restart (not a size, which a
+    // fast machine finishes first).
+    let child = lab
+        .spawn_load(&LoadSpec {
+            mode: Mode::Pingpong,
+            connections: 1,
+            concurrency: 1,
+            request: 1,
+            response: 1,
+            seconds: 8.0,
+            ..verify_spec(lab.service(), 1)
+        })
+        .unwrap();
+    let afxdp = wait_for_report(&lab, |r| r.rewritten_to_uplink >= 100);
+    assert!(afxdp.rewritten_to_uplink >= 100, "the connection runs through the workers: {afxdp:?}");
+    let first = afxdp.pid;
+    // SIGTERM: the workers hand the connection to the tc programs, and
+    // the next agent takes it back from them.
+    lab.restart_agents().unwrap();
+    let afxdp = wait_for_report(&lab, |r| r.pid != first && r.rewritten_to_uplink >= 100);
+    assert!(afxdp.pid != first, "a new agent reports: {afxdp:?}");
+    assert_eq!(afxdp.table_entries, 2, "the new workers took the connection over: {afxdp:?}");
+    assert!(afxdp.rewritten_to_uplink >= 100 && afxdp.rewritten_to_host >= 100, "{afxdp:?}");
+    assert!(heels::afxdp::pid_alive(child.id()), "the connection outlasted the restart");
+    let report = finish_load(child).unwrap();
+    assert_eq!(report.connections_ok, 1, "errors: {:?}", report.errors);
+    assert_eq!((report.resets, report.connections_failed), (0, 0));
+    assert_only_syns(&lab.lb_counters().unwrap(), 1);
+}
+
+#[test]
+fn killing_the_afxdp_agent_fails_open() {
+    let mut lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
+    let client = lab.client_instance().unwrap();
+    // An established, bypassed connection that runs through the kill.
+    let running = lab
+        .spawn_load(&LoadSpec {
+            mode: Mode::Pingpong,
+            connections: 1,
+            concurrency: 1,
+            request: 1,
+            response: 1,
+            seconds: 6.0,
+            ..verify_spec(lab.service(), 1)
+        })
+        .unwrap();
+    let afxdp = wait_for_report(&lab, |r| r.rewritten_to_uplink >= 50);
+    assert!(afxdp.rewritten_to_uplink >= 50, "the connection runs through the workers: {afxdp:?}");
+    let standby_before = counter(&client, TcCounter::EgressRewritten);
+
+    let killed = lab.kill_agent(Role::Client).unwrap();
+    // The kernel takes the pair, its routes and the XDP programs away
+    // with the process: within a second the VIP is routed as before.
+    let has = |args: &[&str], what: &str| {
+        let output = lab.client().netns.ip(args).unwrap();
+        String::from_utf8_lossy(&output.stdout).contains(what)
+    };
+    while has(&["route", "show", "10.10.100.1"], "heels0") && killed.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !has(&["route", "show", "10.10.100.1"], "heels0"),
+        "the VIP route into heels0 outlived the agent"
+    );
+    assert!(!has(&["link", "show"], "heels0"), "heels0 outlived the agent");
+    assert!(!has(&["link", "show", "dev", "eth0"], "xdp"), "the XDP classifier outlived the agent");
+    // New connections go through the LB.
+    let before = lab.lb_counters().unwrap();
+    let report = verify(&lab, lab.service(), 5);
+    assert_all_verified(&report, 5);
+    let after = lab.lb_counters().unwrap();
+    assert!(after.syns - before.syns >= 5, "{after:?}");
+    // The established connection kept working: the tc programs took it.
+    let report = finish_load(running).unwrap();
+    assert_eq!((report.connections_ok, report.resets), (1, 0), "{:?}", report.errors);
+    assert!(
+        counter(&client, TcCounter::EgressRewritten) > standby_before,
+        "the standby rewrote after the kill"
+    );
+
+    // `heels agent --cleanup` removes what the dead agent left (its pins:
+    // the standby), and the next start brings heels back.
+    let config = lab.work_dir().join("client.toml");
+    let mut cleanup = std::process::Command::new(heels());
+    cleanup.args(["agent", "--cleanup", "--config"]).arg(&config);
+    let output = heels::lab::output_within(
+        lab.spawn_on(Role::Client, cleanup.stdout(std::process::Stdio::piped())).unwrap(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!heels_xdp::tc::instance_dir(&client).exists(), "the pins are gone");
+    assert!(!has(&["link", "show"], "heels0"));
+    lab.start_agent_on(Role::Client).unwrap();
+    let report = verify(&lab, lab.service(), 10);
+    assert_all_verified(&report, 10);
+    let afxdp = wait_for_report(&lab, |r| r.learned >= 10);
+    assert!(afxdp.learned >= 10, "{afxdp:?}");
+}

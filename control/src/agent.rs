@@ -41,6 +41,7 @@ pub fn state_file(instance: &str) -> PathBuf {
 /// goes away with it.
 pub fn remove_saved_state(instance: &str) {
     let _ = std::fs::remove_file(state_file(instance));
+    let _ = std::fs::remove_file(crate::afxdp::report_file(instance));
     let _ = std::fs::remove_file(saved_timestamps_file(instance));
 }
 
@@ -255,10 +256,18 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let interval = Duration::from_secs(config.sweep_seconds);
     let mut sweeper = Sweeper::default();
     let mut last_sweep = Instant::now();
+    let mut ticks = 0u64;
     while stop.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(100));
         if let Some(afxdp) = afxdp.as_mut() {
-            if let Err(e) = afxdp.tick(&mut datapath) {
+            ticks += 1;
+            let turn = afxdp.tick(&mut datapath).and_then(|()| {
+                if ticks.is_multiple_of(5) {
+                    afxdp.write_report(&config.instance)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = turn {
                 tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "afxdp control turn failed");
             }
         }
@@ -291,6 +300,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     if let Some(afxdp) = afxdp.take() {
         // The standby carries the connections from here.
         afxdp.stop(&mut datapath)?;
+        let _ = std::fs::remove_file(crate::afxdp::report_file(&config.instance));
     }
     drop(datapath);
     if detach_on_exit {

@@ -27,7 +27,9 @@
 //! | `ingress_bytes` | bytes of the `ingress_rewritten` packets (client) |
 //!
 //! The same counters per CPU and per VIP:vport, in Prometheus form: the
-//! agent's metrics endpoint (`crate::metrics`).
+//! agent's metrics endpoint (`crate::metrics`). With `dataplane = "afxdp"`,
+//! the workers' own counters follow, each prefixed `afxdp.` (in JSON, an
+//! `afxdp` object): see `crate::afxdp::AfxdpReport`.
 //!
 //! Sample (`heels stats --instance client`):
 //!
@@ -46,12 +48,29 @@ use crate::agent::state_file;
 /// `heels stats`.
 pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
     let counters = Datapath::open(instance)?.counters()?;
+    // The afxdp workers' counters, when an afxdp agent runs (or died
+    // without stopping: then they are its last).
+    let afxdp = crate::afxdp::read_report(instance);
     Ok(if as_json {
-        let map: serde_json::Map<String, serde_json::Value> =
+        let mut map: serde_json::Map<String, serde_json::Value> =
             counters.iter().map(|(c, v)| (c.name().to_owned(), json!(v))).collect();
+        if let Some(report) = &afxdp {
+            let mut value = serde_json::to_value(report)?;
+            value["running"] = json!(crate::afxdp::pid_alive(report.pid));
+            map.insert("afxdp".to_owned(), value);
+        }
         serde_json::to_string_pretty(&map)?
     } else {
-        counters.iter().map(|(c, v)| format!("{:<24}{v:>12}\n", c.name())).collect()
+        let mut out: String = counters.iter().map(|(c, v)| format!("{:<24}{v:>12}\n", c.name())).collect();
+        if let Some(report) = &afxdp {
+            let state =
+                if crate::afxdp::pid_alive(report.pid) { "running" } else { "not running: last report" };
+            out.push_str(&format!("\nafxdp workers (agent pid {}, {state})\n", report.pid));
+            for (name, value) in report.counters() {
+                out.push_str(&format!("afxdp.{name:<18}{value:>12}\n"));
+            }
+        }
+        out
     })
 }
 

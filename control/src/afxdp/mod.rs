@@ -68,6 +68,105 @@ pub struct WorkerReport {
     pub host: HostCounters,
 }
 
+/// What `heels stats` shows of the afxdp dataplane: the workers' counters
+/// summed, as the agent last wrote them (`/run/heels/<instance>.afxdp.json`,
+/// about every half second; removed when the agent stops).
+///
+/// | counter | counts |
+/// | --- | --- |
+/// | `workers` | worker threads running |
+/// | `table_entries` | entries in the workers' table (two per connection) |
+/// | `received` | frames the workers received, from the uplink and from heels0 |
+/// | `to_uplink` | frames sent out of the uplink |
+/// | `to_host` | frames sent into the host through heels0 |
+/// | `rewritten_to_uplink` | of those, rewritten VIP to DIP |
+/// | `rewritten_to_host` | of those, rewritten DIP to VIP |
+/// | `learned` | connections learned from SYN-ACK forms (and steered) |
+/// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
+/// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
+/// | `dropped` | frames dropped by a verdict (malformed, no next hop...) |
+/// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
+/// | `no_route` | frames dropped for want of an uplink route |
+/// | `not_ipv4` | non-IPv4 frames from heels0, dropped |
+/// | `tx_full_to_uplink` | frames dropped on a full transmit ring of the uplink |
+/// | `tx_full_to_host` | frames dropped on a full transmit ring of heels1 |
+/// | `fill_starved` | times a fill ring was found empty |
+/// | `wakeups` | wakeup system calls (need_wakeup) |
+/// | `bad_descriptors` | descriptors a ring handed back that the worker never gave (ignored) |
+/// | `learned_lost` | learned connections the control thread could not queue for the standby |
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AfxdpReport {
+    /// The agent's process.
+    pub pid: u32,
+    // The counters: see the table above.
+    pub workers: u64,
+    pub table_entries: u64,
+    pub received: u64,
+    pub to_uplink: u64,
+    pub to_host: u64,
+    pub rewritten_to_uplink: u64,
+    pub rewritten_to_host: u64,
+    pub learned: u64,
+    pub unsteered: u64,
+    pub resets_sent: u64,
+    pub dropped: u64,
+    pub unresolved: u64,
+    pub no_route: u64,
+    pub not_ipv4: u64,
+    pub tx_full_to_uplink: u64,
+    pub tx_full_to_host: u64,
+    pub fill_starved: u64,
+    pub wakeups: u64,
+    pub bad_descriptors: u64,
+    pub learned_lost: u64,
+}
+
+impl AfxdpReport {
+    /// The counters by name, in the table's order.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("workers", self.workers),
+            ("table_entries", self.table_entries),
+            ("received", self.received),
+            ("to_uplink", self.to_uplink),
+            ("to_host", self.to_host),
+            ("rewritten_to_uplink", self.rewritten_to_uplink),
+            ("rewritten_to_host", self.rewritten_to_host),
+            ("learned", self.learned),
+            ("unsteered", self.unsteered),
+            ("resets_sent", self.resets_sent),
+            ("dropped", self.dropped),
+            ("unresolved", self.unresolved),
+            ("no_route", self.no_route),
+            ("not_ipv4", self.not_ipv4),
+            ("tx_full_to_uplink", self.tx_full_to_uplink),
+            ("tx_full_to_host", self.tx_full_to_host),
+            ("fill_starved", self.fill_starved),
+            ("wakeups", self.wakeups),
+            ("bad_descriptors", self.bad_descriptors),
+            ("learned_lost", self.learned_lost),
+        ]
+    }
+}
+
+/// Where the agent of `instance` writes its [`AfxdpReport`].
+pub fn report_file(instance: &str) -> std::path::PathBuf {
+    std::path::Path::new(crate::agent::STATE_DIR).join(format!("{instance}.afxdp.json"))
+}
+
+/// The last report of `instance`'s afxdp agent, if one runs or ran
+/// without stopping (a stale one names a dead pid: see [`pid_alive`]).
+pub fn read_report(instance: &str) -> Option<AfxdpReport> {
+    serde_json::from_str(&std::fs::read_to_string(report_file(instance)).ok()?).ok()
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
 /// The workers' counters, summed, and the control side's.
 #[derive(Debug, Default, Clone)]
 pub struct AfxdpStats {
@@ -416,6 +515,53 @@ impl Afxdp {
             table_entries: self.table.len(),
             learned_lost: self.lost.load(Ordering::Relaxed),
         }
+    }
+
+    /// The counters, summed over workers and devices (device 0 of each
+    /// worker is heels1, the others the uplink's queues).
+    pub fn report(&self) -> AfxdpReport {
+        let stats = self.stats();
+        let mut report = AfxdpReport {
+            pid: std::process::id(),
+            workers: stats.workers as u64,
+            table_entries: stats.table_entries as u64,
+            learned_lost: stats.learned_lost,
+            ..AfxdpReport::default()
+        };
+        for worker in &stats.reports {
+            for (i, device) in worker.stats.devices.iter().enumerate() {
+                report.received += device.rx;
+                if i == 0 {
+                    report.to_host += device.tx;
+                    report.tx_full_to_host += device.tx_full;
+                } else {
+                    report.to_uplink += device.tx;
+                    report.tx_full_to_uplink += device.tx_full;
+                }
+                report.fill_starved += device.fill_starved;
+                report.wakeups += device.wakeups;
+            }
+            report.dropped += worker.stats.dropped;
+            report.resets_sent += worker.stats.resets_sent;
+            report.bad_descriptors += worker.stats.bad_descriptors;
+            let host = &worker.host;
+            report.rewritten_to_uplink += host.rewritten_to_uplink;
+            report.rewritten_to_host += host.rewritten_to_host;
+            report.learned += host.learned;
+            report.unsteered += host.unsteered;
+            report.unresolved += host.unresolved;
+            report.no_route += host.no_route;
+            report.not_ipv4 += host.not_ipv4;
+        }
+        report
+    }
+
+    /// Writes [`Afxdp::report`] where `heels stats` reads it.
+    pub fn write_report(&self, instance: &str) -> anyhow::Result<()> {
+        let path = report_file(instance);
+        let temporary = path.with_extension("json.new");
+        std::fs::write(&temporary, serde_json::to_vec(&self.report())?)?;
+        std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Hands the host's traffic back to the standby and stops the workers:

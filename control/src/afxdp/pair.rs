@@ -152,23 +152,6 @@ fn current_rx_queues(ethtool_l: &str) -> Option<u32> {
     Some(count("RX:") + count("Combined:")).filter(|&n| n > 0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queues_in_use_come_from_the_current_settings() {
-        let veth = "Channel parameters for tq0:\nPre-set maximums:\nRX:\t\t2\nTX:\t\t2\nOther:\t\tn/a\n\
-                    Combined:\tn/a\nCurrent hardware settings:\nRX:\t\t1\nTX:\t\t1\nOther:\t\tn/a\nCombined:\tn/a\n";
-        assert_eq!(current_rx_queues(veth), Some(1));
-        let nic = "Pre-set maximums:\nRX:\t\tn/a\nCombined:\t63\nCurrent hardware settings:\nRX:\t\tn/a\nCombined:\t8\n";
-        assert_eq!(current_rx_queues(nic), Some(8));
-        assert_eq!(current_rx_queues("ethtool: Operation not supported"), None);
-        assert_eq!(parse_mac("02:00:0a:0a:00:0b").unwrap(), [2, 0, 10, 10, 0, 11]);
-        assert!(parse_mac("02:00:0a").is_err());
-    }
-}
-
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
     let bytes: Vec<u8> = text
@@ -262,4 +245,21 @@ impl HostPair {
 /// was there.
 pub fn remove_leftover() -> bool {
     run("ip", &["link", "del", HOST_LINK]).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_in_use_come_from_the_current_settings() {
+        let veth = "Channel parameters for tq0:\nPre-set maximums:\nRX:\t\t2\nTX:\t\t2\nOther:\t\tn/a\n\
+                    Combined:\tn/a\nCurrent hardware settings:\nRX:\t\t1\nTX:\t\t1\nOther:\t\tn/a\nCombined:\tn/a\n";
+        assert_eq!(current_rx_queues(veth), Some(1));
+        let nic = "Pre-set maximums:\nRX:\t\tn/a\nCombined:\t63\nCurrent hardware settings:\nRX:\t\tn/a\nCombined:\t8\n";
+        assert_eq!(current_rx_queues(nic), Some(8));
+        assert_eq!(current_rx_queues("ethtool: Operation not supported"), None);
+        assert_eq!(parse_mac("02:00:0a:0a:00:0b").unwrap(), [2, 0, 10, 10, 0, 11]);
+        assert!(parse_mac("02:00:0a").is_err());
+    }
 }

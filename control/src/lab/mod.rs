@@ -580,6 +580,26 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills the agent of host `role` with SIGKILL (no chance to clean
+    /// up) and reaps it; returns when it is gone.
+    pub fn kill_agent(&mut self, role: Role) -> anyhow::Result<Instant> {
+        let agent =
+            self.agents.iter().position(|a| a.host == role).with_context(|| format!("no agent on {role}"))?;
+        let mut child =
+            self.agents[agent].child.take().with_context(|| format!("the agent on {role} is not running"))?;
+        child.kill()?;
+        let killed = Instant::now();
+        child.wait()?;
+        Ok(killed)
+    }
+
+    /// Starts the agent of host `role` again (after [`Lab::kill_agent`]).
+    pub fn start_agent_on(&mut self, role: Role) -> anyhow::Result<()> {
+        let agent =
+            self.agents.iter().position(|a| a.host == role).with_context(|| format!("no agent on {role}"))?;
+        self.start_agent(agent)
+    }
+
     /// Instance names of the running agents.
     pub fn instances(&self) -> Vec<String> {
         self.agents.iter().map(|a| a.instance.clone()).collect()

@@ -83,6 +83,11 @@ impl std::ops::AddAssign for DeviceStats {
     }
 }
 
+/// Wakeups one transmit may make: a batch of 64 leaves in 2 in copy mode
+/// (the kernel sends at most 32 frames a wakeup); the rest of a ring that
+/// backed up waits for the next turns.
+const MAX_KICKS_PER_BATCH: u32 = 4;
+
 /// Ring sizes and bind flags of the sockets a worker opens.
 #[derive(Debug, Clone, Copy)]
 pub struct PortConfig {
@@ -232,26 +237,51 @@ impl Device for XskPort {
         if frames.is_empty() {
             return;
         }
-        let mut writer = self.tx.transmit(frames.len() as u32);
+        let mut pending = frames.drain(..).peekable();
         let mut sent = 0;
-        for held in frames.drain(..) {
-            let len = held.len() as u64;
-            let desc = region.send(held);
-            if writer.insert_once(desc) {
-                sent += 1;
-                self.stats.tx_bytes += len;
-            } else {
-                let held = region.unsend(desc);
-                region.release(held);
-                self.stats.tx_full += 1;
+        // A reservation counts free slots from the ring's cached view of
+        // the kernel's progress, refreshed only once that view shows the
+        // ring full: what the first one could not take, a second asks for
+        // with a fresh view. Only then is the ring really full.
+        for _ in 0..2 {
+            if pending.peek().is_none() {
+                break;
             }
+            let mut writer = self.tx.transmit(pending.len() as u32);
+            // `capacity` is what was reserved, not what is left of it.
+            for _ in 0..writer.capacity() {
+                let Some(held) = pending.next() else { break };
+                let len = held.len() as u64;
+                let desc = region.send(held);
+                if writer.insert_once(desc) {
+                    sent += 1;
+                    self.stats.tx_bytes += len;
+                } else {
+                    let held = region.unsend(desc);
+                    region.release(held);
+                    self.stats.tx_full += 1;
+                }
+            }
+            writer.commit();
         }
-        writer.commit();
-        drop(writer);
+        for held in pending {
+            region.release(held);
+            self.stats.tx_full += 1;
+        }
         self.stats.tx += sent;
-        if self.tx.needs_wakeup() {
+        // Copy mode sends at most 32 frames a wakeup: kick until the batch
+        // is out (or the kernel stops taking), so the ring cannot fill up
+        // under a steady stream of full batches.
+        let mut kicks = 0;
+        while self.tx.needs_wakeup() && kicks < MAX_KICKS_PER_BATCH {
+            let before = self.tx.pending();
             self.tx.wake();
             self.stats.wakeups += 1;
+            kicks += 1;
+            let after = self.tx.pending();
+            if after == 0 || after == before {
+                break;
+            }
         }
     }
 

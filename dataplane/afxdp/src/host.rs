@@ -39,6 +39,10 @@ pub struct HostCounters {
     pub learned: u64,
     /// Connections learned but not steerable (SYN-ACK dropped).
     pub unsteered: u64,
+    /// Packets rewritten VIP to DIP on their way out.
+    pub rewritten_to_uplink: u64,
+    /// Packets rewritten DIP to VIP on their way in.
+    pub rewritten_to_host: u64,
 }
 
 impl std::ops::AddAssign for HostCounters {
@@ -48,6 +52,8 @@ impl std::ops::AddAssign for HostCounters {
         self.unresolved += other.unresolved;
         self.learned += other.learned;
         self.unsteered += other.unsteered;
+        self.rewritten_to_uplink += other.rewritten_to_uplink;
+        self.rewritten_to_host += other.rewritten_to_host;
     }
 }
 
@@ -119,10 +125,13 @@ impl Stage for ToUplink {
     fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
         self.egress.process(frames, actions);
         let hops = self.hops.load();
-        for (frame, action) in frames.iter_mut().zip(actions.iter_mut()) {
+        for ((frame, action), verdict) in
+            frames.iter_mut().zip(actions.iter_mut()).zip(self.egress.verdicts())
+        {
             if *action == Action::Drop {
                 continue;
             }
+            let rewritten = matches!(verdict, Verdict::Rewritten { .. });
             // Only IPv4 goes on: heels0 has no IPv6 and no ARP, so anything
             // else is stray and has no next hop here.
             let dst = match frame.get(IPV4_DST) {
@@ -137,6 +146,7 @@ impl Stage for ToUplink {
                 Hop::Mac(mac) => {
                     frame[ETH_DST].copy_from_slice(&mac);
                     frame[ETH_SRC].copy_from_slice(&self.uplink_mac);
+                    self.counters.rewritten_to_uplink += u64::from(rewritten);
                 }
                 Hop::Unresolved(next) => {
                     self.unresolved.note(next);
@@ -201,6 +211,9 @@ impl<T: Steer> Stage for ToHost<T> {
         for ((frame, action), outcome) in frames.iter_mut().zip(actions.iter_mut()).zip(outcomes) {
             let Action::Forward { start } = *action else { continue };
             let Some(frame) = frame.get_mut(start..) else { continue };
+            if matches!(outcome.verdict, Verdict::Rewritten { .. }) {
+                self.counters.rewritten_to_host += 1;
+            }
             let learning =
                 matches!(outcome.verdict, Verdict::Rewritten { .. } | Verdict::Pass(Reason::LearnedViaLb))
                     && is_syn_ack(frame);
@@ -224,6 +237,8 @@ impl<T: Steer> Stage for ToHost<T> {
 }
 
 /// Either host path: one stage type for a worker that runs both.
+// One value per path, made once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum HostStage<T> {
     /// heels0's peer to the uplink.

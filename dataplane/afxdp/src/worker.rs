@@ -225,7 +225,7 @@ impl<D: Device, S: Stage> Worker<D, S> {
             .collect();
         let mut empty_turns = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            if self.turns % TURNS_PER_REPORT == 0 {
+            if self.turns.is_multiple_of(TURNS_PER_REPORT) {
                 report(self);
             }
             if self.turn() > 0 {
