@@ -828,7 +828,7 @@ fn the_quick_bench_writes_one_json_object_with_every_figure() {
             .and_then(|r| r["value"].as_f64())
             .unwrap_or_else(|| panic!("no {path} {workload}"))
     };
-    for path in ["direct", "vanilla", "heels-tc"] {
+    for path in ["direct", "vanilla", "heels-tc", "heels-afxdp"] {
         for workload in
             ["bulk-1", "bulk-4", "latency-p50", "latency-p99.9", "http-new-connections", "http-requests-open"]
         {
@@ -838,8 +838,12 @@ fn the_quick_bench_writes_one_json_object_with_every_figure() {
         assert_eq!(value(path, "connections-failed"), 0.0, "{path}: heels never fails a connection");
     }
     // heels keeps the LB to the SYN; the vanilla LB forwards every message.
-    let packets = value("heels-tc", "lb-packets-per-connection");
-    assert!(packets <= 1.5, "{packets}");
+    for path in ["heels-tc", "heels-afxdp"] {
+        let packets = value(path, "lb-packets-per-connection");
+        assert!(packets <= 1.5, "{path}: {packets}");
+        let bytes = value(path, "lb-bytes-per-message-1MiB");
+        assert!(bytes < 200.0, "{path}: {bytes}");
+    }
     let (heels_bytes, vanilla_bytes) =
         (value("heels-tc", "lb-bytes-per-message-1MiB"), value("vanilla", "lb-bytes-per-message-1MiB"));
     assert!(heels_bytes < 200.0, "{heels_bytes}");

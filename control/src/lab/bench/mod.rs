@@ -1,5 +1,6 @@
 //! `heels lab bench`: the benchmark matrix. For each LB kind, each path
-//! (direct to a server, the vanilla LB path, heels tc) runs each workload
+//! (direct to a server, the vanilla LB path, heels tc, heels afxdp on the
+//! client) runs each workload
 //! with the tools users already trust (iperf3, sockperf, wrk) and the
 //! project's own generator where it adds checking (every byte verified).
 //!
@@ -72,6 +73,9 @@ pub enum PathKind {
     Vanilla,
     /// To the VIP with heels tc on the client and the server.
     HeelsTc,
+    /// To the VIP with heels afxdp on the client, tc on the server (the
+    /// afxdp dataplane serves the client role so far).
+    HeelsAfxdp,
 }
 
 impl PathKind {
@@ -81,18 +85,18 @@ impl PathKind {
             PathKind::Direct => "direct",
             PathKind::Vanilla => "vanilla",
             PathKind::HeelsTc => "heels-tc",
+            PathKind::HeelsAfxdp => "heels-afxdp",
         }
     }
 }
 
 /// The paths measured, in order.
-pub const PATHS: [PathKind; 3] = [PathKind::Direct, PathKind::Vanilla, PathKind::HeelsTc];
+pub const PATHS: [PathKind; 4] =
+    [PathKind::Direct, PathKind::Vanilla, PathKind::HeelsTc, PathKind::HeelsAfxdp];
 
 /// Paths of the design this bench cannot measure yet, and why.
-pub const NOT_MEASURED: [(&str, &str); 2] = [
-    ("heels-afxdp", "the afxdp dataplane has not landed (its issue is open)"),
-    ("mixed (afxdp with tc)", "needs the afxdp dataplane"),
-];
+pub const NOT_MEASURED: [(&str, &str); 1] =
+    [("heels-afxdp on the servers", "the afxdp dataplane serves the client role only so far")];
 
 /// One path's bed: its lab and where its client connects.
 #[derive(Clone, Copy)]
@@ -124,7 +128,9 @@ pub fn run(spec: &BenchSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
         let direct = Lab::build(LabSpec { lb: LbKind::Fullnat, ..plain.clone() }, heels)?;
         let vanilla = Lab::build(plain.clone(), heels)?;
         let with_heels =
-            Lab::build(LabSpec { client: Dataplane::Tc, server: Dataplane::Tc, ..plain }, heels)?;
+            Lab::build(LabSpec { client: Dataplane::Tc, server: Dataplane::Tc, ..plain.clone() }, heels)?;
+        let with_afxdp =
+            Lab::build(LabSpec { client: Dataplane::Afxdp, server: Dataplane::Tc, ..plain }, heels)?;
         let beds = [
             Bed {
                 path: PathKind::Direct,
@@ -133,6 +139,7 @@ pub fn run(spec: &BenchSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
             },
             Bed { path: PathKind::Vanilla, lab: &vanilla, target: vanilla.service() },
             Bed { path: PathKind::HeelsTc, lab: &with_heels, target: with_heels.service() },
+            Bed { path: PathKind::HeelsAfxdp, lab: &with_afxdp, target: with_afxdp.service() },
         ];
         let mut matrix =
             Matrix { lb, spec, beds: &beds, progress, measured: &mut measured, notes: &mut notes };
@@ -145,7 +152,7 @@ pub fn run(spec: &BenchSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
 struct Matrix<'a> {
     lb: LbKind,
     spec: &'a BenchSpec,
-    beds: &'a [Bed<'a>; 3],
+    beds: &'a [Bed<'a>; PATHS.len()],
     progress: &'a Progress,
     measured: &'a mut Vec<Measured>,
     notes: &'a mut Vec<String>,

@@ -15,7 +15,7 @@ const PANELS: [(&str, &str); 3] = [
     ("new connections/s, client closes (higher is better)", "connections-client-closes"),
 ];
 
-const COLOURS: [&str; 3] = ["#888888", "#d9822b", "#2b7bd9"];
+const COLOURS: [&str; PATHS.len()] = ["#888888", "#d9822b", "#2b7bd9", "#3a9e4f"];
 const WIDTH: f64 = 760.0;
 const PANEL_HEIGHT: f64 = 220.0;
 const LEFT: f64 = 50.0;

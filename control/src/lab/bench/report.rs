@@ -437,6 +437,7 @@ fn goals(results: &[ResultRow], cost: &[CostRow]) -> Vec<Goal> {
             margin: format!("{ratio:.1} x ({:.2} against {:.2} Gbit/s)", heels.value, vanilla.value),
         });
     }
+    goals.extend(afxdp_beats_vanilla(results));
     let rows: Vec<&CostRow> = cost.iter().filter(|r| r.lb == lb).collect();
     if rows.len() == MESSAGE_SIZES.len() {
         let grows = rows.windows(2).all(|w| w[1].vanilla_dollars_per_hour > w[0].vanilla_dollars_per_hour);
@@ -454,6 +455,47 @@ fn goals(results: &[ResultRow], cost: &[CostRow]) -> Vec<Goal> {
                 if grows { "grows" } else { "does not grow" }
             ),
         });
+    }
+    goals
+}
+
+/// The afxdp issue's goal: heels-afxdp beats the vanilla LB path on every
+/// LB kind, in throughput, latency and new connections.
+fn afxdp_beats_vanilla(results: &[ResultRow]) -> Vec<Goal> {
+    let mut lbs: Vec<&str> = results.iter().map(|r| r.lb.as_str()).collect();
+    lbs.dedup();
+    let mut goals = Vec::new();
+    for lb in lbs {
+        for (workload, higher_is_better) in [
+            ("bulk-1", true),
+            ("bulk-4", true),
+            ("latency-p50", false),
+            ("latency-p99", false),
+            ("connections-client-closes", true),
+            ("connections-server-closes", true),
+        ] {
+            let (Some(afxdp), Some(vanilla)) =
+                (find(results, lb, "heels-afxdp", workload), find(results, lb, "vanilla", workload))
+            else {
+                continue;
+            };
+            let ratio = afxdp.value / vanilla.value.max(1e-9);
+            let (met, spread_crosses) = if higher_is_better {
+                (afxdp.value > vanilla.value, afxdp.spread.min < vanilla.spread.max)
+            } else {
+                (afxdp.value < vanilla.value, afxdp.spread.max > vanilla.spread.min)
+            };
+            goals.push(Goal {
+                goal: format!(
+                    "{lb} {workload}: heels-afxdp {} vanilla",
+                    if higher_is_better { "above" } else { "below" }
+                ),
+                value: ratio,
+                met,
+                spread_crosses,
+                margin: format!("{ratio:.3} x vanilla ({:.3} against {:.3})", afxdp.value, vanilla.value),
+            });
+        }
     }
     goals
 }

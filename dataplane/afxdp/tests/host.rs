@@ -1,0 +1,161 @@
+//! The agent's host paths through a worker in memory: a SYN-ACK form is
+//! learned only for a 4-tuple the host sent a SYN on, steered before the
+//! host gets it, and dropped when it cannot be steered; frames leave for
+//! the host with heels0's address and for the uplink with the next hop's,
+//! and a frame without a next hop is held back and its next hop noted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use heels_afxdp::device::MemoryPort;
+use heels_afxdp::host::{HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
+use heels_afxdp::nexthop::{NextHops, Route, Unresolved};
+use heels_afxdp::stage::Clock;
+use heels_afxdp::umem::Region;
+use heels_afxdp::worker::{Path, Worker};
+use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
+use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
+use heels_dataplane::translate::Learned;
+use heels_dataplane::vectors::vector;
+
+const NOW: u32 = 1;
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+const GATEWAY: [u8; 4] = [10, 10, 1, 1];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+/// Records what it is told, and says yes while `room` lasts.
+#[derive(Debug, Clone, Default)]
+struct Recorder {
+    learned: Arc<std::sync::Mutex<Vec<Learned>>>,
+    room: Arc<AtomicUsize>,
+}
+
+impl Steer for Recorder {
+    fn learned(&mut self, connection: &Learned) -> bool {
+        self.learned.lock().unwrap().push(*connection);
+        self.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1)).is_ok()
+    }
+}
+
+/// Runs `frames` once through a worker with `stage`: what it sent, and the
+/// stage's counters.
+fn run(frames: Vec<Vec<u8>>, stage: HostStage<Recorder>) -> (Vec<Vec<u8>>, HostCounters) {
+    let count = frames.len();
+    let region = Region::in_memory(64).unwrap();
+    let mut worker =
+        Worker::new(region, vec![MemoryPort::once_capturing(frames)], vec![Path { from: 0, to: 0, stage }]);
+    let mut received = 0;
+    while received < count {
+        let got = worker.turn();
+        assert!(got > 0, "the device ran dry");
+        received += got;
+    }
+    (worker.devices()[0].sent().to_vec(), worker.paths()[0].stage.counters())
+}
+
+fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
+
+fn to_host(table: &Arc<ConnTable>, syns: &Arc<SynEnds>, steer: Recorder) -> HostStage<Recorder> {
+    HostStage::ToHost(ToHost::new(
+        Arc::new(fuzzing::config()),
+        Arc::clone(table),
+        SentSyns(Arc::clone(syns)),
+        Clock::Fixed(NOW),
+        HOST_MAC,
+        PEER_MAC,
+        steer,
+    ))
+}
+
+#[test]
+fn a_syn_ack_form_is_learned_and_steered_for_a_syn_the_host_sent() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    syns.record(FlowKey { src: CLIENT, dst: VIP }, 1, NOW);
+    let steer = Recorder { room: Arc::new(AtomicUsize::new(1)), ..Recorder::default() };
+    let (sent, counters) = run(vec![vector("syn-ack-before")], to_host(&table, &syns, steer.clone()));
+    assert_eq!(sent, vec![with_macs(vector("syn-ack-after"), HOST_MAC, PEER_MAC)]);
+    assert_eq!(*steer.learned.lock().unwrap(), vec![Learned { client: CLIENT, vip: VIP, backend: BACKEND }]);
+    assert_eq!((counters.learned, counters.unsteered, counters.rewritten_to_host), (1, 0, 1));
+    assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, NOW), Some(BACKEND));
+    assert_eq!(table.lookup(&FlowKey { src: BACKEND, dst: CLIENT }, NOW), Some(VIP));
+}
+
+#[test]
+fn a_syn_ack_form_for_a_tuple_the_host_sent_no_syn_on_makes_nothing() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    let steer = Recorder { room: Arc::new(AtomicUsize::new(1)), ..Recorder::default() };
+    let (sent, counters) = run(vec![vector("syn-ack-before")], to_host(&table, &syns, steer.clone()));
+    // It goes to the host as it came (the stack answers it with a reset).
+    assert_eq!(sent, vec![with_macs(vector("syn-ack-before"), HOST_MAC, PEER_MAC)]);
+    assert!(steer.learned.lock().unwrap().is_empty());
+    assert_eq!(counters, HostCounters::default());
+    assert!(table.is_empty());
+}
+
+#[test]
+fn a_connection_that_cannot_be_steered_is_forgotten_and_its_syn_ack_dropped() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    syns.record(FlowKey { src: CLIENT, dst: VIP }, 1, NOW);
+    // No room in the steering map.
+    let steer = Recorder::default();
+    let (sent, counters) = run(vec![vector("syn-ack-before")], to_host(&table, &syns, steer.clone()));
+    assert_eq!(sent, Vec::<Vec<u8>>::new());
+    assert_eq!((counters.learned, counters.unsteered), (0, 1));
+    assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, NOW), None);
+    assert_eq!(table.lookup(&FlowKey { src: BACKEND, dst: CLIENT }, NOW), None);
+}
+
+fn to_uplink(hops: NextHops, unresolved: &Arc<Unresolved>) -> HostStage<Recorder> {
+    HostStage::ToUplink(ToUplink::new(
+        Arc::new(fuzzing::config()),
+        Arc::new(fuzzing::table_with_connection()),
+        Arc::new(SynEnds::new(16)),
+        Clock::Fixed(NOW),
+        UPLINK_MAC,
+        Arc::new(ArcSwap::from_pointee(hops)),
+        Arc::clone(unresolved),
+    ))
+}
+
+fn default_route() -> Vec<Route> {
+    vec![Route { prefix: "0.0.0.0/0".parse().unwrap(), gateway: Some(GATEWAY) }]
+}
+
+#[test]
+fn the_hosts_frames_leave_rewritten_to_the_next_hop() {
+    let unresolved = Arc::new(Unresolved::default());
+    let hops = NextHops::new(default_route(), vec![(GATEWAY, GATEWAY_MAC)]);
+    let mut arp = vector("egress-data-before");
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let frames = vec![vector("egress-data-before"), arp];
+    let (sent, counters) = run(frames, to_uplink(hops, &unresolved));
+    assert_eq!(sent, vec![with_macs(vector("egress-data-after"), GATEWAY_MAC, UPLINK_MAC)]);
+    assert_eq!((counters.rewritten_to_uplink, counters.not_ipv4), (1, 1));
+    assert!(unresolved.take().is_empty());
+}
+
+#[test]
+fn a_frame_without_a_next_hop_is_held_back_and_its_next_hop_noted() {
+    let unresolved = Arc::new(Unresolved::default());
+    let (sent, counters) = run(
+        vec![vector("egress-data-before")],
+        to_uplink(NextHops::new(default_route(), vec![]), &unresolved),
+    );
+    assert!(sent.is_empty());
+    assert_eq!((counters.unresolved, counters.rewritten_to_uplink), (1, 0));
+    assert_eq!(unresolved.take(), vec![GATEWAY]);
+    let (sent, counters) =
+        run(vec![vector("egress-data-before")], to_uplink(NextHops::default(), &unresolved));
+    assert!(sent.is_empty());
+    assert_eq!(counters.no_route, 1);
+}
