@@ -228,12 +228,20 @@ pub struct Afxdp {
     /// whole core per worker.
     #[serde(default)]
     pub busy_poll: bool,
+    /// Without `busy_poll`: how long a worker keeps turning after its last
+    /// frame before it waits in poll(2), in microseconds (default 50).
+    #[serde(default = "default_idle_spin_us")]
+    pub idle_spin_us: u64,
 }
 
 impl Default for Afxdp {
     fn default() -> Self {
-        Afxdp { cores: default_cores(), busy_poll: false }
+        Afxdp { cores: default_cores(), busy_poll: false, idle_spin_us: default_idle_spin_us() }
     }
+}
+
+fn default_idle_spin_us() -> u64 {
+    50
 }
 
 fn default_cores() -> Vec<usize> {

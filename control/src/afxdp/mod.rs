@@ -380,7 +380,14 @@ impl Afxdp {
             let report = Arc::new(Mutex::new(WorkerReport::default()));
             afxdp.reports.push(Arc::clone(&report));
             let stop = Arc::clone(&afxdp.stop);
-            let idle = if settings.busy_poll { Idle::Spin } else { Idle::Poll(Duration::from_millis(100)) };
+            let idle = if settings.busy_poll {
+                Idle::Spin
+            } else {
+                Idle::Poll {
+                    spin: Duration::from_micros(settings.idle_spin_us),
+                    timeout: Duration::from_millis(100),
+                }
+            };
             let sockets_tx = sockets_tx.clone();
             let uplink_name = uplink_name.to_owned();
             let thread = std::thread::Builder::new()

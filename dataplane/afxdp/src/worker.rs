@@ -99,15 +99,22 @@ pub enum Idle {
     Spin,
     /// Sleep this long before the next turn.
     Sleep(Duration),
-    /// After [`POLL_AFTER_IDLE_TURNS`] turns in a row found nothing, wait
-    /// in `poll(2)` until a device's socket has frames, or this long (the
-    /// agent's default: a core shared with the host's own work).
-    Poll(Duration),
+    /// Keep turning for `spin` after the last frame (at least
+    /// [`POLL_AFTER_IDLE_TURNS`] turns), then wait in `poll(2)` until a
+    /// device's socket has frames, or `timeout` (the agent's default: a
+    /// core shared with the host's own work). The spin saves the wakeup of
+    /// a frame that follows soon (a reply, the next segment).
+    Poll {
+        /// How long to keep turning after the last frame.
+        spin: Duration,
+        /// The longest wait in `poll(2)`.
+        timeout: Duration,
+    },
 }
 
-/// Empty turns before an [`Idle::Poll`] worker waits in `poll(2)`: enough
-/// for every transmit ring to have been kicked empty (at most 32 frames
-/// a kick in copy mode) before the worker stops turning.
+/// Empty turns before an [`Idle::Poll`] worker may wait in `poll(2)`:
+/// enough for every transmit ring to have been kicked empty (at most 32
+/// frames a kick in copy mode) before the worker stops turning.
 pub const POLL_AFTER_IDLE_TURNS: u32 = 128;
 
 /// Turns between two calls of [`Worker::run_reporting`]'s report.
@@ -224,26 +231,33 @@ impl<D: Device, S: Stage> Worker<D, S> {
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         let mut empty_turns = 0u32;
+        let mut idle_since: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             if self.turns.is_multiple_of(TURNS_PER_REPORT) {
                 report(self);
             }
             if self.turn() > 0 {
                 empty_turns = 0;
+                idle_since = None;
                 continue;
             }
             match idle {
                 Idle::Spin => std::hint::spin_loop(),
                 Idle::Sleep(pause) => std::thread::sleep(pause),
-                Idle::Poll(timeout) => {
+                Idle::Poll { spin, timeout } => {
                     empty_turns += 1;
-                    if empty_turns >= POLL_AFTER_IDLE_TURNS {
-                        empty_turns = 0;
-                        report(self);
-                        if fds.is_empty() {
-                            std::thread::sleep(timeout);
-                        } else {
-                            crate::sys::poll_readable(&mut fds, timeout.as_millis() as i32);
+                    // The clock is read once per POLL_AFTER_IDLE_TURNS empty turns.
+                    if empty_turns.is_multiple_of(POLL_AFTER_IDLE_TURNS) {
+                        let idle = *idle_since.get_or_insert_with(Instant::now);
+                        if idle.elapsed() >= spin {
+                            empty_turns = 0;
+                            idle_since = None;
+                            report(self);
+                            if fds.is_empty() {
+                                std::thread::sleep(timeout);
+                            } else {
+                                crate::sys::poll_readable(&mut fds, timeout.as_millis() as i32);
+                            }
                         }
                     }
                 }
