@@ -982,6 +982,15 @@ fn afxdp_bypassed(kind: LbKind) {
     assert!(afxdp.rewritten_to_uplink > 0 && afxdp.rewritten_to_host > 0, "{afxdp:?}");
     assert_eq!((afxdp.unsteered, afxdp.bad_descriptors, afxdp.learned_lost), (0, 0, 0), "{afxdp:?}");
     assert_eq!((afxdp.tx_full_to_uplink, afxdp.tx_full_to_host), (0, 0), "{afxdp:?}");
+    // The metrics endpoint serves the workers' counters.
+    let metrics = lab.scrape(Role::Client, "/metrics").unwrap();
+    assert!(metrics.contains("dataplane=\"afxdp\""), "{metrics}");
+    let learned: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("heels_afxdp_connections_learned_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no heels_afxdp_connections_learned_total in\n{metrics}"));
+    assert!(learned >= CONNECTIONS as u64, "{learned}");
     let client = lab.client_instance().unwrap();
     assert!(
         counter(&client, TcCounter::SynOptionWritten) >= CONNECTIONS as u64,

@@ -240,7 +240,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let mut afxdp = match config.dataplane {
         DataplaneKind::Tc => None,
         DataplaneKind::Afxdp => {
-            let afxdp = Afxdp::start(config, &datapath, config.rules()?)
+            let afxdp = Afxdp::start(config, &mut datapath, config.rules()?)
                 .with_context(|| format!("starting the afxdp dataplane of instance {}", config.instance))?;
             tracing::info!(instance = %config.instance, workers = afxdp.stats().workers, "afxdp workers running");
             Some(afxdp)
@@ -274,7 +274,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         if last_sweep.elapsed() >= interval {
             last_sweep = Instant::now();
             if let Some(afxdp) = afxdp.as_mut() {
-                match afxdp.sweep(&datapath) {
+                match afxdp.sweep(&mut datapath) {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::debug!(instance = %config.instance, connections = n, "afxdp connections closed")

@@ -33,6 +33,24 @@
 //! | `heels_vip_rewritten_bytes_total` | `vip`, `direction` | per VIP:vport (client) |
 //! | `heels_vip_options_written_total` | `vip`, `form` | per VIP:vport |
 //!
+//! With `dataplane = "afxdp"`, the workers' families follow (from the
+//! report the agent writes about every half second; see
+//! `crate::afxdp::AfxdpReport`):
+//!
+//! | family | labels | counts |
+//! | --- | --- | --- |
+//! | `heels_afxdp_workers` | | worker threads running (gauge) |
+//! | `heels_afxdp_table_entries` | | entries in the workers' table, two per connection (gauge) |
+//! | `heels_afxdp_frames_total` | `path` | frames `received`, sent `to_uplink`, sent `to_host` |
+//! | `heels_afxdp_rewritten_packets_total` | `direction` | packets rewritten VIP to DIP (`egress`) or DIP to VIP (`ingress`) |
+//! | `heels_afxdp_connections_learned_total` | | connections learned from SYN-ACK forms and steered |
+//! | `heels_afxdp_connections_unsteered_total` | | learned but not steerable: SYN-ACK dropped, the server retransmits |
+//! | `heels_afxdp_resets_sent_total` | | resets sent before a SYN an LB would refuse |
+//! | `heels_afxdp_dropped_frames_total` | `reason` | `translation` (the core's verdict), `unsteered`, `unresolved` (no neighbour yet), `no_route`, `not_ipv4`, `tx_full_uplink`, `tx_full_host` |
+//! | `heels_afxdp_fill_starved_total` | | times a fill ring was found empty (the kernel had nowhere to receive) |
+//! | `heels_afxdp_wakeups_total` | | wakeup system calls (need_wakeup kicks) |
+//! | `heels_afxdp_bad_descriptors_total` | | descriptors a ring handed back that the worker never gave |
+//!
 //! Every configured VIP:vport has its `heels_vip_*` series from the start
 //! (zero until traffic); a VIP configured with port 0 gets one series per
 //! port it carries. The kernel tracks up to 1024 VIP:vport; past that only
@@ -242,6 +260,8 @@ pub struct Snapshot {
     pub entries: Vec<(SocketAddrV4, u64)>,
     /// Entries the agent's sweep removed since it started.
     pub swept: u64,
+    /// The afxdp workers' counters, when this agent runs them.
+    pub afxdp: Option<crate::afxdp::AfxdpReport>,
 }
 
 impl Snapshot {
@@ -270,6 +290,8 @@ impl Snapshot {
             per_vip,
             entries,
             swept,
+            // Only this process's own report: a stale file names another pid.
+            afxdp: crate::afxdp::read_report(instance).filter(|r| r.pid == std::process::id()),
         })
     }
 
@@ -308,7 +330,7 @@ impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let info: Labels = vec![
             ("instance", self.instance.clone()),
-            ("dataplane", "tc".to_owned()),
+            ("dataplane", if self.afxdp.is_some() { "afxdp" } else { "tc" }.to_owned()),
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ];
         let mut metric = encoder.encode_descriptor("heels_agent", "The agent", None, MetricType::Info)?;
@@ -361,8 +383,84 @@ impl prometheus_client::collector::Collector for Snapshot {
             });
             counter(&mut encoder, family.name, family.help, family.unit.as_ref(), series)?;
         }
+        if let Some(afxdp) = &self.afxdp {
+            encode_afxdp(&mut encoder, afxdp)?;
+        }
         Ok(())
     }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value as i64).encode(metric)
+}
+
+fn labelled(key: &'static str, series: &[(&str, u64)]) -> Vec<(Labels, u64)> {
+    series.iter().map(|(label, value)| (vec![(key, (*label).to_owned())], *value)).collect()
+}
+
+fn encode_afxdp(
+    encoder: &mut DescriptorEncoder,
+    r: &crate::afxdp::AfxdpReport,
+) -> Result<(), std::fmt::Error> {
+    gauge(encoder, "heels_afxdp_workers", "afxdp worker threads running", r.workers)?;
+    gauge(
+        encoder,
+        "heels_afxdp_table_entries",
+        "Entries in the workers' table (two per connection)",
+        r.table_entries,
+    )?;
+    let frames = [("received", r.received), ("to_uplink", r.to_uplink), ("to_host", r.to_host)];
+    counter(
+        encoder,
+        "heels_afxdp_frames",
+        "Frames the workers received and sent",
+        None,
+        labelled("path", &frames),
+    )?;
+    let rewritten = [("egress", r.rewritten_to_uplink), ("ingress", r.rewritten_to_host)];
+    counter(
+        encoder,
+        "heels_afxdp_rewritten_packets",
+        "Packets the workers rewrote",
+        None,
+        labelled("direction", &rewritten),
+    )?;
+    let plain: [(&str, &str, u64); 6] = [
+        ("heels_afxdp_connections_learned", "Connections learned from SYN-ACK forms and steered", r.learned),
+        ("heels_afxdp_connections_unsteered", "Connections learned but not steerable", r.unsteered),
+        ("heels_afxdp_resets_sent", "Resets sent before a SYN an LB would refuse", r.resets_sent),
+        ("heels_afxdp_fill_starved", "Times a fill ring was found empty", r.fill_starved),
+        ("heels_afxdp_wakeups", "Wakeup system calls", r.wakeups),
+        (
+            "heels_afxdp_bad_descriptors",
+            "Descriptors handed back that the worker never gave",
+            r.bad_descriptors,
+        ),
+    ];
+    for (name, help, value) in plain {
+        counter(encoder, name, help, None, [(Labels::new(), value)])?;
+    }
+    // `dropped` counts every frame a stage dropped; the reasons it knows
+    // are split out, the rest is the core's own verdict (a direct SYN-ACK
+    // for a full table, a malformed frame it refuses).
+    let known = r.unresolved + r.no_route + r.not_ipv4 + r.unsteered;
+    let dropped = [
+        ("translation", r.dropped.saturating_sub(known)),
+        ("unsteered", r.unsteered),
+        ("unresolved", r.unresolved),
+        ("no_route", r.no_route),
+        ("not_ipv4", r.not_ipv4),
+        ("tx_full_uplink", r.tx_full_to_uplink),
+        ("tx_full_host", r.tx_full_to_host),
+    ];
+    counter(
+        encoder,
+        "heels_afxdp_dropped_frames",
+        "Frames the workers dropped, by reason",
+        None,
+        labelled("reason", &dropped),
+    )
 }
 
 /// The endpoint, serving scrapes on its own thread until the process ends.
@@ -456,6 +554,46 @@ mod tests {
     }
 
     #[test]
+    fn an_afxdp_agent_adds_its_workers_families() {
+        let report = crate::afxdp::AfxdpReport {
+            workers: 2,
+            table_entries: 6,
+            received: 90,
+            rewritten_to_uplink: 40,
+            learned: 3,
+            dropped: 9,
+            unresolved: 2,
+            unsteered: 1,
+            tx_full_to_host: 4,
+            ..Default::default()
+        };
+        let snapshot = Snapshot {
+            instance: "web1".to_owned(),
+            per_cpu: Vec::new(),
+            per_vip: Vec::new(),
+            entries: Vec::new(),
+            swept: 0,
+            afxdp: Some(report),
+        };
+        let text = snapshot.render();
+        for line in [
+            "heels_agent_info{instance=\"web1\",dataplane=\"afxdp\",version=\"0.1.0\"} 1",
+            "heels_afxdp_workers 2",
+            "heels_afxdp_table_entries 6",
+            "heels_afxdp_frames_total{path=\"received\"} 90",
+            "heels_afxdp_rewritten_packets_total{direction=\"egress\"} 40",
+            "heels_afxdp_connections_learned_total 3",
+            // 9 dropped: 2 unresolved, 1 unsteered, the other 6 by the core.
+            "heels_afxdp_dropped_frames_total{reason=\"translation\"} 6",
+            "heels_afxdp_dropped_frames_total{reason=\"unresolved\"} 2",
+            "heels_afxdp_dropped_frames_total{reason=\"unsteered\"} 1",
+            "heels_afxdp_dropped_frames_total{reason=\"tx_full_host\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_prometheus_names_and_labels() {
         let vip = SocketAddrV4::new(Ipv4Addr::new(10, 10, 100, 1), 80);
         let mut stats = VipStats::default();
@@ -466,6 +604,7 @@ mod tests {
             per_vip: vec![(vip, stats)],
             entries: vec![(vip, 3)],
             swept: 7,
+            afxdp: None,
         };
         let text = snapshot.render();
         for line in [

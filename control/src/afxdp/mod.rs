@@ -84,7 +84,7 @@ pub struct WorkerReport {
 /// | `learned` | connections learned from SYN-ACK forms (and steered) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
 /// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
-/// | `dropped` | frames dropped by a verdict (malformed, no next hop...) |
+/// | `dropped` | frames the workers' stages dropped, for any reason (the four below and `unsteered` included) |
 /// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
 /// | `no_route` | frames dropped for want of an uplink route |
 /// | `not_ipv4` | non-IPv4 frames from heels0, dropped |
@@ -290,7 +290,7 @@ fn interface_address(name: &str) -> anyhow::Result<Ipv4Addr> {
 impl Afxdp {
     /// Starts the workers over `datapath` (the `tc` dataplane, attached:
     /// the standby) with `rules`, and routes the configured VIPs into them.
-    pub fn start(config: &AgentConfig, datapath: &Datapath, rules: Rules) -> anyhow::Result<Afxdp> {
+    pub fn start(config: &AgentConfig, datapath: &mut Datapath, rules: Rules) -> anyhow::Result<Afxdp> {
         let settings = config.afxdp.clone().unwrap_or_default();
         let uplink_name = config.interfaces[0].as_str();
         let uplink = pair::link(uplink_name)?;
@@ -308,21 +308,7 @@ impl Afxdp {
         let clock = Clock::Since(Instant::now());
         let learned = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
         let lost = Arc::new(AtomicU64::new(0));
-        let mut steering = classifier.steering()?;
-
-        // Take over what the standby carries (a previous agent's
-        // connections) before any frame of theirs can reach a worker.
-        let mut known = StdHashMap::new();
-        for c in datapath.connections().context("reading the standby's connections")? {
-            let (client, vip, backend) =
-                (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());
-            let ingress = FlowKey { src: backend, dst: client };
-            table.insert(FlowKey { src: client, dst: vip }, backend, 0).context("the table is full")?;
-            table.insert(ingress, vip, 0).context("the table is full")?;
-            steering.insert(flow(&ingress), 1, 0).context("steering a connection taken over")?;
-            known.insert((c.client, c.vip), c);
-        }
-
+        let steering = classifier.steering()?;
         let hops = Arc::new(ArcSwap::from_pointee(nexthops::read(uplink.index)?));
         let watch = nexthops::Watch::new()?;
         let unresolved = Arc::new(Unresolved::default());
@@ -337,7 +323,7 @@ impl Afxdp {
             watch,
             learned,
             lost,
-            known,
+            known: StdHashMap::new(),
             steering,
             classifier: None,
             to_workers: None,
@@ -438,7 +424,15 @@ impl Afxdp {
             .with_context(|| format!("attaching the XDP classifier to {uplink_name}"))?;
         afxdp.classifier = Some(classifier);
         afxdp.to_workers = Some(to_workers);
+        // From here SYN-ACKs reach the workers, and no more connections are
+        // learned by the standby: take over the ones it has. A packet of
+        // theirs that comes in before its flow is steered reaches the TC
+        // ingress program, which still translates it.
+        afxdp.take_over(datapath)?;
         afxdp.resolve_gateways()?;
+        // What the workers learned meanwhile goes to the standby before the
+        // host's packets leave through the workers rather than through it.
+        afxdp.tick(datapath)?;
         let mut routed = HashSet::new();
         for vip in &config.client.as_ref().context("afxdp needs [client]")?.vips {
             if routed.insert(*vip.ip()) {
@@ -446,6 +440,22 @@ impl Afxdp {
             }
         }
         Ok(afxdp)
+    }
+
+    /// Loads the connections the standby's pinned maps hold (a previous
+    /// agent's, and any the `tc` programs learned meanwhile) into the
+    /// workers' table and the steering map.
+    fn take_over(&mut self, datapath: &Datapath) -> anyhow::Result<()> {
+        for c in datapath.connections().context("reading the standby's connections")? {
+            let (client, vip, backend) =
+                (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());
+            let ingress = FlowKey { src: backend, dst: client };
+            self.table.insert(FlowKey { src: client, dst: vip }, backend, 0).context("the table is full")?;
+            self.table.insert(ingress, vip, 0).context("the table is full")?;
+            self.steering.insert(flow(&ingress), 1, 0).context("steering a connection taken over")?;
+            self.known.insert((c.client, c.vip), c);
+        }
+        Ok(())
     }
 
     /// Makes the kernel resolve the next hop of every route of the uplink
@@ -493,13 +503,23 @@ impl Afxdp {
 
     /// Drops from the workers' table and the steering map the connections
     /// whose standby entries are gone (sockops removes them when the socket
-    /// closes; the sweep when the close was missed); expires idle entries.
-    /// Returns how many connections went.
-    pub fn sweep(&mut self, datapath: &Datapath) -> anyhow::Result<usize> {
+    /// closes; the sweep when the close was missed) and whose 4-tuple no
+    /// live socket holds; expires idle entries. Returns how many
+    /// connections went.
+    ///
+    /// The socket check keeps a new connection on a reused 4-tuple, learned
+    /// while its predecessor was being forgotten, from losing the entries
+    /// it just made (they share the egress key).
+    pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
+        self.tick(datapath)?;
         let standby: HashSet<(SocketAddrV4, SocketAddrV4)> =
             datapath.connections()?.iter().map(|c| (c.client, c.vip)).collect();
-        let closed: Vec<Connection> =
+        let mut closed: Vec<Connection> =
             self.known.iter().filter(|(key, _)| !standby.contains(key)).map(|(_, c)| *c).collect();
+        if !closed.is_empty() {
+            let sockets = crate::sockets::live_tcp_connections()?;
+            closed.retain(|c| !sockets.contains(&(c.client, c.vip)));
+        }
         for c in &closed {
             let (client, vip, backend) =
                 (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());

@@ -241,7 +241,22 @@ impl Matrix<'_> {
                     self.spec.rounds,
                     bed.path.name()
                 ));
-                let values = measure(bed).with_context(|| format!("{} with {tool}", bed.path.name()))?;
+                let values = match measure(bed) {
+                    Ok(values) => values,
+                    // A tool that fails is a connection that failed: say what
+                    // the hosts counted, then measure once more (a second
+                    // failure ends the bench).
+                    Err(e) => {
+                        self.notes.push(format!(
+                            "{} {} with {tool}, round {}: {e:#}; {}",
+                            format!("{:?}", self.lb).to_lowercase(),
+                            bed.path.name(),
+                            round + 1,
+                            diagnosis(bed.lab)
+                        ));
+                        measure(bed).with_context(|| format!("{} with {tool}, twice", bed.path.name()))?
+                    }
+                };
                 for (workload, value) in values {
                     self.record(bed.path, workload, tool, round, value);
                 }
@@ -456,6 +471,34 @@ struct Rate {
 
 /// What failed connections said, kept for the report's notes, with what
 /// heels counted on the bed's hosts so far (for the diagnosis).
+/// What the client and servers of `lab` counted that tells a failed
+/// connection's story: resets and aborts, SYN retransmissions, and the
+/// afxdp workers' counters where they run.
+fn diagnosis(lab: &Lab) -> String {
+    const COUNTERS: [&str; 5] = [
+        "TcpOutRsts",
+        "TcpExtTCPAbortOnData",
+        "TcpExtTCPAbortOnClose",
+        "TcpExtTCPAbortOnTimeout",
+        "TcpExtTCPSynRetrans",
+    ];
+    let mut out = Vec::new();
+    for role in std::iter::once(super::Role::Client).chain((1..=lab.spec().servers).map(super::Role::Server))
+    {
+        let counted: Vec<String> = COUNTERS
+            .iter()
+            .filter_map(|name| lab.host(role).netstat(name).ok().map(|v| format!("{name} {v}")))
+            .collect();
+        out.push(format!("{role}: {}", counted.join(", ")));
+    }
+    if let Some(report) = lab.client_instance().and_then(|i| crate::afxdp::read_report(&i)) {
+        let counted: Vec<String> =
+            report.counters().into_iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n} {v}")).collect();
+        out.push(format!("afxdp: {}", counted.join(", ")));
+    }
+    out.join("; ")
+}
+
 fn note_failures(notes: &RefCell<Vec<String>>, bed: &Bed, what: &str, report: &LoadReport) {
     if report.connections_failed == 0 {
         return;
