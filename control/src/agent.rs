@@ -166,6 +166,12 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
 /// afxdp dataplane's pair and routes normally die with the process (the
 /// kernel deletes its namespace); a `heels0` found anyway is deleted too.
 pub fn cleanup(instance: &str) -> anyhow::Result<()> {
+    if let Some(report) = crate::afxdp::read_report(instance).filter(|r| crate::afxdp::pid_alive(r.pid)) {
+        bail!(
+            "the agent of instance {instance} runs (pid {}): stop it first, or use `heels down`",
+            report.pid
+        );
+    }
     if crate::afxdp::pair::remove_leftover() {
         println!("removed {} and its routes", crate::afxdp::pair::HOST_LINK);
     }

@@ -124,9 +124,12 @@ mod tests {
         let mut runs = Vec::new();
         for lb in [LbKind::Fullnat, LbKind::Ipip] {
             for (_, workload) in PANELS {
-                for (path, value) in
-                    [(PathKind::Direct, 10.0), (PathKind::Vanilla, 5.0), (PathKind::HeelsTc, 10.0)]
-                {
+                for (path, value) in [
+                    (PathKind::Direct, 10.0),
+                    (PathKind::Vanilla, 5.0),
+                    (PathKind::HeelsTc, 10.0),
+                    (PathKind::HeelsAfxdp, 2.5),
+                ] {
                     runs.push(Measured { lb, path, workload, tool: "test", round: 0, value });
                 }
             }
@@ -135,9 +138,10 @@ mod tests {
             BenchReport::new(&BenchSpec::quick(vec![LbKind::Fullnat, LbKind::Ipip]), runs, Vec::new());
         let svg = svg(&report);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        // 3 panels x 2 LB kinds x 3 paths, the legend's 3, the background.
-        assert_eq!(svg.matches("<rect").count(), 3 * 2 * 3 + 3 + 1);
+        // 3 panels x 2 LB kinds x 4 paths, the legend's 4, the background.
+        assert_eq!(svg.matches("<rect").count(), 3 * 2 * PATHS.len() + PATHS.len() + 1);
         assert_eq!(svg.matches(">0.50<").count(), 3 * 2, "vanilla at half of direct in every group");
+        assert_eq!(svg.matches(">0.25<").count(), 3 * 2, "heels-afxdp at a quarter of direct in every group");
         assert!(svg.contains(">fullnat<") && svg.contains(">ipip<"));
     }
 }
