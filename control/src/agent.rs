@@ -265,6 +265,16 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let mut ticks = 0u64;
     while stop.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(100));
+        if afxdp.as_ref().is_some_and(|a| !a.workers_alive()) {
+            tracing::error!(
+                instance = %config.instance,
+                "an afxdp worker stopped: the tc programs carry the host's connections from here"
+            );
+            if let Some(stopped) = afxdp.take() {
+                stopped.stop(&mut datapath)?;
+            }
+            let _ = std::fs::remove_file(crate::afxdp::report_file(&config.instance));
+        }
         if let Some(afxdp) = afxdp.as_mut() {
             ticks += 1;
             let turn = afxdp.tick(&mut datapath).and_then(|()| {

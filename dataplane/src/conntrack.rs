@@ -224,7 +224,13 @@ impl ConnTable {
     }
 
     fn expired(&self, slot: &Slot, now: u32) -> bool {
-        now.wrapping_sub(slot.last_used.load(Ordering::Relaxed)) > self.idle_timeout
+        let age = now.wrapping_sub(slot.last_used.load(Ordering::Relaxed));
+        // A slot another thread refreshed after this caller read its clock
+        // (a worker's lookup while the control thread expires) reads as
+        // used in the future: it is young, not four billion seconds old.
+        // Seen in the lab: live connections lost their entries when a
+        // sweep crossed a second boundary.
+        age > self.idle_timeout && age < 1 << 31
     }
 
     /// The target for `key`, refreshing the entry's idle clock. No lock, no
@@ -412,6 +418,21 @@ impl ConnTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_used_after_the_expiring_threads_clock_read_is_young() {
+        let table = ConnTable::new(16, 60);
+        let key = FlowKey { src: Endpoint::new([10, 0, 0, 1], 1000), dst: Endpoint::new([10, 0, 0, 2], 80) };
+        let target = Endpoint::new([10, 0, 0, 3], 8080);
+        table.insert(key, target, 100).unwrap();
+        // A worker refreshes it at 101 while the sweep still reads 100.
+        assert_eq!(table.lookup(&key, 101), Some(target));
+        assert_eq!(table.expire(100), 0);
+        assert_eq!(table.lookup(&key, 100), Some(target));
+        // Idle past the timeout, it goes.
+        assert_eq!(table.expire(101 + 61), 1);
+        assert_eq!(table.lookup(&key, 101 + 61), None);
+    }
     use std::sync::Arc;
 
     fn key(i: u32) -> FlowKey {
@@ -635,6 +656,11 @@ impl SynEnds {
     /// [`crate::translate::Sockets::connecting`]).
     pub fn contains(&self, key: &FlowKey) -> bool {
         self.0.find(key).is_some()
+    }
+
+    /// The end recorded for `key`: which SYN the 4-tuple last carried.
+    pub fn end(&self, key: &FlowKey) -> Option<u32> {
+        self.0.find(key).map(|(_, snapshot)| u32::from_be_bytes(snapshot.target().addr))
     }
 
     /// Records `end` for `key`. Returns the end recorded before when it is

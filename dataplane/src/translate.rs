@@ -706,9 +706,17 @@ pub struct Learned {
     pub vip: Endpoint,
     /// DIP:dport.
     pub backend: Endpoint,
+    /// The end of the client's SYN (the SYN-ACK's acknowledgment number):
+    /// which connection of the 4-tuple this is, as [`SynEnds`] records it.
+    pub syn_end: u32,
 }
 
 impl Learned {
+    /// The connection's packets to the VIP, as they are on the wire.
+    pub fn egress_key(&self) -> FlowKey {
+        FlowKey { src: self.client, dst: self.vip }
+    }
+
     /// The connection's packets from the backend, as they are on the wire.
     pub fn ingress_key(&self) -> FlowKey {
         FlowKey { src: self.backend, dst: self.client }
@@ -726,7 +734,8 @@ pub fn learned(frame: &[u8]) -> Option<Learned> {
         return None;
     }
     let form = option::find(at.tcp(frame).options()).ok()??.syn_ack();
-    Some(Learned { client: at.dst, vip: form.vip, backend: form.backend })
+    let syn_end = at.tcp(frame).ack_number();
+    Some(Learned { client: at.dst, vip: form.vip, backend: form.backend, syn_end })
 }
 
 /// Turns a SYN (a copy of it) into the reset that goes before it, as the TC

@@ -31,7 +31,7 @@ use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::{PortConfig, XskPort};
-use heels_afxdp::host::{HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
+use heels_afxdp::host::{Forget, HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
 use heels_afxdp::nexthop::{Hop, NextHops, Unresolved};
 use heels_afxdp::stage::Clock;
 use heels_afxdp::umem::Region;
@@ -83,6 +83,8 @@ pub struct WorkerReport {
 /// | `rewritten_to_host` | of those, rewritten DIP to VIP |
 /// | `learned` | connections learned from SYN-ACK forms (and steered) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
+/// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
+/// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
 /// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
 /// | `dropped` | frames the workers' stages dropped, for any reason (the four below and `unsteered` included) |
 /// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
@@ -95,6 +97,7 @@ pub struct WorkerReport {
 /// | `bad_descriptors` | descriptors a ring handed back that the worker never gave (ignored) |
 /// | `learned_lost` | learned connections the control thread could not queue for the standby |
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AfxdpReport {
     /// The agent's process.
     pub pid: u32,
@@ -108,6 +111,8 @@ pub struct AfxdpReport {
     pub rewritten_to_host: u64,
     pub learned: u64,
     pub unsteered: u64,
+    pub forgotten: u64,
+    pub forget_skipped: u64,
     pub resets_sent: u64,
     pub dropped: u64,
     pub unresolved: u64,
@@ -134,6 +139,8 @@ impl AfxdpReport {
             ("rewritten_to_host", self.rewritten_to_host),
             ("learned", self.learned),
             ("unsteered", self.unsteered),
+            ("forgotten", self.forgotten),
+            ("forget_skipped", self.forget_skipped),
             ("resets_sent", self.resets_sent),
             ("dropped", self.dropped),
             ("unresolved", self.unresolved),
@@ -208,6 +215,20 @@ impl Steer for WorkerSteer {
         }
         true
     }
+
+    fn forget(&mut self, ingress: &FlowKey) {
+        // Absent is fine: a connection steered twice is unsteered once.
+        let _ = self.steering.remove(&flow(ingress));
+    }
+}
+
+fn forget_of(connection: &Connection, syn_end: Option<u32>) -> Forget {
+    Forget {
+        client: connection.client.into(),
+        vip: connection.vip.into(),
+        backend: connection.backend.into(),
+        syn_end,
+    }
 }
 
 /// The sockets a worker opened: the XSKMAP entries to make.
@@ -258,8 +279,10 @@ pub struct Afxdp {
     watch: nexthops::Watch,
     learned: Arc<ArrayQueue<Learned>>,
     lost: Arc<AtomicU64>,
-    /// Connections learned, by (client, VIP).
-    known: StdHashMap<(SocketAddrV4, SocketAddrV4), Connection>,
+    /// Connections learned, by (client, VIP), as the workers will forget them.
+    known: StdHashMap<(SocketAddrV4, SocketAddrV4), Forget>,
+    /// Closed connections on their way to the workers.
+    forgets: Arc<ArrayQueue<Forget>>,
     steering: HashMap<MapData, FlowV4, u8>,
     // Taken in `stop`, in this order: the uplink's classifier, the pair,
     // then the workers and the pair's XDP program.
@@ -324,6 +347,7 @@ impl Afxdp {
             learned,
             lost,
             known: StdHashMap::new(),
+            forgets: Arc::new(ArrayQueue::new(LEARNED_QUEUE)),
             steering,
             classifier: None,
             to_workers: None,
@@ -357,6 +381,7 @@ impl Afxdp {
                     Arc::clone(&rules),
                     Arc::clone(&afxdp.table),
                     SentSyns(Arc::clone(&syn_ends)),
+                    Arc::clone(&afxdp.forgets),
                     clock,
                     afxdp.pair.host_end.mac,
                     afxdp.pair.peer_end.mac,
@@ -453,7 +478,7 @@ impl Afxdp {
             self.table.insert(FlowKey { src: client, dst: vip }, backend, 0).context("the table is full")?;
             self.table.insert(ingress, vip, 0).context("the table is full")?;
             self.steering.insert(flow(&ingress), 1, 0).context("steering a connection taken over")?;
-            self.known.insert((c.client, c.vip), c);
+            self.known.insert((c.client, c.vip), forget_of(&c, None));
         }
         Ok(())
     }
@@ -482,6 +507,14 @@ impl Afxdp {
         }
     }
 
+    /// Whether every worker thread still runs. One that stopped (a panic)
+    /// took its sockets with it, and the host's VIP traffic would go into
+    /// `heels0` and no further: the agent then stops the dataplane, as a
+    /// dead process would, and the standby carries on.
+    pub fn workers_alive(&self) -> bool {
+        self.threads.iter().all(|thread| !thread.is_finished())
+    }
+
     /// The control thread's turn (every 100 ms or so): learned connections
     /// into the standby maps, next hops read again after a change, and
     /// unresolved ones probed.
@@ -489,7 +522,8 @@ impl Afxdp {
         while let Some(learned) = self.learned.pop() {
             let connection = connection(&learned);
             datapath.remember(&connection).context("writing a connection into the standby maps")?;
-            self.known.insert((connection.client, connection.vip), connection);
+            self.known
+                .insert((connection.client, connection.vip), forget_of(&connection, Some(learned.syn_end)));
         }
         let unresolved = self.unresolved.take();
         for next in &unresolved {
@@ -501,37 +535,33 @@ impl Afxdp {
         Ok(())
     }
 
-    /// Drops from the workers' table and the steering map the connections
-    /// whose standby entries are gone (sockops removes them when the socket
-    /// closes; the sweep when the close was missed) and whose 4-tuple no
-    /// live socket holds; expires idle entries. Returns how many
-    /// connections went.
-    ///
-    /// The socket check keeps a new connection on a reused 4-tuple, learned
-    /// while its predecessor was being forgotten, from losing the entries
-    /// it just made (they share the egress key).
+    /// Sends the workers the connections whose standby entries are gone
+    /// (sockops removes them when the socket closes; the sweep when the
+    /// close was missed) and whose 4-tuple no live socket holds, to forget
+    /// (see [`Forget`]: they do it, serialized with their learning); expires
+    /// idle entries. Returns how many connections went.
     pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
         self.tick(datapath)?;
         let standby: HashSet<(SocketAddrV4, SocketAddrV4)> =
             datapath.connections()?.iter().map(|c| (c.client, c.vip)).collect();
-        let mut closed: Vec<Connection> =
-            self.known.iter().filter(|(key, _)| !standby.contains(key)).map(|(_, c)| *c).collect();
+        let mut closed: Vec<(SocketAddrV4, SocketAddrV4)> =
+            self.known.keys().filter(|key| !standby.contains(key)).copied().collect();
         if !closed.is_empty() {
             let sockets = crate::sockets::live_tcp_connections()?;
-            closed.retain(|c| !sockets.contains(&(c.client, c.vip)));
+            closed.retain(|key| !sockets.contains(key));
         }
-        for c in &closed {
-            let (client, vip, backend) =
-                (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());
-            let ingress = FlowKey { src: backend, dst: client };
-            self.table.remove(&FlowKey { src: client, dst: vip });
-            self.table.remove(&ingress);
-            // Absent is fine: a connection learned twice was removed once.
-            let _ = self.steering.remove(&flow(&ingress));
-            self.known.remove(&(c.client, c.vip));
+        let mut sent = 0;
+        for key in closed {
+            let Some(forget) = self.known.get(&key) else { continue };
+            // A full queue keeps the rest for the next sweep.
+            if self.forgets.push(*forget).is_err() {
+                break;
+            }
+            self.known.remove(&key);
+            sent += 1;
         }
         self.table.expire(self.clock.now());
-        Ok(closed.len())
+        Ok(sent)
     }
 
     /// What the workers counted.
@@ -576,6 +606,8 @@ impl Afxdp {
             report.rewritten_to_host += host.rewritten_to_host;
             report.learned += host.learned;
             report.unsteered += host.unsteered;
+            report.forgotten += host.forgotten;
+            report.forget_skipped += host.forget_skipped;
             report.unresolved += host.unresolved;
             report.no_route += host.no_route;
             report.not_ipv4 += host.not_ipv4;

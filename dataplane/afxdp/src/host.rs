@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::option::Endpoint;
 use heels_dataplane::translate::{self, Config, Learned, Reason, Sockets, Verdict};
@@ -43,6 +44,11 @@ pub struct HostCounters {
     pub rewritten_to_uplink: u64,
     /// Packets rewritten DIP to VIP on their way in.
     pub rewritten_to_host: u64,
+    /// Closed connections forgotten (entries and steering removed).
+    pub forgotten: u64,
+    /// Closed connections not forgotten: their 4-tuple carried a newer SYN
+    /// (that SYN already removed their entries; the new ones stay).
+    pub forget_skipped: u64,
 }
 
 impl std::ops::AddAssign for HostCounters {
@@ -54,6 +60,8 @@ impl std::ops::AddAssign for HostCounters {
         self.unsteered += other.unsteered;
         self.rewritten_to_uplink += other.rewritten_to_uplink;
         self.rewritten_to_host += other.rewritten_to_host;
+        self.forgotten += other.forgotten;
+        self.forget_skipped += other.forget_skipped;
     }
 }
 
@@ -68,7 +76,31 @@ pub trait Steer {
     /// let through would establish a connection whose packets from the
     /// backend no one rewrites).
     fn learned(&mut self, connection: &Learned) -> bool;
+    /// The flow `ingress` (packets from the backend) is no longer steered.
+    fn forget(&mut self, ingress: &FlowKey);
 }
+
+/// A connection the control thread found closed (its socket gone), for a
+/// worker to forget. The worker does it, serialized with its learning, and
+/// only if the 4-tuple's last SYN is still the one the connection was
+/// learned from (`syn_end`; `None` for a connection taken over from the
+/// standby, whose SYN no worker saw): a new connection on a reused 4-tuple
+/// has the same keys (and, behind one server, the same targets), and
+/// forgetting the old one must not take the new one's entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forget {
+    /// CIP:cport.
+    pub client: Endpoint,
+    /// VIP:vport.
+    pub vip: Endpoint,
+    /// DIP:dport.
+    pub backend: Endpoint,
+    /// The end of the SYN it was learned from.
+    pub syn_end: Option<u32>,
+}
+
+/// Forgets handled per turn at most (the rest wait for the next).
+const FORGETS_PER_TURN: usize = 64;
 
 /// The client's record of the SYNs it sent to VIPs, as the [`Sockets`] the
 /// ingress path asks: "a socket of this host is connecting from CIP:cport
@@ -166,6 +198,8 @@ impl Stage for ToUplink {
 pub struct ToHost<T> {
     ingress: UplinkIngress<SentSyns>,
     table: Arc<ConnTable>,
+    syn_ends: Arc<SynEnds>,
+    forgets: Arc<ArrayQueue<Forget>>,
     /// heels0's address (the destination), then its peer's (the source).
     host_mac: [u8; 6],
     peer_mac: [u8; 6],
@@ -181,19 +215,37 @@ impl<T> std::fmt::Debug for ToHost<T> {
 
 impl<T: Steer> ToHost<T> {
     /// Translates as the host's ingress does, learning only connections
-    /// whose SYN `sent` recorded, and hands each learned one to `steer`.
-    /// Frames go from `peer_mac` to `host_mac`.
+    /// whose SYN `sent` recorded, and hands each learned one to `steer`;
+    /// forgets what `forgets` says is closed. Frames go from `peer_mac` to
+    /// `host_mac`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         table: Arc<ConnTable>,
         sent: SentSyns,
+        forgets: Arc<ArrayQueue<Forget>>,
         clock: Clock,
         host_mac: [u8; 6],
         peer_mac: [u8; 6],
         steer: T,
     ) -> Self {
+        let syn_ends = Arc::clone(&sent.0);
         let ingress = UplinkIngress::new(config, Arc::clone(&table), sent, clock);
-        ToHost { ingress, table, host_mac, peer_mac, steer, counters: HostCounters::default() }
+        let counters = HostCounters::default();
+        ToHost { ingress, table, syn_ends, forgets, host_mac, peer_mac, steer, counters }
+    }
+
+    fn forget(&mut self, closed: &Forget) {
+        let egress = FlowKey { src: closed.client, dst: closed.vip };
+        if self.syn_ends.end(&egress) != closed.syn_end {
+            self.counters.forget_skipped += 1;
+            return;
+        }
+        let ingress = FlowKey { src: closed.backend, dst: closed.client };
+        self.table.remove(&egress);
+        self.table.remove(&ingress);
+        self.steer.forget(&ingress);
+        self.counters.forgotten += 1;
     }
 }
 
@@ -205,6 +257,13 @@ fn is_syn_ack(frame: &[u8]) -> bool {
 }
 
 impl<T: Steer> Stage for ToHost<T> {
+    fn housekeeping(&mut self) {
+        for _ in 0..FORGETS_PER_TURN {
+            let Some(closed) = self.forgets.pop() else { break };
+            self.forget(&closed);
+        }
+    }
+
     fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
         self.ingress.process(frames, actions);
         let outcomes = self.ingress.outcomes();
@@ -222,7 +281,7 @@ impl<T: Steer> Stage for ToHost<T> {
                     self.counters.learned += 1;
                 } else {
                     self.counters.unsteered += 1;
-                    self.table.remove(&FlowKey { src: connection.client, dst: connection.vip });
+                    self.table.remove(&connection.egress_key());
                     self.table.remove(&connection.ingress_key());
                     *action = Action::Drop;
                     continue;
@@ -262,6 +321,12 @@ impl<T: Steer> Stage for HostStage<T> {
         match self {
             HostStage::ToUplink(stage) => stage.process(frames, actions),
             HostStage::ToHost(stage) => stage.process(frames, actions),
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        if let HostStage::ToHost(stage) = self {
+            stage.housekeeping();
         }
     }
 }

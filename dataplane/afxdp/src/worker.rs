@@ -50,6 +50,9 @@ impl From<Verdict> for Action {
 pub trait Stage {
     /// Processes one batch (at most [`BATCH`] frames).
     fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]);
+    /// Work that does not wait for frames (messages from the control
+    /// thread), once a turn: it must be cheap when there is none.
+    fn housekeeping(&mut self) {}
 }
 
 /// Forwards every frame untouched: the I/O ceiling of a path.
@@ -173,6 +176,7 @@ impl<D: Device, S: Stage> Worker<D, S> {
         let mut received = 0;
         let mut actions = [Action::Drop; BATCH];
         for path in &mut self.paths {
+            path.stage.housekeeping();
             self.devices[path.from].receive(&mut self.region, &mut self.received);
             let n = self.received.len();
             if n == 0 {

@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::MemoryPort;
-use heels_afxdp::host::{HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
+use heels_afxdp::host::{Forget, HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
 use heels_afxdp::nexthop::{NextHops, Route, Unresolved};
 use heels_afxdp::stage::Clock;
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{Path, Worker};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
-use heels_dataplane::translate::Learned;
+use heels_dataplane::translate::{self, Learned};
 use heels_dataplane::vectors::vector;
 
 const NOW: u32 = 1;
@@ -30,6 +31,7 @@ const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 #[derive(Debug, Clone, Default)]
 struct Recorder {
     learned: Arc<std::sync::Mutex<Vec<Learned>>>,
+    forgotten: Arc<std::sync::Mutex<Vec<FlowKey>>>,
     room: Arc<AtomicUsize>,
 }
 
@@ -37,6 +39,10 @@ impl Steer for Recorder {
     fn learned(&mut self, connection: &Learned) -> bool {
         self.learned.lock().unwrap().push(*connection);
         self.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1)).is_ok()
+    }
+
+    fn forget(&mut self, ingress: &FlowKey) {
+        self.forgotten.lock().unwrap().push(*ingress);
     }
 }
 
@@ -63,10 +69,20 @@ fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 }
 
 fn to_host(table: &Arc<ConnTable>, syns: &Arc<SynEnds>, steer: Recorder) -> HostStage<Recorder> {
+    to_host_forgetting(table, syns, steer, &Arc::new(ArrayQueue::new(4)))
+}
+
+fn to_host_forgetting(
+    table: &Arc<ConnTable>,
+    syns: &Arc<SynEnds>,
+    steer: Recorder,
+    forgets: &Arc<ArrayQueue<Forget>>,
+) -> HostStage<Recorder> {
     HostStage::ToHost(ToHost::new(
         Arc::new(fuzzing::config()),
         Arc::clone(table),
         SentSyns(Arc::clone(syns)),
+        Arc::clone(forgets),
         Clock::Fixed(NOW),
         HOST_MAC,
         PEER_MAC,
@@ -82,7 +98,11 @@ fn a_syn_ack_form_is_learned_and_steered_for_a_syn_the_host_sent() {
     let steer = Recorder { room: Arc::new(AtomicUsize::new(1)), ..Recorder::default() };
     let (sent, counters) = run(vec![vector("syn-ack-before")], to_host(&table, &syns, steer.clone()));
     assert_eq!(sent, vec![with_macs(vector("syn-ack-after"), HOST_MAC, PEER_MAC)]);
-    assert_eq!(*steer.learned.lock().unwrap(), vec![Learned { client: CLIENT, vip: VIP, backend: BACKEND }]);
+    let syn_end = translate::learned(&vector("syn-ack-before")).unwrap().syn_end;
+    assert_eq!(
+        *steer.learned.lock().unwrap(),
+        vec![Learned { client: CLIENT, vip: VIP, backend: BACKEND, syn_end }]
+    );
     assert_eq!((counters.learned, counters.unsteered, counters.rewritten_to_host), (1, 0, 1));
     assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, NOW), Some(BACKEND));
     assert_eq!(table.lookup(&FlowKey { src: BACKEND, dst: CLIENT }, NOW), Some(VIP));
@@ -158,4 +178,37 @@ fn a_frame_without_a_next_hop_is_held_back_and_its_next_hop_noted() {
         run(vec![vector("egress-data-before")], to_uplink(NextHops::default(), &unresolved));
     assert!(sent.is_empty());
     assert_eq!(counters.no_route, 1);
+}
+
+#[test]
+fn a_closed_connection_is_forgotten_only_if_its_tuple_carried_no_newer_syn() {
+    let table = Arc::new(fuzzing::table_with_connection());
+    let syns = Arc::new(SynEnds::new(16));
+    let egress = FlowKey { src: CLIENT, dst: VIP };
+    let ingress = FlowKey { src: BACKEND, dst: CLIENT };
+    // The tuple's last SYN ended at 2000: a connection learned from the
+    // SYN that ended at 1000 is an older one.
+    syns.record(egress, 2000, NOW);
+    let forgets = Arc::new(ArrayQueue::new(4));
+    let closed = |syn_end| Forget { client: CLIENT, vip: VIP, backend: BACKEND, syn_end };
+    forgets.push(closed(Some(1000))).unwrap();
+    let steer = Recorder::default();
+    let stage = to_host_forgetting(&table, &syns, steer.clone(), &forgets);
+    let mut worker = Worker::new(
+        Region::in_memory(64).unwrap(),
+        vec![MemoryPort::new(Vec::new())],
+        vec![Path { from: 0, to: 0, stage }],
+    );
+    worker.turn();
+    assert_eq!(table.lookup(&egress, NOW), Some(BACKEND), "the newer connection keeps its entries");
+    assert!(steer.forgotten.lock().unwrap().is_empty());
+    let counters = worker.paths()[0].stage.counters();
+    assert_eq!((counters.forgotten, counters.forget_skipped), (0, 1));
+    // The connection of the last SYN goes.
+    forgets.push(closed(Some(2000))).unwrap();
+    worker.turn();
+    assert_eq!(table.lookup(&egress, NOW), None);
+    assert_eq!(table.lookup(&ingress, NOW), None);
+    assert_eq!(*steer.forgotten.lock().unwrap(), vec![ingress]);
+    assert_eq!(worker.paths()[0].stage.counters().forgotten, 1);
 }

@@ -254,7 +254,9 @@ impl Matrix<'_> {
                             round + 1,
                             diagnosis(bed.lab)
                         ));
-                        measure(bed).with_context(|| format!("{} with {tool}, twice", bed.path.name()))?
+                        measure(bed).with_context(|| {
+                            format!("{} with {tool}, twice; {}", bed.path.name(), diagnosis(bed.lab))
+                        })?
                     }
                 };
                 for (workload, value) in values {
@@ -490,6 +492,17 @@ fn diagnosis(lab: &Lab) -> String {
             .filter_map(|name| lab.host(role).netstat(name).ok().map(|v| format!("{name} {v}")))
             .collect();
         out.push(format!("{role}: {}", counted.join(", ")));
+    }
+    // The servers' own logs (the tools write there): the last lines.
+    if let Ok(entries) = std::fs::read_dir(lab.work_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(3).collect();
+                out.push(format!("{name}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+            }
+        }
     }
     if let Some(report) = lab.client_instance().and_then(|i| crate::afxdp::read_report(&i)) {
         let counted: Vec<String> =
