@@ -45,6 +45,20 @@ fn verify_spec(target: SocketAddrV4, connections: usize) -> LoadSpec {
     }
 }
 
+/// One connection of one-byte exchanges to `target` for `seconds` (a time,
+/// not a count: it must outlast what the test does meanwhile).
+fn pingpong_spec(target: SocketAddrV4, seconds: f64) -> LoadSpec {
+    LoadSpec {
+        mode: Mode::Pingpong,
+        connections: 1,
+        concurrency: 1,
+        request: 1,
+        response: 1,
+        seconds,
+        ..verify_spec(target, 1)
+    }
+}
+
 fn verify(lab: &Lab, target: SocketAddrV4, connections: usize) -> LoadReport {
     lab.load(&verify_spec(target, connections)).expect("the load client runs")
 }
@@ -408,17 +422,7 @@ fn the_agent_drops_entries_whose_socket_is_gone() {
     // A real connection, alive throughout: it runs for a time, longer than
     // the wait below (not for a count of exchanges, which a fast machine
     // finishes early).
-    let mut child = lab
-        .spawn_load(&LoadSpec {
-            mode: Mode::Pingpong,
-            connections: 1,
-            concurrency: 1,
-            request: 1,
-            response: 1,
-            seconds: 15.0,
-            ..verify_spec(lab.service(), 1)
-        })
-        .unwrap();
+    let mut child = lab.spawn_load(&pingpong_spec(lab.service(), 15.0)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(8);
     let connections = || Datapath::open(&client).unwrap().connections().unwrap();
     while connections().contains(&orphan) && Instant::now() < deadline {
@@ -1047,17 +1051,7 @@ fn a_connection_survives_an_afxdp_agent_restart() {
     let mut lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
     // Exchanges for a time that outlasts the restart (not a size, which a
     // fast machine finishes first).
-    let child = lab
-        .spawn_load(&LoadSpec {
-            mode: Mode::Pingpong,
-            connections: 1,
-            concurrency: 1,
-            request: 1,
-            response: 1,
-            seconds: 8.0,
-            ..verify_spec(lab.service(), 1)
-        })
-        .unwrap();
+    let child = lab.spawn_load(&pingpong_spec(lab.service(), 8.0)).unwrap();
     let afxdp = wait_for_report(&lab, |r| r.rewritten_to_uplink >= 100);
     assert!(afxdp.rewritten_to_uplink >= 100, "the connection runs through the workers: {afxdp:?}");
     let first = afxdp.pid;
@@ -1080,17 +1074,7 @@ fn killing_the_afxdp_agent_fails_open() {
     let mut lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
     let client = lab.client_instance().unwrap();
     // An established, bypassed connection that runs through the kill.
-    let running = lab
-        .spawn_load(&LoadSpec {
-            mode: Mode::Pingpong,
-            connections: 1,
-            concurrency: 1,
-            request: 1,
-            response: 1,
-            seconds: 6.0,
-            ..verify_spec(lab.service(), 1)
-        })
-        .unwrap();
+    let running = lab.spawn_load(&pingpong_spec(lab.service(), 6.0)).unwrap();
     let afxdp = wait_for_report(&lab, |r| r.rewritten_to_uplink >= 50);
     assert!(afxdp.rewritten_to_uplink >= 50, "the connection runs through the workers: {afxdp:?}");
     let standby_before = counter(&client, TcCounter::EgressRewritten);
