@@ -75,12 +75,13 @@ fn remove_direct_route(route: &DirectRoute) {
 }
 
 /// The IPv4 addresses assigned to this host's interfaces (this network
-/// namespace), from `ip -j -4 addr show`.
-fn host_addresses() -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
-    let output =
-        Command::new("ip").args(["-j", "-4", "addr", "show"]).output().context("running ip (iproute2)")?;
+/// namespace), or to `device` alone, from `ip -j -4 addr show`.
+pub fn ipv4_addresses(device: Option<&str>) -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
+    let mut args = vec!["-j", "-4", "addr", "show"];
+    args.extend(device.map(|d| ["dev", d]).into_iter().flatten());
+    let output = Command::new("ip").args(&args).output().context("running ip (iproute2)")?;
     if !output.status.success() {
-        bail!("ip -j -4 addr show: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j addr")?;
     Ok(links
@@ -119,7 +120,7 @@ pub fn start(config: &AgentConfig) -> anyhow::Result<Datapath> {
     std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
     let mut datapath_config = config.datapath()?;
     if config.server.is_some() {
-        let held = host_addresses().context("reading this host's addresses")?;
+        let held = ipv4_addresses(None).context("reading this host's addresses")?;
         let rules = &mut datapath_config.rules;
         rules.local_vips = rules
             .services

@@ -20,7 +20,7 @@ pub mod nexthops;
 pub mod pair;
 
 use std::collections::{HashMap as StdHashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -189,7 +189,7 @@ pub struct AfxdpStats {
 }
 
 fn flow(key: &FlowKey) -> FlowV4 {
-    FlowV4 { src_addr: key.src.addr, dst_addr: key.dst.addr, src_port: key.src.port, dst_port: key.dst.port }
+    FlowV4::between(&key.src, &key.dst)
 }
 
 fn connection(learned: &Learned) -> Connection {
@@ -298,18 +298,6 @@ impl std::fmt::Debug for Afxdp {
     }
 }
 
-/// The first IPv4 address of interface `name`.
-fn interface_address(name: &str) -> anyhow::Result<Ipv4Addr> {
-    let output = std::process::Command::new("ip").args(["-j", "-4", "addr", "show", "dev", name]).output()?;
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j addr")?;
-    links[0]["addr_info"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|info| info["local"].as_str()?.parse().ok())
-        .with_context(|| format!("{name} has no IPv4 address"))
-}
-
 impl Afxdp {
     /// Starts the workers over `datapath` (the `tc` dataplane, attached:
     /// the standby) with `rules`, and routes the configured VIPs into them.
@@ -317,7 +305,9 @@ impl Afxdp {
         let settings = config.afxdp.clone().unwrap_or_default();
         let uplink_name = config.interfaces[0].as_str();
         let uplink = pair::link(uplink_name)?;
-        let source = interface_address(uplink_name)?;
+        let source = *crate::agent::ipv4_addresses(Some(uplink_name))?
+            .first()
+            .with_context(|| format!("{uplink_name} has no IPv4 address"))?;
         let workers = settings.cores.len().min(uplink.rx_queues as usize).max(1);
         let pair = HostPair::create(workers as u32, uplink.mtu).context("making heels0")?;
         let maps_dir = datapath.dir().join("maps");
