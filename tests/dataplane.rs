@@ -106,7 +106,10 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
     };
     sink_started.recv_timeout(Duration::from_secs(10)).expect("the sink starts");
 
-    // The device under test: d0 -> heels client egress -> d1.
+    // The device under test: d0 -> heels client egress -> d1. It starts
+    // turning only once the generator has sent everything: frames that
+    // arrive before a worker's first turn must not be lost.
+    let (all_sent, generator_done) = mpsc::channel();
     let (dut_ready, dut_started) = mpsc::channel();
     let dut = {
         let (path, pins, stop, table) =
@@ -125,6 +128,7 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
             let mut worker =
                 Worker::new(region, vec![input, output], vec![WorkerPath { from: 0, to: 1, stage }]);
             dut_ready.send(()).ok();
+            generator_done.recv_timeout(Duration::from_secs(10)).ok();
             worker.run(&stop, Idle::Sleep(Duration::from_micros(50)));
             Ok(worker.stats().devices[1].tx)
         })
@@ -144,9 +148,13 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
                 Worker::new(region, devices, vec![WorkerPath { from: 0, to: 1, stage: NullForward }]);
             // Keep turning (the ring is kicked while frames wait on it)
             // until the sink has every frame or gives up.
+            let mut all_sent = Some(all_sent);
             while !stop.load(Ordering::Relaxed) {
                 if worker.turn() == 0 {
                     std::thread::sleep(Duration::from_micros(50));
+                }
+                if worker.stats().devices[1].tx == u64::from(flows) {
+                    all_sent.take().map(|done| done.send(()));
                 }
             }
             Ok(worker.stats())

@@ -398,11 +398,8 @@ impl Afxdp {
                         tracing::warn!(core, "could not pin the worker to its core");
                     }
                     let opened = open_worker(w as u32, &namespaces, &uplink_name, &uplink_queues);
-                    let (region, devices) = match opened {
-                        Ok((region, devices, sockets)) => {
-                            let _ = sockets_tx.send(Ok(sockets));
-                            (region, devices)
-                        }
+                    let (region, devices, sockets) = match opened {
+                        Ok(opened) => opened,
                         Err(e) => {
                             let _ = sockets_tx.send(Err(e));
                             return;
@@ -412,7 +409,10 @@ impl Afxdp {
                     for (i, stage) in to_host.into_iter().enumerate() {
                         paths.push(Path { from: i + 1, to: 0, stage: HostStage::ToHost(stage) });
                     }
+                    // The worker (its fill rings primed) before its sockets
+                    // go into the XSKMAPs.
                     let mut worker = Worker::new(region, devices, paths);
+                    let _ = sockets_tx.send(Ok(sockets));
                     worker.run_reporting(&stop, idle, |worker| {
                         let host = worker.paths().iter().fold(HostCounters::default(), |mut sum, path| {
                             sum += path.stage.counters();

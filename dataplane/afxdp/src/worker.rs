@@ -151,7 +151,7 @@ impl<D: Device, S: Stage> Worker<D, S> {
         // Half the region waits in the devices' fill rings, split evenly;
         // the other half is in flight (held, or on a transmit ring).
         let fill_share = (region.frames() / (2 * devices.len().max(1) as u32)).max(1);
-        Worker {
+        let mut worker = Worker {
             fill_share,
             devices,
             region,
@@ -164,7 +164,14 @@ impl<D: Device, S: Stage> Worker<D, S> {
             idle_turns: 0,
             resets_sent: 0,
             resets_unsent: 0,
+        };
+        // The fill rings are primed before anyone can send: a socket already
+        // in an XSKMAP drops every frame the kernel has no fill frame for,
+        // and the first turn may come late on a busy machine.
+        for device in &mut worker.devices {
+            device.refill(&mut worker.region, worker.fill_share);
         }
+        worker
     }
 
     /// One turn; returns the frames received.
