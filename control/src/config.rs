@@ -355,12 +355,6 @@ impl AgentConfig {
             return Err(invalid("server", "configure [server], [client] or both"));
         }
         if self.dataplane == DataplaneKind::Afxdp {
-            if self.server.is_some() {
-                return Err(invalid(
-                    "dataplane",
-                    "afxdp serves the client role only so far: a host with [server] runs dataplane = \"tc\"",
-                ));
-            }
             if self.interfaces.len() != 1 {
                 return Err(invalid("interfaces", "afxdp takes exactly one interface (the uplink)"));
             }

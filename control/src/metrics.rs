@@ -44,6 +44,8 @@
 //! | `heels_afxdp_frames_total` | `path` | frames `received`, sent `to_uplink`, sent `to_host` |
 //! | `heels_afxdp_rewritten_packets_total` | `direction` | packets rewritten VIP to DIP (`egress`) or DIP to VIP (`ingress`) |
 //! | `heels_afxdp_connections_learned_total` | | connections learned from SYN-ACK forms and steered |
+//! | `heels_afxdp_syns_translated_total` | | SYNs translated for a served listener (server role) |
+//! | `heels_afxdp_listener_errors_total` | | SYNs whose listener could not be looked up (they took the LB path) |
 //! | `heels_afxdp_connections_unsteered_total` | | learned but not steerable: SYN-ACK dropped, the server retransmits |
 //! | `heels_afxdp_resets_sent_total` | | resets sent before a SYN an LB would refuse |
 //! | `heels_afxdp_dropped_frames_total` | `reason` | `translation` (the core's verdict), `unsteered`, `unresolved` (no neighbour yet), `no_route`, `not_ipv4`, `tx_full_uplink`, `tx_full_host` |
@@ -426,8 +428,18 @@ fn encode_afxdp(
         None,
         labelled("direction", &rewritten),
     )?;
-    let plain: [(&str, &str, u64); 6] = [
+    let plain: [(&str, &str, u64); 8] = [
         ("heels_afxdp_connections_learned", "Connections learned from SYN-ACK forms and steered", r.learned),
+        (
+            "heels_afxdp_syns_translated",
+            "SYNs translated for a served listener (server role)",
+            r.syns_translated,
+        ),
+        (
+            "heels_afxdp_listener_errors",
+            "SYNs whose listener could not be looked up (they took the LB path)",
+            r.listener_errors,
+        ),
         ("heels_afxdp_connections_unsteered", "Connections learned but not steerable", r.unsteered),
         ("heels_afxdp_resets_sent", "Resets sent before a SYN an LB would refuse", r.resets_sent),
         ("heels_afxdp_fill_starved", "Times a fill ring was found empty", r.fill_starved),

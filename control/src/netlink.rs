@@ -1,5 +1,6 @@
-//! One netlink request/dump exchange, for every family the agent asks
-//! (sock_diag for the sweep, rtnetlink for the afxdp next hops).
+//! Netlink request/answer exchanges, for every family the agent asks
+//! (sock_diag for the sweep and the afxdp server's listeners, rtnetlink
+//! for the afxdp next hops).
 
 use anyhow::{bail, Context};
 use netlink_packet_core::{
@@ -8,24 +9,63 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
+/// A socket of `protocol`, bound and connected to the kernel.
+pub fn open(protocol: isize) -> anyhow::Result<Socket> {
+    let mut socket = Socket::new(protocol).context("opening a netlink socket")?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
 /// Sends `request` as a dump on a new socket of `protocol` and calls
 /// `each` with every answer until the kernel says done.
-pub fn dump<M>(protocol: isize, request: M, mut each: impl FnMut(M)) -> anyhow::Result<()>
+pub fn dump<M>(protocol: isize, request: M, each: impl FnMut(M)) -> anyhow::Result<()>
 where
     M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
     NetlinkPayload<M>: From<M>,
 {
-    let mut socket = Socket::new(protocol).context("opening a netlink socket")?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+    let socket = open(protocol)?;
+    dump_on(&socket, request, &[], &mut vec![0u8; 64 * 1024], each)
+}
+
+/// `request` as bytes with `flags`, followed by `attributes` (already
+/// encoded, for a request attribute the message type has no field for).
+fn encode<M>(request: M, flags: u16, attributes: &[u8], bytes: &mut Vec<u8>)
+where
+    M: NetlinkSerializable + std::fmt::Debug,
+    NetlinkPayload<M>: From<M>,
+{
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = flags;
     let mut packet = NetlinkMessage::new(header, request.into());
     packet.finalize();
-    let mut request_bytes = vec![0; packet.buffer_len()];
-    packet.serialize(&mut request_bytes);
+    let length = packet.buffer_len();
+    bytes.clear();
+    bytes.resize(length, 0);
+    packet.serialize(&mut bytes[..length]);
+    bytes.extend_from_slice(attributes);
+    // The message's length covers the attributes (nlmsg_len, the first
+    // four bytes, in host order).
+    let total = bytes.len() as u32;
+    bytes[..4].copy_from_slice(&total.to_ne_bytes());
+}
+
+/// A dump on `socket`: `request` and its `attributes`, then `each` with
+/// every answer until the kernel says done. `buffer` receives.
+pub fn dump_on<M>(
+    socket: &Socket,
+    request: M,
+    attributes: &[u8],
+    buffer: &mut [u8],
+    mut each: impl FnMut(M),
+) -> anyhow::Result<()>
+where
+    M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    NetlinkPayload<M>: From<M>,
+{
+    let mut request_bytes = Vec::new();
+    encode(request, NLM_F_REQUEST | NLM_F_DUMP, attributes, &mut request_bytes);
     socket.send(&request_bytes, 0)?;
-    let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let size = socket.recv(&mut &mut buffer[..], 0)?;
         let mut offset = 0;
@@ -44,5 +84,43 @@ where
             }
             offset += length;
         }
+    }
+}
+
+/// What the kernel answered a request for one object.
+#[derive(Debug)]
+pub enum Answer<M> {
+    /// The object.
+    Found(M),
+    /// No such object (`ENOENT`).
+    Missing,
+}
+
+/// Asks `socket` for one object (a request without `NLM_F_DUMP`).
+/// `request_bytes` and `buffer` are the caller's, kept between calls.
+/// The kernel answers such a request before `send` returns, so the receive
+/// does not wait: an empty socket is an error.
+pub fn ask_one<M>(
+    socket: &Socket,
+    request: M,
+    request_bytes: &mut Vec<u8>,
+    buffer: &mut [u8],
+) -> anyhow::Result<Answer<M>>
+where
+    M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    NetlinkPayload<M>: From<M>,
+{
+    encode(request, NLM_F_REQUEST, &[], request_bytes);
+    socket.send(request_bytes, 0)?;
+    let size = socket.recv(&mut &mut buffer[..], libc::MSG_DONTWAIT)?;
+    let message = NetlinkMessage::<M>::deserialize(&buffer[..size])
+        .map_err(|e| anyhow::anyhow!("parsing a netlink answer: {e}"))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(inner) => Ok(Answer::Found(inner)),
+        NetlinkPayload::Error(error) if error.code.map(|c| c.get()) == Some(-libc::ENOENT) => {
+            Ok(Answer::Missing)
+        }
+        NetlinkPayload::Error(error) => bail!("netlink: {error:?}"),
+        other => bail!("netlink: unexpected answer {other:?}"),
     }
 }

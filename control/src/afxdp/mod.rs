@@ -1,4 +1,4 @@
-//! The agent's `afxdp` dataplane (client role): per-core pinned workers on
+//! The agent's `afxdp` dataplane: per-core pinned workers on
 //! AF_XDP sockets do the per-packet work, with the `tc` programs standing
 //! by (docs/design.md, "The `afxdp` dataplane").
 //!
@@ -16,6 +16,7 @@
 //!   connections on from where the workers left them. The next start
 //!   takes them back.
 
+pub mod listeners;
 pub mod nexthops;
 pub mod pair;
 
@@ -31,7 +32,9 @@ use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::{PortConfig, XskPort};
-use heels_afxdp::host::{Forget, HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
+use heels_afxdp::host::{
+    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, Steer, ToHost, ToUplink,
+};
 use heels_afxdp::nexthop::{Hop, NextHops, Unresolved};
 use heels_afxdp::stage::Clock;
 use heels_afxdp::umem::Region;
@@ -39,7 +42,7 @@ use heels_afxdp::worker::{pin_to_core, Idle, Path, Worker, WorkerStats};
 use heels_common::{EndpointV4, FlowV4};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::translate::{Config as Rules, Learned};
-use heels_xdp::{Classifier, Connection, Datapath, ToWorkers};
+use heels_xdp::{Classifier, Connection, Datapath, SynMarker, ToWorkers};
 
 use crate::config::AgentConfig;
 use pair::{HostPair, Link, Namespaces, PEER_LINK};
@@ -82,6 +85,8 @@ pub struct WorkerReport {
 /// | `rewritten_to_uplink` | of those, rewritten VIP to DIP |
 /// | `rewritten_to_host` | of those, rewritten DIP to VIP |
 /// | `learned` | connections learned from SYN-ACK forms (and steered) |
+/// | `syns_translated` | SYNs with the SYN form translated for a served listener (server role) |
+/// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
 /// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
 /// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
@@ -110,6 +115,8 @@ pub struct AfxdpReport {
     pub rewritten_to_uplink: u64,
     pub rewritten_to_host: u64,
     pub learned: u64,
+    pub syns_translated: u64,
+    pub listener_errors: u64,
     pub unsteered: u64,
     pub forgotten: u64,
     pub forget_skipped: u64,
@@ -138,6 +145,8 @@ impl AfxdpReport {
             ("rewritten_to_uplink", self.rewritten_to_uplink),
             ("rewritten_to_host", self.rewritten_to_host),
             ("learned", self.learned),
+            ("syns_translated", self.syns_translated),
+            ("listener_errors", self.listener_errors),
             ("unsteered", self.unsteered),
             ("forgotten", self.forgotten),
             ("forget_skipped", self.forget_skipped),
@@ -279,6 +288,8 @@ pub struct Afxdp {
     watch: nexthops::Watch,
     learned: Arc<ArrayQueue<Learned>>,
     lost: Arc<AtomicU64>,
+    /// The server's listener lookups that failed (their SYNs took the LB).
+    listener_errors: Arc<AtomicU64>,
     /// Connections learned, by (client, VIP), as the workers will forget them.
     known: StdHashMap<(SocketAddrV4, SocketAddrV4), Forget>,
     /// Closed connections on their way to the workers.
@@ -288,6 +299,9 @@ pub struct Afxdp {
     // then the workers and the pair's XDP program.
     classifier: Option<Classifier>,
     to_workers: Option<ToWorkers>,
+    /// On a server, marks the SYNs the workers translated (behind a DNAT
+    /// LB their connections' replies take the direct route).
+    syn_marker: Option<SynMarker>,
     pair: HostPair,
     uplink: Link,
 }
@@ -336,14 +350,21 @@ impl Afxdp {
             watch,
             learned,
             lost,
+            listener_errors: Arc::new(AtomicU64::new(0)),
             known: StdHashMap::new(),
             forgets: Arc::new(ArrayQueue::new(LEARNED_QUEUE)),
             steering,
             classifier: None,
             to_workers: None,
+            syn_marker: None,
             pair,
             uplink,
         };
+        if config.server.is_some() {
+            let marker =
+                SynMarker::attach(&maps_dir, pair::HOST_LINK).context("marking translated SYNs on heels0")?;
+            afxdp.syn_marker = Some(marker);
+        }
         let rules = Arc::new(rules);
         // A worker's UMEM cannot leave its thread: each worker opens its
         // sockets there and sends their descriptors back for the XSKMAPs.
@@ -367,10 +388,18 @@ impl Afxdp {
                     learned: Arc::clone(&afxdp.learned),
                     lost: Arc::clone(&afxdp.lost),
                 };
+                // The socket is made here, in the host's namespace.
+                let listeners: Box<dyn Listeners> = if config.server.is_some() {
+                    let maps = datapath.server_maps().context("opening the server's maps")?;
+                    Box::new(listeners::KernelListeners::new(maps, Arc::clone(&afxdp.listener_errors))?)
+                } else {
+                    Box::new(NoListeners)
+                };
                 to_host.push(ToHost::new(
                     Arc::clone(&rules),
                     Arc::clone(&afxdp.table),
                     SentSyns(Arc::clone(&syn_ends)),
+                    listeners,
                     Arc::clone(&afxdp.forgets),
                     clock,
                     afxdp.pair.host_end.mac,
@@ -449,7 +478,8 @@ impl Afxdp {
         // host's packets leave through the workers rather than through it.
         afxdp.tick(datapath)?;
         let mut routed = HashSet::new();
-        for vip in &config.client.as_ref().context("afxdp needs [client]")?.vips {
+        let client_vips = config.client.iter().flat_map(|client| &client.vips);
+        for vip in client_vips {
             if routed.insert(*vip.ip()) {
                 afxdp.pair.route(*vip.ip(), source)?;
             }
@@ -573,6 +603,7 @@ impl Afxdp {
             workers: stats.workers as u64,
             table_entries: stats.table_entries as u64,
             learned_lost: stats.learned_lost,
+            listener_errors: self.listener_errors.load(Ordering::Relaxed),
             ..AfxdpReport::default()
         };
         for worker in &stats.reports {
@@ -595,6 +626,7 @@ impl Afxdp {
             report.rewritten_to_uplink += host.rewritten_to_uplink;
             report.rewritten_to_host += host.rewritten_to_host;
             report.learned += host.learned;
+            report.syns_translated += host.syns_translated;
             report.unsteered += host.unsteered;
             report.forgotten += host.forgotten;
             report.forget_skipped += host.forget_skipped;
@@ -627,6 +659,7 @@ impl Afxdp {
 
     fn shut_down(&mut self) {
         self.classifier = None;
+        self.syn_marker = None;
         self.pair.remove();
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {

@@ -15,6 +15,9 @@ use anyhow::{bail, Context};
 
 /// The host's end of the pair.
 pub const HOST_LINK: &str = "heels0";
+/// The host-wide reverse-path filter: the kernel applies the larger of it
+/// and an interface's own.
+const RP_FILTER_ALL: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
 /// The workers' end, in the private namespace.
 pub const PEER_LINK: &str = "heels1";
 
@@ -168,6 +171,16 @@ impl HostPair {
     /// workers whole, checksummed). A `heels0` a previous agent left is
     /// deleted first.
     pub fn create(queues: u32, mtu: u32) -> anyhow::Result<HostPair> {
+        let host_wide =
+            std::fs::read_to_string(RP_FILTER_ALL).with_context(|| format!("reading {RP_FILTER_ALL}"))?;
+        if host_wide.trim() != "0" {
+            anyhow::bail!(
+                "net.ipv4.conf.all.rp_filter is {}: the afxdp dataplane hands packets to the host through heels0, \
+                 whose sources the uplink routes, and the kernel would drop them; set it to 0 \
+                 (the uplink's own rp_filter can stay) or run dataplane = \"tc\"",
+                host_wide.trim()
+            );
+        }
         let _ = run("ip", &["link", "del", HOST_LINK]);
         let private = private_netns()?;
         let host = OwnedFd::from(File::open("/proc/thread-self/ns/net").context("opening this namespace")?);
@@ -217,6 +230,12 @@ impl HostPair {
         let pair = HostPair { namespaces, host_end: End { index: 0, mac: [0; 6] }, peer_end };
         std::fs::write(format!("/proc/sys/net/ipv6/conf/{HOST_LINK}/disable_ipv6"), "1")
             .context("disabling IPv6 on heels0")?;
+        // No reverse-path filter: what comes in by heels0 (a reply, a SYN
+        // for a listener) is from addresses the uplink routes, and a link
+        // without an address fails even the loose check (the kernel counts
+        // TcpExtIPReversePathFilter). The host-wide setting counts too.
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{HOST_LINK}/rp_filter"), "0")
+            .context("setting heels0's reverse-path filter")?;
         run("ip", &["link", "set", HOST_LINK, "mtu", &mtu, "arp", "off", "up"])?;
         run("ethtool", &["-K", HOST_LINK, "tx", "off", "tso", "off", "gso", "off"])?;
         let host_end = end(HOST_LINK)?;

@@ -99,7 +99,7 @@ pub enum Dataplane {
     None,
     /// heels with the TC programs.
     Tc,
-    /// heels with the AF_XDP workers (client role only, so far).
+    /// heels with the AF_XDP workers.
     Afxdp,
 }
 
@@ -417,11 +417,16 @@ impl Lab {
                 host.netns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             }
         }
+        // An afxdp host's classifier runs in XDP, where a pending
+        // (offloaded) checksum is lost: the router completes what it sends
+        // to such a host, as a real wire would have it.
         if self.spec.client == Dataplane::Afxdp {
-            // The afxdp client's classifier runs in XDP, where a pending
-            // (offloaded) checksum is lost: the router completes what it
-            // sends to the client, as a real wire would have it.
             router.exec("ethtool", &["-K", "to-client", "tx", "off"])?;
+        }
+        if self.spec.server == Dataplane::Afxdp {
+            for &role in &servers {
+                router.exec("ethtool", &["-K", &format!("to-{role}"), "tx", "off"])?;
+            }
         }
         if self.spec.lb == LbKind::Ipip {
             // A frame that enters XDP loses a pending (offloaded) checksum.
@@ -478,6 +483,7 @@ impl Lab {
             client.backends = vec![overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned())];
         } else {
             config.client = None;
+            config.dataplane = self.spec.server.agent().unwrap_or_default();
             let server = config.server.as_mut().context("the example has a [server]")?;
             let port = overrides.server_local_port.unwrap_or_else(|| self.server_port());
             server.services = vec![Service { vip: SocketAddrV4::new(VIP, VPORT), port: Some(port) }];
@@ -492,9 +498,6 @@ impl Lab {
 
     fn start_agents(&mut self) -> anyhow::Result<()> {
         let mut wanted = Vec::new();
-        if self.spec.server == Dataplane::Afxdp {
-            bail!("the afxdp dataplane serves the client role only so far: run the servers with tc");
-        }
         if self.spec.client != Dataplane::None {
             wanted.push(Role::Client);
         }

@@ -1,5 +1,5 @@
 //! A host's two paths through its workers (the agent's `--dataplane
-//! afxdp`, client role):
+//! afxdp`):
 //! - [`ToUplink`]: what the host sends to a VIP (routed into `heels0`, out
 //!   of its peer into the worker) leaves by the uplink, rewritten VIP to
 //!   DIP for a bypassed connection, with the Ethernet addresses of the
@@ -8,7 +8,9 @@
 //!   with the SYN-ACK form, steered flows) goes to the host through the
 //!   pair, rewritten DIP to VIP, addressed to `heels0`. A SYN-ACK it
 //!   learns from is handed to a [`Steer`] before the host sees it, so the
-//!   connection's next packets are steered before any can arrive.
+//!   connection's next packets are steered before any can arrive. A SYN
+//!   with the SYN form (the server role) is translated for a listener the
+//!   [`Listeners`] say will answer it, and goes to the host the same way.
 
 use std::sync::Arc;
 
@@ -44,6 +46,8 @@ pub struct HostCounters {
     pub rewritten_to_uplink: u64,
     /// Packets rewritten DIP to VIP on their way in.
     pub rewritten_to_host: u64,
+    /// SYNs translated for a listener of this host (the server role).
+    pub syns_translated: u64,
     /// Closed connections forgotten (entries and steering removed).
     pub forgotten: u64,
     /// Closed connections not forgotten: their 4-tuple carried a newer SYN
@@ -60,6 +64,7 @@ impl std::ops::AddAssign for HostCounters {
         self.unsteered += other.unsteered;
         self.rewritten_to_uplink += other.rewritten_to_uplink;
         self.rewritten_to_host += other.rewritten_to_host;
+        self.syns_translated += other.syns_translated;
         self.forgotten += other.forgotten;
         self.forget_skipped += other.forget_skipped;
     }
@@ -102,17 +107,33 @@ pub struct Forget {
 /// Forgets handled per turn at most (the rest wait for the next).
 const FORGETS_PER_TURN: usize = 64;
 
-/// The client's record of the SYNs it sent to VIPs, as the [`Sockets`] the
-/// ingress path asks: "a socket of this host is connecting from CIP:cport
-/// to VIP:vport" is "this host sent a SYN on that 4-tuple". The stack
-/// itself drops a SYN-ACK that no `SYN_SENT` socket matches; this check
-/// only keeps a forged SYN-ACK from making entries for a tuple the host
-/// never used. The afxdp path serves no listener: a SYN for a service is
-/// refused (it takes the LB path).
+/// The client's record of the SYNs it sent to VIPs: "a socket of this
+/// host is connecting from CIP:cport to VIP:vport" is "this host sent a
+/// SYN on that 4-tuple". The stack itself drops a SYN-ACK that no
+/// `SYN_SENT` socket matches; this check only keeps a forged SYN-ACK from
+/// making entries for a tuple the host never used.
 #[derive(Debug, Clone)]
 pub struct SentSyns(pub Arc<SynEnds>);
 
-impl Sockets for SentSyns {
+/// The server's side of [`Sockets`]: whether a listener of this host will
+/// answer a translated SYN with the SYN-ACK form, and the record sockops
+/// reads to write it. Asked once per SYN with the SYN form, never for
+/// other packets.
+pub trait Listeners: Send {
+    /// As [`Sockets::answers`].
+    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
+    /// As [`Sockets::record`].
+    fn record(&self, flow: &FlowKey, vip: Endpoint);
+    /// As [`Sockets::forget`].
+    fn forget(&self, flow: &FlowKey);
+}
+
+/// A host that serves no listener through the workers (no `[server]`): a
+/// SYN for a service is not translated (it takes the LB path).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoListeners;
+
+impl Listeners for NoListeners {
     fn answers(&self, _flow: &FlowKey, _vip: Endpoint) -> Result<(), Reason> {
         Err(Reason::NoListener)
     }
@@ -120,9 +141,36 @@ impl Sockets for SentSyns {
     fn record(&self, _flow: &FlowKey, _vip: Endpoint) {}
 
     fn forget(&self, _flow: &FlowKey) {}
+}
+
+/// What the ingress path asks of the host's sockets: the client's SYNs
+/// ([`SentSyns`]) and the server's listeners ([`Listeners`]).
+pub struct HostSockets {
+    sent: SentSyns,
+    listeners: Box<dyn Listeners>,
+}
+
+impl std::fmt::Debug for HostSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSockets").field("sent", &self.sent).finish_non_exhaustive()
+    }
+}
+
+impl Sockets for HostSockets {
+    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
+        self.listeners.answers(flow, vip)
+    }
+
+    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+        self.listeners.record(flow, vip)
+    }
+
+    fn forget(&self, flow: &FlowKey) {
+        self.listeners.forget(flow)
+    }
 
     fn connecting(&self, client: Endpoint, vip: Endpoint) -> bool {
-        self.0.contains(&FlowKey { src: client, dst: vip })
+        self.sent.0.contains(&FlowKey { src: client, dst: vip })
     }
 }
 
@@ -196,7 +244,7 @@ impl Stage for ToUplink {
 
 /// Frames from the uplink on their way into the host through the pair.
 pub struct ToHost<T> {
-    ingress: UplinkIngress<SentSyns>,
+    ingress: UplinkIngress<HostSockets>,
     table: Arc<ConnTable>,
     syn_ends: Arc<SynEnds>,
     forgets: Arc<ArrayQueue<Forget>>,
@@ -216,13 +264,14 @@ impl<T> std::fmt::Debug for ToHost<T> {
 impl<T: Steer> ToHost<T> {
     /// Translates as the host's ingress does, learning only connections
     /// whose SYN `sent` recorded, and hands each learned one to `steer`;
-    /// forgets what `forgets` says is closed. Frames go from `peer_mac` to
-    /// `host_mac`.
+    /// translates SYNs for the listeners `listeners` serves; forgets what
+    /// `forgets` says is closed. Frames go from `peer_mac` to `host_mac`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         table: Arc<ConnTable>,
         sent: SentSyns,
+        listeners: Box<dyn Listeners>,
         forgets: Arc<ArrayQueue<Forget>>,
         clock: Clock,
         host_mac: [u8; 6],
@@ -230,7 +279,8 @@ impl<T: Steer> ToHost<T> {
         steer: T,
     ) -> Self {
         let syn_ends = Arc::clone(&sent.0);
-        let ingress = UplinkIngress::new(config, Arc::clone(&table), sent, clock);
+        let sockets = HostSockets { sent, listeners };
+        let ingress = UplinkIngress::new(config, Arc::clone(&table), sockets, clock);
         let counters = HostCounters::default();
         ToHost { ingress, table, syn_ends, forgets, host_mac, peer_mac, steer, counters }
     }
@@ -249,11 +299,19 @@ impl<T: Steer> ToHost<T> {
     }
 }
 
-/// Whether the frame's TCP flags (at most one IPv4 header in) say SYN-ACK:
-/// a check a few loads long, so that only SYN-ACKs are parsed again.
-fn is_syn_ack(frame: &[u8]) -> bool {
+/// The frame's TCP flags (at most one IPv4 header in): a check a few
+/// loads long, so that only handshakes are parsed again.
+fn tcp_flags(frame: &[u8]) -> u8 {
     let ihl = frame.get(14).map_or(0, |b| usize::from(b & 0x0f) * 4);
-    frame.get(14 + ihl + 13).is_some_and(|flags| flags & 0x12 == 0x12)
+    frame.get(14 + ihl + 13).copied().unwrap_or(0)
+}
+
+fn is_syn_ack(frame: &[u8]) -> bool {
+    tcp_flags(frame) & 0x12 == 0x12
+}
+
+fn is_syn(frame: &[u8]) -> bool {
+    tcp_flags(frame) & 0x12 == 0x02
 }
 
 impl<T: Steer> Stage for ToHost<T> {
@@ -271,7 +329,11 @@ impl<T: Steer> Stage for ToHost<T> {
             let Action::Forward { start } = *action else { continue };
             let Some(frame) = frame.get_mut(start..) else { continue };
             if matches!(outcome.verdict, Verdict::Rewritten { .. }) {
-                self.counters.rewritten_to_host += 1;
+                if is_syn(frame) {
+                    self.counters.syns_translated += 1;
+                } else {
+                    self.counters.rewritten_to_host += 1;
+                }
             }
             let learning =
                 matches!(outcome.verdict, Verdict::Rewritten { .. } | Verdict::Pass(Reason::LearnedViaLb))

@@ -2,7 +2,9 @@
 //! learned only for a 4-tuple the host sent a SYN on, steered before the
 //! host gets it, and dropped when it cannot be steered; frames leave for
 //! the host with heels0's address and for the uplink with the next hop's,
-//! and a frame without a next hop is held back and its next hop noted.
+//! and a frame without a next hop is held back and its next hop noted; a
+//! SYN with the SYN form is translated for a listener that answers, and
+//! passed unchanged (its record forgotten) for one that does not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,14 +12,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::MemoryPort;
-use heels_afxdp::host::{Forget, HostCounters, HostStage, SentSyns, Steer, ToHost, ToUplink};
+use heels_afxdp::host::{
+    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, Steer, ToHost, ToUplink,
+};
 use heels_afxdp::nexthop::{NextHops, Route, Unresolved};
 use heels_afxdp::stage::Clock;
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{Path, Worker};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
-use heels_dataplane::translate::{self, Learned};
+use heels_dataplane::option::Endpoint;
+use heels_dataplane::translate::{self, Learned, Reason, Sockets};
 use heels_dataplane::vectors::vector;
 
 const NOW: u32 = 1;
@@ -68,8 +73,26 @@ fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     frame
 }
 
+/// The listeners of docs/protocol.md's server (the core's test double).
+#[derive(Clone)]
+struct ProtocolListeners(Arc<fuzzing::HostSockets>);
+
+impl Listeners for ProtocolListeners {
+    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
+        self.0.answers(flow, vip)
+    }
+
+    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+        self.0.record(flow, vip)
+    }
+
+    fn forget(&self, flow: &FlowKey) {
+        self.0.forget(flow)
+    }
+}
+
 fn to_host(table: &Arc<ConnTable>, syns: &Arc<SynEnds>, steer: Recorder) -> HostStage<Recorder> {
-    to_host_forgetting(table, syns, steer, &Arc::new(ArrayQueue::new(4)))
+    to_host_with(table, syns, steer, &Arc::new(ArrayQueue::new(4)), Box::new(NoListeners))
 }
 
 fn to_host_forgetting(
@@ -78,10 +101,21 @@ fn to_host_forgetting(
     steer: Recorder,
     forgets: &Arc<ArrayQueue<Forget>>,
 ) -> HostStage<Recorder> {
+    to_host_with(table, syns, steer, forgets, Box::new(NoListeners))
+}
+
+fn to_host_with(
+    table: &Arc<ConnTable>,
+    syns: &Arc<SynEnds>,
+    steer: Recorder,
+    forgets: &Arc<ArrayQueue<Forget>>,
+    listeners: Box<dyn Listeners>,
+) -> HostStage<Recorder> {
     HostStage::ToHost(ToHost::new(
         Arc::new(fuzzing::config()),
         Arc::clone(table),
         SentSyns(Arc::clone(syns)),
+        listeners,
         Arc::clone(forgets),
         Clock::Fixed(NOW),
         HOST_MAC,
@@ -211,4 +245,57 @@ fn a_closed_connection_is_forgotten_only_if_its_tuple_carried_no_newer_syn() {
     assert_eq!(table.lookup(&ingress, NOW), None);
     assert_eq!(*steer.forgotten.lock().unwrap(), vec![ingress]);
     assert_eq!(worker.paths()[0].stage.counters().forgotten, 1);
+}
+
+#[test]
+fn a_syn_form_is_translated_for_a_listener_that_answers_and_passed_for_one_that_does_not() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    // (before, after, where the packet the stack sees starts: past the
+    // IPIP header for IPIP)
+    for (before, after, start) in [
+        ("fullnat-syn-before", "fullnat-syn-after", 0),
+        ("dnat-syn-before", "dnat-syn-after", 0),
+        ("ipip-syn-before", "ipip-syn-after", 20),
+    ] {
+        let served = Arc::new(fuzzing::sockets());
+        let listeners = Box::new(ProtocolListeners(Arc::clone(&served)));
+        let stage =
+            to_host_with(&table, &syns, Recorder::default(), &Arc::new(ArrayQueue::new(4)), listeners);
+        let (sent, counters) = run(vec![vector(before)], stage);
+        let translated = vector(after);
+        assert_eq!(sent, vec![with_macs(translated.clone(), HOST_MAC, PEER_MAC)], "{before}");
+        assert_eq!((counters.syns_translated, counters.rewritten_to_host, counters.learned), (1, 0, 0));
+        let flow = flow_of(&translated);
+        assert_eq!(served.recorded(&flow), Some(VIP), "{before}: sockops's record");
+
+        // No served listener: the SYN goes on as it came (the LB's path),
+        // and no record of its 4-tuple (as it came) is left for sockops.
+        let unserved = Arc::new(fuzzing::HostSockets::default());
+        let flow = flow_of(&vector(before)[start..]);
+        unserved.record(&flow, VIP);
+        let listeners = Box::new(ProtocolListeners(Arc::clone(&unserved)));
+        let stage =
+            to_host_with(&table, &syns, Recorder::default(), &Arc::new(ArrayQueue::new(4)), listeners);
+        let (sent, counters) = run(vec![vector(before)], stage);
+        // (IPIP is decapsulated all the same: the packet is for this host.)
+        let untranslated = [&vector(before)[..14], &vector(before)[14 + start..]].concat();
+        assert_eq!(sent, vec![with_macs(untranslated, HOST_MAC, PEER_MAC)], "{before} unserved");
+        assert_eq!(counters.syns_translated, 0);
+        assert_eq!(unserved.recorded(&flow), None, "{before}: the record is gone");
+    }
+}
+
+/// The 4-tuple of an Ethernet/IPv4/TCP frame (or of the packet inside an
+/// IPIP frame, from 20 bytes in: its IPv4 header is where the outer one's
+/// would be, as the core's strip makes it).
+fn flow_of(frame: &[u8]) -> FlowKey {
+    let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let endpoint = |addr: usize, port: usize| {
+        Endpoint::new(
+            [frame[addr], frame[addr + 1], frame[addr + 2], frame[addr + 3]],
+            u16::from_be_bytes([frame[port], frame[port + 1]]),
+        )
+    };
+    FlowKey { src: endpoint(26, tcp), dst: endpoint(30, tcp + 2) }
 }

@@ -47,6 +47,9 @@ pub const TC_INGRESS_PROGRAM: &str = "heels_tc_ingress";
 pub const TC_EGRESS_PROGRAM: &str = "heels_tc_egress";
 /// Name of the sockops program.
 pub const SOCKOPS_PROGRAM: &str = "heels_sockops";
+/// The TC ingress program on `heels0` of an afxdp server: marks the SYNs
+/// the workers translated, as the TC ingress program does on the uplink.
+pub const TC_MARK_TRANSLATED_PROGRAM: &str = "heels_mark_translated";
 
 /// Most connections a client tracks (each takes one entry in each of
 /// [`MAP_EGRESS`] and [`MAP_INGRESS`]; least recently used go first).

@@ -65,6 +65,36 @@ pub fn heels_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// On `heels0` of an afxdp server (ingress): a SYN the workers translated
+/// (its 4-tuple in `TRANSLATED`, written before the SYN was sent) gets
+/// the configured mark, as the TC ingress program gives it on the uplink,
+/// so that behind a DNAT LB the connection's replies take the direct
+/// route. A SYN the workers passed untranslated has no record and keeps
+/// the LB's route.
+#[classifier]
+pub fn heels_mark_translated(ctx: TcContext) -> i32 {
+    if try_mark_translated(&ctx).is_err() {
+        count(TcCounter::Errors);
+    }
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn try_mark_translated(ctx: &TcContext) -> Result<(), ()> {
+    let Some(segment) = parse(ctx)? else {
+        return Ok(());
+    };
+    if segment.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Ok(());
+    }
+    let mark = TC_CONFIG.get(0).map_or(0, |config| config.syn_mark);
+    // SAFETY: only the presence of the value is read.
+    if mark != 0 && unsafe { TRANSLATED.get(&segment.flow()) }.is_some() {
+        ctx.set_mark(mark);
+    }
+    Ok(())
+}
+
 /// The parts of a TCP/IPv4 packet the programs use.
 struct Segment {
     /// Offset of the TCP header.

@@ -9,7 +9,9 @@ pub mod tc;
 pub mod workers;
 
 pub use classifier::{Classifier, ClassifierError};
-pub use tc::{Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner};
+pub use tc::{
+    Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner, ServerMaps, SynMarker,
+};
 pub use workers::ToWorkers;
 
 /// The eBPF object built by build.rs: every heels kernel-side program.

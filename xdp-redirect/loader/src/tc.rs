@@ -23,7 +23,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
     EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS,
     MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
-    MAP_VIP_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    MAP_VIP_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, TC_MARK_TRANSLATED_PROGRAM,
 };
 use heels_dataplane::translate::{Config as Rules, Prefix};
 
@@ -136,6 +136,22 @@ pub struct Datapath {
     dir: PathBuf,
 }
 
+/// The records of translated SYNs, by the 4-tuple the stack sees (sockops
+/// writes the SYN-ACK form for those).
+const MAP_TRANSLATED: &str = "HEELS_TRANSLATED";
+/// The socket storage sockops puts on every listener it saw start.
+const MAP_SERVED_LISTENERS: &str = "HEELS_SERVED_LISTENERS";
+
+/// See [`Datapath::server_maps`].
+#[derive(Debug)]
+pub struct ServerMaps {
+    /// `HEELS_TRANSLATED`: translated 4-tuple -> VIP:vport.
+    pub translated: HashMap<MapData, FlowV4, EndpointV4>,
+    /// `HEELS_SERVED_LISTENERS` (socket storage: readable only through
+    /// sock_diag, which names the map by descriptor).
+    pub served_listeners: MapData,
+}
+
 /// How to type a map opened from its pin.
 type MapKind = fn(MapData) -> Map;
 
@@ -151,7 +167,7 @@ const RUNTIME_MAPS: [(&str, MapKind); 4] = [
 /// The pinned maps that hold connections: never dropped to make way for
 /// another version's shape (that would break the connections they carry).
 const CONNECTION_MAPS: [&str; 5] =
-    [MAP_EGRESS, MAP_INGRESS, "HEELS_TRANSLATED", "HEELS_SOCK_BACKENDS", "HEELS_SERVED_LISTENERS"];
+    [MAP_EGRESS, MAP_INGRESS, MAP_TRANSLATED, "HEELS_SOCK_BACKENDS", MAP_SERVED_LISTENERS];
 
 /// Before loading over the pins of a previous agent (an upgrade): aya reuses
 /// a pinned map by name whatever its shape, so a map whose type, key, value
@@ -250,6 +266,19 @@ impl Datapath {
     /// The pin directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Handles of their own (opened anew from the pins) on the maps the
+    /// server's SYN translation reads and writes outside the kernel: for an
+    /// afxdp worker.
+    pub fn server_maps(&self) -> Result<ServerMaps, DatapathError> {
+        let maps_dir = self.dir.join("maps");
+        let name = MAP_TRANSLATED;
+        let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
+        let translated = HashMap::try_from(Map::LruHashMap(data)).map_err(map_error(name))?;
+        let name = MAP_SERVED_LISTENERS;
+        let served_listeners = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
+        Ok(ServerMaps { translated, served_listeners })
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, DatapathError> {
@@ -380,6 +409,32 @@ fn load_classifier<'a>(
         .map_err(program_error(name))?;
     program.load().map_err(program_error(name))?;
     Ok(program)
+}
+
+/// `heels_mark_translated` on the ingress of an afxdp server's `heels0`,
+/// attached while this value lives (by a link the process owns: it goes
+/// with the process, and with `heels0`).
+#[derive(Debug)]
+pub struct SynMarker {
+    _ebpf: Ebpf,
+}
+
+impl SynMarker {
+    /// Loads the program over the pinned maps of `maps_dir` and attaches
+    /// it to `interface`'s ingress.
+    pub fn attach(maps_dir: &Path, interface: &str) -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(maps_dir).load(crate::EBPF_OBJECT)?;
+        let name = TC_MARK_TRANSLATED_PROGRAM;
+        let program = load_classifier(&mut ebpf, name)?;
+        program
+            .attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(program_error(name))?;
+        Ok(SynMarker { _ebpf: ebpf })
+    }
 }
 
 /// Which TC program to run.

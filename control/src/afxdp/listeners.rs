@@ -1,0 +1,204 @@
+//! The server role's [`Listeners`] for a worker: what the `tc` ingress
+//! program asks the kernel's socket table in place (`bpf_skc_lookup_tcp`
+//! and the listener's socket storage), asked from userspace through
+//! sock_diag; the record of a translated SYN written into the pinned
+//! `HEELS_TRANSLATED`, which sockops reads to write the SYN-ACK form.
+//!
+//! Asked once per SYN with the SYN form (a request and its answer: two
+//! system calls), never for any other packet. Whether a listener is served
+//! is fixed when it starts listening (sockops marks it then), so the
+//! answer is kept by the listener's cookie (unique for the boot); a
+//! listener not seen before costs one dump of the host's listeners with
+//! their storage in the served-listeners map.
+//!
+//! Any error answers "no listener": the SYN goes on untranslated and the
+//! connection takes the LB's path.
+
+use std::cell::RefCell;
+use std::collections::HashMap as StdHashMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aya::maps::{HashMap, MapData};
+use heels_afxdp::host::Listeners;
+use heels_common::{EndpointV4, FlowV4};
+use heels_dataplane::conntrack::FlowKey;
+use heels_dataplane::option::Endpoint;
+use heels_dataplane::translate::Reason;
+use heels_xdp::ServerMaps;
+use netlink_packet_core::Nla as _;
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::nlas::Nla;
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use netlink_sys::Socket;
+
+use crate::netlink::{self, Answer};
+
+// Socket states as sock_diag reports them (include/net/tcp_states.h).
+const TCP_SYN_RECV: u8 = 3;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_LISTEN: u8 = 10;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// `INET_DIAG_REQ_SK_BPF_STORAGES`: the request attribute naming the
+/// socket-storage maps whose values the answers should carry.
+const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
+/// `SK_DIAG_BPF_STORAGE_REQ_MAP_FD`: one map, by descriptor.
+const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
+/// `INET_DIAG_SK_BPF_STORAGES`: the answer's attribute, present only for a
+/// socket that has storage in one of the maps.
+const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+const NLA_F_NESTED: u16 = 0x8000;
+/// The attribute type bits (without the nested and byte-order flags).
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// Listener cookies remembered at most (then forgotten all at once: a
+/// cookie asked again costs one dump).
+const LISTENERS_REMEMBERED: usize = 4096;
+
+/// One worker's view of the host's listeners (see the module's comment).
+pub struct KernelListeners {
+    socket: Socket,
+    request: RefCell<Vec<u8>>,
+    answer: RefCell<Vec<u8>>,
+    /// Listener cookie -> served.
+    served: RefCell<StdHashMap<u64, bool>>,
+    translated: RefCell<HashMap<MapData, FlowV4, EndpointV4>>,
+    served_listeners: MapData,
+    /// Exchanges that failed (the SYN took the LB's path), for the report.
+    errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for KernelListeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelListeners").field("listeners_known", &self.served.borrow().len()).finish()
+    }
+}
+
+impl KernelListeners {
+    /// Opens the sock_diag socket in the calling thread's network
+    /// namespace (the host's), over `maps`.
+    pub fn new(maps: ServerMaps, errors: Arc<AtomicU64>) -> anyhow::Result<Self> {
+        Ok(KernelListeners {
+            socket: netlink::open(NETLINK_SOCK_DIAG)?,
+            request: RefCell::new(Vec::with_capacity(128)),
+            answer: RefCell::new(vec![0; 64 * 1024]),
+            served: RefCell::new(StdHashMap::with_capacity(LISTENERS_REMEMBERED)),
+            translated: RefCell::new(maps.translated),
+            served_listeners: maps.served_listeners,
+            errors,
+        })
+    }
+
+    /// The state and cookie of the socket a packet of `flow` (as it
+    /// arrives: CIP:cport -> DIP:dport) would meet: the connection's, or
+    /// else the listener's.
+    fn socket_of(&self, flow: &FlowKey) -> anyhow::Result<Option<(u8, u64)>> {
+        let mut id = SocketId::new_v4();
+        id.source_address = IpAddr::from(flow.dst.addr);
+        id.source_port = flow.dst.port();
+        id.destination_address = IpAddr::from(flow.src.addr);
+        id.destination_port = flow.src.port();
+        // No cookie: any socket on the 4-tuple.
+        id.cookie = [0xff; 8];
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family: AF_INET,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: id,
+        });
+        let answer = netlink::ask_one(
+            &self.socket,
+            request,
+            &mut self.request.borrow_mut(),
+            &mut self.answer.borrow_mut(),
+        )?;
+        Ok(match answer {
+            Answer::Found(SockDiagMessage::InetResponse(response)) => {
+                Some((response.header.state, u64::from_ne_bytes(response.header.socket_id.cookie)))
+            }
+            Answer::Found(_) | Answer::Missing => None,
+        })
+    }
+
+    /// Whether sockops saw the listener `cookie` start.
+    fn served(&self, cookie: u64) -> anyhow::Result<bool> {
+        if let Some(&served) = self.served.borrow().get(&cookie) {
+            return Ok(served);
+        }
+        let mut known = self.served.borrow_mut();
+        if known.len() >= LISTENERS_REMEMBERED {
+            known.clear();
+        }
+        let fd = self.served_listeners.fd().as_fd().as_raw_fd() as u32;
+        let mut attributes = Vec::with_capacity(12);
+        attributes.extend_from_slice(&12u16.to_ne_bytes());
+        attributes.extend_from_slice(&(INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED).to_ne_bytes());
+        attributes.extend_from_slice(&8u16.to_ne_bytes());
+        attributes.extend_from_slice(&SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
+        attributes.extend_from_slice(&fd.to_ne_bytes());
+        for family in [AF_INET, AF_INET6] {
+            let request = SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::LISTEN,
+                socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
+            });
+            netlink::dump_on(&self.socket, request, &attributes, &mut self.answer.borrow_mut(), |message| {
+                if let SockDiagMessage::InetResponse(response) = message {
+                    let served = response
+                        .nlas
+                        .iter()
+                        .any(|nla| matches!(nla, Nla::Other(other) if other.kind() & NLA_TYPE_MASK == INET_DIAG_SK_BPF_STORAGES));
+                    known.insert(u64::from_ne_bytes(response.header.socket_id.cookie), served);
+                }
+            })?;
+        }
+        // A listener that closed in between is not served.
+        Ok(known.get(&cookie).copied().unwrap_or(false))
+    }
+
+    fn try_answers(&self, flow: &FlowKey, vip: Endpoint) -> anyhow::Result<Result<(), Reason>> {
+        let Some((state, cookie)) = self.socket_of(flow)? else {
+            return Ok(Err(Reason::NoListener));
+        };
+        if state == TCP_LISTEN {
+            return Ok(if self.served(cookie)? { Ok(()) } else { Err(Reason::ListenerUnserved) });
+        }
+        // The previous translated connection to the same VIP on this
+        // 4-tuple (its TIME_WAIT, or the request a retransmitted SYN
+        // belongs to) takes the SYN; anything else holds the tuple.
+        let ours = self.translated.borrow().get(&FlowV4::between(&flow.src, &flow.dst), 0).ok() == Some(vip);
+        let reusable = matches!(state, TCP_TIME_WAIT | TCP_NEW_SYN_RECV | TCP_SYN_RECV);
+        Ok(if ours && reusable { Ok(()) } else { Err(Reason::TupleInUse) })
+    }
+}
+
+impl Listeners for KernelListeners {
+    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
+        self.try_answers(flow, vip).unwrap_or_else(|e| {
+            if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("asking the kernel for a SYN's listener: {e:#} (the SYN takes the LB's path)");
+            }
+            Err(Reason::NoListener)
+        })
+    }
+
+    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+        let flow = FlowV4::between(&flow.src, &flow.dst);
+        if self.translated.borrow_mut().insert(flow, vip, 0).is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn forget(&self, flow: &FlowKey) {
+        // Absent is the usual case: nothing to count.
+        let _ = self.translated.borrow_mut().remove(&FlowV4::between(&flow.src, &flow.dst));
+    }
+}
