@@ -953,35 +953,93 @@ fn a_syn_whose_sequence_an_lb_would_refuse_is_preceded_by_a_reset() {
     assert_eq!(counter(&client, TcCounter::LbResetsSent), 1);
 }
 
-// The afxdp dataplane on the client, the servers on tc (the afxdp path
-// serves the client role so far). The tc programs stand by on the client:
-// they must rewrite nothing while the workers run.
+// The afxdp dataplane on the client, on the servers, on both. The tc
+// programs stand by on every afxdp host: they must rewrite nothing while
+// the workers run.
 
-/// The client's afxdp report once `done` holds (the agent writes one about
+/// `instance`'s afxdp report once `done` holds (the agent writes one about
 /// every half second), or the last one after 10 s.
-fn wait_for_report(
-    lab: &Lab,
+fn wait_for_report_of(
+    instance: &str,
     done: impl Fn(&heels::afxdp::AfxdpReport) -> bool,
 ) -> heels::afxdp::AfxdpReport {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let report = heels::afxdp::read_report(&lab.client_instance().unwrap());
-        match report {
+        match heels::afxdp::read_report(instance) {
             Some(report) if done(&report) || Instant::now() >= deadline => return report,
-            None if Instant::now() >= deadline => panic!("no afxdp report"),
+            None if Instant::now() >= deadline => panic!("no afxdp report of {instance}"),
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
 
-fn afxdp_bypassed(kind: LbKind) {
-    let lab = lab(kind, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
+/// The client's afxdp report (see [`wait_for_report_of`]).
+fn wait_for_report(
+    lab: &Lab,
+    done: impl Fn(&heels::afxdp::AfxdpReport) -> bool,
+) -> heels::afxdp::AfxdpReport {
+    wait_for_report_of(&lab.client_instance().unwrap(), done)
+}
+
+/// The servers' afxdp reports, summed where it matters here, once they
+/// translated `syns` SYNs between them (or after 10 s).
+fn servers_translated(lab: &Lab, syns: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reports: Vec<_> =
+            lab.server_instances().iter().map(|i| wait_for_report_of(i, |_| true)).collect();
+        let translated = reports.iter().map(|r| r.syns_translated).sum();
+        let errors = reports.iter().map(|r| r.listener_errors).sum();
+        if translated >= syns || Instant::now() >= deadline {
+            return (translated, errors);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With heels afxdp on `client` or `server` (or both) and tc (or afxdp)
+/// on the other end: every byte both ways, the client's own address seen,
+/// only SYNs through the LB, and each afxdp host's workers did the work
+/// while its tc programs stood by.
+fn afxdp_bypassed(kind: LbKind, client: Dataplane, server: Dataplane) {
+    let lab = lab(kind, client, server, Overrides::default());
     let report = verify(&lab, lab.service(), CONNECTIONS);
     assert_all_verified(&report, CONNECTIONS);
     assert_eq!(report.real_address_seen, CONNECTIONS, "every server saw the client's own address");
     assert_eq!(report.per_server.len(), 2, "the LB spread connections: {:?}", report.per_server);
     assert_only_syns(&lab.lb_counters().unwrap(), CONNECTIONS);
-    let afxdp = wait_for_report(&lab, |r| r.learned >= CONNECTIONS as u64);
+    let client_instance = lab.client_instance().unwrap();
+    assert!(
+        counter(&client_instance, TcCounter::SynOptionWritten) >= CONNECTIONS as u64,
+        "sockops wrote the SYN form"
+    );
+    let servers = lab.server_instances();
+    if client == Dataplane::Afxdp {
+        afxdp_client_did_the_work(&lab);
+    } else {
+        assert!(counter(&client_instance, TcCounter::SynAckLearned) >= CONNECTIONS as u64);
+    }
+    if server == Dataplane::Afxdp {
+        let (translated, errors) = servers_translated(&lab, CONNECTIONS as u64);
+        assert!(translated >= CONNECTIONS as u64, "the servers' workers translated the SYNs: {translated}");
+        assert_eq!(errors, 0, "listener lookups failed");
+        assert_eq!(sum_over(&servers, TcCounter::SynTranslated), 0, "the servers' tc programs stood by");
+        // Sockops wrote the SYN-ACK form for what the workers translated
+        // (and only that: a SYN-ACK form for an untranslated SYN would
+        // point the client at the wrong 4-tuple).
+        let written = sum_over(&servers, TcCounter::SynAckOptionWritten);
+        assert!(written >= CONNECTIONS as u64 && written <= translated, "{written} forms, {translated} SYNs");
+    } else {
+        assert!(sum_over(&servers, TcCounter::SynTranslated) >= CONNECTIONS as u64);
+        assert_forms_only_for_translations(&lab);
+    }
+}
+
+/// The afxdp client learned every connection, rewrote both ways, lost
+/// nothing, served its counters on the metrics endpoint, and left nothing
+/// behind once the connections closed.
+fn afxdp_client_did_the_work(lab: &Lab) {
+    let afxdp = wait_for_report(lab, |r| r.learned >= CONNECTIONS as u64);
     assert!(afxdp.learned >= CONNECTIONS as u64, "{afxdp:?}");
     assert!(afxdp.rewritten_to_uplink > 0 && afxdp.rewritten_to_host > 0, "{afxdp:?}");
     assert_eq!((afxdp.unsteered, afxdp.bad_descriptors, afxdp.learned_lost), (0, 0, 0), "{afxdp:?}");
@@ -996,35 +1054,59 @@ fn afxdp_bypassed(kind: LbKind) {
         .unwrap_or_else(|| panic!("no heels_afxdp_connections_learned_total in\n{metrics}"));
     assert!(learned >= CONNECTIONS as u64, "{learned}");
     let client = lab.client_instance().unwrap();
-    assert!(
-        counter(&client, TcCounter::SynOptionWritten) >= CONNECTIONS as u64,
-        "sockops wrote the SYN form"
-    );
     for standing_by in [TcCounter::SynAckLearned, TcCounter::EgressRewritten, TcCounter::IngressRewritten] {
         assert_eq!(counter(&client, standing_by), 0, "{standing_by:?}: the tc programs stood by");
     }
-    assert!(sum_over(&lab.server_instances(), TcCounter::SynTranslated) >= CONNECTIONS as u64);
-    assert_forms_only_for_translations(&lab);
     // Closed sockets took their entries with them: the standby's first
     // (sockops), then the workers' table and steering.
-    let afxdp = wait_for_report(&lab, |r| r.table_entries == 0);
+    let afxdp = wait_for_report(lab, |r| r.table_entries == 0);
     assert_eq!(afxdp.table_entries, 0, "{afxdp:?}");
     assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
 }
 
 #[test]
 fn afxdp_client_fullnat_lb_sees_only_the_syn() {
-    afxdp_bypassed(LbKind::Fullnat);
+    afxdp_bypassed(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc);
 }
 
 #[test]
 fn afxdp_client_dnat_lb_sees_only_the_syn() {
-    afxdp_bypassed(LbKind::Dnat);
+    afxdp_bypassed(LbKind::Dnat, Dataplane::Afxdp, Dataplane::Tc);
 }
 
 #[test]
 fn afxdp_client_ipip_lb_sees_only_the_syn() {
-    afxdp_bypassed(LbKind::Ipip);
+    afxdp_bypassed(LbKind::Ipip, Dataplane::Afxdp, Dataplane::Tc);
+}
+
+#[test]
+fn afxdp_servers_fullnat_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Fullnat, Dataplane::Tc, Dataplane::Afxdp);
+}
+
+#[test]
+fn afxdp_servers_dnat_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Dnat, Dataplane::Tc, Dataplane::Afxdp);
+}
+
+#[test]
+fn afxdp_servers_ipip_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Ipip, Dataplane::Tc, Dataplane::Afxdp);
+}
+
+#[test]
+fn afxdp_everywhere_fullnat_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Afxdp);
+}
+
+#[test]
+fn afxdp_everywhere_dnat_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Dnat, Dataplane::Afxdp, Dataplane::Afxdp);
+}
+
+#[test]
+fn afxdp_everywhere_ipip_lb_sees_only_the_syn() {
+    afxdp_bypassed(LbKind::Ipip, Dataplane::Afxdp, Dataplane::Afxdp);
 }
 
 #[test]
@@ -1046,9 +1128,97 @@ fn afxdp_client_falls_back_without_heels_on_the_servers() {
     }
 }
 
+/// The servers' afxdp reports, summed: (SYNs translated, SYNs refused).
+fn servers_syns(lab: &Lab) -> (u64, u64) {
+    let reports: Vec<_> = lab.server_instances().iter().map(|i| wait_for_report_of(i, |_| true)).collect();
+    (reports.iter().map(|r| r.syns_translated).sum(), reports.iter().map(|r| r.syns_refused).sum())
+}
+
+#[test]
+fn afxdp_servers_fall_back_without_heels_on_the_client() {
+    for kind in [LbKind::Fullnat, LbKind::Dnat, LbKind::Ipip] {
+        fallback(kind, Dataplane::None, Dataplane::Afxdp, Overrides::default());
+        // (`fallback` checked the bytes, the LB's counters and the standby's.)
+    }
+}
+
+#[test]
+fn afxdp_servers_refuse_a_syn_no_served_listener_would_answer() {
+    // The agents are told the service listens on 9090; the servers listen
+    // elsewhere. Then: the servers listen before their agents start, so
+    // sockops never marked their listeners.
+    let elsewhere = Overrides { server_local_port: Some(9090), ..Overrides::default() };
+    let before = Overrides { servers_before_agents: true, ..Overrides::default() };
+    for (what, overrides) in [("no listener", elsewhere), ("an unserved listener", before)] {
+        let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Afxdp, overrides);
+        let report = verify(&lab, lab.service(), 10);
+        assert_all_verified(&report, 10);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while servers_syns(&lab).1 < 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(servers_syns(&lab).0, 0, "{what}: nothing translated");
+        assert!(
+            servers_syns(&lab).1 >= 10,
+            "{what}: the workers passed the SYNs on: {:?}",
+            servers_syns(&lab)
+        );
+        let servers = lab.server_instances();
+        assert_eq!(
+            sum_over(&servers, TcCounter::SynAckOptionWritten),
+            0,
+            "{what}: a refused SYN got the form"
+        );
+        let lb = lab.lb_counters().unwrap();
+        assert!(lb.to_servers_packets > lb.syns, "{what}: the connections crossed the LB: {lb:?}");
+    }
+}
+
+#[test]
+fn killing_an_afxdp_server_agent_fails_open() {
+    let mut lab = lab(LbKind::Dnat, Dataplane::Tc, Dataplane::Afxdp, Overrides::default());
+    // An established, bypassed connection that runs through the kill.
+    let running = lab.spawn_load(&pingpong_spec(lab.service(), 6.0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while servers_syns(&lab).0 < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(servers_syns(&lab).0, 1, "the workers translated the running connection's SYN");
+    for server in [Role::Server(1), Role::Server(2)] {
+        let killed = lab.kill_agent(server).unwrap();
+        // The kernel deletes the private namespace, and heels0 with it,
+        // soon after the process (from a work queue): within a second.
+        let has_pair = |lab: &Lab| {
+            let output = lab.host(server).netns.ip(&["link", "show"]).unwrap();
+            String::from_utf8_lossy(&output.stdout).contains("heels0")
+        };
+        while has_pair(&lab) && killed.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!has_pair(&lab), "heels0 outlived the agent on {server}");
+    }
+    // New connections: the tc programs, standing by, translate them.
+    let report = verify(&lab, lab.service(), 10);
+    assert_all_verified(&report, 10);
+    assert!(sum_over(&lab.server_instances(), TcCounter::SynTranslated) >= 10, "the standby took the SYNs");
+    // The established connection needs nothing of a server: it went on.
+    let report = finish_load(running).unwrap();
+    assert_eq!((report.connections_ok, report.resets), (1, 0), "{:?}", report.errors);
+    assert_only_syns(&lab.lb_counters().unwrap(), 11);
+    // The next start takes the SYNs back.
+    for server in [Role::Server(1), Role::Server(2)] {
+        lab.start_agent_on(server).unwrap();
+    }
+    let report = verify(&lab, lab.service(), 10);
+    assert_all_verified(&report, 10);
+    let (translated, _) = servers_translated(&lab, 10);
+    assert!(translated >= 10, "the new workers translated: {translated}");
+}
+
 #[test]
 fn a_connection_survives_an_afxdp_agent_restart() {
-    let mut lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc, Overrides::default());
+    // afxdp on every host: the client's and the servers' agents restart.
+    let mut lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Afxdp, Overrides::default());
     // Exchanges for a time that outlasts the restart (not a size, which a
     // fast machine finishes first).
     let child = lab.spawn_load(&pingpong_spec(lab.service(), 8.0)).unwrap();

@@ -45,6 +45,7 @@
 //! | `heels_afxdp_rewritten_packets_total` | `direction` | packets rewritten VIP to DIP (`egress`) or DIP to VIP (`ingress`) |
 //! | `heels_afxdp_connections_learned_total` | | connections learned from SYN-ACK forms and steered |
 //! | `heels_afxdp_syns_translated_total` | | SYNs translated for a served listener (server role) |
+//! | `heels_afxdp_syns_refused_total` | | SYNs with the SYN form passed untranslated (they take the LB path) |
 //! | `heels_afxdp_listener_errors_total` | | SYNs whose listener could not be looked up (they took the LB path) |
 //! | `heels_afxdp_connections_unsteered_total` | | learned but not steerable: SYN-ACK dropped, the server retransmits |
 //! | `heels_afxdp_resets_sent_total` | | resets sent before a SYN an LB would refuse |
@@ -428,7 +429,8 @@ fn encode_afxdp(
         None,
         labelled("direction", &rewritten),
     )?;
-    let plain: [(&str, &str, u64); 8] = [
+    let plain: [(&str, &str, u64); 9] = [
+        ("heels_afxdp_syns_refused", "SYNs with the SYN form passed untranslated", r.syns_refused),
         ("heels_afxdp_connections_learned", "Connections learned from SYN-ACK forms and steered", r.learned),
         (
             "heels_afxdp_syns_translated",

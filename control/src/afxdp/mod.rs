@@ -86,6 +86,7 @@ pub struct WorkerReport {
 /// | `rewritten_to_host` | of those, rewritten DIP to VIP |
 /// | `learned` | connections learned from SYN-ACK forms (and steered) |
 /// | `syns_translated` | SYNs with the SYN form translated for a served listener (server role) |
+/// | `syns_refused` | SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path) |
 /// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
 /// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
@@ -116,6 +117,7 @@ pub struct AfxdpReport {
     pub rewritten_to_host: u64,
     pub learned: u64,
     pub syns_translated: u64,
+    pub syns_refused: u64,
     pub listener_errors: u64,
     pub unsteered: u64,
     pub forgotten: u64,
@@ -146,6 +148,7 @@ impl AfxdpReport {
             ("rewritten_to_host", self.rewritten_to_host),
             ("learned", self.learned),
             ("syns_translated", self.syns_translated),
+            ("syns_refused", self.syns_refused),
             ("listener_errors", self.listener_errors),
             ("unsteered", self.unsteered),
             ("forgotten", self.forgotten),
@@ -627,6 +630,7 @@ impl Afxdp {
             report.rewritten_to_host += host.rewritten_to_host;
             report.learned += host.learned;
             report.syns_translated += host.syns_translated;
+            report.syns_refused += host.syns_refused;
             report.unsteered += host.unsteered;
             report.forgotten += host.forgotten;
             report.forget_skipped += host.forget_skipped;

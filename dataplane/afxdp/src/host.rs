@@ -48,6 +48,10 @@ pub struct HostCounters {
     pub rewritten_to_host: u64,
     /// SYNs translated for a listener of this host (the server role).
     pub syns_translated: u64,
+    /// SYNs with the SYN form passed on untranslated (no served listener,
+    /// the tuple in use, not from an LB...: the connection takes the LB's
+    /// path).
+    pub syns_refused: u64,
     /// Closed connections forgotten (entries and steering removed).
     pub forgotten: u64,
     /// Closed connections not forgotten: their 4-tuple carried a newer SYN
@@ -65,6 +69,7 @@ impl std::ops::AddAssign for HostCounters {
         self.rewritten_to_uplink += other.rewritten_to_uplink;
         self.rewritten_to_host += other.rewritten_to_host;
         self.syns_translated += other.syns_translated;
+        self.syns_refused += other.syns_refused;
         self.forgotten += other.forgotten;
         self.forget_skipped += other.forget_skipped;
     }
@@ -328,12 +333,11 @@ impl<T: Steer> Stage for ToHost<T> {
         for ((frame, action), outcome) in frames.iter_mut().zip(actions.iter_mut()).zip(outcomes) {
             let Action::Forward { start } = *action else { continue };
             let Some(frame) = frame.get_mut(start..) else { continue };
-            if matches!(outcome.verdict, Verdict::Rewritten { .. }) {
-                if is_syn(frame) {
-                    self.counters.syns_translated += 1;
-                } else {
-                    self.counters.rewritten_to_host += 1;
-                }
+            match (outcome.verdict, is_syn(frame)) {
+                (Verdict::Rewritten { .. }, true) => self.counters.syns_translated += 1,
+                (Verdict::Rewritten { .. }, false) => self.counters.rewritten_to_host += 1,
+                (Verdict::Pass(_), true) => self.counters.syns_refused += 1,
+                _ => {}
             }
             let learning =
                 matches!(outcome.verdict, Verdict::Rewritten { .. } | Verdict::Pass(Reason::LearnedViaLb))
