@@ -545,6 +545,26 @@ fn translated_and_direct_connections_share_tuples_without_stalls() {
     assert!(direct_after_heels >= 0.4 * direct_fresh, "{rates}");
 }
 
+/// The afxdp servers' side of the test above: after direct connections
+/// leave TIME_WAITs on the servers, the workers refuse a SYN whose tuple
+/// another connection holds (sock_diag, not the kernel's lookup) and
+/// nothing stalls.
+#[test]
+fn afxdp_servers_share_tuples_with_direct_connections_without_stalls() {
+    const SECONDS: f64 = 6.0;
+    let direct = SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT);
+    let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Afxdp, Overrides::default());
+    let (direct_rate, stalls) = short_connections(&lab, direct, SECONDS);
+    assert_eq!(stalls, 0, "SYN retransmissions on a fresh bed");
+    let (heels_rate, stalls) = short_connections(&lab, lab.service(), SECONDS);
+    let (translated, refused) = servers_syns(&lab);
+    eprintln!(
+        "direct {direct_rate:.0}/s, then heels {heels_rate:.0}/s: {translated} translated, {refused} refused"
+    );
+    assert_eq!(stalls, 0, "SYN retransmissions through heels after direct connections");
+    assert!(translated > 0, "the workers translated");
+}
+
 /// An ICMP error about a bypassed connection quotes CIP:cport -> DIP:dport;
 /// the client's socket knows CIP:cport -> VIP:vport. Once a bypassed stream
 /// is under way, the router of the direct path drops to 1200 bytes both
