@@ -1,6 +1,6 @@
 //! `heels lab bench`: the benchmark matrix. For each LB kind, each path
-//! (direct to a server, the vanilla LB path, heels tc, heels afxdp on the
-//! client) runs each workload
+//! (direct to a server, the vanilla LB path, heels tc and heels afxdp on
+//! both ends) runs each workload
 //! with the tools users already trust (iperf3, sockperf, wrk) and the
 //! project's own generator where it adds checking (every byte verified).
 //!
@@ -73,8 +73,7 @@ pub enum PathKind {
     Vanilla,
     /// To the VIP with heels tc on the client and the server.
     HeelsTc,
-    /// To the VIP with heels afxdp on the client, tc on the server (the
-    /// afxdp dataplane serves the client role so far).
+    /// To the VIP with heels afxdp on the client and the server.
     HeelsAfxdp,
 }
 
@@ -93,10 +92,6 @@ impl PathKind {
 /// The paths measured, in order.
 pub const PATHS: [PathKind; 4] =
     [PathKind::Direct, PathKind::Vanilla, PathKind::HeelsTc, PathKind::HeelsAfxdp];
-
-/// Paths of the design this bench cannot measure yet, and why.
-pub const NOT_MEASURED: [(&str, &str); 1] =
-    [("heels-afxdp on the servers", "the afxdp dataplane serves the client role only so far")];
 
 /// One path's bed: its lab and where its client connects.
 #[derive(Clone, Copy)]
@@ -130,7 +125,7 @@ pub fn run(spec: &BenchSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
         let with_heels =
             Lab::build(LabSpec { client: Dataplane::Tc, server: Dataplane::Tc, ..plain.clone() }, heels)?;
         let with_afxdp =
-            Lab::build(LabSpec { client: Dataplane::Afxdp, server: Dataplane::Tc, ..plain }, heels)?;
+            Lab::build(LabSpec { client: Dataplane::Afxdp, server: Dataplane::Afxdp, ..plain }, heels)?;
         let beds = [
             Bed {
                 path: PathKind::Direct,
@@ -504,10 +499,16 @@ fn diagnosis(lab: &Lab) -> String {
             }
         }
     }
-    if let Some(report) = lab.client_instance().and_then(|i| crate::afxdp::read_report(&i)) {
-        let counted: Vec<String> =
-            report.counters().into_iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n} {v}")).collect();
-        out.push(format!("afxdp: {}", counted.join(", ")));
+    for instance in lab.instances() {
+        if let Some(report) = crate::afxdp::read_report(&instance) {
+            let counted: Vec<String> = report
+                .counters()
+                .into_iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect();
+            out.push(format!("afxdp of {instance}: {}", counted.join(", ")));
+        }
     }
     out.join("; ")
 }

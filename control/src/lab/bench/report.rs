@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{BenchSpec, PathKind, NOT_MEASURED, PATHS};
+use super::{BenchSpec, PathKind, PATHS};
 use crate::lab::LbKind;
 
 /// The message sizes of the cost model: the workload that measures what
@@ -215,15 +215,6 @@ impl Machine {
     }
 }
 
-/// A path the bench does not measure, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct NotMeasured {
-    /// The path.
-    pub path: &'static str,
-    /// Why.
-    pub reason: &'static str,
-}
-
 /// The whole result (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -243,8 +234,6 @@ pub struct BenchReport {
     pub goals: Vec<Goal>,
     /// The cost model.
     pub cost: Vec<CostRow>,
-    /// Paths not measured.
-    pub not_measured: Vec<NotMeasured>,
     /// What else the run says.
     pub notes: Vec<String>,
     /// Every run's value, in order.
@@ -305,7 +294,6 @@ impl BenchReport {
         }
         let cost = cost_rows(&results);
         let goals = goals(&results, &cost);
-        let not_measured = NOT_MEASURED.iter().map(|&(path, reason)| NotMeasured { path, reason }).collect();
         BenchReport {
             command: String::new(),
             machine: Machine::this(),
@@ -315,7 +303,6 @@ impl BenchReport {
             results,
             goals,
             cost,
-            not_measured,
             notes,
             runs,
         }
@@ -575,9 +562,6 @@ pub fn render(report: &BenchReport) -> String {
             );
         }
         let _ = writeln!(out);
-    }
-    for n in &report.not_measured {
-        let _ = writeln!(out, "Not measured: {}: {}.", n.path, n.reason);
     }
     for note in &report.notes {
         let _ = writeln!(out, "Note: {note}.");
