@@ -206,7 +206,7 @@ pub enum DataplaneKind {
     #[default]
     Tc,
     /// An XDP classifier and AF_XDP sockets served by pinned workers, with
-    /// the TC programs standing by (client role only, so far).
+    /// the TC programs standing by.
     Afxdp,
 }
 

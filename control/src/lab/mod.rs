@@ -476,6 +476,8 @@ impl Lab {
         if role == Role::Client {
             config.server = None;
             config.dataplane = self.spec.client.agent().unwrap_or_default();
+            config.afxdp =
+                Some(crate::config::Afxdp { cores: vec![tools::CLIENT_CPU], ..Default::default() });
             let client = config.client.as_mut().context("the example has a [client]")?;
             client.vips = std::iter::once(SocketAddrV4::new(VIP, VPORT))
                 .chain(overrides.extra_client_vips.iter().copied())
@@ -484,6 +486,9 @@ impl Lab {
         } else {
             config.client = None;
             config.dataplane = self.spec.server.agent().unwrap_or_default();
+            // A worker beside the host's own processes (the bench pins them).
+            config.afxdp =
+                Some(crate::config::Afxdp { cores: vec![tools::SERVER_CPU], ..Default::default() });
             let server = config.server.as_mut().context("the example has a [server]")?;
             let port = overrides.server_local_port.unwrap_or_else(|| self.server_port());
             server.services = vec![Service { vip: SocketAddrV4::new(VIP, VPORT), port: Some(port) }];
@@ -971,11 +976,12 @@ pub fn exec(lab: Option<&str>, host: &str, command: &[String]) -> anyhow::Result
     Ok(child.wait()?)
 }
 
-/// On SIGINT or SIGTERM, removes every lab of this process and exits: a
-/// lab must not outlive an interrupted `heels lab` command.
+/// On SIGINT, SIGTERM or SIGHUP (its terminal went), removes every lab of
+/// this process and exits: a lab must not outlive an interrupted `heels
+/// lab` command.
 pub fn clean_up_on_signal() -> anyhow::Result<()> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             sweep(&format!("hl{}x", std::process::id() % 100_000));
