@@ -1235,6 +1235,22 @@ fn killing_an_afxdp_server_agent_fails_open() {
     assert!(translated >= 10, "the new workers translated: {translated}");
 }
 
+/// The afxdp agents with only the capabilities the unit and its afxdp
+/// drop-in leave them (deploy/heels-afxdp.conf), on every host.
+#[test]
+fn afxdp_agents_with_only_the_dropins_capabilities_bypass() {
+    let capabilities = heels::deploy::afxdp_unit_capabilities();
+    let overrides = Overrides { agent_capabilities: Some(capabilities), ..Overrides::default() };
+    let lab = lab(LbKind::Dnat, Dataplane::Afxdp, Dataplane::Afxdp, overrides);
+    let report = verify(&lab, lab.service(), 10);
+    assert_all_verified(&report, 10);
+    let (translated, errors) = servers_translated(&lab, 10);
+    assert!(translated >= 10 && errors == 0, "{translated} translated, {errors} lookups failed");
+    let afxdp = wait_for_report(&lab, |r| r.learned >= 10);
+    assert!(afxdp.learned >= 10, "{afxdp:?}");
+    assert_only_syns(&lab.lb_counters().unwrap(), 10);
+}
+
 #[test]
 fn a_connection_survives_an_afxdp_agent_restart() {
     // afxdp on every host: the client's and the servers' agents restart.

@@ -4,6 +4,9 @@
 /// The systemd unit.
 pub const SYSTEMD_UNIT: &str = include_str!("../../deploy/heels.service");
 
+/// The systemd drop-in for the afxdp dataplane.
+pub const SYSTEMD_AFXDP_DROPIN: &str = include_str!("../../deploy/heels-afxdp.conf");
+
 /// The Kubernetes manifests (Namespace, ConfigMap, DaemonSet).
 pub const DAEMONSET: &str = include_str!("../../deploy/daemonset.yaml");
 
@@ -18,7 +21,19 @@ pub fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 /// The capabilities the unit keeps (`CapabilityBoundingSet`), as `setpriv`
 /// names them: `CAP_NET_ADMIN` is `net_admin`.
 pub fn unit_capabilities() -> Vec<String> {
-    unit_values(SYSTEMD_UNIT, "CapabilityBoundingSet")
+    capabilities(SYSTEMD_UNIT)
+}
+
+/// The capabilities of the unit with the afxdp drop-in (systemd merges the
+/// drop-in's bounding set into the unit's).
+pub fn afxdp_unit_capabilities() -> Vec<String> {
+    let mut all = capabilities(SYSTEMD_UNIT);
+    all.extend(capabilities(SYSTEMD_AFXDP_DROPIN));
+    all
+}
+
+fn capabilities(unit: &str) -> Vec<String> {
+    unit_values(unit, "CapabilityBoundingSet")
         .iter()
         .flat_map(|value| value.split_whitespace())
         .map(|cap| cap.trim_start_matches("CAP_").to_ascii_lowercase())
@@ -32,6 +47,10 @@ mod tests {
     #[test]
     fn reads_the_units_capabilities() {
         assert_eq!(unit_capabilities(), ["bpf", "perfmon", "net_admin"]);
+        assert_eq!(
+            afxdp_unit_capabilities(),
+            ["bpf", "perfmon", "net_admin", "sys_admin", "net_raw", "ipc_lock"]
+        );
         assert_eq!(unit_values("[Service]\nRestart=always\n# Restart=no\n", "Restart"), ["always"]);
     }
 }

@@ -124,3 +124,42 @@ where
         other => bail!("netlink: unexpected answer {other:?}"),
     }
 }
+
+/// Reads and drops whatever `socket` holds, without waiting.
+pub fn drain(socket: &Socket, buffer: &mut [u8]) {
+    while socket.recv(&mut &mut buffer[..], libc::MSG_DONTWAIT).is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+    use netlink_packet_sock_diag::SockDiagMessage;
+
+    use super::*;
+
+    fn request() -> SockDiagMessage {
+        SockDiagMessage::InetRequest(InetRequest {
+            family: AF_INET,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::LISTEN,
+            socket_id: SocketId::new_v4(),
+        })
+    }
+
+    #[test]
+    fn attributes_follow_the_request_and_its_length_covers_them() {
+        let mut plain = Vec::new();
+        encode(request(), NLM_F_REQUEST, &[], &mut plain);
+        // nlmsghdr (16) + inet_diag_req_v2 (56).
+        assert_eq!(plain.len(), 72);
+        assert_eq!(u32::from_ne_bytes(plain[..4].try_into().unwrap()), 72);
+        let attribute = [8, 0, 1, 0, 0xaa, 0xbb, 0xcc, 0xdd];
+        let mut with = Vec::new();
+        encode(request(), NLM_F_REQUEST, &attribute, &mut with);
+        assert_eq!(u32::from_ne_bytes(with[..4].try_into().unwrap()), 80);
+        assert_eq!(with[4..72], plain[4..72], "the request itself is unchanged");
+        assert_eq!(with[72..], attribute);
+    }
+}

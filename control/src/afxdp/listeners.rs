@@ -14,7 +14,7 @@
 //! Any error answers "no listener": the SYN goes on untranslated and the
 //! connection takes the LB's path.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap as StdHashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -63,6 +63,8 @@ const LISTENERS_REMEMBERED: usize = 4096;
 /// One worker's view of the host's listeners (see the module's comment).
 pub struct KernelListeners {
     socket: Socket,
+    /// An exchange failed before its answer was read.
+    unsettled: Cell<bool>,
     request: RefCell<Vec<u8>>,
     answer: RefCell<Vec<u8>>,
     /// Listener cookie -> served.
@@ -85,6 +87,7 @@ impl KernelListeners {
     pub fn new(maps: ServerMaps, errors: Arc<AtomicU64>) -> anyhow::Result<Self> {
         Ok(KernelListeners {
             socket: netlink::open(NETLINK_SOCK_DIAG)?,
+            unsettled: Cell::new(false),
             request: RefCell::new(Vec::with_capacity(128)),
             answer: RefCell::new(vec![0; 64 * 1024]),
             served: RefCell::new(StdHashMap::with_capacity(LISTENERS_REMEMBERED)),
@@ -112,18 +115,32 @@ impl KernelListeners {
             states: StateFlags::all(),
             socket_id: id,
         });
+        if self.unsettled.get() {
+            // An exchange failed part way: what the kernel still had to say
+            // must not pass for the next answer.
+            netlink::drain(&self.socket, &mut self.answer.borrow_mut());
+        }
+        self.unsettled.set(true);
         let answer = netlink::ask_one(
             &self.socket,
             request,
             &mut self.request.borrow_mut(),
             &mut self.answer.borrow_mut(),
         )?;
-        Ok(match answer {
+        let found = match answer {
             Answer::Found(SockDiagMessage::InetResponse(response)) => {
-                Some((response.header.state, u64::from_ne_bytes(response.header.socket_id.cookie)))
+                // The connection's socket or the listener (no peer): either
+                // way the local port is the one asked for.
+                let id = &response.header.socket_id;
+                if id.source_port != flow.dst.port() {
+                    anyhow::bail!("sock_diag answered for another socket: {id:?}");
+                }
+                Some((response.header.state, u64::from_ne_bytes(id.cookie)))
             }
             Answer::Found(_) | Answer::Missing => None,
-        })
+        };
+        self.unsettled.set(false);
+        Ok(found)
     }
 
     /// Whether sockops saw the listener `cookie` start.
@@ -135,13 +152,11 @@ impl KernelListeners {
         if known.len() >= LISTENERS_REMEMBERED {
             known.clear();
         }
-        let fd = self.served_listeners.fd().as_fd().as_raw_fd() as u32;
-        let mut attributes = Vec::with_capacity(12);
-        attributes.extend_from_slice(&12u16.to_ne_bytes());
-        attributes.extend_from_slice(&(INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED).to_ne_bytes());
-        attributes.extend_from_slice(&8u16.to_ne_bytes());
-        attributes.extend_from_slice(&SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
-        attributes.extend_from_slice(&fd.to_ne_bytes());
+        if self.unsettled.get() {
+            netlink::drain(&self.socket, &mut self.answer.borrow_mut());
+        }
+        self.unsettled.set(true);
+        let attributes = storage_request(self.served_listeners.fd().as_fd().as_raw_fd() as u32);
         for family in [AF_INET, AF_INET6] {
             let request = SockDiagMessage::InetRequest(InetRequest {
                 family,
@@ -160,6 +175,7 @@ impl KernelListeners {
                 }
             })?;
         }
+        self.unsettled.set(false);
         // A listener that closed in between is not served.
         Ok(known.get(&cookie).copied().unwrap_or(false))
     }
@@ -178,6 +194,19 @@ impl KernelListeners {
         let reusable = matches!(state, TCP_TIME_WAIT | TCP_NEW_SYN_RECV | TCP_SYN_RECV);
         Ok(if ours && reusable { Ok(()) } else { Err(Reason::TupleInUse) })
     }
+}
+
+/// The request attribute that asks for each socket's value in the
+/// socket-storage map `map_fd` (netlink-packet-sock-diag has no field for
+/// it): `INET_DIAG_REQ_SK_BPF_STORAGES { SK_DIAG_BPF_STORAGE_REQ_MAP_FD }`.
+fn storage_request(map_fd: u32) -> [u8; 12] {
+    let mut attribute = [0u8; 12];
+    attribute[0..2].copy_from_slice(&12u16.to_ne_bytes());
+    attribute[2..4].copy_from_slice(&(INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED).to_ne_bytes());
+    attribute[4..6].copy_from_slice(&8u16.to_ne_bytes());
+    attribute[6..8].copy_from_slice(&SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
+    attribute[8..12].copy_from_slice(&map_fd.to_ne_bytes());
+    attribute
 }
 
 impl Listeners for KernelListeners {
@@ -200,5 +229,20 @@ impl Listeners for KernelListeners {
     fn forget(&self, flow: &FlowKey) {
         // Absent is the usual case: nothing to count.
         let _ = self.translated.borrow_mut().remove(&FlowV4::between(&flow.src, &flow.dst));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storage_request_is_one_nested_attribute_naming_the_map() {
+        // struct nlattr { u16 nla_len; u16 nla_type } twice, then the u32
+        // descriptor (x86-64 and aarch64 are little-endian).
+        let expected = [12, 0, 2, 0x80, 8, 0, 1, 0, 7, 0, 0, 0];
+        if cfg!(target_endian = "little") {
+            assert_eq!(storage_request(7), expected);
+        }
     }
 }
