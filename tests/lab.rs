@@ -557,12 +557,10 @@ fn afxdp_servers_share_tuples_with_direct_connections_without_stalls() {
     let (direct_rate, stalls) = short_connections(&lab, direct, SECONDS);
     assert_eq!(stalls, 0, "SYN retransmissions on a fresh bed");
     let (heels_rate, stalls) = short_connections(&lab, lab.service(), SECONDS);
-    let (translated, refused) = servers_syns(&lab);
-    eprintln!(
-        "direct {direct_rate:.0}/s, then heels {heels_rate:.0}/s: {translated} translated, {refused} refused"
-    );
+    let syns = wait_for_servers(&lab, |_| true);
+    eprintln!("direct {direct_rate:.0}/s, then heels {heels_rate:.0}/s: {syns:?}");
     assert_eq!(stalls, 0, "SYN retransmissions through heels after direct connections");
-    assert!(translated > 0, "the workers translated");
+    assert!(syns.translated > 0, "the workers translated");
 }
 
 /// An ICMP error about a bypassed connection quotes CIP:cport -> DIP:dport;
@@ -1001,17 +999,28 @@ fn wait_for_report(
     wait_for_report_of(&lab.client_instance().unwrap(), done)
 }
 
-/// The servers' afxdp reports, summed where it matters here, once they
-/// translated `syns` SYNs between them (or after 10 s).
-fn servers_translated(lab: &Lab, syns: u64) -> (u64, u64) {
+/// What the servers' workers counted, summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ServerSyns {
+    translated: u64,
+    refused: u64,
+    /// Listener lookups that failed.
+    errors: u64,
+}
+
+/// The servers' afxdp counters once `done` holds (or after 10 s).
+fn wait_for_servers(lab: &Lab, done: impl Fn(&ServerSyns) -> bool) -> ServerSyns {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reports: Vec<_> =
             lab.server_instances().iter().map(|i| wait_for_report_of(i, |_| true)).collect();
-        let translated = reports.iter().map(|r| r.syns_translated).sum();
-        let errors = reports.iter().map(|r| r.listener_errors).sum();
-        if translated >= syns || Instant::now() >= deadline {
-            return (translated, errors);
+        let syns = ServerSyns {
+            translated: reports.iter().map(|r| r.syns_translated).sum(),
+            refused: reports.iter().map(|r| r.syns_refused).sum(),
+            errors: reports.iter().map(|r| r.listener_errors).sum(),
+        };
+        if done(&syns) || Instant::now() >= deadline {
+            return syns;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1040,9 +1049,10 @@ fn afxdp_bypassed(kind: LbKind, client: Dataplane, server: Dataplane) {
         assert!(counter(&client_instance, TcCounter::SynAckLearned) >= CONNECTIONS as u64);
     }
     if server == Dataplane::Afxdp {
-        let (translated, errors) = servers_translated(&lab, CONNECTIONS as u64);
-        assert!(translated >= CONNECTIONS as u64, "the servers' workers translated the SYNs: {translated}");
-        assert_eq!(errors, 0, "listener lookups failed");
+        let syns = wait_for_servers(&lab, |s| s.translated >= CONNECTIONS as u64);
+        let translated = syns.translated;
+        assert!(translated >= CONNECTIONS as u64, "the servers' workers translated the SYNs: {syns:?}");
+        assert_eq!(syns.errors, 0, "listener lookups failed");
         assert_eq!(sum_over(&servers, TcCounter::SynTranslated), 0, "the servers' tc programs stood by");
         // Sockops wrote the SYN-ACK form for what the workers translated
         // (and only that: a SYN-ACK form for an untranslated SYN would
@@ -1148,12 +1158,6 @@ fn afxdp_client_falls_back_without_heels_on_the_servers() {
     }
 }
 
-/// The servers' afxdp reports, summed: (SYNs translated, SYNs refused).
-fn servers_syns(lab: &Lab) -> (u64, u64) {
-    let reports: Vec<_> = lab.server_instances().iter().map(|i| wait_for_report_of(i, |_| true)).collect();
-    (reports.iter().map(|r| r.syns_translated).sum(), reports.iter().map(|r| r.syns_refused).sum())
-}
-
 #[test]
 fn afxdp_servers_fall_back_without_heels_on_the_client() {
     for kind in [LbKind::Fullnat, LbKind::Dnat, LbKind::Ipip] {
@@ -1173,16 +1177,9 @@ fn afxdp_servers_refuse_a_syn_no_served_listener_would_answer() {
         let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Afxdp, overrides);
         let report = verify(&lab, lab.service(), 10);
         assert_all_verified(&report, 10);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while servers_syns(&lab).1 < 10 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(servers_syns(&lab).0, 0, "{what}: nothing translated");
-        assert!(
-            servers_syns(&lab).1 >= 10,
-            "{what}: the workers passed the SYNs on: {:?}",
-            servers_syns(&lab)
-        );
+        let syns = wait_for_servers(&lab, |s| s.refused >= 10);
+        assert_eq!(syns.translated, 0, "{what}: nothing translated");
+        assert!(syns.refused >= 10, "{what}: the workers passed the SYNs on: {syns:?}");
         let servers = lab.server_instances();
         assert_eq!(
             sum_over(&servers, TcCounter::SynAckOptionWritten),
@@ -1199,11 +1196,8 @@ fn killing_an_afxdp_server_agent_fails_open() {
     let mut lab = lab(LbKind::Dnat, Dataplane::Tc, Dataplane::Afxdp, Overrides::default());
     // An established, bypassed connection that runs through the kill.
     let running = lab.spawn_load(&pingpong_spec(lab.service(), 6.0)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while servers_syns(&lab).0 < 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(servers_syns(&lab).0, 1, "the workers translated the running connection's SYN");
+    let syns = wait_for_servers(&lab, |s| s.translated >= 1);
+    assert_eq!(syns.translated, 1, "the workers translated the running connection's SYN");
     for server in [Role::Server(1), Role::Server(2)] {
         let killed = lab.kill_agent(server).unwrap();
         // The kernel deletes the private namespace, and heels0 with it,
@@ -1231,8 +1225,8 @@ fn killing_an_afxdp_server_agent_fails_open() {
     }
     let report = verify(&lab, lab.service(), 10);
     assert_all_verified(&report, 10);
-    let (translated, _) = servers_translated(&lab, 10);
-    assert!(translated >= 10, "the new workers translated: {translated}");
+    let syns = wait_for_servers(&lab, |s| s.translated >= 10);
+    assert!(syns.translated >= 10, "the new workers translated: {syns:?}");
 }
 
 /// The afxdp agents with only the capabilities the unit and its afxdp
@@ -1244,8 +1238,8 @@ fn afxdp_agents_with_only_the_dropins_capabilities_bypass() {
     let lab = lab(LbKind::Dnat, Dataplane::Afxdp, Dataplane::Afxdp, overrides);
     let report = verify(&lab, lab.service(), 10);
     assert_all_verified(&report, 10);
-    let (translated, errors) = servers_translated(&lab, 10);
-    assert!(translated >= 10 && errors == 0, "{translated} translated, {errors} lookups failed");
+    let syns = wait_for_servers(&lab, |s| s.translated >= 10);
+    assert!(syns.translated >= 10 && syns.errors == 0, "{syns:?}");
     let afxdp = wait_for_report(&lab, |r| r.learned >= 10);
     assert!(afxdp.learned >= 10, "{afxdp:?}");
     assert_only_syns(&lab.lb_counters().unwrap(), 10);

@@ -89,7 +89,7 @@ fn try_mark_translated(ctx: &TcContext) -> Result<(), ()> {
     }
     let mark = TC_CONFIG.get(0).map_or(0, |config| config.syn_mark);
     // SAFETY: only the presence of the value is read.
-    if mark != 0 && unsafe { TRANSLATED.get(&segment.flow()) }.is_some() {
+    if mark != 0 && unsafe { TRANSLATED.get(segment.flow()) }.is_some() {
         ctx.set_mark(mark);
     }
     Ok(())
