@@ -53,6 +53,8 @@ pub struct HostSockets {
     pub held: Vec<FlowKey>,
     /// (client, VIP) of sockets that are connecting.
     pub connecting: Vec<(Endpoint, Endpoint)>,
+    /// The record store has no room (every record refused).
+    pub records_full: bool,
     records: std::sync::Mutex<Vec<(FlowKey, Endpoint)>>,
 }
 
@@ -91,10 +93,14 @@ impl Sockets for HostSockets {
         }
     }
 
-    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), translate::Reason> {
+        if self.records_full {
+            return Err(translate::Reason::TableFull);
+        }
         let mut records = self.records.lock().expect("records");
         records.retain(|(f, _)| f != flow);
         records.push((*flow, vip));
+        Ok(())
     }
 
     fn forget(&self, flow: &FlowKey) {

@@ -136,8 +136,10 @@ pub trait Sockets {
     /// the refusal: [`Reason::NoListener`], [`Reason::ListenerUnserved`]
     /// or [`Reason::TupleInUse`].
     fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
-    /// Records that a SYN was translated to `flow` for `vip`.
-    fn record(&self, flow: &FlowKey, vip: Endpoint);
+    /// Records that a SYN was translated to `flow` for `vip` (sockops
+    /// writes the SYN-ACK form from the record). An error (no room for
+    /// it) refuses the SYN: never the translation without the form.
+    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
     /// Forgets the record of `flow` (a SYN that was not translated).
     fn forget(&self, flow: &FlowKey);
     /// Whether a socket of this host is connecting from `client` to `vip`.
@@ -528,7 +530,7 @@ fn try_server_syn(
     let backend = Endpoint::new(dip, local_port);
     let translated = FlowKey { src: syn.client, dst: backend };
     sockets.answers(&translated, syn.vip)?;
-    sockets.record(&translated, syn.vip);
+    sockets.record(&translated, syn.vip)?;
     at.rewrite(frame, Side::Src, syn.client, mode);
     at.rewrite(frame, Side::Dst, backend, mode);
     Ok(())

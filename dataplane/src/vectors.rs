@@ -228,6 +228,20 @@ mod tests {
         assert_eq!(frame, vector(name), "{name} must stay as it came");
     }
 
+    /// Never the translation without the form: a SYN whose record sockops
+    /// would read cannot be stored goes on as it came.
+    #[test]
+    fn a_syn_whose_record_finds_no_room_is_not_translated() {
+        let mut sockets = fuzzing::sockets();
+        sockets.records_full = true;
+        for name in ["fullnat-syn-before", "dnat-syn-before"] {
+            let mut frame = vector(name);
+            let verdict = translate::server_syn_ingress(&mut frame, Mode::Full, &fuzzing::config(), &sockets);
+            assert_eq!(verdict, Verdict::Pass(Reason::TableFull), "{name}");
+            assert_eq!(frame, vector(name), "{name} must stay as it came");
+        }
+    }
+
     #[test]
     fn server_validation() {
         for name in ["fullnat-syn-before", "dnat-syn-before", "ipip-syn-before"] {

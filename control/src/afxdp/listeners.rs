@@ -5,11 +5,14 @@
 //! `HEELS_TRANSLATED`, which sockops reads to write the SYN-ACK form.
 //!
 //! Asked once per SYN with the SYN form (a request and its answer: two
-//! system calls), never for any other packet. Whether a listener is served
-//! is fixed when it starts listening (sockops marks it then), so the
-//! answer is kept by the listener's cookie (unique for the boot); a
-//! listener not seen before costs one dump of the host's listeners with
-//! their storage in the served-listeners map.
+//! system calls), never for a data packet; a SYN that is not translated
+//! costs the removal of any record of its 4-tuple (as on `tc`). Sockops
+//! marks a listener served when it starts listening, so a served answer is
+//! kept by the listener's cookie (unique for the boot); an unserved one is
+//! asked again after a second, since the kernel lets a listener be found
+//! a moment before sockops marks it. A listener not seen before costs one
+//! dump of the host's listeners with their storage in the served-listeners
+//! map.
 //!
 //! Any error answers "no listener": the SYN goes on untranslated and the
 //! connection takes the LB's path.
@@ -20,6 +23,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData};
 use heels_afxdp::host::Listeners;
@@ -31,18 +35,23 @@ use heels_xdp::ServerMaps;
 use netlink_packet_core::Nla as _;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::nlas::Nla;
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::Socket;
 
 use crate::netlink::{self, Answer};
 
-// Socket states as sock_diag reports them (include/net/tcp_states.h).
+// Socket states as sock_diag reports them (include/net/tcp_states.h): a
+// request socket as SYN_RECV, a TIME_WAIT socket by its substate
+// (TIME_WAIT, or FIN_WAIT2 while the peer's FIN is awaited) with the
+// TIME_WAIT timer.
 const TCP_SYN_RECV: u8 = 3;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_LISTEN: u8 = 10;
-const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// How long a listener found unserved stays so before it is asked again.
+const UNSERVED_RECHECK: Duration = Duration::from_secs(1);
 
 /// `INET_DIAG_REQ_SK_BPF_STORAGES`: the request attribute naming the
 /// socket-storage maps whose values the answers should carry.
@@ -60,6 +69,14 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// cookie asked again costs one dump).
 const LISTENERS_REMEMBERED: usize = 4096;
 
+/// What sock_diag said of the socket on a 4-tuple.
+struct FoundSocket {
+    state: u8,
+    /// A TIME_WAIT socket (whatever its substate).
+    time_wait: bool,
+    cookie: u64,
+}
+
 /// One worker's view of the host's listeners (see the module's comment).
 pub struct KernelListeners {
     socket: Socket,
@@ -67,8 +84,8 @@ pub struct KernelListeners {
     unsettled: Cell<bool>,
     request: RefCell<Vec<u8>>,
     answer: RefCell<Vec<u8>>,
-    /// Listener cookie -> served.
-    served: RefCell<StdHashMap<u64, bool>>,
+    /// Listener cookie -> served (`None`), or unserved when last asked.
+    served: RefCell<StdHashMap<u64, Option<Instant>>>,
     translated: RefCell<HashMap<MapData, FlowV4, EndpointV4>>,
     served_listeners: MapData,
     /// Exchanges that failed (the SYN took the LB's path), for the report.
@@ -97,10 +114,9 @@ impl KernelListeners {
         })
     }
 
-    /// The state and cookie of the socket a packet of `flow` (as it
-    /// arrives: CIP:cport -> DIP:dport) would meet: the connection's, or
-    /// else the listener's.
-    fn socket_of(&self, flow: &FlowKey) -> anyhow::Result<Option<(u8, u64)>> {
+    /// The socket a packet of `flow` (as it arrives: CIP:cport ->
+    /// DIP:dport) would meet: the connection's, or else the listener's.
+    fn socket_of(&self, flow: &FlowKey) -> anyhow::Result<Option<FoundSocket>> {
         let mut id = SocketId::new_v4();
         id.source_address = IpAddr::from(flow.dst.addr);
         id.source_port = flow.dst.port();
@@ -135,7 +151,11 @@ impl KernelListeners {
                 if id.source_port != flow.dst.port() {
                     anyhow::bail!("sock_diag answered for another socket: {id:?}");
                 }
-                Some((response.header.state, u64::from_ne_bytes(id.cookie)))
+                Some(FoundSocket {
+                    state: response.header.state,
+                    time_wait: response.header.timer == Some(Timer::TimeWait),
+                    cookie: u64::from_ne_bytes(id.cookie),
+                })
             }
             Answer::Found(_) | Answer::Missing => None,
         };
@@ -145,8 +165,10 @@ impl KernelListeners {
 
     /// Whether sockops saw the listener `cookie` start.
     fn served(&self, cookie: u64) -> anyhow::Result<bool> {
-        if let Some(&served) = self.served.borrow().get(&cookie) {
-            return Ok(served);
+        match self.served.borrow().get(&cookie) {
+            Some(None) => return Ok(true),
+            Some(Some(asked)) if asked.elapsed() < UNSERVED_RECHECK => return Ok(false),
+            _ => {}
         }
         let mut known = self.served.borrow_mut();
         if known.len() >= LISTENERS_REMEMBERED {
@@ -171,27 +193,28 @@ impl KernelListeners {
                         .nlas
                         .iter()
                         .any(|nla| matches!(nla, Nla::Other(other) if other.kind() & NLA_TYPE_MASK == INET_DIAG_SK_BPF_STORAGES));
-                    known.insert(u64::from_ne_bytes(response.header.socket_id.cookie), served);
+                    let answer = if served { None } else { Some(Instant::now()) };
+                    known.insert(u64::from_ne_bytes(response.header.socket_id.cookie), answer);
                 }
             })?;
         }
         self.unsettled.set(false);
         // A listener that closed in between is not served.
-        Ok(known.get(&cookie).copied().unwrap_or(false))
+        Ok(matches!(known.get(&cookie), Some(None)))
     }
 
     fn try_answers(&self, flow: &FlowKey, vip: Endpoint) -> anyhow::Result<Result<(), Reason>> {
-        let Some((state, cookie)) = self.socket_of(flow)? else {
+        let Some(socket) = self.socket_of(flow)? else {
             return Ok(Err(Reason::NoListener));
         };
-        if state == TCP_LISTEN {
-            return Ok(if self.served(cookie)? { Ok(()) } else { Err(Reason::ListenerUnserved) });
+        if socket.state == TCP_LISTEN {
+            return Ok(if self.served(socket.cookie)? { Ok(()) } else { Err(Reason::ListenerUnserved) });
         }
         // The previous translated connection to the same VIP on this
         // 4-tuple (its TIME_WAIT, or the request a retransmitted SYN
         // belongs to) takes the SYN; anything else holds the tuple.
         let ours = self.translated.borrow().get(&FlowV4::between(&flow.src, &flow.dst), 0).ok() == Some(vip);
-        let reusable = matches!(state, TCP_TIME_WAIT | TCP_NEW_SYN_RECV | TCP_SYN_RECV);
+        let reusable = socket.time_wait || matches!(socket.state, TCP_TIME_WAIT | TCP_SYN_RECV);
         Ok(if ours && reusable { Ok(()) } else { Err(Reason::TupleInUse) })
     }
 }
@@ -219,11 +242,14 @@ impl Listeners for KernelListeners {
         })
     }
 
-    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
         let flow = FlowV4::between(&flow.src, &flow.dst);
-        if self.translated.borrow_mut().insert(flow, vip, 0).is_err() {
+        // Without the record sockops would not write the SYN-ACK form: the
+        // SYN goes on untranslated (as the tc program does).
+        self.translated.borrow_mut().insert(flow, vip, 0).map_err(|_| {
             self.errors.fetch_add(1, Ordering::Relaxed);
-        }
+            Reason::TableFull
+        })
     }
 
     fn forget(&self, flow: &FlowKey) {

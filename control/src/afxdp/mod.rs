@@ -663,13 +663,13 @@ impl Afxdp {
 
     fn shut_down(&mut self) {
         self.classifier = None;
-        self.syn_marker = None;
         self.pair.remove();
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
         self.to_workers = None;
+        self.syn_marker = None;
     }
 }
 

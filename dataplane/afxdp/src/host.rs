@@ -128,7 +128,7 @@ pub trait Listeners: Send {
     /// As [`Sockets::answers`].
     fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
     /// As [`Sockets::record`].
-    fn record(&self, flow: &FlowKey, vip: Endpoint);
+    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
     /// As [`Sockets::forget`].
     fn forget(&self, flow: &FlowKey);
 }
@@ -143,7 +143,10 @@ impl Listeners for NoListeners {
         Err(Reason::NoListener)
     }
 
-    fn record(&self, _flow: &FlowKey, _vip: Endpoint) {}
+    fn record(&self, _flow: &FlowKey, _vip: Endpoint) -> Result<(), Reason> {
+        // Never reached: nothing answers.
+        Err(Reason::NoListener)
+    }
 
     fn forget(&self, _flow: &FlowKey) {}
 }
@@ -166,7 +169,7 @@ impl Sockets for HostSockets {
         self.listeners.answers(flow, vip)
     }
 
-    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
         self.listeners.record(flow, vip)
     }
 
@@ -336,7 +339,11 @@ impl<T: Steer> Stage for ToHost<T> {
             match (outcome.verdict, is_syn(frame)) {
                 (Verdict::Rewritten { .. }, true) => self.counters.syns_translated += 1,
                 (Verdict::Rewritten { .. }, false) => self.counters.rewritten_to_host += 1,
-                (Verdict::Pass(_), true) => self.counters.syns_refused += 1,
+                // (A SYN without the form, IPIP from a client without
+                // heels, is the LB's by design: not a refusal.)
+                (Verdict::Pass(reason), true) if reason != Reason::NoOption => {
+                    self.counters.syns_refused += 1
+                }
                 _ => {}
             }
             let learning =

@@ -82,7 +82,7 @@ impl Listeners for ProtocolListeners {
         self.0.answers(flow, vip)
     }
 
-    fn record(&self, flow: &FlowKey, vip: Endpoint) {
+    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
         self.0.record(flow, vip)
     }
 
@@ -273,7 +273,7 @@ fn a_syn_form_is_translated_for_a_listener_that_answers_and_passed_for_one_that_
         // and no record of its 4-tuple (as it came) is left for sockops.
         let unserved = Arc::new(fuzzing::HostSockets::default());
         let flow = flow_of(&vector(before)[start..]);
-        unserved.record(&flow, VIP);
+        unserved.record(&flow, VIP).unwrap();
         let listeners = Box::new(ProtocolListeners(Arc::clone(&unserved)));
         let stage =
             to_host_with(&table, &syns, Recorder::default(), &Arc::new(ArrayQueue::new(4)), listeners);
