@@ -430,13 +430,13 @@ fn encode_afxdp(
         labelled("direction", &rewritten),
     )?;
     let plain: [(&str, &str, u64); 9] = [
-        ("heels_afxdp_syns_refused", "SYNs with the SYN form passed untranslated", r.syns_refused),
         ("heels_afxdp_connections_learned", "Connections learned from SYN-ACK forms and steered", r.learned),
         (
             "heels_afxdp_syns_translated",
             "SYNs translated for a served listener (server role)",
             r.syns_translated,
         ),
+        ("heels_afxdp_syns_refused", "SYNs with the SYN form passed untranslated", r.syns_refused),
         (
             "heels_afxdp_listener_errors",
             "SYNs whose listener could not be looked up (they took the LB path)",

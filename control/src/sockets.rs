@@ -58,15 +58,29 @@ pub fn ipv4_endpoints(id: &SocketId) -> Option<(SocketAddrV4, SocketAddrV4)> {
     ))
 }
 
-fn dump(family: u8, each: &mut dyn FnMut(&SocketId)) -> anyhow::Result<()> {
-    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
-    let request = SockDiagMessage::InetRequest(InetRequest {
+/// A sock_diag request for the TCP sockets of `family` in `states` that
+/// `socket_id` names (or, for a dump, any: see [`any_socket`]).
+pub fn tcp_request(family: u8, states: StateFlags, socket_id: SocketId) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
         family,
         protocol: IPPROTO_TCP,
         extensions: ExtensionFlags::empty(),
-        states: live_states(),
+        states,
         socket_id,
-    });
+    })
+}
+
+/// The socket id of a dump of `family` (a dump ignores its fields).
+pub fn any_socket(family: u8) -> SocketId {
+    if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    }
+}
+
+fn dump(family: u8, each: &mut dyn FnMut(&SocketId)) -> anyhow::Result<()> {
+    let request = tcp_request(family, live_states(), any_socket(family));
     crate::netlink::dump(NETLINK_SOCK_DIAG, request, |message| {
         if let SockDiagMessage::InetResponse(response) = message {
             each(&response.header.socket_id)

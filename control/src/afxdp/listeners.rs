@@ -33,14 +33,15 @@ use heels_dataplane::option::Endpoint;
 use heels_dataplane::translate::Reason;
 use heels_xdp::ServerMaps;
 use netlink_packet_core::Nla as _;
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
 use netlink_packet_sock_diag::inet::nlas::Nla;
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer};
+use netlink_packet_sock_diag::inet::{SocketId, StateFlags, Timer};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::Socket;
 
 use crate::netlink::{self, Answer};
+use crate::sockets::{any_socket, tcp_request};
 
 // Socket states as sock_diag reports them (include/net/tcp_states.h): a
 // request socket as SYN_RECV, a TIME_WAIT socket by its substate
@@ -124,43 +125,44 @@ impl KernelListeners {
         id.destination_port = flow.src.port();
         // No cookie: any socket on the 4-tuple.
         id.cookie = [0xff; 8];
-        let request = SockDiagMessage::InetRequest(InetRequest {
-            family: AF_INET,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
-            socket_id: id,
-        });
+        let request = tcp_request(AF_INET, StateFlags::all(), id);
+        self.exchange(|| {
+            let answer = netlink::ask_one(
+                &self.socket,
+                request,
+                &mut self.request.borrow_mut(),
+                &mut self.answer.borrow_mut(),
+            )?;
+            Ok(match answer {
+                Answer::Found(SockDiagMessage::InetResponse(response)) => {
+                    // The connection's socket or the listener (no peer): either
+                    // way the local port is the one asked for.
+                    let id = &response.header.socket_id;
+                    if id.source_port != flow.dst.port() {
+                        anyhow::bail!("sock_diag answered for another socket: {id:?}");
+                    }
+                    Some(FoundSocket {
+                        state: response.header.state,
+                        time_wait: response.header.timer == Some(Timer::TimeWait),
+                        cookie: u64::from_ne_bytes(id.cookie),
+                    })
+                }
+                Answer::Found(_) | Answer::Missing => None,
+            })
+        })
+    }
+
+    /// Runs one exchange on the socket. An exchange that failed part way
+    /// may have left answers behind: they are drained before the next, so
+    /// that none passes for the next one's.
+    fn exchange<T>(&self, run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
         if self.unsettled.get() {
-            // An exchange failed part way: what the kernel still had to say
-            // must not pass for the next answer.
             netlink::drain(&self.socket, &mut self.answer.borrow_mut());
         }
         self.unsettled.set(true);
-        let answer = netlink::ask_one(
-            &self.socket,
-            request,
-            &mut self.request.borrow_mut(),
-            &mut self.answer.borrow_mut(),
-        )?;
-        let found = match answer {
-            Answer::Found(SockDiagMessage::InetResponse(response)) => {
-                // The connection's socket or the listener (no peer): either
-                // way the local port is the one asked for.
-                let id = &response.header.socket_id;
-                if id.source_port != flow.dst.port() {
-                    anyhow::bail!("sock_diag answered for another socket: {id:?}");
-                }
-                Some(FoundSocket {
-                    state: response.header.state,
-                    time_wait: response.header.timer == Some(Timer::TimeWait),
-                    cookie: u64::from_ne_bytes(id.cookie),
-                })
-            }
-            Answer::Found(_) | Answer::Missing => None,
-        };
+        let result = run()?;
         self.unsettled.set(false);
-        Ok(found)
+        Ok(result)
     }
 
     /// Whether sockops saw the listener `cookie` start.
@@ -174,31 +176,22 @@ impl KernelListeners {
         if known.len() >= LISTENERS_REMEMBERED {
             known.clear();
         }
-        if self.unsettled.get() {
-            netlink::drain(&self.socket, &mut self.answer.borrow_mut());
-        }
-        self.unsettled.set(true);
         let attributes = storage_request(self.served_listeners.fd().as_fd().as_raw_fd() as u32);
         for family in [AF_INET, AF_INET6] {
-            let request = SockDiagMessage::InetRequest(InetRequest {
-                family,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
-                socket_id: if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() },
-            });
-            netlink::dump_on(&self.socket, request, &attributes, &mut self.answer.borrow_mut(), |message| {
-                if let SockDiagMessage::InetResponse(response) = message {
-                    let served = response
-                        .nlas
-                        .iter()
-                        .any(|nla| matches!(nla, Nla::Other(other) if other.kind() & NLA_TYPE_MASK == INET_DIAG_SK_BPF_STORAGES));
-                    let answer = if served { None } else { Some(Instant::now()) };
-                    known.insert(u64::from_ne_bytes(response.header.socket_id.cookie), answer);
-                }
+            let request = tcp_request(family, StateFlags::LISTEN, any_socket(family));
+            self.exchange(|| {
+                netlink::dump_on(&self.socket, request, &attributes, &mut self.answer.borrow_mut(), |message| {
+                    if let SockDiagMessage::InetResponse(response) = message {
+                        let served = response
+                            .nlas
+                            .iter()
+                            .any(|nla| matches!(nla, Nla::Other(other) if other.kind() & NLA_TYPE_MASK == INET_DIAG_SK_BPF_STORAGES));
+                        let answer = if served { None } else { Some(Instant::now()) };
+                        known.insert(u64::from_ne_bytes(response.header.socket_id.cookie), answer);
+                    }
+                })
             })?;
         }
-        self.unsettled.set(false);
         // A listener that closed in between is not served.
         Ok(matches!(known.get(&cookie), Some(None)))
     }
