@@ -219,18 +219,28 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// The worker loop on the in-memory device for `seconds`, on this thread;
-/// Mpps.
-fn in_memory<S: Stage>(frames: &[Vec<u8>], seconds: f64, stage: S) -> anyhow::Result<f64> {
-    let region = Region::in_memory(4096)?;
-    let device = MemoryPort::new(frames.to_vec());
-    let mut worker = Worker::new(region, vec![device], vec![Path { from: 0, to: 0, stage }]);
-    // Warm the caches and the table's slots first.
-    worker.run_for(Duration::from_millis(100));
-    let start = Instant::now();
-    let frames = worker.run_for(Duration::from_secs_f64(seconds));
-    Ok(frames as f64 / start.elapsed().as_secs_f64() / 1e6)
+/// The worker loop on the in-memory device for `seconds`, on a thread
+/// pinned to the core the veth runs give the worker under test; Mpps.
+fn in_memory<S: Stage + Send>(frames: &[Vec<u8>], seconds: f64, stage: S) -> anyhow::Result<f64> {
+    let measure = move || -> anyhow::Result<f64> {
+        pin_to_core(WORKER_CORE);
+        let region = Region::in_memory(4096)?;
+        let device = MemoryPort::new(frames.to_vec());
+        let mut worker = Worker::new(region, vec![device], vec![Path { from: 0, to: 0, stage }]);
+        // Warm the caches and the table's slots first.
+        worker.run_for(Duration::from_millis(100));
+        let start = Instant::now();
+        let frames = worker.run_for(Duration::from_secs_f64(seconds));
+        Ok(frames as f64 / start.elapsed().as_secs_f64() / 1e6)
+    };
+    std::thread::scope(|scope| scope.spawn(measure).join())
+        .map_err(|_| anyhow::anyhow!("the in-memory worker panicked"))?
 }
+
+/// The core of the worker under test (in memory too).
+const WORKER_CORE: usize = 1;
+/// The core of the generator.
+const GENERATOR_CORE: usize = 0;
 
 /// The veth bed: generator and device-under-test namespaces, `g0` -> `d0`
 /// and `d1` -> `g1`, each veth with `queues` queues; and a bpffs directory
@@ -313,7 +323,7 @@ impl Bed {
                 (stop.clone(), self.dut.path(), self.pin_dir.clone(), self.queues);
             std::thread::spawn(move || -> anyhow::Result<WorkerStats> {
                 crate::lab::netns::set_thread_netns(&path)?;
-                pin_to_core(1);
+                pin_to_core(WORKER_CORE);
                 let mut region = Region::registered(4096, 2048)?;
                 let mut devices = Vec::new();
                 let mut paths = Vec::new();
@@ -351,7 +361,7 @@ impl Bed {
             let (stop, path, frames) = (stop.clone(), self.generator.path(), frames.to_vec());
             std::thread::spawn(move || -> anyhow::Result<WorkerStats> {
                 crate::lab::netns::set_thread_netns(&path)?;
-                pin_to_core(0);
+                pin_to_core(GENERATOR_CORE);
                 let mut region = Region::registered(4096, 2048)?;
                 let devices: Vec<Box<dyn Device + Send>> = vec![
                     Box::new(MemoryPort::new(frames)),

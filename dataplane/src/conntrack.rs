@@ -51,14 +51,25 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    #[inline]
     fn addrs(&self) -> u64 {
         u64::from(u32::from_be_bytes(self.src.addr)) << 32 | u64::from(u32::from_be_bytes(self.dst.addr))
     }
 
+    #[inline]
     fn ports(&self) -> u32 {
         u32::from(self.src.port()) << 16 | u32::from(self.dst.port())
     }
 }
+
+/// Keys [`ConnTable::lookup_batch`] prefetches before it looks the first
+/// one up.
+pub const LOOKUP_BATCH: usize = 64;
+
+/// Where a key's probe starts, as [`ConnTable::prefetch`] found it: valid
+/// only for that key in that table (another key's misses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Home(usize);
 
 /// Why an entry could not be inserted. `Copy`, for the per-packet path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +121,7 @@ struct Snapshot {
 
 impl Slot {
     /// A consistent copy of the slot, or `None` if writers kept it busy.
+    #[inline]
     fn read(&self) -> Option<Snapshot> {
         for _ in 0..MAX_READ_RETRIES {
             let seq = self.seq.load(Ordering::Acquire);
@@ -150,10 +162,12 @@ impl Slot {
 }
 
 impl Snapshot {
+    #[inline]
     fn matches(&self, key: &FlowKey) -> bool {
         self.state == LIVE && self.key_addrs == key.addrs() && self.key_ports == key.ports()
     }
 
+    #[inline]
     fn target(&self) -> Endpoint {
         Endpoint::new(((self.target >> 16) as u32).to_be_bytes(), self.target as u16)
     }
@@ -216,6 +230,7 @@ impl ConnTable {
         self.len() == 0
     }
 
+    #[inline]
     fn home(&self, key: &FlowKey) -> usize {
         let a = (key.addrs() ^ self.seed.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let b = (u64::from(key.ports()) ^ self.seed.1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
@@ -223,6 +238,7 @@ impl ConnTable {
         (h ^ (h >> 32)) as usize & self.mask
     }
 
+    #[inline]
     fn expired(&self, slot: &Slot, now: u32) -> bool {
         let age = now.wrapping_sub(slot.last_used.load(Ordering::Relaxed));
         // A slot another thread refreshed after this caller read its clock
@@ -238,7 +254,14 @@ impl ConnTable {
     /// AF_XDP workers' batches.
     #[inline]
     pub fn lookup(&self, key: &FlowKey, now: u32) -> Option<Endpoint> {
-        let (slot, snapshot) = self.find(key)?;
+        self.lookup_from(self.home_of(key), key, now)
+    }
+
+    /// [`ConnTable::lookup`] from the home slot [`ConnTable::prefetch`]
+    /// returned for `key` (a batch hashes each key once).
+    #[inline]
+    pub fn lookup_from(&self, home: Home, key: &FlowKey, now: u32) -> Option<Endpoint> {
+        let (slot, snapshot) = self.find(home.0, key)?;
         if self.expired(slot, now) {
             return None;
         }
@@ -251,8 +274,7 @@ impl ConnTable {
 
     /// The slot holding `key`, expired or not.
     #[inline]
-    fn find(&self, key: &FlowKey) -> Option<(&Slot, Snapshot)> {
-        let home = self.home(key);
+    fn find(&self, home: usize, key: &FlowKey) -> Option<(&Slot, Snapshot)> {
         for i in 0..MAX_PROBE {
             let slot = &self.slots[(home + i) & self.mask];
             let snapshot = slot.read()?;
@@ -264,6 +286,12 @@ impl ConnTable {
             }
         }
         None
+    }
+
+    /// Where `key`'s probe starts, for [`ConnTable::lookup_from`].
+    #[inline]
+    pub fn home_of(&self, key: &FlowKey) -> Home {
+        Home(self.home(key))
     }
 
     /// Asks the CPU to bring the slot where `key` would be into its cache,
@@ -278,8 +306,9 @@ impl ConnTable {
     // The core's one `unsafe`: Rust asks for it to call any intrinsic
     // marked `#[target_feature]`, even one whose feature the target has.
     #[allow(unsafe_code)]
-    pub fn prefetch(&self, key: &FlowKey) {
-        let slot: *const Slot = &self.slots[self.home(key)];
+    pub fn prefetch(&self, key: &FlowKey) -> Home {
+        let home = self.home(key);
+        let slot: *const Slot = &self.slots[home];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: SSE, the intrinsic's target feature, is part of the
         // x86_64 baseline, so every CPU this runs on has it; a prefetch is
@@ -290,16 +319,22 @@ impl ConnTable {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = slot;
+        Home(home)
     }
 
     /// Looks up a batch of keys: prefetches every home slot, then looks
-    /// each key up. `out[i]` is the target of `keys[i]`.
+    /// each key up (in chunks of [`LOOKUP_BATCH`]). `out[i]` is the target
+    /// of `keys[i]`.
+    #[inline]
     pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<Endpoint>], now: u32) {
-        for key in keys {
-            self.prefetch(key);
-        }
-        for (key, out) in keys.iter().zip(out.iter_mut()) {
-            *out = self.lookup(key, now);
+        let mut homes = [Home(0); LOOKUP_BATCH];
+        for (keys, out) in keys.chunks(LOOKUP_BATCH).zip(out.chunks_mut(LOOKUP_BATCH)) {
+            for (key, home) in keys.iter().zip(homes.iter_mut()) {
+                *home = self.prefetch(key);
+            }
+            for ((key, home), out) in keys.iter().zip(homes).zip(out.iter_mut()) {
+                *out = self.lookup_from(home, key, now);
+            }
         }
     }
 
@@ -471,17 +506,29 @@ mod tests {
 
     #[test]
     fn batch_lookup_equals_single_lookups() {
-        let table = ConnTable::new(64, 60);
-        for i in 0..32 {
+        // Across chunks: more keys than one prefetch round takes.
+        let table = ConnTable::new(256, 60);
+        for i in 0..100 {
             table.insert(key(i), target(i), 0).unwrap();
         }
-        let keys: Vec<FlowKey> = (16..48).map(key).collect();
+        let keys: Vec<FlowKey> = (50..(150 + LOOKUP_BATCH as u32)).map(key).collect();
         let mut out = vec![None; keys.len()];
         table.lookup_batch(&keys, &mut out, 0);
         for (k, got) in keys.iter().zip(&out) {
             assert_eq!(*got, table.lookup(k, 0));
+            assert_eq!(*got, table.lookup_from(table.home_of(k), k, 0));
         }
-        assert_eq!(out.iter().filter(|t| t.is_some()).count(), 16);
+        assert_eq!(out.iter().filter(|t| t.is_some()).count(), 50);
+    }
+
+    #[test]
+    fn a_home_is_where_the_key_hashes_and_only_its_key_finds_by_it() {
+        let table = ConnTable::new(64, 60);
+        table.insert(key(1), target(1), 0).unwrap();
+        assert_eq!(table.prefetch(&key(1)), table.home_of(&key(1)));
+        assert_eq!(table.lookup_from(table.prefetch(&key(1)), &key(1), 0), Some(target(1)));
+        // Another key's home never yields this key's target for that key.
+        assert_eq!(table.lookup_from(table.home_of(&key(1)), &key(2), 0), None);
     }
 
     #[test]
@@ -655,12 +702,12 @@ impl SynEnds {
     /// for "a socket of this host is connecting": see
     /// [`crate::translate::Sockets::connecting`]).
     pub fn contains(&self, key: &FlowKey) -> bool {
-        self.0.find(key).is_some()
+        self.0.find(self.0.home(key), key).is_some()
     }
 
     /// The end recorded for `key`: which SYN the 4-tuple last carried.
     pub fn end(&self, key: &FlowKey) -> Option<u32> {
-        self.0.find(key).map(|(_, snapshot)| u32::from_be_bytes(snapshot.target().addr))
+        self.0.find(self.0.home(key), key).map(|(_, snapshot)| u32::from_be_bytes(snapshot.target().addr))
     }
 
     /// Records `end` for `key`. Returns the end recorded before when it is

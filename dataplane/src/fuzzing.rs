@@ -204,6 +204,7 @@ pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
             assert_eq!(before, after, "{verdict:?} but the frame changed")
         }
         Verdict::Rewritten { start } => {
+            let start = usize::from(start);
             assert!(start < after.len(), "start {start} past the frame");
             // A frame that was only decapsulated (its inner packet neither
             // TCP nor an ICMP error) keeps every byte of the inner packet.
@@ -227,7 +228,7 @@ pub fn ingress(data: &[u8]) -> translate::Ingress {
     let outcome = translate::ingress(&mut frame, Mode::Full, &config(), &table, &sockets, 1);
     let verdict = match outcome {
         translate::Ingress { start: 0, verdict } => verdict,
-        translate::Ingress { start, .. } => Verdict::Rewritten { start },
+        translate::Ingress { start, .. } => Verdict::Rewritten { start: start as u16 },
     };
     check_outcome(data, &frame, verdict);
     outcome

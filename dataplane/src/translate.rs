@@ -21,7 +21,7 @@ use core::fmt;
 use core::str::FromStr;
 
 use crate::checksum::{self, Mode};
-use crate::conntrack::{ConnTable, FlowKey, SynEnds};
+use crate::conntrack::{ConnTable, FlowKey, Home, SynEnds};
 use crate::option::{self, Endpoint};
 use crate::wire::icmpv4::Quote;
 use crate::wire::{
@@ -299,8 +299,9 @@ pub enum Verdict {
     /// buffer (non-zero after IPIP decapsulation: the caller drops those
     /// bytes, with `bpf_xdp_adjust_head` or by moving its frame offset).
     Rewritten {
-        /// Offset of the new Ethernet header.
-        start: usize,
+        /// Offset of the new Ethernet header (at most an IPv4 header's
+        /// 60 bytes; a `u16` keeps the verdict in a register).
+        start: u16,
     },
     /// Left as it came but must not be delivered (TCP will retransmit).
     Drop(Reason),
@@ -480,7 +481,7 @@ pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config, sockets
     if let Err(reason) = server_syn(frame, &at, mode, config, sockets) {
         return Verdict::Pass(reason);
     }
-    Verdict::Rewritten { start: at.strip_tunnel(frame) }
+    Verdict::Rewritten { start: at.strip_tunnel(frame) as u16 }
 }
 
 /// The server's work on a located SYN: checks, record, rewrite (not the
@@ -644,16 +645,16 @@ pub fn client_egress_batch(
     for (frames, verdicts) in frames.chunks_mut(BATCH).zip(verdicts.chunks_mut(BATCH)) {
         let mut located = [Err(Reason::Malformed); BATCH];
         for (frame, located) in frames.iter().zip(located.iter_mut()) {
-            *located = locate(frame, false);
-            if let Ok(at) = located {
-                table.prefetch(&FlowKey { src: at.src, dst: at.dst });
-            }
+            *located = locate(frame, false).map(|at| {
+                let home = table.prefetch(&FlowKey { src: at.src, dst: at.dst });
+                (at, home)
+            });
         }
         for ((frame, located), verdict) in frames.iter_mut().zip(located).zip(verdicts.iter_mut()) {
-            *verdict = match located {
-                Ok(at) => egress_located(frame, &at, mode, table, now),
-                Err(reason) => Verdict::Pass(reason),
-            };
+            match located {
+                Ok((at, home)) => *verdict = egress_located(frame, &at, home, mode, table, now),
+                Err(reason) => *verdict = Verdict::Pass(reason),
+            }
         }
     }
 }
@@ -680,7 +681,10 @@ fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
 /// that finds a stale entry for its 4-tuple (a reused port) removes it.
 pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) -> Verdict {
     match locate(frame, false) {
-        Ok(at) => egress_located(frame, &at, mode, table, now),
+        Ok(at) => {
+            let home = table.home_of(&FlowKey { src: at.src, dst: at.dst });
+            egress_located(frame, &at, home, mode, table, now)
+        }
         Err(reason) => Verdict::Pass(reason),
     }
 }
@@ -764,22 +768,40 @@ pub fn turn_into_reset(frame: &mut [u8], seq: u32) -> bool {
     true
 }
 
-fn egress_located(frame: &mut [u8], at: &Located, mode: Mode, table: &ConnTable, now: u32) -> Verdict {
+/// [`client_egress`] once the frame is located and its key hashed (`home`).
+#[inline(always)]
+fn egress_located(
+    frame: &mut [u8],
+    at: &Located,
+    home: Home,
+    mode: Mode,
+    table: &ConnTable,
+    now: u32,
+) -> Verdict {
     let key = FlowKey { src: at.src, dst: at.dst };
-    if at.tcp(frame).flags().is_syn() {
-        if let Some(backend) = table.lookup(&key, now) {
-            table.remove(&key);
-            table.remove(&FlowKey { src: backend, dst: key.src });
-        }
-        return Verdict::Pass(Reason::ClientSyn);
+    if at.flags.is_syn() {
+        return egress_syn(&key, home, table, now);
     }
-    match table.lookup(&key, now) {
+    match table.lookup_from(home, &key, now) {
         Some(backend) => {
             at.rewrite(frame, Side::Dst, backend, mode);
             Verdict::Rewritten { start: 0 }
         }
         None => Verdict::Pass(Reason::NoEntry),
     }
+}
+
+/// A client SYN leaving: it goes through the LB, and a stale entry for its
+/// 4-tuple (a reused port) goes. Out of line: one per connection, and the
+/// data path above stays small enough to inline into the batch.
+#[cold]
+#[inline(never)]
+fn egress_syn(key: &FlowKey, home: Home, table: &ConnTable, now: u32) -> Verdict {
+    if let Some(backend) = table.lookup_from(home, key, now) {
+        table.remove(key);
+        table.remove(&FlowKey { src: backend, dst: key.src });
+    }
+    Verdict::Pass(Reason::ClientSyn)
 }
 
 /// Client ingress: a SYN-ACK carrying the SYN-ACK form, for a VIP this host

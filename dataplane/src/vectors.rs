@@ -135,7 +135,7 @@ mod tests {
         let mut frame = vector(before);
         let verdict =
             translate::server_syn_ingress(&mut frame, Mode::Full, &fuzzing::config(), &fuzzing::sockets());
-        assert_eq!(verdict, Verdict::Rewritten { start }, "{before}");
+        assert_eq!(verdict, Verdict::Rewritten { start: start as u16 }, "{before}");
         assert_eq!(frame[start..], vector(after)[..], "{before} -> {after}");
         etherparse_verifies(&frame[start..]);
     }

@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig};
 
-use crate::umem::{Held, Region};
+use crate::umem::{Held, Region, COPY_BLOCK};
 use crate::Error;
 
 /// One end of a worker's paths.
@@ -299,7 +299,8 @@ impl Device for XskPort {
 /// counting and taking the chunk straight back, as a NIC completes.
 #[derive(Debug)]
 pub struct MemoryPort {
-    templates: Vec<Vec<u8>>,
+    /// Each template padded to whole [`COPY_BLOCK`]s, with its length.
+    templates: Vec<(Vec<u8>, u32)>,
     next: usize,
     limit: Option<u64>,
     lent: Vec<u64>,
@@ -310,6 +311,16 @@ pub struct MemoryPort {
 impl MemoryPort {
     /// A device that receives `templates` over and over, in order.
     pub fn new(templates: Vec<Vec<u8>>) -> MemoryPort {
+        // Padded, a frame is written by fixed-size moves: a NIC's writes
+        // cost the CPU nothing, so the device's copy should cost little.
+        let templates = templates
+            .into_iter()
+            .map(|mut bytes| {
+                let len = bytes.len() as u32;
+                bytes.resize(bytes.len().next_multiple_of(COPY_BLOCK), 0);
+                (bytes, len)
+            })
+            .collect();
         MemoryPort {
             templates,
             next: 0,
@@ -350,13 +361,15 @@ impl Device for MemoryPort {
         }
         while out.len() < out.capacity() && self.limit.is_none_or(|limit| self.stats.rx < limit) {
             let Some(addr) = self.lent.pop() else { break };
-            let template = &self.templates[self.next];
+            let (template, len) = &self.templates[self.next];
             // No division per frame: wrap by comparison.
             self.next += 1;
             if self.next == self.templates.len() {
                 self.next = 0;
             }
-            let held = region.write_lent(addr, template).and_then(|desc| region.receive(desc));
+            let held = region
+                .write_lent(addr, template)
+                .and_then(|desc| region.receive(XdpDesc { len: *len, ..desc }));
             match held {
                 Some(held) => {
                     out.push(held);
@@ -381,5 +394,31 @@ impl Device for MemoryPort {
 
     fn stats(&self) -> DeviceStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_port_receives_its_templates_whole_and_no_longer() {
+        // Lengths off the copy block (padded inside the device) and on it.
+        let templates: Vec<Vec<u8>> = [66usize, 64, 1514]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (0..len).map(|b| (b as u8).wrapping_add(i as u8)).collect())
+            .collect();
+        let mut region = Region::in_memory(8).unwrap();
+        let mut port = MemoryPort::new(templates.clone());
+        port.refill(&mut region, 8);
+        let mut held = Vec::with_capacity(3);
+        port.receive(&mut region, &mut held);
+        assert_eq!(held.len(), 3);
+        let mut frames: [&mut [u8]; 3] = [&mut [], &mut [], &mut []];
+        region.frames_mut(&held, &mut frames);
+        for (frame, template) in frames.iter().zip(&templates) {
+            assert_eq!(&frame[..], &template[..]);
+        }
     }
 }

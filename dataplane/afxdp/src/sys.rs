@@ -65,6 +65,7 @@ impl Area {
     /// The `len` bytes at `offset`, or `None` past the end.
     ///
     /// `&mut self` makes this slice the only live view of the area.
+    #[inline]
     pub(crate) fn bytes_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
         let end = offset.checked_add(len)?;
         if end > self.len {
@@ -81,6 +82,7 @@ impl Area {
     /// no two spans may share a byte: the caller proves this by passing
     /// only spans of distinct chunks, which `crate::umem::Region` does for
     /// the frames it holds.
+    #[inline]
     pub(crate) fn disjoint_spans_mut<'a>(
         &'a mut self,
         spans: impl Iterator<Item = (usize, usize)>,

@@ -40,7 +40,7 @@ impl From<Verdict> for Action {
     fn from(verdict: Verdict) -> Action {
         match verdict {
             Verdict::Pass(_) => Action::Forward { start: 0 },
-            Verdict::Rewritten { start } => Action::Forward { start },
+            Verdict::Rewritten { start } => Action::Forward { start: usize::from(start) },
             Verdict::Drop(_) => Action::Drop,
         }
     }
@@ -198,7 +198,12 @@ impl<D: Device, S: Stage> Worker<D, S> {
             for (mut held, action) in self.received.drain(..).zip(actions.iter()) {
                 match *action {
                     Action::Forward { start } => {
-                        held.advance(start);
+                        // Only when it moves: a frame changed field by field
+                        // and then copied whole stalls the copy (store
+                        // forwarding), per frame, in the profile.
+                        if start != 0 {
+                            held.advance(start);
+                        }
                         self.forward.push(held);
                     }
                     Action::Drop => {

@@ -261,6 +261,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.rewrite_endpoint(field::DST_PORT.start, old, to, mode);
     }
 
+    #[inline]
     fn rewrite_endpoint(&mut self, port_at: usize, old: Endpoint, to: Endpoint, mode: Mode) {
         let (old_addr, new_addr) = (u32::from_be_bytes(old.addr), u32::from_be_bytes(to.addr));
         let check = match mode {
