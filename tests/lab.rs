@@ -1114,6 +1114,30 @@ fn afxdp_client_did_the_work(lab: &Lab) {
     assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
 }
 
+/// Closed connections leave the afxdp client's table, its steering and the
+/// standby maps at once: sockops reports each close through its ring
+/// buffer. The sweep runs once an hour here, so only the reports can have
+/// done it.
+#[test]
+fn afxdp_client_forgets_connections_as_sockops_reports_their_close() {
+    let overrides = Overrides { sweep_seconds: Some(3600), ..Overrides::default() };
+    let lab = lab(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc, overrides);
+    let report = verify(&lab, lab.service(), CONNECTIONS);
+    assert_all_verified(&report, CONNECTIONS);
+    assert_only_syns(&lab.lb_counters().unwrap(), CONNECTIONS);
+    let afxdp = wait_for_report(&lab, |r| r.forgotten >= CONNECTIONS as u64 && r.table_entries == 0);
+    assert!(afxdp.learned >= CONNECTIONS as u64, "{afxdp:?}");
+    assert!(afxdp.closes_reported >= CONNECTIONS as u64, "sockops reported every close: {afxdp:?}");
+    assert!(afxdp.forgotten >= CONNECTIONS as u64, "the workers forgot every connection: {afxdp:?}");
+    assert_eq!(afxdp.table_entries, 0, "{afxdp:?}");
+    let client = lab.client_instance().unwrap();
+    assert_eq!(
+        Datapath::open(&client).unwrap().connections().unwrap(),
+        vec![],
+        "the standby's entries went too"
+    );
+}
+
 #[test]
 fn afxdp_client_fullnat_lb_sees_only_the_syn() {
     afxdp_bypassed(LbKind::Fullnat, Dataplane::Afxdp, Dataplane::Tc);

@@ -10,14 +10,132 @@
 //! excluded: a connection whose socket is in TIME_WAIT is over) in one
 //! pass.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddrV4};
 
 use anyhow::Context;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use netlink_sys::Socket;
+
+use crate::netlink::{self, Answer};
+
+// Socket states as sock_diag reports them (include/net/tcp_states.h): a
+// request socket as SYN_RECV, a TIME_WAIT socket by its substate
+// (TIME_WAIT, or FIN_WAIT2 while the peer's FIN is awaited) with the
+// TIME_WAIT timer.
+/// `TCP_SYN_RECV`.
+pub const TCP_SYN_RECV: u8 = 3;
+/// `TCP_TIME_WAIT`.
+pub const TCP_TIME_WAIT: u8 = 6;
+/// `TCP_LISTEN`.
+pub const TCP_LISTEN: u8 = 10;
+
+/// What sock_diag said of the socket on a 4-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundSocket {
+    /// Its state (see the constants above).
+    pub state: u8,
+    /// A TIME_WAIT socket (whatever its substate).
+    pub time_wait: bool,
+    /// The kernel's socket cookie.
+    pub cookie: u64,
+}
+
+impl FoundSocket {
+    /// A socket that still carries a connection: not a TIME_WAIT one.
+    pub fn is_live(&self) -> bool {
+        !self.time_wait && self.state != TCP_TIME_WAIT
+    }
+}
+
+/// Exact sock_diag questions, one 4-tuple at a time (a request and its
+/// answer: two system calls, not a dump), on a socket of its own in the
+/// namespace it was made in. `&self` methods: a worker's `Listeners` asks
+/// through a shared reference.
+pub struct SocketQuery {
+    socket: Socket,
+    /// An exchange failed before its answer was read.
+    unsettled: Cell<bool>,
+    request: RefCell<Vec<u8>>,
+    answer: RefCell<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SocketQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketQuery")
+    }
+}
+
+impl SocketQuery {
+    /// Opens the sock_diag socket in the calling thread's network namespace.
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(SocketQuery {
+            socket: netlink::open(NETLINK_SOCK_DIAG)?,
+            unsettled: Cell::new(false),
+            request: RefCell::new(Vec::with_capacity(128)),
+            answer: RefCell::new(vec![0; 64 * 1024]),
+        })
+    }
+
+    /// The socket a packet to `local` from `remote` would meet: the
+    /// connection's (a TIME_WAIT or request socket included), or else the
+    /// listener's; IPv4-mapped sockets of dual-stack listeners and clients
+    /// too (the kernel hashes them as IPv4).
+    pub fn socket_on(
+        &self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> anyhow::Result<Option<FoundSocket>> {
+        let mut id = SocketId::new_v4();
+        id.source_address = IpAddr::V4(*local.ip());
+        id.source_port = local.port();
+        id.destination_address = IpAddr::V4(*remote.ip());
+        id.destination_port = remote.port();
+        // No cookie: any socket on the 4-tuple.
+        id.cookie = [0xff; 8];
+        let request = tcp_request(AF_INET, StateFlags::all(), id);
+        self.exchange(|socket, answer| {
+            let answer = netlink::ask_one(socket, request, &mut self.request.borrow_mut(), answer)?;
+            Ok(match answer {
+                Answer::Found(SockDiagMessage::InetResponse(response)) => {
+                    // The connection's socket or the listener (no peer): either
+                    // way the local port is the one asked for.
+                    let id = &response.header.socket_id;
+                    if id.source_port != local.port() {
+                        anyhow::bail!("sock_diag answered for another socket: {id:?}");
+                    }
+                    Some(FoundSocket {
+                        state: response.header.state,
+                        time_wait: response.header.timer == Some(Timer::TimeWait),
+                        cookie: u64::from_ne_bytes(id.cookie),
+                    })
+                }
+                Answer::Found(_) | Answer::Missing => None,
+            })
+        })
+    }
+
+    /// Runs one exchange on the socket with the answer buffer. An exchange
+    /// that failed part way may have left answers behind: they are drained
+    /// before the next, so that none passes for the next one's.
+    pub fn exchange<T>(
+        &self,
+        run: impl FnOnce(&Socket, &mut [u8]) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut answer = self.answer.borrow_mut();
+        if self.unsettled.get() {
+            netlink::drain(&self.socket, &mut answer);
+        }
+        self.unsettled.set(true);
+        let result = run(&self.socket, &mut answer)?;
+        self.unsettled.set(false);
+        Ok(result)
+    }
+}
 
 /// The states of a connection that still has a socket (not TIME_WAIT,
 /// not a listener).

@@ -17,9 +17,9 @@
 //! Any error answers "no listener": the SYN goes on untranslated and the
 //! connection takes the LB's path.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap as StdHashMap;
-use std::net::IpAddr;
+use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,21 +35,13 @@ use heels_xdp::ServerMaps;
 use netlink_packet_core::Nla as _;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
 use netlink_packet_sock_diag::inet::nlas::Nla;
-use netlink_packet_sock_diag::inet::{SocketId, StateFlags, Timer};
+use netlink_packet_sock_diag::inet::StateFlags;
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_sys::protocols::NETLINK_SOCK_DIAG;
-use netlink_sys::Socket;
 
-use crate::netlink::{self, Answer};
-use crate::sockets::{any_socket, tcp_request};
-
-// Socket states as sock_diag reports them (include/net/tcp_states.h): a
-// request socket as SYN_RECV, a TIME_WAIT socket by its substate
-// (TIME_WAIT, or FIN_WAIT2 while the peer's FIN is awaited) with the
-// TIME_WAIT timer.
-const TCP_SYN_RECV: u8 = 3;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_LISTEN: u8 = 10;
+use crate::netlink;
+use crate::sockets::{
+    any_socket, tcp_request, FoundSocket, SocketQuery, TCP_LISTEN, TCP_SYN_RECV, TCP_TIME_WAIT,
+};
 
 /// How long a listener found unserved stays so before it is asked again.
 const UNSERVED_RECHECK: Duration = Duration::from_secs(1);
@@ -70,21 +62,9 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// cookie asked again costs one dump).
 const LISTENERS_REMEMBERED: usize = 4096;
 
-/// What sock_diag said of the socket on a 4-tuple.
-struct FoundSocket {
-    state: u8,
-    /// A TIME_WAIT socket (whatever its substate).
-    time_wait: bool,
-    cookie: u64,
-}
-
 /// One worker's view of the host's listeners (see the module's comment).
 pub struct KernelListeners {
-    socket: Socket,
-    /// An exchange failed before its answer was read.
-    unsettled: Cell<bool>,
-    request: RefCell<Vec<u8>>,
-    answer: RefCell<Vec<u8>>,
+    query: SocketQuery,
     /// Listener cookie -> served (`None`), or unserved when last asked.
     served: RefCell<StdHashMap<u64, Option<Instant>>>,
     translated: RefCell<HashMap<MapData, FlowV4, EndpointV4>>,
@@ -104,10 +84,7 @@ impl KernelListeners {
     /// namespace (the host's), over `maps`.
     pub fn new(maps: ServerMaps, errors: Arc<AtomicU64>) -> anyhow::Result<Self> {
         Ok(KernelListeners {
-            socket: netlink::open(NETLINK_SOCK_DIAG)?,
-            unsettled: Cell::new(false),
-            request: RefCell::new(Vec::with_capacity(128)),
-            answer: RefCell::new(vec![0; 64 * 1024]),
+            query: SocketQuery::new()?,
             served: RefCell::new(StdHashMap::with_capacity(LISTENERS_REMEMBERED)),
             translated: RefCell::new(maps.translated),
             served_listeners: maps.served_listeners,
@@ -118,51 +95,7 @@ impl KernelListeners {
     /// The socket a packet of `flow` (as it arrives: CIP:cport ->
     /// DIP:dport) would meet: the connection's, or else the listener's.
     fn socket_of(&self, flow: &FlowKey) -> anyhow::Result<Option<FoundSocket>> {
-        let mut id = SocketId::new_v4();
-        id.source_address = IpAddr::from(flow.dst.addr);
-        id.source_port = flow.dst.port();
-        id.destination_address = IpAddr::from(flow.src.addr);
-        id.destination_port = flow.src.port();
-        // No cookie: any socket on the 4-tuple.
-        id.cookie = [0xff; 8];
-        let request = tcp_request(AF_INET, StateFlags::all(), id);
-        self.exchange(|| {
-            let answer = netlink::ask_one(
-                &self.socket,
-                request,
-                &mut self.request.borrow_mut(),
-                &mut self.answer.borrow_mut(),
-            )?;
-            Ok(match answer {
-                Answer::Found(SockDiagMessage::InetResponse(response)) => {
-                    // The connection's socket or the listener (no peer): either
-                    // way the local port is the one asked for.
-                    let id = &response.header.socket_id;
-                    if id.source_port != flow.dst.port() {
-                        anyhow::bail!("sock_diag answered for another socket: {id:?}");
-                    }
-                    Some(FoundSocket {
-                        state: response.header.state,
-                        time_wait: response.header.timer == Some(Timer::TimeWait),
-                        cookie: u64::from_ne_bytes(id.cookie),
-                    })
-                }
-                Answer::Found(_) | Answer::Missing => None,
-            })
-        })
-    }
-
-    /// Runs one exchange on the socket. An exchange that failed part way
-    /// may have left answers behind: they are drained before the next, so
-    /// that none passes for the next one's.
-    fn exchange<T>(&self, run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-        if self.unsettled.get() {
-            netlink::drain(&self.socket, &mut self.answer.borrow_mut());
-        }
-        self.unsettled.set(true);
-        let result = run()?;
-        self.unsettled.set(false);
-        Ok(result)
+        self.query.socket_on(endpoint(flow.dst), endpoint(flow.src))
     }
 
     /// Whether sockops saw the listener `cookie` start.
@@ -179,8 +112,8 @@ impl KernelListeners {
         let attributes = storage_request(self.served_listeners.fd().as_fd().as_raw_fd() as u32);
         for family in [AF_INET, AF_INET6] {
             let request = tcp_request(family, StateFlags::LISTEN, any_socket(family));
-            self.exchange(|| {
-                netlink::dump_on(&self.socket, request, &attributes, &mut self.answer.borrow_mut(), |message| {
+            self.query.exchange(|socket, answer| {
+                netlink::dump_on(socket, request, &attributes, answer, |message| {
                     if let SockDiagMessage::InetResponse(response) = message {
                         let served = response
                             .nlas
@@ -223,6 +156,10 @@ fn storage_request(map_fd: u32) -> [u8; 12] {
     attribute[6..8].copy_from_slice(&SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
     attribute[8..12].copy_from_slice(&map_fd.to_ne_bytes());
     attribute
+}
+
+fn endpoint(endpoint: Endpoint) -> SocketAddrV4 {
+    SocketAddrV4::new(endpoint.addr.into(), endpoint.port())
 }
 
 impl Listeners for KernelListeners {

@@ -42,9 +42,10 @@ use heels_afxdp::worker::{pin_to_core, Idle, Path, Worker, WorkerStats};
 use heels_common::{EndpointV4, FlowV4};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::translate::{Config as Rules, Learned};
-use heels_xdp::{Classifier, Connection, Datapath, SynMarker, ToWorkers};
+use heels_xdp::{Classifier, Closes, Connection, Datapath, SynMarker, ToWorkers};
 
 use crate::config::AgentConfig;
+use crate::sockets::SocketQuery;
 use pair::{HostPair, Link, Namespaces, PEER_LINK};
 
 /// Frames of each worker's UMEM (4 KiB each: 16 MiB a worker).
@@ -89,6 +90,7 @@ pub struct WorkerReport {
 /// | `syns_refused` | SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path) |
 /// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
+/// | `closes_reported` | closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep) |
 /// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
 /// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
 /// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
@@ -120,6 +122,7 @@ pub struct AfxdpReport {
     pub syns_refused: u64,
     pub listener_errors: u64,
     pub unsteered: u64,
+    pub closes_reported: u64,
     pub forgotten: u64,
     pub forget_skipped: u64,
     pub resets_sent: u64,
@@ -151,6 +154,7 @@ impl AfxdpReport {
             ("syns_refused", self.syns_refused),
             ("listener_errors", self.listener_errors),
             ("unsteered", self.unsteered),
+            ("closes_reported", self.closes_reported),
             ("forgotten", self.forgotten),
             ("forget_skipped", self.forget_skipped),
             ("resets_sent", self.resets_sent),
@@ -297,6 +301,15 @@ pub struct Afxdp {
     known: StdHashMap<(SocketAddrV4, SocketAddrV4), Forget>,
     /// Closed connections on their way to the workers.
     forgets: Arc<ArrayQueue<Forget>>,
+    /// Sockops's reports of closed connections (`None`: the pinned ring
+    /// could not be opened, and the sweep finds every close).
+    closes: Option<Closes>,
+    /// Asks whether a live socket holds a reported connection's tuple.
+    close_query: SocketQuery,
+    /// Reports read from `closes`.
+    closes_reported: u64,
+    /// The reports of this turn (kept to reuse the allocation).
+    reported: Vec<(SocketAddrV4, SocketAddrV4)>,
     steering: HashMap<MapData, FlowV4, u8>,
     // Taken in `stop`, in this order: the uplink's classifier, the pair,
     // then the workers and the pair's XDP program.
@@ -356,6 +369,15 @@ impl Afxdp {
             listener_errors: Arc::new(AtomicU64::new(0)),
             known: StdHashMap::new(),
             forgets: Arc::new(ArrayQueue::new(LEARNED_QUEUE)),
+            closes: datapath
+                .closes()
+                .inspect_err(|e| {
+                    tracing::warn!("no close reports from sockops ({e:#}): closes wait for the sweep")
+                })
+                .ok(),
+            close_query: SocketQuery::new().context("opening a sock_diag socket")?,
+            closes_reported: 0,
+            reported: Vec::new(),
             steering,
             classifier: None,
             to_workers: None,
@@ -538,16 +560,22 @@ impl Afxdp {
         self.threads.iter().all(|thread| !thread.is_finished())
     }
 
-    /// The control thread's turn (every 100 ms or so): learned connections
-    /// into the standby maps, next hops read again after a change, and
-    /// unresolved ones probed.
+    /// The control thread's turn (every 100 ms or so): closed connections
+    /// sockops reported to the workers, learned connections into the
+    /// standby maps, next hops read again after a change, and unresolved
+    /// ones probed.
     pub fn tick(&mut self, datapath: &mut Datapath) -> anyhow::Result<()> {
+        // The reports are read before the learned connections are taken:
+        // a connection reported closed was learned before it closed, so
+        // it is known by the time its report is handled.
+        self.read_reported_closes();
         while let Some(learned) = self.learned.pop() {
             let connection = connection(&learned);
             datapath.remember(&connection).context("writing a connection into the standby maps")?;
             self.known
                 .insert((connection.client, connection.vip), forget_of(&connection, Some(learned.syn_end)));
         }
+        self.forget_reported_closes(datapath);
         let unresolved = self.unresolved.take();
         for next in &unresolved {
             nexthops::probe((*next).into());
@@ -556,6 +584,48 @@ impl Afxdp {
             self.hops.store(Arc::new(nexthops::read(self.uplink.index)?));
         }
         Ok(())
+    }
+
+    /// Sends the workers the connections sockops reported closed (see
+    /// [`Forget`]), unless a live socket holds the tuple again: a new
+    /// connection on it, learned or about to be, whose entries these are
+    /// too. What is left (a full queue, a failed question) waits for the
+    /// sweep, which finds every close.
+    fn forget_reported_closes(&mut self, datapath: &mut Datapath) {
+        let mut reported = std::mem::take(&mut self.reported);
+        for key in reported.drain(..) {
+            let Some(forget) = self.known.get(&key) else { continue };
+            match self.close_query.socket_on(key.0, key.1) {
+                Ok(Some(socket)) if socket.is_live() => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(
+                        "asking for the socket of a closed connection: {e:#} (left to the sweep)"
+                    );
+                    continue;
+                }
+            }
+            if self.forgets.push(*forget).is_err() {
+                continue;
+            }
+            // The standby's entries too: the agent may have written them
+            // after sockops looked (a connection shorter than a tick).
+            let connection = Connection { client: key.0, vip: key.1, backend: forget.backend.into() };
+            if let Err(e) = datapath.forget(&connection) {
+                tracing::debug!("removing a closed connection's standby entries: {e:#} (left to the sweep)");
+            }
+            self.known.remove(&key);
+        }
+        self.reported = reported;
+    }
+
+    /// Reads sockops's reports of closed connections (see
+    /// [`Afxdp::forget_reported_closes`]).
+    fn read_reported_closes(&mut self) {
+        let Some(closes) = &mut self.closes else { return };
+        let before = self.reported.len();
+        self.reported.extend(closes);
+        self.closes_reported += (self.reported.len() - before) as u64;
     }
 
     /// Sends the workers the connections whose standby entries are gone
@@ -606,6 +676,7 @@ impl Afxdp {
             workers: stats.workers as u64,
             table_entries: stats.table_entries as u64,
             learned_lost: stats.learned_lost,
+            closes_reported: self.closes_reported,
             listener_errors: self.listener_errors.load(Ordering::Relaxed),
             ..AfxdpReport::default()
         };

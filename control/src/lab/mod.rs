@@ -156,6 +156,9 @@ pub struct Overrides {
     /// Run the agents with only these capabilities (names as `setpriv`
     /// takes them, e.g. `bpf`), as deploy/heels.service does.
     pub agent_capabilities: Option<Vec<String>>,
+    /// The agents' sweep period instead of 1 s (a long one shows what
+    /// happens without the sweep).
+    pub sweep_seconds: Option<u64>,
 }
 
 impl Default for LabSpec {
@@ -471,7 +474,7 @@ impl Lab {
         config.interfaces = vec!["eth0".to_owned()];
         config.cgroup = host.cgroup.path().to_owned();
         config.addresses = vec![host.addr];
-        config.sweep_seconds = 1;
+        config.sweep_seconds = overrides.sweep_seconds.unwrap_or(1);
         config.metrics_address = Some(format!("127.0.0.1:{METRICS_PORT}"));
         if role == Role::Client {
             config.server = None;

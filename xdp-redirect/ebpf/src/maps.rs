@@ -6,11 +6,11 @@
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, XskMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, XskMap},
 };
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, VipCounter, VipStats, XdpCounter, MAX_CONFIG_ENTRIES,
-    MAX_CONNECTIONS, MAX_SERVICES, MAX_STEERED_FLOWS, MAX_VIP_STATS, MAX_XSKS,
+    EndpointV4, FlowV4, TcConfig, TcCounter, VipCounter, VipStats, XdpCounter, CLOSES_RING_BYTES,
+    MAX_CONFIG_ENTRIES, MAX_CONNECTIONS, MAX_SERVICES, MAX_STEERED_FLOWS, MAX_VIP_STATS, MAX_XSKS,
 };
 
 #[map(name = "HEELS_SERVICES")]
@@ -102,6 +102,12 @@ pub static TRANSLATED: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_C
 /// LB that tracks TCP state holds it while it sees only SYNs.
 #[map(name = "HEELS_LB_SYN_ENDS")]
 pub static LB_SYN_ENDS: LruHashMap<FlowV4, [u8; 4]> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// Closed bypassed client connections, by egress flow, for the afxdp
+/// agent (heels_common::MAP_CLOSES). Full (no agent reading it): the record
+/// is dropped, and the agent's sweep finds the connection gone anyway.
+#[map(name = "HEELS_CLOSES")]
+pub static CLOSES: RingBuf = RingBuf::pinned(CLOSES_RING_BYTES, 0);
 
 #[map(name = "HEELS_TC_CONFIG")]
 pub static TC_CONFIG: Array<TcConfig> = Array::pinned(1, 0);

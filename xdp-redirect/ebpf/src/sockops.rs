@@ -30,8 +30,8 @@ use aya_ebpf::{
 use heels_common::{option, EndpointV4, FlowV4, TcCounter, VipCounter, OPTION_EXID, OPTION_KIND, OPTION_LEN};
 
 use crate::maps::{
-    count, count_vip, is_client_vip, PinnedSkStorage, EGRESS, HEELS_SERVED_LISTENERS, HEELS_SOCK_BACKENDS,
-    INGRESS, SERVICES, TRANSLATED,
+    count, count_vip, is_client_vip, PinnedSkStorage, CLOSES, EGRESS, HEELS_SERVED_LISTENERS,
+    HEELS_SOCK_BACKENDS, INGRESS, SERVICES, TRANSLATED,
 };
 
 const TCP_SYN: u32 = 0x02;
@@ -217,11 +217,19 @@ fn store_on_socket<T>(ctx: &SockOpsContext, map: &PinnedSkStorage<T>, value: &mu
     }
 }
 
-/// Removes a closing client socket's entries.
+/// Removes a closing client socket's entries, and tells the afxdp agent
+/// of every closing connection to a client VIP: its workers keep a table
+/// of their own, which may know a connection these maps do not yet (the
+/// agent copies learned connections into them a tick later).
 #[inline(always)]
 fn forget(ctx: &SockOpsContext) {
     let (local, remote) = endpoints(ctx);
     let egress = FlowV4::between(&local, &remote);
+    if is_client_vip(&remote) {
+        // A full ring (no agent reading) drops the record; the agent's
+        // sweep finds the close anyway.
+        let _ = CLOSES.output::<FlowV4>(egress, 0);
+    }
     // SAFETY: the value is copied out at once.
     let Some(backend) = (unsafe { EGRESS.get(egress) }).copied() else {
         return;

@@ -10,7 +10,7 @@ pub mod workers;
 
 pub use classifier::{Classifier, ClassifierError};
 pub use tc::{
-    Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner, ServerMaps, SynMarker,
+    Closes, Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner, ServerMaps, SynMarker,
 };
 pub use workers::ToWorkers;
 

@@ -15,13 +15,13 @@ use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_EGRESS,
+    EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_CLOSES, MAP_EGRESS,
     MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
     MAP_VIP_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, TC_MARK_TRANSLATED_PROGRAM,
 };
@@ -150,6 +150,51 @@ pub struct ServerMaps {
     /// `HEELS_SERVED_LISTENERS` (socket storage: readable only through
     /// sock_diag, which names the map by descriptor).
     pub served_listeners: MapData,
+}
+
+/// See [`Datapath::closes`].
+pub struct Closes(RingBuf<MapData>);
+
+impl std::fmt::Debug for Closes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Closes")
+    }
+}
+
+/// Each closed connection, as (CIP:cport, VIP:vport), until the ring is
+/// empty (it yields again once sockops writes more). A record of another
+/// size (none the programs write) is skipped.
+impl Iterator for Closes {
+    type Item = (SocketAddrV4, SocketAddrV4);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(flow) = flow_record(&self.0.next()?) {
+                return Some(endpoints(&flow));
+            }
+        }
+    }
+}
+
+/// A flow's (source, destination).
+fn endpoints(flow: &FlowV4) -> (SocketAddrV4, SocketAddrV4) {
+    (
+        SocketAddrV4::new(flow.src_addr.into(), u16::from_be_bytes(flow.src_port)),
+        SocketAddrV4::new(flow.dst_addr.into(), u16::from_be_bytes(flow.dst_port)),
+    )
+}
+
+/// A [`FlowV4`] from the bytes the kernel copied it as (`#[repr(C)]`, byte
+/// arrays only: no padding), or `None` for a record of another size.
+fn flow_record(bytes: &[u8]) -> Option<FlowV4> {
+    let bytes: &[u8; 12] = bytes.try_into().ok()?;
+    let [a0, a1, a2, a3, b0, b1, b2, b3, p0, p1, q0, q1] = *bytes;
+    Some(FlowV4 {
+        src_addr: [a0, a1, a2, a3],
+        dst_addr: [b0, b1, b2, b3],
+        src_port: [p0, p1],
+        dst_port: [q0, q1],
+    })
 }
 
 /// How to type a map opened from its pin.
@@ -281,6 +326,15 @@ impl Datapath {
         Ok(ServerMaps { translated, served_listeners })
     }
 
+    /// The ring buffer sockops tells closed bypassed client connections
+    /// through ([`MAP_CLOSES`]), opened from its pin: for the afxdp agent,
+    /// its one reader.
+    pub fn closes(&self) -> Result<Closes, DatapathError> {
+        let name = MAP_CLOSES;
+        let data = MapData::from_pin(self.dir.join("maps").join(name)).map_err(map_error(name))?;
+        Ok(Closes(RingBuf::try_from(Map::RingBuf(data)).map_err(map_error(name))?))
+    }
+
     fn map(&self, name: &'static str) -> Result<&Map, DatapathError> {
         self.maps
             .get(name)
@@ -348,11 +402,8 @@ impl Datapath {
         let mut out = Vec::new();
         for entry in egress.iter() {
             let (flow, backend) = entry.map_err(map_error(MAP_EGRESS))?;
-            out.push(Connection {
-                client: SocketAddrV4::new(flow.src_addr.into(), u16::from_be_bytes(flow.src_port)),
-                vip: SocketAddrV4::new(flow.dst_addr.into(), u16::from_be_bytes(flow.dst_port)),
-                backend: backend.into(),
-            });
+            let (client, vip) = endpoints(&flow);
+            out.push(Connection { client, vip, backend: backend.into() });
         }
         Ok(out)
     }
@@ -620,4 +671,23 @@ fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<
     let link = FdLink::try_from(link).map_err(|e| link_error(&pin)(e.to_string()))?;
     link.pin(&pin).map_err(|e| link_error(&pin)(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_record_is_the_flow_as_laid_out_in_memory() {
+        assert_eq!(core::mem::size_of::<FlowV4>(), 12, "FlowV4 changed: flow_record must follow");
+        // 10.0.0.1:36000 -> 10.10.100.1:80, as sockops writes it.
+        let record = [10, 0, 0, 1, 10, 10, 100, 1, 0x8c, 0xa0, 0, 80];
+        let client = EndpointV4::new([10, 0, 0, 1], 36000);
+        let vip = EndpointV4::new([10, 10, 100, 1], 80);
+        let flow = flow_record(&record);
+        assert_eq!(flow, Some(FlowV4::between(&client, &vip)));
+        assert_eq!(endpoints(&flow.unwrap()), (client.into(), vip.into()));
+        assert_eq!(flow_record(&record[..11]), None);
+        assert_eq!(flow_record(&[0; 16]), None);
+    }
 }
