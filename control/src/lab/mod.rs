@@ -916,6 +916,14 @@ pub fn sweep(prefix: &str) {
         let _ = heels_xdp::Datapath::remove(instance);
         crate::agent::remove_saved_state(instance);
     }
+    // Saved state whose pins are gone already (an agent killed after the
+    // lab removed its pins still wrote its report).
+    for entry in std::fs::read_dir(crate::agent::STATE_DIR).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("hl") && name.starts_with(prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
