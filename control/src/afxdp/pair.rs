@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -73,10 +73,12 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set_netns(fd: &OwnedFd) -> std::io::Result<()> {
+/// Moves the calling thread (only) into the network namespace `fd` holds:
+/// sockets, binds and netlink calls then act there.
+pub fn set_netns(fd: impl AsFd) -> std::io::Result<()> {
     // SAFETY: setns acts on the calling thread only, with a namespace
     // descriptor that stays open for the call.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+    if unsafe { libc::setns(fd.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -84,12 +84,7 @@ impl NetNs {
 /// `path`: attach, bind and netlink calls then act there.
 pub fn set_thread_netns(path: &Path) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: setns acts on this thread only, with a namespace fd that
-    // stays open for the call.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error()).context("setns");
-    }
-    Ok(())
+    crate::afxdp::pair::set_netns(&file).context("setns")
 }
 
 impl Drop for NetNs {
