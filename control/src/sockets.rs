@@ -1,5 +1,7 @@
-//! The host's live TCP connections, from the kernel's sock_diag netlink
-//! interface (what `ss` uses), for the agent's sweep.
+//! The host's TCP sockets, from the kernel's sock_diag netlink interface
+//! (what `ss` uses): the live connections for the agent's sweep (a dump),
+//! and the socket on one 4-tuple for the afxdp workers' listener lookups
+//! and the check of reported closes ([`SocketQuery`]).
 //!
 //! Not `/proc/net/tcp`: reading it walks the kernel's whole connection
 //! hash, every network namespace's sockets included, once per 4 KiB of

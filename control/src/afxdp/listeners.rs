@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap as StdHashMap;
-use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -95,7 +94,7 @@ impl KernelListeners {
     /// The socket a packet of `flow` (as it arrives: CIP:cport ->
     /// DIP:dport) would meet: the connection's, or else the listener's.
     fn socket_of(&self, flow: &FlowKey) -> anyhow::Result<Option<FoundSocket>> {
-        self.query.socket_on(endpoint(flow.dst), endpoint(flow.src))
+        self.query.socket_on(flow.dst.into(), flow.src.into())
     }
 
     /// Whether sockops saw the listener `cookie` start.
@@ -156,10 +155,6 @@ fn storage_request(map_fd: u32) -> [u8; 12] {
     attribute[6..8].copy_from_slice(&SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
     attribute[8..12].copy_from_slice(&map_fd.to_ne_bytes());
     attribute
-}
-
-fn endpoint(endpoint: Endpoint) -> SocketAddrV4 {
-    SocketAddrV4::new(endpoint.addr.into(), endpoint.port())
 }
 
 impl Listeners for KernelListeners {

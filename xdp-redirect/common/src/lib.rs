@@ -36,10 +36,10 @@ pub const MAP_BACKENDS: &str = "HEELS_BACKENDS";
 pub const MAP_EGRESS: &str = "HEELS_EGRESS";
 /// Client ingress rewrites: DIP:dport -> CIP:cport ([`FlowV4`]) -> VIP:vport.
 pub const MAP_INGRESS: &str = "HEELS_INGRESS";
-/// Closed bypassed client connections: a ring buffer of their egress
-/// flows ([`FlowV4`], CIP:cport -> VIP:vport), written by sockops when it
-/// removes a connection's entries, read by the afxdp agent so that its
-/// workers forget the connection at once.
+/// Closed connections to client VIPs: a ring buffer of their egress flows
+/// ([`FlowV4`], CIP:cport -> VIP:vport), written by sockops for every such
+/// socket that closes (whether or not the pinned maps held it yet), read
+/// by the afxdp agent so that its workers forget the connection at once.
 pub const MAP_CLOSES: &str = "HEELS_CLOSES";
 /// Bytes of [`MAP_CLOSES`]: 16,384 records of 16 bytes (an 8-byte header
 /// and the flow, padded), many ticks of closes at the lab's highest rate.
