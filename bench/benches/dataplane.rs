@@ -179,6 +179,28 @@ fn lookups(c: &mut Criterion) {
                 black_box(&out);
             })
         });
+        // The machine's floor for the same pattern, with no table: 32 random
+        // 64-byte lines of a buffer as large as the table's slots, read as
+        // independent loads (the CPU overlaps them as the prefetches do). A
+        // batched lookup touches at least one such line, so it cannot beat
+        // this; the 1M / 1k ratio of `hit_batch32` is bounded by this one's.
+        let lines = table.memory_bytes() / 64;
+        // Written, not zeroed: untouched zero pages all map one shared page,
+        // which would stay in cache.
+        let memory: Vec<[u64; 8]> = (0..lines as u64).map(|i| [i; 8]).collect();
+        // Scattered, not strided: a constant stride could be prefetched.
+        let line_order: Vec<usize> = (0..order.len() as u64)
+            .map(|i| ((i ^ i >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % lines)
+            .collect();
+        let mut at = 0usize;
+        group.throughput(Throughput::Elements(32));
+        group.bench_with_input(BenchmarkId::new("memory_floor_batch32", flows), &flows, |b, _| {
+            b.iter(|| {
+                let batch = &line_order[at..at + 32];
+                at = if at + 64 > line_order.len() { 0 } else { at + 32 };
+                black_box(batch.iter().fold(0u64, |sum, &line| sum.wrapping_add(memory[line][0])))
+            })
+        });
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("miss", flows), &flows, |b, _| {
             let mut i = flows;

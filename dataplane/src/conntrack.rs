@@ -294,9 +294,13 @@ impl ConnTable {
         Home(self.home(key))
     }
 
-    /// Asks the CPU to bring the slot where `key` would be into its cache,
-    /// without waiting for it (a prefetch instruction: no load, no fault,
-    /// nothing waits on it).
+    /// Asks the CPU to bring the slots where `key` would be into its cache,
+    /// without waiting for them (prefetch instructions: no load, no fault,
+    /// nothing waits on them): the home slot and the one after it, the
+    /// probe's first two. Two slots fill a cache line, so the second is a
+    /// second line only when the home slot ends one; without it, a key one
+    /// slot past its home (common at half load) waited for a miss of its
+    /// own (`conntrack_lookup/hit_batch32` at 1M: 52 against 41 ns).
     ///
     /// A worker that holds a batch of frames calls this for every frame
     /// first and looks them up after: the cache misses of a large table
@@ -309,16 +313,19 @@ impl ConnTable {
     pub fn prefetch(&self, key: &FlowKey) -> Home {
         let home = self.home(key);
         let slot: *const Slot = &self.slots[home];
+        // Past the end for the last slot, whose probe wraps: a prefetch of
+        // an address outside the table is harmless, merely useless.
+        let next = slot.wrapping_add(1);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: SSE, the intrinsic's target feature, is part of the
         // x86_64 baseline, so every CPU this runs on has it; a prefetch is
-        // a hint that neither reads nor faults, and `slot` points into
-        // this table's own slots anyway.
+        // a hint that neither reads nor faults, whatever the address.
         unsafe {
             core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(slot.cast());
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(next.cast());
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
+        let _ = next;
         Home(home)
     }
 
