@@ -268,7 +268,7 @@ fn batches(c: &mut Criterion) {
 /// The afxdp worker's loop on the in-memory device, one batch of 64 frames
 /// a turn, with the heels client egress stage and with the null forwarder
 /// side by side: the loop's own cost and the stage's. Each turn writes 64
-/// frames of 64 flows from their templates, as a NIC would, and sends
+/// frames from the flows' templates in turn, as a NIC would, and sends
 /// them; reported per frame. `heels bench dataplane` measures the same
 /// loop on real rings.
 fn worker_turns(c: &mut Criterion) {
@@ -279,33 +279,37 @@ fn worker_turns(c: &mut Criterion) {
     use heels_afxdp::worker::{NullForward, Path, Stage, Worker};
     use std::sync::Arc;
 
-    fn worker<S: Stage>(stage: S) -> Worker<MemoryPort, S> {
+    fn worker<S: Stage>(flows: u32, stage: S) -> Worker<MemoryPort, S> {
         let region = Region::in_memory(1024).expect("memory");
-        let device = MemoryPort::new(synthetic::egress_frames(64, 64));
+        let device = MemoryPort::new(synthetic::egress_frames(flows, 64));
         Worker::new(region, vec![device], vec![Path { from: 0, to: 0, stage }])
     }
     let mut group = c.benchmark_group("afxdp_worker_turn64");
     group.throughput(Throughput::Elements(64));
-    let (table, refused) = synthetic::table(64);
-    assert_eq!(refused, 0);
-    let stage = HostEgress::new(
-        Arc::new(config()),
-        Arc::new(table),
-        Arc::new(heels_dataplane::conntrack::SynEnds::new(64)),
-        Clock::Fixed(1),
-    );
-    let mut heels = worker(stage);
-    group.bench_function("heels_egress", |b| {
-        b.iter(|| {
-            assert_eq!(heels.turn(), 64);
-        })
-    });
-    let mut null = worker(NullForward);
-    group.bench_function("null", |b| {
-        b.iter(|| {
-            assert_eq!(null.turn(), 64);
-        })
-    });
+    // 64 flows: one batch is every flow. 1,024: `heels bench dataplane`'s
+    // default, whose table (128 KiB) no longer fits the L1 cache.
+    for flows in [64u32, 1024] {
+        let (table, refused) = synthetic::table(flows);
+        assert_eq!(refused, 0);
+        let stage = HostEgress::new(
+            Arc::new(config()),
+            Arc::new(table),
+            Arc::new(heels_dataplane::conntrack::SynEnds::new(64)),
+            Clock::Fixed(1),
+        );
+        let mut heels = worker(flows, stage);
+        group.bench_with_input(BenchmarkId::new("heels_egress", flows), &flows, |b, _| {
+            b.iter(|| {
+                assert_eq!(heels.turn(), 64);
+            })
+        });
+        let mut null = worker(flows, NullForward);
+        group.bench_with_input(BenchmarkId::new("null", flows), &flows, |b, _| {
+            b.iter(|| {
+                assert_eq!(null.turn(), 64);
+            })
+        });
+    }
     group.finish();
 }
 
