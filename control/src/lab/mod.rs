@@ -241,6 +241,15 @@ fn unique_prefix() -> String {
     format!("hl{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Where a lab's files go (agent configs, server logs): removed with the
+/// lab, or by [`sweep`] after a lab that could not remove it.
+fn work_dir_of(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{WORK_DIR_PREFIX}{prefix}"))
+}
+
+/// The name of every lab's work directory, before the lab's prefix.
+const WORK_DIR_PREFIX: &str = "heels-lab-";
+
 /// A veth pair: `port` in the router's namespace, `eth0` in the host's.
 fn veth(router: &NetNs, port: &str, host: &Host) -> anyhow::Result<()> {
     router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns.name()])?;
@@ -292,7 +301,7 @@ impl Lab {
             bail!("the lab has 1 to 4 servers, not {}", spec.servers);
         }
         let prefix = unique_prefix();
-        let work_dir = std::env::temp_dir().join(format!("heels-lab-{prefix}"));
+        let work_dir = work_dir_of(&prefix);
         std::fs::create_dir_all(&work_dir)?;
         let cgroup_root = Cgroup::create(PathBuf::from(CGROUP_ROOT).join(&prefix))?;
         let mut lab = Lab {
@@ -932,6 +941,15 @@ pub fn sweep(prefix: &str) {
             }
         }
     }
+    // Work directories: a lab interrupted by a signal exits without its
+    // destructor (see `clean_up_on_signal`), a killed one never runs it.
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(lab) = name.strip_prefix(WORK_DIR_PREFIX) else { continue };
+        if lab.starts_with("hl") && format!("{lab}-").starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     for lab in labs.iter().filter(|p| ours(p)) {
         for _ in 0..50 {
             let hosts = subdirectories(lab);
@@ -1027,6 +1045,21 @@ impl Drop for Lab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_removes_the_work_directory_of_its_lab_only() {
+        // Prefixes no lab makes (a lab's number is the pid modulo 100,000).
+        let (swept, kept) = (work_dir_of("hl100000x1"), work_dir_of("hl100000x10"));
+        for dir in [&swept, &kept] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("client.toml"), "instance = \"x\"\n").unwrap();
+        }
+        sweep("hl100000x1-");
+        let (swept_gone, kept_there) = (!swept.exists(), kept.join("client.toml").exists());
+        let _ = std::fs::remove_dir_all(&kept);
+        assert!(swept_gone, "the swept lab's work directory stayed");
+        assert!(kept_there, "another lab's work directory went");
+    }
 
     #[test]
     fn a_hung_load_client_is_killed_at_its_deadline() {
