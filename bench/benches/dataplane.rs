@@ -173,9 +173,7 @@ fn lookups(c: &mut Criterion) {
         group.throughput(Throughput::Elements(32));
         group.bench_with_input(BenchmarkId::new("hit_batch32", flows), &flows, |b, _| {
             b.iter(|| {
-                let batch = &order[at..at + 32];
-                at = if at + 64 > order.len() { 0 } else { at + 32 };
-                table.lookup_batch(batch, &mut out, 0);
+                table.lookup_batch(next_batch(&order, &mut at), &mut out, 0);
                 black_box(&out);
             })
         });
@@ -196,8 +194,7 @@ fn lookups(c: &mut Criterion) {
         group.throughput(Throughput::Elements(32));
         group.bench_with_input(BenchmarkId::new("memory_floor_batch32", flows), &flows, |b, _| {
             b.iter(|| {
-                let batch = &line_order[at..at + 32];
-                at = if at + 64 > line_order.len() { 0 } else { at + 32 };
+                let batch = next_batch(&line_order, &mut at);
                 black_box(batch.iter().fold(0u64, |sum, &line| sum.wrapping_add(memory[line][0])))
             })
         });
@@ -211,6 +208,14 @@ fn lookups(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The 32 items of `items` from `at` on, and `at` moved past them (back to
+/// the start when fewer than 32 would follow).
+fn next_batch<'a, T>(items: &'a [T], at: &mut usize) -> &'a [T] {
+    let batch = &items[*at..*at + 32];
+    *at = if *at + 64 > items.len() { 0 } else { *at + 32 };
+    batch
 }
 
 /// The batch entry point against one frame at a time, side by side, on a
