@@ -909,10 +909,11 @@ pub fn up_banner(lab: &Lab) -> String {
 pub fn sweep(prefix: &str) {
     let root = Path::new(CGROUP_ROOT);
     let labs = subdirectories(root);
-    // A lab's cgroup is named by its prefix alone ("hl12x3"), its hosts and
-    // instances "hl12x3-client": match both against "hl12x3-" or "hl12x".
-    let ours =
-        |p: &PathBuf| p.file_name().is_some_and(|n| format!("{}-", n.to_string_lossy()).starts_with(prefix));
+    // A lab's cgroup and work directory are named by its prefix alone
+    // ("hl12x3"), its hosts and instances "hl12x3-client": match both
+    // against "hl12x3-" or "hl12x".
+    let lab_is_ours = |lab: &str| format!("{lab}-").starts_with(prefix);
+    let ours = |p: &PathBuf| p.file_name().is_some_and(|n| lab_is_ours(&n.to_string_lossy()));
     for lab in labs.iter().filter(|p| ours(p)) {
         for host in std::fs::read_dir(lab).into_iter().flatten().flatten() {
             let _ = std::fs::write(host.path().join("cgroup.kill"), "1");
@@ -946,7 +947,7 @@ pub fn sweep(prefix: &str) {
     for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(lab) = name.strip_prefix(WORK_DIR_PREFIX) else { continue };
-        if lab.starts_with("hl") && format!("{lab}-").starts_with(prefix) {
+        if lab.starts_with("hl") && lab_is_ours(lab) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
