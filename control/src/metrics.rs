@@ -50,6 +50,7 @@
 //! | `heels_afxdp_connections_unsteered_total` | | learned but not steerable: SYN-ACK dropped, the server retransmits |
 //! | `heels_afxdp_closes_reported_total` | | closed connections sockops reported through its ring buffer |
 //! | `heels_afxdp_resets_sent_total` | | resets sent before a SYN an LB would refuse |
+//! | `heels_afxdp_checksums_completed_total` | | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
 //! | `heels_afxdp_dropped_frames_total` | `reason` | `translation` (the core's verdict), `unsteered`, `unresolved` (no neighbour yet), `no_route`, `not_ipv4`, `tx_full_uplink`, `tx_full_host` |
 //! | `heels_afxdp_fill_starved_total` | | times a fill ring was found empty (the kernel had nowhere to receive) |
 //! | `heels_afxdp_wakeups_total` | | wakeup system calls (need_wakeup kicks) |
@@ -430,7 +431,7 @@ fn encode_afxdp(
         None,
         labelled("direction", &rewritten),
     )?;
-    let plain: [(&str, &str, u64); 10] = [
+    let plain: [(&str, &str, u64); 11] = [
         ("heels_afxdp_connections_learned", "Connections learned from SYN-ACK forms and steered", r.learned),
         (
             "heels_afxdp_syns_translated",
@@ -450,6 +451,11 @@ fn encode_afxdp(
             r.closes_reported,
         ),
         ("heels_afxdp_resets_sent", "Resets sent before a SYN an LB would refuse", r.resets_sent),
+        (
+            "heels_afxdp_checksums_completed",
+            "Frames whose pending TCP checksum the workers finished",
+            r.checksums_completed,
+        ),
         ("heels_afxdp_fill_starved", "Times a fill ring was found empty", r.fill_starved),
         ("heels_afxdp_wakeups", "Wakeup system calls", r.wakeups),
         (

@@ -93,6 +93,7 @@ pub struct WorkerReport {
 /// | `closes_reported` | closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep) |
 /// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
 /// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
+/// | `checksums_completed` | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
 /// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
 /// | `dropped` | frames the workers' stages dropped, for any reason (the four below and `unsteered` included) |
 /// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
@@ -125,6 +126,7 @@ pub struct AfxdpReport {
     pub closes_reported: u64,
     pub forgotten: u64,
     pub forget_skipped: u64,
+    pub checksums_completed: u64,
     pub resets_sent: u64,
     pub dropped: u64,
     pub unresolved: u64,
@@ -157,6 +159,7 @@ impl AfxdpReport {
             ("closes_reported", self.closes_reported),
             ("forgotten", self.forgotten),
             ("forget_skipped", self.forget_skipped),
+            ("checksums_completed", self.checksums_completed),
             ("resets_sent", self.resets_sent),
             ("dropped", self.dropped),
             ("unresolved", self.unresolved),
@@ -705,6 +708,7 @@ impl Afxdp {
             report.unsteered += host.unsteered;
             report.forgotten += host.forgotten;
             report.forget_skipped += host.forget_skipped;
+            report.checksums_completed += host.checksums_completed;
             report.unresolved += host.unresolved;
             report.no_route += host.no_route;
             report.not_ipv4 += host.not_ipv4;

@@ -57,6 +57,9 @@ pub struct HostCounters {
     /// Closed connections not forgotten: their 4-tuple carried a newer SYN
     /// (that SYN already removed their entries; the new ones stay).
     pub forget_skipped: u64,
+    /// Frames whose TCP checksum arrived pending (a sender's offload) and
+    /// was finished before they went on.
+    pub checksums_completed: u64,
 }
 
 impl std::ops::AddAssign for HostCounters {
@@ -72,6 +75,7 @@ impl std::ops::AddAssign for HostCounters {
         self.syns_refused += other.syns_refused;
         self.forgotten += other.forgotten;
         self.forget_skipped += other.forget_skipped;
+        self.checksums_completed += other.checksums_completed;
     }
 }
 
@@ -382,10 +386,11 @@ pub enum HostStage<T> {
 impl<T> HostStage<T> {
     /// What the path counted.
     pub fn counters(&self) -> HostCounters {
-        match self {
-            HostStage::ToUplink(stage) => stage.counters,
-            HostStage::ToHost(stage) => stage.counters,
-        }
+        let (counters, completed) = match self {
+            HostStage::ToUplink(stage) => (stage.counters, stage.egress.checksums_completed()),
+            HostStage::ToHost(stage) => (stage.counters, stage.ingress.checksums_completed()),
+        };
+        HostCounters { checksums_completed: completed, ..counters }
     }
 }
 

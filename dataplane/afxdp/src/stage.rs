@@ -1,6 +1,10 @@
 //! The heels stages: the core's batch entry points as worker stages. A
 //! frame on these paths is whole (AF_XDP hands over frames, not offloaded
-//! segments), so checksums are complete ([`Mode::Full`]).
+//! segments), but its TCP checksum may still be the pending form a sender
+//! with checksum offload leaves (AF_XDP drops the kernel's note of it):
+//! each stage finishes such checksums first
+//! ([`translate::complete_checksum`]), so the core rewrites complete ones
+//! ([`Mode::Full`]) and no receiver drops what a worker forwards.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,23 +46,36 @@ pub struct HostEgress {
     syn_ends: Arc<SynEnds>,
     clock: Clock,
     verdicts: [Verdict; BATCH],
+    completed: u64,
 }
 
 impl HostEgress {
     /// Rewrites with `table` and checks SYNs to `config`'s VIPs against
     /// `syn_ends`, timed by `clock`.
     pub fn new(config: Arc<Config>, table: Arc<ConnTable>, syn_ends: Arc<SynEnds>, clock: Clock) -> Self {
-        HostEgress { config, table, syn_ends, clock, verdicts: [Verdict::Pass(Reason::Malformed); BATCH] }
+        let verdicts = [Verdict::Pass(Reason::Malformed); BATCH];
+        HostEgress { config, table, syn_ends, clock, verdicts, completed: 0 }
     }
 
     /// What became of each frame of the last batch.
     pub fn verdicts(&self) -> &[Verdict] {
         &self.verdicts
     }
+
+    /// Frames whose pending checksum the stage finished, so far.
+    pub fn checksums_completed(&self) -> u64 {
+        self.completed
+    }
+}
+
+/// Finishes every pending TCP checksum of a batch; returns how many.
+fn complete_checksums(frames: &mut [&mut [u8]]) -> u64 {
+    frames.iter_mut().map(|frame| u64::from(translate::complete_checksum(frame))).sum()
 }
 
 impl Stage for HostEgress {
     fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        self.completed += complete_checksums(frames);
         let verdicts = &mut self.verdicts[..frames.len()];
         let now = self.clock.now();
         translate::client_egress_batch(frames, Mode::Full, &self.table, now, verdicts);
@@ -85,6 +102,7 @@ pub struct UplinkIngress<S> {
     sockets: S,
     clock: Clock,
     outcomes: [Ingress; BATCH],
+    completed: u64,
 }
 
 impl<S> std::fmt::Debug for UplinkIngress<S> {
@@ -97,17 +115,23 @@ impl<S: Sockets> UplinkIngress<S> {
     /// Translates under `config` with `table` and what `sockets` says.
     pub fn new(config: Arc<Config>, table: Arc<ConnTable>, sockets: S, clock: Clock) -> Self {
         let outcome = Ingress { start: 0, verdict: Verdict::Pass(Reason::Malformed) };
-        UplinkIngress { config, table, sockets, clock, outcomes: [outcome; BATCH] }
+        UplinkIngress { config, table, sockets, clock, outcomes: [outcome; BATCH], completed: 0 }
     }
 
     /// What became of each frame of the last batch.
     pub fn outcomes(&self) -> &[Ingress] {
         &self.outcomes
     }
+
+    /// Frames whose pending checksum the stage finished, so far.
+    pub fn checksums_completed(&self) -> u64 {
+        self.completed
+    }
 }
 
 impl<S: Sockets> Stage for UplinkIngress<S> {
     fn process(&mut self, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        self.completed += complete_checksums(frames);
         let outcomes = &mut self.outcomes[..frames.len()];
         let now = self.clock.now();
         translate::ingress_batch(frames, Mode::Full, &self.config, &self.table, &self.sockets, now, outcomes);

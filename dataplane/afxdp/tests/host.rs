@@ -299,3 +299,46 @@ fn flow_of(frame: &[u8]) -> FlowKey {
     };
     FlowKey { src: endpoint(26, tcp), dst: endpoint(30, tcp + 2) }
 }
+
+/// `frame` as a sender with checksum offload leaves it: the TCP checksum
+/// field holds the pseudo-header sum only.
+fn with_pending_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    use heels_dataplane::checksum::{fold, pseudo_header_sum};
+    let ip = 14;
+    let tcp = ip + usize::from(frame[ip] & 0x0f) * 4;
+    let end = ip + usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
+    let src = frame[ip + 12..ip + 16].try_into().unwrap();
+    let dst = frame[ip + 16..ip + 20].try_into().unwrap();
+    let pending = fold(pseudo_header_sum(src, dst, 6, (end - tcp) as u16));
+    frame[tcp + 16..tcp + 18].copy_from_slice(&pending.to_be_bytes());
+    frame
+}
+
+#[test]
+fn a_syn_ack_sent_with_offload_reaches_the_host_complete_and_is_learned() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    syns.record(FlowKey { src: CLIENT, dst: VIP }, 1, NOW);
+    let steer = Recorder { room: Arc::new(AtomicUsize::new(1)), ..Recorder::default() };
+    let pending = with_pending_checksum(vector("syn-ack-before"));
+    assert_ne!(pending, vector("syn-ack-before"));
+    let (sent, counters) = run(vec![pending], to_host(&table, &syns, steer.clone()));
+    assert_eq!(sent, vec![with_macs(vector("syn-ack-after"), HOST_MAC, PEER_MAC)]);
+    assert_eq!((counters.learned, counters.checksums_completed), (1, 1));
+    // The same frame complete: nothing to finish.
+    let (_, counters) = run(vec![vector("syn-ack-before")], to_host(&table, &syns, steer));
+    assert_eq!(counters.checksums_completed, 0);
+}
+
+#[test]
+fn a_pending_checksum_passed_on_untranslated_leaves_complete() {
+    // A SYN-ACK retransmitted without the form, for a connection the host
+    // knows nothing of: passed to the host as it came, but complete.
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    let frame = vector("syn-ack-before");
+    let (sent, counters) =
+        run(vec![with_pending_checksum(frame.clone())], to_host(&table, &syns, Recorder::default()));
+    assert_eq!(sent, vec![with_macs(frame, HOST_MAC, PEER_MAC)]);
+    assert_eq!((counters.learned, counters.checksums_completed), (0, 1));
+}
