@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use heels::lab::netns::{spawn_in, Cgroup, NetNs};
 use heels_common::TcCounter;
 use heels_dataplane::checksum::Mode;
-use heels_dataplane::conntrack::ConnTable;
+use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
 use heels_dataplane::option::{Endpoint, SynAckOption, SynOption};
 use heels_dataplane::translate::{self, Config, Ingress, Service, Verdict};
@@ -528,9 +528,10 @@ fn core(case: &Case) -> (String, Vec<u8>) {
     let mut frame = case.frame.clone();
     let outcome = match case.way {
         Way::In => translate::ingress(&mut frame, Mode::Full, &config(), &table, &sockets, 1),
-        Way::Out => {
-            Ingress { start: 0, verdict: translate::client_egress(&mut frame, Mode::Full, &table, 1) }
-        }
+        Way::Out => Ingress {
+            start: 0,
+            verdict: translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
+        },
     };
     (describe(outcome), frame[outcome.start..].to_vec())
 }
@@ -556,7 +557,14 @@ fn batched(case: &Case) -> (String, Vec<u8>) {
         }
         Way::Out => {
             let mut verdicts = [Verdict::Rewritten { start: 0 }; 3];
-            translate::client_egress_batch(&mut views, Mode::Full, &table, 1, &mut verdicts);
+            translate::client_egress_batch(
+                &mut views,
+                Mode::Full,
+                &table,
+                &SynEnds::new(4),
+                1,
+                &mut verdicts,
+            );
             Ingress { start: 0, verdict: verdicts[1] }
         }
     };
@@ -596,7 +604,7 @@ fn a_batch_longer_than_a_chunk_rewrites_every_frame_as_the_core_does() {
             out
         } else {
             let mut out = vec![Verdict::Pass(translate::Reason::Malformed); 150];
-            translate::client_egress_batch(&mut views, Mode::Full, &table, 1, &mut out);
+            translate::client_egress_batch(&mut views, Mode::Full, &table, &SynEnds::new(4), 1, &mut out);
             out.into_iter().map(|verdict| Ingress { start: 0, verdict }).collect()
         };
         for (i, (outcome, frame)) in verdicts.iter().zip(&frames).enumerate() {
@@ -637,7 +645,10 @@ fn heels_binary() -> &'static Path {
 fn bed() -> Bed {
     // SAFETY: geteuid has no preconditions and cannot fail.
     assert!(unsafe { libc::geteuid() } == 0, "the conformance suite loads eBPF programs: run it as root");
-    let prefix = format!("hl{}c", std::process::id() % 100_000);
+    // One bed a test: tests of this file run side by side.
+    static BEDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("hl{}c{n}", std::process::id() % 100_000);
     let instance = format!("{prefix}-conformance");
     let netns = NetNs::create(&instance).expect("a network namespace");
     let cgroup_root =
@@ -809,4 +820,45 @@ fn the_core_and_the_tc_programs_agree_on_every_case() {
         }
     }
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The client's SYN on the docs' 4-tuple with sequence number `seq`.
+fn client_syn(seq: u32) -> Vec<u8> {
+    let mut frame = tcp_frame(CLIENT, VIP, TcpFlags::SYN, &[], &[]);
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
+    tcp.set_seq_number(seq);
+    tcp.fill_checksum(CLIENT.addr, VIP.addr);
+    frame
+}
+
+/// A lost SYN-ACK, on both engines: the client learned the connection,
+/// its host never got the SYN-ACK, and the stack sends its SYN again. That
+/// retransmission (the sequence number the tuple's last SYN had) keeps the
+/// entries; a new SYN on the tuple (a reused port) removes them, as the
+/// tuple's first SYN after the connection was learned does.
+#[test]
+fn a_retransmitted_syn_keeps_its_entries_on_both_engines() {
+    let bed = bed();
+    let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
+    let mut datapath = Datapath::open(&bed.instance).unwrap();
+    let connection = Connection { client: CLIENT.into(), vip: VIP.into(), backend: BACKEND.into() };
+    let (table, ends, config) = (fuzzing::table_with_connection(), SynEnds::new(16), config());
+    let first = 0x4000_0000u32;
+    // (the SYN's sequence number, whether the learned entries outlive it)
+    let steps = [(first, false), (first, true), (first, true), (first.wrapping_add(100_000), false)];
+    for (i, (seq, kept)) in steps.into_iter().enumerate() {
+        datapath.remember(&connection).unwrap();
+        table.insert(FlowKey { src: CLIENT, dst: VIP }, BACKEND, 1).unwrap();
+        table.insert(FlowKey { src: BACKEND, dst: CLIENT }, VIP, 1).unwrap();
+        let syn = client_syn(seq);
+        let out = bed.netns.enter(|| Ok(runner.run(Hook::Egress, &syn)?)).expect("the egress program runs");
+        assert_eq!(out, syn, "step {i}: the SYN leaves as it is, for the LB");
+        let in_kernel = datapath.connections().unwrap().contains(&connection);
+        let mut frame = syn.clone();
+        let verdict = translate::client_egress(&mut frame, Mode::Full, &table, &ends, 1);
+        translate::client_syn_needs_reset(&frame, &config, &ends, 1);
+        assert_eq!(describe(Ingress { start: 0, verdict }), "pass client_syn");
+        let in_core = table.lookup(&FlowKey { src: CLIENT, dst: VIP }, 1).is_some();
+        assert_eq!((in_kernel, in_core), (kept, kept), "step {i}: SYN {seq:#x}: entries kept (kernel, core)");
+    }
 }

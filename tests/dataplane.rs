@@ -70,7 +70,13 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
         .iter()
         .map(|frame| {
             let mut frame = frame.clone();
-            let verdict = translate::client_egress(&mut frame, Mode::Full, &table, 1);
+            let verdict = translate::client_egress(
+                &mut frame,
+                Mode::Full,
+                &table,
+                &heels_dataplane::conntrack::SynEnds::new(4),
+                1,
+            );
             assert_eq!(verdict, translate::Verdict::Rewritten { start: 0 });
             frame
         })

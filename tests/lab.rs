@@ -1026,6 +1026,8 @@ struct ServerSyns {
     refused: u64,
     /// Listener lookups that failed.
     errors: u64,
+    /// Frames that arrived with a pending checksum, finished.
+    completed: u64,
 }
 
 /// The servers' afxdp counters once `done` holds (or after 10 s).
@@ -1038,6 +1040,7 @@ fn wait_for_servers(lab: &Lab, done: impl Fn(&ServerSyns) -> bool) -> ServerSyns
             translated: reports.iter().map(|r| r.syns_translated).sum(),
             refused: reports.iter().map(|r| r.syns_refused).sum(),
             errors: reports.iter().map(|r| r.listener_errors).sum(),
+            completed: reports.iter().map(|r| r.checksums_completed).sum(),
         };
         if done(&syns) || Instant::now() >= deadline {
             return syns;
@@ -1073,6 +1076,13 @@ fn afxdp_bypassed(kind: LbKind, client: Dataplane, server: Dataplane) {
         let translated = syns.translated;
         assert!(translated >= CONNECTIONS as u64, "the servers' workers translated the SYNs: {syns:?}");
         assert_eq!(syns.errors, 0, "listener lookups failed");
+        if kind != LbKind::Ipip && client == Dataplane::Tc {
+            // The LB forwards the client's SYNs as its stack sent them,
+            // checksum pending (offload is on); the workers finished them.
+            // (An afxdp client's SYNs leave its workers complete, and the
+            // IPIP LB's own port finishes them: see the lab.)
+            assert!(syns.completed >= CONNECTIONS as u64, "pending SYN checksums finished: {syns:?}");
+        }
         assert_eq!(sum_over(&servers, TcCounter::SynTranslated), 0, "the servers' tc programs stood by");
         // Sockops wrote the SYN-ACK form for what the workers translated
         // (and only that: a SYN-ACK form for an untranslated SYN would
@@ -1094,6 +1104,9 @@ fn afxdp_client_did_the_work(lab: &Lab) {
     assert!(afxdp.rewritten_to_uplink > 0 && afxdp.rewritten_to_host > 0, "{afxdp:?}");
     assert_eq!((afxdp.unsteered, afxdp.bad_descriptors, afxdp.learned_lost), (0, 0, 0), "{afxdp:?}");
     assert_eq!((afxdp.tx_full_to_uplink, afxdp.tx_full_to_host), (0, 0), "{afxdp:?}");
+    // The servers send with checksum offload on, as Linux does on a veth:
+    // every SYN-ACK reached the workers pending, and left them complete.
+    assert!(afxdp.checksums_completed >= CONNECTIONS as u64, "{afxdp:?}");
     // The metrics endpoint serves the workers' counters.
     let metrics = lab.scrape(Role::Client, "/metrics").unwrap();
     assert!(metrics.contains("dataplane=\"afxdp\""), "{metrics}");
@@ -1371,4 +1384,101 @@ fn killing_the_afxdp_agent_fails_open() {
     assert_all_verified(&report, 10);
     let afxdp = wait_for_report(&lab, |r| r.learned >= 10);
     assert!(afxdp.learned >= 10, "{afxdp:?}");
+}
+
+/// Where the first SYN-ACK toward the client is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SynAckLoss {
+    /// On the router, before the client's host sees it.
+    OnTheRouter,
+    /// In the client's host after heels's ingress learned from it (nftables
+    /// input, after TC ingress or the workers), before its socket.
+    AfterClientIngress,
+}
+
+/// Drops the first SYN-ACK toward the client where `loss` says and counts
+/// every reset the client sends (on the router): the number of each, read
+/// by the returned closure. nftables counts what the `quota` lets through
+/// to `drop`: exactly one SYN-ACK (76 bytes) of 100.
+fn lose_first_syn_ack(lab: &Lab, loss: SynAckLoss) -> impl Fn() -> (u64, u64) + '_ {
+    let client = lab.client().addr;
+    let drop_rule = "tcp flags & (syn | ack) == (syn | ack) quota until 100 bytes counter name lost drop";
+    let (router_drop, client_drop) = match loss {
+        SynAckLoss::OnTheRouter => (format!("ip daddr {client} {drop_rule}"), String::new()),
+        SynAckLoss::AfterClientIngress => (String::new(), format!("ip daddr {client} {drop_rule}")),
+    };
+    let ruleset = |hook: &str, rules: &str| {
+        format!(
+            "table ip heels_loss {{\n counter lost {{}}\n counter resets {{}}\n chain c {{\n  type filter hook \
+             {hook} priority -10; policy accept;\n  {rules}\n  ip saddr {client} tcp flags & rst == rst counter \
+             name resets\n }}\n}}\n"
+        )
+    };
+    let apply = |netns: &heels::lab::netns::NetNs, hook: &str, rules: &str, name: &str| {
+        let path = lab.work_dir().join(name);
+        std::fs::write(&path, ruleset(hook, rules)).unwrap();
+        let _ = netns.exec("nft", &["delete", "table", "ip", "heels_loss"]);
+        netns.exec("nft", &["-f", path.to_str().unwrap()]).expect("the loss ruleset loads");
+    };
+    apply(lab.router(), "forward", &router_drop, "loss-router.nft");
+    apply(&lab.client().netns, "input", &client_drop, "loss-client.nft");
+    move || {
+        let read = |netns: &heels::lab::netns::NetNs, name: &str| -> u64 {
+            let out = netns.exec("nft", &["list", "counter", "ip", "heels_loss", name]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no packets in {text}"))
+        };
+        let lost = read(lab.router(), "lost") + read(&lab.client().netns, "lost");
+        (lost, read(lab.router(), "resets"))
+    }
+}
+
+/// A lost SYN-ACK costs one retransmission and nothing else: the client's
+/// SYN goes again (through the LB), the server answers it with its SYN-ACK
+/// form (a retransmission carries it too), the client that learned the
+/// connection kept its entries, and the connection opens with every byte
+/// checked, no reset to the backend, about one second late (the SYN's
+/// retransmission timeout) and not two or three.
+fn a_lost_syn_ack_costs_one_retransmission(client: Dataplane, server: Dataplane) {
+    let lab = lab(LbKind::Fullnat, client, server, Overrides::default());
+    for loss in [SynAckLoss::OnTheRouter, SynAckLoss::AfterClientIngress] {
+        let counters = lose_first_syn_ack(&lab, loss);
+        let report = verify(&lab, lab.service(), 1);
+        let (lost, resets) = counters();
+        assert_eq!(lost, 1, "{loss:?}: the first SYN-ACK was lost");
+        assert_all_verified(&report, 1);
+        assert_eq!(resets, 0, "{loss:?}: the client sent a reset (to the backend)");
+        assert!(
+            report.elapsed_s < 1.8,
+            "{loss:?}: opened {:.2} s late: a stall past one retransmission",
+            report.elapsed_s
+        );
+    }
+    let servers = lab.server_instances();
+    let retransmitted = sum_over(&servers, TcCounter::SynAckOptionRetransmitted);
+    assert!(retransmitted >= 2, "the retransmitted SYN-ACKs carried the form: {retransmitted}");
+}
+
+#[test]
+fn a_lost_syn_ack_costs_one_retransmission_on_tc() {
+    a_lost_syn_ack_costs_one_retransmission(Dataplane::Tc, Dataplane::Tc);
+}
+
+#[test]
+fn a_lost_syn_ack_costs_one_retransmission_on_an_afxdp_client() {
+    a_lost_syn_ack_costs_one_retransmission(Dataplane::Afxdp, Dataplane::Tc);
+}
+
+#[test]
+fn a_lost_syn_ack_costs_one_retransmission_on_afxdp_servers() {
+    a_lost_syn_ack_costs_one_retransmission(Dataplane::Tc, Dataplane::Afxdp);
+}
+
+#[test]
+fn a_lost_syn_ack_costs_one_retransmission_on_afxdp_everywhere() {
+    a_lost_syn_ack_costs_one_retransmission(Dataplane::Afxdp, Dataplane::Afxdp);
 }

@@ -16,7 +16,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use heels_dataplane::checksum::Mode;
-use heels_dataplane::conntrack::{ConnTable, FlowKey};
+use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{config, sockets, table_with_connection, BACKEND, CLIENT, VIP};
 use heels_dataplane::option::{self, Endpoint};
 use heels_dataplane::translate::{self, Verdict};
@@ -67,9 +67,10 @@ fn translations(c: &mut Criterion) {
     // A packet heels does not know: the cost every other packet pays.
     let frame = vector("egress-data-before");
     let empty = ConnTable::new(16, 60);
+    let no_syns = SynEnds::new(16);
     let mut buf = frame.clone();
     group.bench_function("client_egress_miss", |b| {
-        b.iter(|| black_box(translate::client_egress(black_box(&mut buf), Mode::Full, &empty, 1)))
+        b.iter(|| black_box(translate::client_egress(black_box(&mut buf), Mode::Full, &empty, &no_syns, 1)))
     });
 
     let syn = vector("fullnat-syn-before");
@@ -80,6 +81,7 @@ fn translations(c: &mut Criterion) {
 /// One rewrite per iteration, in place: `forth` maps the frame's flow to
 /// the other endpoint, `back` maps it home again.
 fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let no_syns = SynEnds::new(16);
     let config = config();
     let sockets = sockets();
     let two_tables = |forth: (FlowKey, Endpoint), back: (FlowKey, Endpoint)| {
@@ -100,7 +102,7 @@ fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measuremen
     group.bench_function("client_egress_data", |b| {
         b.iter(|| {
             let table = if buf[30..34] == VIP.addr { &forth } else { &back };
-            let verdict = translate::client_egress(black_box(&mut buf), Mode::Full, table, 1);
+            let verdict = translate::client_egress(black_box(&mut buf), Mode::Full, table, &no_syns, 1);
             assert_eq!(verdict, Verdict::Rewritten { start: 0 });
             black_box(verdict)
         })
@@ -227,6 +229,7 @@ fn next_batch<'a, T>(items: &'a [T], at: &mut usize) -> &'a [T] {
 /// walks the whole table for those). The frames' TCP checksums are not
 /// fixed after their ports are set: data rewrites do not verify them.
 fn batches(c: &mut Criterion) {
+    let no_syns = SynEnds::new(16);
     let mut group = c.benchmark_group("egress_batch64");
     group.throughput(Throughput::Elements(64));
     let template = vector("egress-data-before");
@@ -251,7 +254,7 @@ fn batches(c: &mut Criterion) {
                 for (frame, original) in views.iter_mut().zip(&originals) {
                     frame.copy_from_slice(original);
                 }
-                translate::client_egress_batch(&mut views, Mode::Full, &table, 1, &mut verdicts);
+                translate::client_egress_batch(&mut views, Mode::Full, &table, &no_syns, 1, &mut verdicts);
                 assert!(verdicts.iter().all(|v| *v == Verdict::Rewritten { start: 0 }));
                 black_box(&verdicts);
             })
@@ -260,7 +263,7 @@ fn batches(c: &mut Criterion) {
             b.iter(|| {
                 for (frame, original) in views.iter_mut().zip(&originals) {
                     frame.copy_from_slice(original);
-                    let verdict = translate::client_egress(frame, Mode::Full, &table, 1);
+                    let verdict = translate::client_egress(frame, Mode::Full, &table, &no_syns, 1);
                     assert_eq!(verdict, Verdict::Rewritten { start: 0 });
                 }
                 black_box(&views);

@@ -20,7 +20,7 @@
 //! | `heels_rewritten_bytes_total` | `cpu`, `direction` | their bytes as TC sees them: Ethernet header included, a GSO packet whole (client) |
 //! | `heels_egress_socket_hits_total` | `cpu` | egress rewrites that found DIP:dport on the socket, not in the table (client) |
 //! | `heels_icmp_errors_rewritten_total` | `cpu` | ICMP errors whose quote was rewritten for the socket (client) |
-//! | `heels_options_written_total` | `cpu`, `form` | forms written by sockops: `syn` (client), `syn_ack` (server) |
+//! | `heels_options_written_total` | `cpu`, `form` | forms written by sockops: `syn` (client), `syn_ack` (server), `syn_ack_retransmitted` (server: a retransmitted SYN-ACK's, from the record) |
 //! | `heels_options_no_room_total` | `cpu` | segments that left without the option for lack of room |
 //! | `heels_helper_errors_total` | `cpu` | kernel helper failures (the packet went on as far as it got) |
 //! | `heels_table_entries_removed_total` | `cause` | connections forgotten: `socket_closed` (sockops), `swept` (the agent's sweep of vanished sockets) |
@@ -183,6 +183,7 @@ const FAMILIES: [Family<TcCounter>; 14] = [
         series: &[
             (TcCounter::SynOptionWritten, Some(("form", "syn"))),
             (TcCounter::SynAckOptionWritten, Some(("form", "syn_ack"))),
+            (TcCounter::SynAckOptionRetransmitted, Some(("form", "syn_ack_retransmitted"))),
         ],
     },
     Family {

@@ -18,6 +18,7 @@
 //! | `ingress_rewritten` | packets from DIP:dport delivered as from VIP:vport (client) |
 //! | `syn_option_written` | SYN forms written by sockops (client) |
 //! | `syn_ack_option_written` | SYN-ACK forms written by sockops (server) |
+//! | `syn_ack_option_retransmitted` | SYN-ACK forms written in retransmitted SYN-ACKs, from the record of the translated SYN (server) |
 //! | `no_option_room` | segments that left without the option for lack of room |
 //! | `entries_removed` | connections forgotten when their socket closed (client) |
 //! | `errors` | helper failures; the packet went on as far as it got |

@@ -13,7 +13,7 @@
 
 use crate::checksum;
 use crate::checksum::Mode;
-use crate::conntrack::{ConnTable, FlowKey};
+use crate::conntrack::{ConnTable, FlowKey, SynEnds};
 use crate::option::{self, Endpoint};
 use crate::translate::{self, Config, Service, Sockets, Verdict};
 use crate::wire::icmpv4::Quote;
@@ -259,7 +259,8 @@ pub fn server_syn_ingress(data: &[u8]) -> Verdict {
 /// Client egress on an arbitrary frame; returns the verdict.
 pub fn client_egress(data: &[u8]) -> Verdict {
     let mut frame = data.to_vec();
-    let verdict = translate::client_egress(&mut frame, Mode::Full, &table_with_connection(), 1);
+    let verdict =
+        translate::client_egress(&mut frame, Mode::Full, &table_with_connection(), &SynEnds::new(4), 1);
     check_outcome(data, &frame, verdict);
     verdict
 }

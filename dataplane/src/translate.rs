@@ -680,6 +680,7 @@ pub fn client_egress_batch(
     frames: &mut [&mut [u8]],
     mode: Mode,
     table: &ConnTable,
+    ends: &SynEnds,
     now: u32,
     verdicts: &mut [Verdict],
 ) {
@@ -693,7 +694,7 @@ pub fn client_egress_batch(
         }
         for ((frame, located), verdict) in frames.iter_mut().zip(located).zip(verdicts.iter_mut()) {
             match located {
-                Ok((at, home)) => *verdict = egress_located(frame, &at, home, mode, table, now),
+                Ok((at, home)) => *verdict = egress_located(frame, &at, home, mode, table, ends, now),
                 Err(reason) => *verdict = Verdict::Pass(reason),
             }
         }
@@ -719,12 +720,15 @@ fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
 
 /// Client egress: a packet of a bypassed connection (CIP:cport ->
 /// VIP:vport) leaves for DIP:dport. A SYN always goes through the LB; one
-/// that finds a stale entry for its 4-tuple (a reused port) removes it.
-pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, now: u32) -> Verdict {
+/// that finds a stale entry for its 4-tuple (a reused port) removes it,
+/// unless `ends` holds its own end (the same SYN retransmitted: its
+/// connection's first SYN-ACK may have been learned and then lost, and the
+/// next one from the DIP needs the entries).
+pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, ends: &SynEnds, now: u32) -> Verdict {
     match locate(frame, false) {
         Ok(at) => {
             let home = table.home_of(&FlowKey { src: at.src, dst: at.dst });
-            egress_located(frame, &at, home, mode, table, now)
+            egress_located(frame, &at, home, mode, table, ends, now)
         }
         Err(reason) => Verdict::Pass(reason),
     }
@@ -817,11 +821,13 @@ fn egress_located(
     home: Home,
     mode: Mode,
     table: &ConnTable,
+    ends: &SynEnds,
     now: u32,
 ) -> Verdict {
     let key = FlowKey { src: at.src, dst: at.dst };
     if at.flags.is_syn() {
-        return egress_syn(&key, home, table, now);
+        let end = at.tcp(frame).seq_number().wrapping_add(1);
+        return egress_syn(&key, home, table, ends, end, now);
     }
     match table.lookup_from(home, &key, now) {
         Some(backend) => {
@@ -832,12 +838,16 @@ fn egress_located(
     }
 }
 
-/// A client SYN leaving: it goes through the LB, and a stale entry for its
-/// 4-tuple (a reused port) goes. Out of line: one per connection, and the
-/// data path above stays small enough to inline into the batch.
+/// A client SYN leaving, `end` its sequence number + 1: it goes through
+/// the LB, and a stale entry for its 4-tuple (a reused port) goes, but not
+/// for the same SYN retransmitted. Out of line: one per connection, and
+/// the data path above stays small enough to inline into the batch.
 #[cold]
 #[inline(never)]
-fn egress_syn(key: &FlowKey, home: Home, table: &ConnTable, now: u32) -> Verdict {
+fn egress_syn(key: &FlowKey, home: Home, table: &ConnTable, ends: &SynEnds, end: u32, now: u32) -> Verdict {
+    if ends.end(key) == Some(end) {
+        return Verdict::Pass(Reason::ClientSyn);
+    }
     if let Some(backend) = table.lookup_from(home, key, now) {
         table.remove(key);
         table.remove(&FlowKey { src: backend, dst: key.src });

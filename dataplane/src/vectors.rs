@@ -182,7 +182,7 @@ mod tests {
         let table = fuzzing::table_with_connection();
         let mut frame = vector("egress-data-before");
         assert_eq!(
-            translate::client_egress(&mut frame, Mode::Full, &table, 1),
+            translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
             Verdict::Rewritten { start: 0 }
         );
         assert_eq!(frame, vector("egress-data-after"));
@@ -204,7 +204,8 @@ mod tests {
         let tcp_len = (frame.len() - 34) as u16;
         let partial = fold(pseudo_header_sum(CLIENT.addr, VIP.addr, 6, tcp_len));
         frame[50..52].copy_from_slice(&partial.to_be_bytes());
-        let verdict = translate::client_egress(&mut frame, Mode::PseudoHeaderOnly, &table, 1);
+        let verdict =
+            translate::client_egress(&mut frame, Mode::PseudoHeaderOnly, &table, &SynEnds::new(4), 1);
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         let expected = fold(pseudo_header_sum(CLIENT.addr, BACKEND.addr, 6, tcp_len));
         assert_eq!(frame[50..52], expected.to_be_bytes());
@@ -336,7 +337,7 @@ mod tests {
         frame[47] = 0x02;
         let copy = frame.clone();
         assert_eq!(
-            translate::client_egress(&mut frame, Mode::Full, &table, 1),
+            translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
             Verdict::Pass(Reason::ClientSyn)
         );
         assert_eq!(frame, copy);
@@ -352,6 +353,54 @@ mod tests {
         tcp.set_seq_number(seq);
         tcp.fill_checksum(CLIENT.addr, VIP.addr);
         frame
+    }
+
+    /// Replaces the frame's HEELS option with NOPs (as a SYN-ACK written
+    /// without the form looks), checksum recomputed.
+    fn strip_option(frame: &mut [u8]) {
+        let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+        let at = (tcp + 20..frame.len() - 4)
+            .find(|&i| frame[i..i + 4] == [254, 16, 0x48, 0x45])
+            .expect("the frame has the option");
+        frame[at..at + 16].fill(1);
+        let (src, dst) = (frame[26..30].try_into().unwrap(), frame[30..34].try_into().unwrap());
+        crate::wire::TcpPacket::new_unchecked(&mut frame[tcp..]).fill_checksum(src, dst);
+    }
+
+    /// A lost SYN-ACK: the client learned the connection from its form,
+    /// the host never got it, and the client's stack sends its SYN again
+    /// (the same sequence number). The retransmission keeps the entries,
+    /// so the server's next SYN-ACK, retransmitted from the DIP with or
+    /// without the form, reaches the socket as from the VIP; a new SYN on
+    /// the tuple (a reused port: another sequence number) still clears them.
+    #[test]
+    fn a_retransmitted_syn_keeps_the_entries_its_lost_syn_ack_made() {
+        let table = fuzzing::table_with_connection();
+        let ends = SynEnds::new(16);
+        let config = fuzzing::config();
+        let seq = 0x2000_0000;
+        assert_eq!(translate::client_syn_needs_reset(&client_syn(seq), &config, &ends, 1), None);
+        let mut again = client_syn(seq);
+        assert_eq!(
+            translate::client_egress(&mut again, Mode::Full, &table, &ends, 1),
+            Verdict::Pass(Reason::ClientSyn)
+        );
+        assert_eq!(again, client_syn(seq), "the SYN goes through the LB as it is");
+        assert_eq!(table.lookup(&FlowKey { src: CLIENT, dst: VIP }, 1), Some(BACKEND));
+        assert_eq!(table.lookup(&FlowKey { src: BACKEND, dst: CLIENT }, 1), Some(VIP));
+        // The server's SYN-ACK retransmitted without the form, from the DIP:
+        // delivered as from the VIP, as the one with the form would be.
+        let mut without_form = vector("syn-ack-before");
+        strip_option(&mut without_form);
+        let mut expected = vector("syn-ack-after");
+        strip_option(&mut expected);
+        let verdict = client_in(&mut without_form, &table, 1);
+        assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+        assert_eq!(without_form, expected);
+        // A new SYN on the tuple: another connection, the old entries go.
+        let mut reused = client_syn(seq.wrapping_add(100_000));
+        translate::client_egress(&mut reused, Mode::Full, &table, &ends, 1);
+        assert!(table.is_empty());
     }
 
     #[test]
@@ -396,7 +445,7 @@ mod tests {
         for name in ["egress-data-before", "ingress-data-before"] {
             let mut frame = vector(name);
             assert_eq!(
-                translate::client_egress(&mut frame, Mode::Full, &table, 1),
+                translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
                 Verdict::Pass(Reason::NoEntry)
             );
             assert_eq!(client_in(&mut frame, &table, 1), Verdict::Pass(Reason::NoEntry));
@@ -404,7 +453,10 @@ mod tests {
         }
         let mut arp = vector("egress-data-before");
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(translate::client_egress(&mut arp, Mode::Full, &table, 1), Verdict::Pass(Reason::NotIpv4));
+        assert_eq!(
+            translate::client_egress(&mut arp, Mode::Full, &table, &SynEnds::new(4), 1),
+            Verdict::Pass(Reason::NotIpv4)
+        );
     }
 
     mod properties {

@@ -78,7 +78,7 @@ impl Stage for HostEgress {
         self.completed += complete_checksums(frames);
         let verdicts = &mut self.verdicts[..frames.len()];
         let now = self.clock.now();
-        translate::client_egress_batch(frames, Mode::Full, &self.table, now, verdicts);
+        translate::client_egress_batch(frames, Mode::Full, &self.table, &self.syn_ends, now, verdicts);
         for ((action, verdict), frame) in actions.iter_mut().zip(verdicts.iter()).zip(frames.iter()) {
             *action = match verdict {
                 Verdict::Pass(Reason::ClientSyn) => {

@@ -81,7 +81,13 @@ mod tests {
                 let ip = Ipv4Packet::new_unchecked(&frame[14..]);
                 assert!(ip.verify_checksum());
                 assert!(TcpPacket::new_unchecked(&frame[34..]).verify_checksum(client(i).addr, VIP.addr));
-                let verdict = translate::client_egress(&mut frame, Mode::Full, &table, 1);
+                let verdict = translate::client_egress(
+                    &mut frame,
+                    Mode::Full,
+                    &table,
+                    &heels_dataplane::conntrack::SynEnds::new(4),
+                    1,
+                );
                 assert_eq!(verdict, Verdict::Rewritten { start: 0 });
                 assert_eq!(frame[30..34], BACKEND.addr);
                 assert!(TcpPacket::new_unchecked(&frame[34..]).verify_checksum(client(i).addr, BACKEND.addr));

@@ -43,7 +43,13 @@ fn core_ingress(frame: &[u8], table: &ConnTable) -> (Vec<u8>, Verdict, usize) {
 
 fn core_egress(frame: &[u8], table: &ConnTable) -> (Vec<u8>, Verdict) {
     let mut frame = frame.to_vec();
-    let verdict = translate::client_egress(&mut frame, Mode::Full, table, NOW);
+    let verdict = translate::client_egress(
+        &mut frame,
+        Mode::Full,
+        table,
+        &heels_dataplane::conntrack::SynEnds::new(4),
+        NOW,
+    );
     (frame, verdict)
 }
 

@@ -268,13 +268,17 @@ pub enum TcCounter {
     /// only the SYNs of, and by which it would refuse this connection's
     /// handshake (docs/design.md).
     LbResetsSent = 20,
+    /// The SYN-ACK form written in a retransmitted SYN-ACK, from the
+    /// record of the translated SYN (the kernel keeps no SYN for a
+    /// retransmission). Not in `SynAckOptionWritten`.
+    SynAckOptionRetransmitted = 21,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 21] = [
+    pub const ALL: [TcCounter; 22] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -296,6 +300,7 @@ impl TcCounter {
         TcCounter::EgressBytes,
         TcCounter::IngressBytes,
         TcCounter::LbResetsSent,
+        TcCounter::SynAckOptionRetransmitted,
     ];
 
     /// A snake_case name for output.
@@ -322,6 +327,7 @@ impl TcCounter {
             TcCounter::EgressBytes => "egress_bytes",
             TcCounter::IngressBytes => "ingress_bytes",
             TcCounter::LbResetsSent => "lb_resets_sent",
+            TcCounter::SynAckOptionRetransmitted => "syn_ack_option_retransmitted",
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   translated the SYN it answers (`TRANSLATED`, keyed by the connection's
 //!   own 4-tuple) for the VIP that SYN's form names. This holds for
 //!   syncookie SYN-ACKs too: the SYN is at hand when they are written.
+//!   A retransmitted SYN-ACK carries it as well, from the record alone
+//!   (the kernel keeps no SYN for it).
 //! - IPv4 and dual-stack alike: an IPv6 socket whose peer is an
 //!   IPv4-mapped address (a listener on `[::]`, a client connecting to
 //!   `::ffff:VIP`) is an IPv4 connection; its `*_ip4` fields hold the
@@ -39,6 +41,9 @@ const TCP_SYN: u32 = 0x02;
 /// anonymous enum in the bindings).
 const LOAD_FROM_SYN: u64 = 1;
 const TCP_ACK: u32 = 0x10;
+/// What `bpf_load_hdr_opt` returns for a SYN-ACK retransmission: the SYN
+/// is gone (`-ENOENT`; it would be kept only under `TCP_SAVE_SYN`).
+const NO_SYN_AT_HAND: i64 = -2;
 
 #[sock_ops]
 pub fn heels_sockops(ctx: SockOpsContext) -> u32 {
@@ -113,7 +118,7 @@ fn handle(ctx: &SockOpsContext) {
             }
         }
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB => {
-            if let Some(option) = option_to_write(ctx) {
+            if let Some((option, from)) = option_to_write(ctx) {
                 // SAFETY: ctx.ops is the program's own bpf_sock_ops and the
                 // option is 16 bytes on the stack.
                 let err =
@@ -121,7 +126,9 @@ fn handle(ctx: &SockOpsContext) {
                 if err == 0 {
                     // The SYN form names VIP:vport first, the SYN-ACK form second.
                     let (first, second) = option::endpoints(&option);
-                    if skb_flags(ctx) & TCP_ACK != 0 {
+                    if from == Written::Retransmission {
+                        count(TcCounter::SynAckOptionRetransmitted);
+                    } else if skb_flags(ctx) & TCP_ACK != 0 {
                         count(TcCounter::SynAckOptionWritten);
                         count_vip(&second, VipCounter::SynAckOptionWritten, 1);
                     } else {
@@ -144,9 +151,18 @@ fn skb_flags(ctx: &SockOpsContext) -> u32 {
     unsafe { (*ctx.ops).skb_tcp_flags }
 }
 
+/// Where the option a segment carries was read from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// The socket's own addresses (a SYN), or the SYN at hand (a SYN-ACK).
+    FirstTime,
+    /// The record of the translated SYN alone (a retransmitted SYN-ACK).
+    Retransmission,
+}
+
 /// The option this segment must carry, if any.
 #[inline(always)]
-fn option_to_write(ctx: &SockOpsContext) -> Option<option::Bytes> {
+fn option_to_write(ctx: &SockOpsContext) -> Option<(option::Bytes, Written)> {
     let flags = skb_flags(ctx);
     if flags & TCP_SYN == 0 {
         return None;
@@ -154,10 +170,16 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<option::Bytes> {
     let (local, remote) = endpoints(ctx);
     if flags & TCP_ACK == 0 {
         // Our SYN: VIP:vport where we connect, CIP:cport our own address.
-        return Some(option::emit(&remote, &local));
+        return Some((option::emit(&remote, &local), Written::FirstTime));
     }
-    // Our SYN-ACK: only for a SYN that TC ingress translated, for the VIP
-    // that SYN's form names.
+    // Our SYN-ACK: only for a SYN that ingress translated (its record,
+    // keyed by the connection's own 4-tuple, names the VIP), and every
+    // retransmission of it: a lost SYN-ACK retransmitted without the form
+    // would reach the client from a DIP it cannot place, and draw a reset.
+    // SAFETY: the value is copied out at once.
+    let vip = unsafe { TRANSLATED.get(FlowV4::between(&remote, &local)) }.copied()?;
+    // A VIP this host serves (the configuration may have changed since).
+    SERVICES.get_ptr(vip)?;
     let mut syn_option = [0u8; OPTION_LEN as usize];
     syn_option[0] = OPTION_KIND;
     syn_option[1] = 4;
@@ -168,16 +190,20 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<option::Bytes> {
     let len = unsafe {
         bpf_load_hdr_opt(ctx.ops, syn_option.as_mut_ptr() as *mut _, OPTION_LEN.into(), LOAD_FROM_SYN)
     };
+    if len == NO_SYN_AT_HAND {
+        // A retransmission (the request's timer, or a retransmitted SYN
+        // that met the request): the kernel keeps no SYN, the record
+        // speaks for it. Any untranslated SYN on this tuple removed it.
+        return Some((option::emit(&local, &vip), Written::Retransmission));
+    }
     if len != i64::from(OPTION_LEN) || syn_option[1] != OPTION_LEN {
         return None;
     }
-    let (vip, client) = option::endpoints(&syn_option);
-    // SAFETY: the value is copied out at once.
-    let recorded = unsafe { TRANSLATED.get(FlowV4::between(&remote, &local)) }.copied();
-    if remote != client || recorded != Some(vip) || SERVICES.get_ptr(vip).is_none() {
+    let (syn_vip, client) = option::endpoints(&syn_option);
+    if remote != client || syn_vip != vip {
         return None;
     }
-    Some(option::emit(&local, &vip))
+    Some((option::emit(&local, &vip), Written::FirstTime))
 }
 
 /// Stores a bypassed client socket's DIP:dport on the socket, where TC

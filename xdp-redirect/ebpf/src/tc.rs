@@ -686,15 +686,26 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
     };
     let flow = segment.flow();
     if segment.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-        // A new connection on a reused 4-tuple: it goes through the LB, and
-        // the old connection's entries go.
+        // The helper's own bounds check: the verifier does not follow a
+        // direct read at this variable offset here.
+        let seq: [u8; 4] = ctx.load(segment.tcp + 4).map_err(|_| ())?;
+        let end = u32::from_be_bytes(seq).wrapping_add(1).to_be_bytes();
         // SAFETY: the value is copied out at once.
-        if let Some(backend) = (unsafe { EGRESS.get(flow) }).copied() {
-            let _ = INGRESS.remove(FlowV4::between(&backend, &segment.src));
-            let _ = EGRESS.remove(flow);
+        let last_end = (unsafe { LB_SYN_ENDS.get(flow) }).copied();
+        // A new connection on a reused 4-tuple: it goes through the LB, and
+        // the old connection's entries go. The same SYN retransmitted (its
+        // end recorded) keeps them: its connection's first SYN-ACK may
+        // have been learned and then lost, and the next one, retransmitted
+        // from the DIP, needs them to reach the socket.
+        if last_end != Some(end) {
+            // SAFETY: the value is copied out at once.
+            if let Some(backend) = (unsafe { EGRESS.get(flow) }).copied() {
+                let _ = INGRESS.remove(FlowV4::between(&backend, &segment.src));
+                let _ = EGRESS.remove(flow);
+            }
         }
         if is_client_vip(&segment.dst) {
-            close_lb_state(ctx, &segment, flow)?;
+            close_lb_state(ctx, &segment, flow, last_end)?;
         }
         return Ok(());
     }
@@ -731,13 +742,11 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
 /// into a RST with the recorded sequence number, sent as a clone; the SYN
 /// is restored and follows. Every SYN's end is recorded.
 #[inline(always)]
-fn close_lb_state(ctx: &TcContext, segment: &Segment, flow: FlowV4) -> Result<(), ()> {
+fn close_lb_state(ctx: &TcContext, segment: &Segment, flow: FlowV4, last: Option<[u8; 4]>) -> Result<(), ()> {
     let seq_at = segment.tcp + 4;
     let flags_at = segment.tcp + 12;
     let seq: [u8; 4] = read(ctx, seq_at)?;
     let end = u32::from_be_bytes(seq).wrapping_add(1);
-    // SAFETY: the value is copied out at once.
-    let last = (unsafe { LB_SYN_ENDS.get(flow) }).copied();
     if let Some(last) = last {
         // Strictly earlier only: an equal end is this SYN retransmitted.
         if (end.wrapping_sub(u32::from_be_bytes(last)) as i32) < 0 {
