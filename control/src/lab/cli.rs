@@ -120,7 +120,12 @@ docs/benchmarks.md says what each workload measures.")]
         command: Vec<String>,
     },
     /// Remove what interrupted or killed lab runs left behind.
-    Clean,
+    Clean {
+        /// Only the labs whose prefix starts with this (`hl12x3`, or
+        /// `hl12x` for every lab of process 12); all labs without it.
+        #[arg(long)]
+        lab: Option<String>,
+    },
     /// Answer lab connections (runs inside a server's namespace).
     #[command(hide = true)]
     Serve {
@@ -152,8 +157,14 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         super::clean_up_on_signal()?;
     }
     match command {
-        LabCommand::Clean => {
-            super::sweep("");
+        LabCommand::Clean { lab } => {
+            let prefix = lab.unwrap_or_default();
+            if !prefix.is_empty() && !prefix.starts_with("hl") {
+                anyhow::bail!(
+                    "--lab {prefix}: a lab's prefix starts with \"hl\" (as `heels lab up` prints it)"
+                );
+            }
+            super::sweep(&prefix);
             Ok(())
         }
         LabCommand::Demo {
