@@ -673,6 +673,7 @@ fn bed() -> Bed {
         cgroup: cgroup.path().to_owned(),
         syn_mark: 0,
         rules: config(),
+        max_connections: 0,
     };
     netns.enter(|| Ok(Datapath::start(&datapath)?)).expect("heels attaches");
     // The listener opens after sockops is attached: it is served.

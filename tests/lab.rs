@@ -730,7 +730,7 @@ fn sample_sum(text: &str, family: &str, labels: &[&str]) -> u64 {
 }
 
 /// Every family the metrics module documents, as it appears in a scrape.
-const DECLARED_SERIES: [&str; 22] = [
+const DECLARED_SERIES: [&str; 23] = [
     "heels_agent_info",
     "heels_syns_translated_total",
     "heels_syns_translated_from_local_vip_total",
@@ -749,6 +749,7 @@ const DECLARED_SERIES: [&str; 22] = [
     "heels_table_entries_removed_total",
     "heels_table_entries",
     "heels_table_capacity",
+    "heels_table_full_total",
     "heels_vip_syns_translated_total",
     "heels_vip_syn_acks_learned_total",
     "heels_vip_rewritten_bytes_total",
@@ -1599,4 +1600,68 @@ fn a_lab_test_killed_in_the_middle_leaves_nothing_lab_clean_does_not_remove() {
         std::process::Command::new(heels()).args(["lab", "clean", "--lab", &prefix]).output().unwrap();
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
     assert_eq!(leftovers_of(&prefix), Vec::<String>::new(), "heels lab clean left these (before: {left:?})");
+}
+
+/// Capacity of the client's tables in [`a_full_table_never_costs_a_live_connection`].
+const SMALL_TABLE: u32 = 1000;
+
+/// A full table never costs a live connection: with room for 1,000, 1,500
+/// connections open at once, each exchanging checked data when it opens
+/// and again when all are open. The first 1,000 bypass the LB; the 500
+/// that found no room take the LB path (counted as `table_full`) and work
+/// the same; none is reset; once they close, the tables are empty.
+fn a_full_table_never_costs_a_live_connection(client: Dataplane) {
+    let overrides = Overrides { client_max_connections: Some(SMALL_TABLE), ..Overrides::default() };
+    let lab = lab(LbKind::Fullnat, client, Dataplane::Tc, overrides);
+    let instance = lab.client_instance().unwrap();
+    let connections = 1500;
+    let spec = LoadSpec {
+        mode: Mode::Hold,
+        concurrency: 16,
+        request: 2048,
+        response: 8192,
+        ..verify_spec(lab.service(), connections)
+    };
+    let before = lab.lb_counters().unwrap();
+    let report = lab.load(&spec).expect("the load client runs");
+    let lb = lab.lb_counters().unwrap();
+    assert_eq!((report.connections_ok, report.connections_failed), (connections, 0), "{:?}", report.errors);
+    assert_eq!(report.resets, 0);
+    assert_eq!(report.bytes_verified, connections as u64 * 2 * (2048 + 8192));
+    let over = connections as u64 - u64::from(SMALL_TABLE);
+    assert_eq!(counter(&instance, TcCounter::TableFull), over, "the connections over capacity were counted");
+    // Those took the LB path both ways (full-NAT: their replies too).
+    assert!(lb.syns - before.syns >= connections as u64, "{lb:?}");
+    assert!(lb.to_clients_packets - before.to_clients_packets >= 2 * over, "{lb:?}");
+    let learned = match client {
+        Dataplane::Afxdp => wait_for_report(&lab, |r| r.learned >= u64::from(SMALL_TABLE)).learned,
+        _ => counter(&instance, TcCounter::SynAckLearned),
+    };
+    assert_eq!(learned, u64::from(SMALL_TABLE), "exactly as many bypassed as there was room for");
+    // Closed, their entries and rooms go (sockops at the close; the sweep,
+    // every second here, for any close it missed).
+    let datapath = Datapath::open(&instance).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while datapath.egress_entries().unwrap() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(datapath.egress_entries().unwrap(), 0, "the table drained");
+    if client == Dataplane::Afxdp {
+        let report = wait_for_report(&lab, |r| r.table_entries == 0);
+        assert_eq!(report.table_entries, 0, "the workers' table drained: {report:?}");
+    }
+    // And there is room again: the next connections bypass.
+    let report = verify(&lab, lab.service(), 10);
+    assert_all_verified(&report, 10);
+    assert_eq!(counter(&instance, TcCounter::TableFull), over);
+}
+
+#[test]
+fn a_full_table_never_costs_a_live_connection_on_tc() {
+    a_full_table_never_costs_a_live_connection(Dataplane::Tc);
+}
+
+#[test]
+fn a_full_table_never_costs_a_live_connection_on_afxdp() {
+    a_full_table_never_costs_a_live_connection(Dataplane::Afxdp);
 }

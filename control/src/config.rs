@@ -27,6 +27,10 @@
 //! # direct connection that reuses the wire tuple of a bypassed one is not
 //! # refused by the server's TIME_WAIT (docs/design.md, "Shared tuples").
 //! uniform_timestamps = true
+//! # Connections open or opening at once that bypass the LB; the next one
+//! # takes the LB path (counted: table_full). 64 bytes of kernel memory
+//! # each with the afxdp dataplane's table (measured: docs/operations.md).
+//! max_connections = 262144
 //! ```
 //!
 //! Every error names the field it is about and the value it has;
@@ -192,7 +196,18 @@ pub struct Client {
     /// `net.ipv4.tcp_timestamps = 2` while heels runs (see the example above).
     #[serde(default = "default_uniform_timestamps")]
     pub uniform_timestamps: bool,
+    /// Most connections open or opening at once that bypass the LB.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
+
+fn default_max_connections() -> u32 {
+    heels_common::MAX_CONNECTIONS
+}
+
+/// The largest `max_connections` accepted: 16 Mi connections (the
+/// kernel's tables then take about 2 GiB, the workers' 1 GiB more).
+pub const MAX_MAX_CONNECTIONS: u32 = 1 << 24;
 
 fn default_uniform_timestamps() -> bool {
     true
@@ -388,6 +403,12 @@ impl AgentConfig {
             }
         }
         if let Some(client) = &self.client {
+            if client.max_connections == 0 || client.max_connections > MAX_MAX_CONNECTIONS {
+                return Err(invalid(
+                    "client.max_connections",
+                    format!("{} is not between 1 and {MAX_MAX_CONNECTIONS}", client.max_connections),
+                ));
+            }
             if client.vips.is_empty() {
                 return Err(invalid("client.vips", "name at least one VIP"));
             }
@@ -476,7 +497,14 @@ impl AgentConfig {
             cgroup: self.cgroup.clone(),
             syn_mark: self.server.as_ref().and_then(|s| s.direct_route.as_ref()).map_or(0, |r| r.mark),
             rules: self.rules()?,
+            max_connections: self.max_connections(),
         })
+    }
+
+    /// Most client connections open or opening at once (the default when
+    /// the host has no client role: its tables then stay empty).
+    pub fn max_connections(&self) -> u32 {
+        self.client.as_ref().map_or(heels_common::MAX_CONNECTIONS, |c| c.max_connections)
     }
 
     /// What this host accepts, as both dataplanes take it (the core's
@@ -563,6 +591,19 @@ backends = ["10.10.0.0/24"]
         assert!(error_of(&relative).contains("`cgroup`"));
         let zero_mark = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#);
         assert!(error_of(&zero_mark).contains("server.direct_route.mark"));
+    }
+
+    #[test]
+    fn max_connections_is_the_tables_size_and_must_fit() {
+        let config = AgentConfig::parse(FULL).unwrap();
+        assert_eq!(config.datapath().unwrap().max_connections, heels_common::MAX_CONNECTIONS);
+        let small = FULL.replace("[client]", "[client]\nmax_connections = 1000");
+        assert_eq!(AgentConfig::parse(&small).unwrap().datapath().unwrap().max_connections, 1000);
+        for bad in ["0", "16777217"] {
+            let text = FULL.replace("[client]", &format!("[client]\nmax_connections = {bad}"));
+            let error = error_of(&text);
+            assert!(error.contains("`client.max_connections`") && error.contains(bad), "{error}");
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! | `heels_helper_errors_total` | `cpu` | kernel helper failures (the packet went on as far as it got) |
 //! | `heels_table_entries_removed_total` | `cause` | connections forgotten: `socket_closed` (sockops), `swept` (the agent's sweep of vanished sockets) |
 //! | `heels_table_entries` | `vip` | bypassed connections in the table now (client) |
-//! | `heels_table_capacity` | | how many the table holds; past that the kernel evicts the least recently used |
+//! | `heels_table_capacity` | | how many connections the table holds (`max_connections`); past that a new connection takes the LB path |
+//! | `heels_table_full_total` | `cpu` | connections that found the table full and took the LB path (client) |
 //! | `heels_vip_syns_translated_total` | `vip` | per VIP:vport, as above (server) |
 //! | `heels_vip_syn_fallbacks_total` | `vip`, `reason` | per VIP:vport: `no_listener`, `listener_unserved`, `tuple_in_use` (server) |
 //! | `heels_vip_syn_acks_learned_total` | `vip` | per VIP:vport (client) |
@@ -70,7 +71,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use heels_common::{TcCounter, VipCounter, VipStats, MAX_CONNECTIONS};
+use heels_common::{TcCounter, VipCounter, VipStats};
 use heels_xdp::Datapath;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -98,7 +99,7 @@ struct Family<C: 'static> {
 
 /// The host-wide families, in output order. Every [`TcCounter`] is in
 /// exactly one (a test checks).
-const FAMILIES: [Family<TcCounter>; 14] = [
+const FAMILIES: [Family<TcCounter>; 15] = [
     Family {
         name: "heels_syns_translated",
         help: "SYNs with the SYN form rewritten to the client and this host (server)",
@@ -193,6 +194,12 @@ const FAMILIES: [Family<TcCounter>; 14] = [
         series: &[(TcCounter::NoOptionRoom, None)],
     },
     Family {
+        name: "heels_table_full",
+        help: "Connections that found the table full (max_connections) and took the LB path",
+        unit: None,
+        series: &[(TcCounter::TableFull, None)],
+    },
+    Family {
         name: "heels_helper_errors",
         help: "Kernel helper failures; the packet went on as far as it got",
         unit: None,
@@ -266,6 +273,8 @@ pub struct Snapshot {
     pub entries: Vec<(SocketAddrV4, u64)>,
     /// Entries the agent's sweep removed since it started.
     pub swept: u64,
+    /// Connections the tables hold (`max_connections`).
+    pub capacity: u32,
     /// The afxdp workers' counters, when this agent runs them.
     pub afxdp: Option<crate::afxdp::AfxdpReport>,
 }
@@ -296,6 +305,7 @@ impl Snapshot {
             per_vip,
             entries,
             swept,
+            capacity: datapath.capacity()?,
             // Only this process's own report: a stale file names another pid.
             afxdp: crate::afxdp::read_report(instance).filter(|r| r.pid == std::process::id()),
         })
@@ -374,11 +384,11 @@ impl prometheus_client::collector::Collector for Snapshot {
         }
         let metric = encoder.encode_descriptor(
             "heels_table_capacity",
-            "Connections the table holds before the least recently used is evicted",
+            "Connections the table holds (max_connections); the next one takes the LB path",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(MAX_CONNECTIONS)).encode(metric)?;
+        ConstGauge::new(i64::from(self.capacity)).encode(metric)?;
         for family in &VIP_FAMILIES {
             let series = family.series.iter().flat_map(|(vip_counter, label)| {
                 self.per_vip.iter().map(move |(vip, stats)| {
@@ -600,6 +610,7 @@ mod tests {
             per_vip: Vec::new(),
             entries: Vec::new(),
             swept: 0,
+            capacity: 1000,
             afxdp: Some(report),
         };
         let text = snapshot.render();
@@ -631,6 +642,7 @@ mod tests {
             per_vip: vec![(vip, stats)],
             entries: vec![(vip, 3)],
             swept: 7,
+            capacity: 262_144,
             afxdp: None,
         };
         let text = snapshot.render();
@@ -643,6 +655,7 @@ mod tests {
             "heels_table_entries_removed_total{cause=\"swept\"} 7",
             "heels_table_entries{vip=\"10.10.100.1:80\"} 3",
             "heels_table_capacity 262144",
+            "heels_table_full_total{cpu=\"1\"} 100",
             "heels_vip_rewritten_bytes_total{vip=\"10.10.100.1:80\",direction=\"egress\"} 1500",
             "heels_vip_syns_translated_total{vip=\"10.10.100.1:80\"} 0",
             "# EOF",

@@ -52,8 +52,6 @@ use pair::{HostPair, Link, Namespaces, PEER_LINK};
 const FRAMES: u32 = 4096;
 /// Entries of each ring.
 const RING_SIZE: u32 = 2048;
-/// Connections the workers' table holds (two entries each).
-const MAX_CONNECTIONS: usize = 262_144;
 /// An entry unused this long stops matching (the close of its socket
 /// normally removes it long before).
 const IDLE_TIMEOUT_SECONDS: u32 = 24 * 3600;
@@ -344,13 +342,18 @@ impl Afxdp {
         let workers = settings.cores.len().min(uplink.rx_queues as usize).max(1);
         let pair = HostPair::create(workers as u32, uplink.mtu).context("making heels0")?;
         let maps_dir = datapath.dir().join("maps");
-        let mut classifier = Classifier::load(&maps_dir).context("loading the XDP classifier")?;
+        let mut classifier =
+            Classifier::load(&maps_dir, config.max_connections()).context("loading the XDP classifier")?;
         let mut to_workers = pair
             .in_private(|| ToWorkers::attach(&maps_dir, PEER_LINK))?
             .context("attaching the XDP program of heels1")?;
 
-        let table = Arc::new(ConnTable::new(2 * MAX_CONNECTIONS, IDLE_TIMEOUT_SECONDS));
-        let syn_ends = Arc::new(SynEnds::new(2 * MAX_CONNECTIONS));
+        // Sockops reserves each connection in the kernel's table first (a
+        // full one sends the SYN without the form): the workers' table,
+        // twice its size in slots, then always has room.
+        let capacity = config.max_connections() as usize;
+        let table = Arc::new(ConnTable::new(2 * capacity, IDLE_TIMEOUT_SECONDS));
+        let syn_ends = Arc::new(SynEnds::new(2 * capacity));
         let clock = Clock::Since(Instant::now());
         let learned = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
         let lost = Arc::new(AtomicU64::new(0));

@@ -159,6 +159,8 @@ pub struct Overrides {
     /// The agents' sweep period instead of 1 s (a long one shows what
     /// happens without the sweep).
     pub sweep_seconds: Option<u64>,
+    /// The client's `max_connections` instead of the default.
+    pub client_max_connections: Option<u32>,
 }
 
 impl Default for LabSpec {
@@ -489,6 +491,9 @@ impl Lab {
                 .chain(overrides.extra_client_vips.iter().copied())
                 .collect();
             client.backends = vec![overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned())];
+            if let Some(max) = overrides.client_max_connections {
+                client.max_connections = max;
+            }
         } else {
             config.client = None;
             config.dataplane = self.spec.server.agent().unwrap_or_default();

@@ -154,6 +154,11 @@ pub enum Mode {
     Pingpong,
     /// New connections (one one-byte exchange each) for `seconds`: rate.
     Connect,
+    /// `connections` connections open at once (opened by `concurrency`
+    /// threads): each exchanges a checked request and response when it
+    /// opens and again once all are open, then all close. What a host
+    /// holding many connections asks of the tables.
+    Hold,
 }
 
 /// One run of the load client (also its command-line arguments).
@@ -331,6 +336,7 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
                 }
             });
         }
+        Mode::Hold => hold(spec, &tally),
         Mode::Bulk => {
             if let Err(e) = bulk(spec, &tally) {
                 tally.lock().expect("tally").fail(&e);
@@ -376,6 +382,61 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
         report.connections_per_s = report.connections_ok as f64 / elapsed;
     }
     report
+}
+
+/// [`Mode::Hold`]: each thread opens its share, one checked exchange each;
+/// once every thread has opened its share, a second exchange on every
+/// connection, then the closes (the server's, after ours).
+fn hold(spec: &LoadSpec, tally: &Mutex<Tally>) {
+    let threads = spec.concurrency.clamp(1, spec.connections.max(1));
+    let all_open = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let all_open = &all_open;
+            scope.spawn(move || {
+                let mut held = Vec::new();
+                for i in (t..spec.connections).step_by(threads) {
+                    let seed = i as u64 * 7919;
+                    let opened = open(spec, tally).and_then(|(mut stream, real)| {
+                        exchange(&mut stream, spec.request, spec.response, seed, false)?;
+                        Ok((stream, real, seed))
+                    });
+                    match opened {
+                        Ok(connection) => held.push(connection),
+                        Err(e) => tally.lock().expect("tally").fail(&e),
+                    }
+                }
+                all_open.wait();
+                for (mut stream, real, seed) in held {
+                    let started = Instant::now();
+                    let closed = exchange(&mut stream, spec.request, spec.response, seed + 1, false)
+                        .and_then(|_| stream.shutdown(std::net::Shutdown::Write))
+                        .and_then(|()| {
+                            let mut rest = [0u8; 1];
+                            match stream.read(&mut rest)? {
+                                0 => Ok(()),
+                                _ => Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "bytes after the response",
+                                )),
+                            }
+                        });
+                    let mut tally = tally.lock().expect("tally");
+                    match closed {
+                        Ok(()) => {
+                            tally.report.connections_ok += 1;
+                            tally.report.real_address_seen += usize::from(real);
+                            tally.report.bytes_sent += 2 * spec.request;
+                            tally.report.bytes_received += 2 * spec.response;
+                            tally.report.bytes_verified += 2 * (spec.request + spec.response);
+                            tally.samples_us.push(started.elapsed().as_secs_f64() * 1e6);
+                        }
+                        Err(e) => tally.fail(&e),
+                    }
+                }
+            });
+        }
+    });
 }
 
 fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
@@ -468,6 +529,30 @@ mod tests {
         assert_eq!(report.bytes_verified, 20 * 400_000);
         assert_eq!(report.real_address_seen, 20);
         assert_eq!(report.per_server.get(&7), Some(&20));
+    }
+
+    #[test]
+    fn hold_keeps_every_connection_open_at_once_and_checks_both_exchanges() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let live = std::sync::Arc::new(AtomicUsize::new(0));
+        let most = std::sync::Arc::new(AtomicUsize::new(0));
+        let (live2, most2) = (live.clone(), most.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (live, most) = (live2.clone(), most2.clone());
+                let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let _ = serve_one(stream, 3);
+                    live.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let report = load(&LoadSpec { connections: 30, concurrency: 4, ..spec(port, Mode::Hold) });
+        assert_eq!((report.connections_ok, report.connections_failed), (30, 0), "{:?}", report.errors);
+        assert_eq!(report.bytes_verified, 30 * 2 * 400_000, "two checked exchanges each");
+        assert_eq!(most.load(Ordering::SeqCst), 30, "all 30 were open at once");
     }
 
     #[test]

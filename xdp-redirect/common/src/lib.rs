@@ -59,8 +59,10 @@ pub const SOCKOPS_PROGRAM: &str = "heels_sockops";
 /// the workers translated, as the TC ingress program does on the uplink.
 pub const TC_MARK_TRANSLATED_PROGRAM: &str = "heels_mark_translated";
 
-/// Most connections a client tracks (each takes one entry in each of
-/// [`MAP_EGRESS`] and [`MAP_INGRESS`]; least recently used go first).
+/// Most connections a client tracks by default (`[client]
+/// max_connections`): each takes one entry in each of [`MAP_EGRESS`] and
+/// [`MAP_INGRESS`], from the connect on. A connection that finds no room
+/// takes the LB path; none is ever evicted.
 pub const MAX_CONNECTIONS: u32 = 262_144;
 /// Most local addresses, VIPs or prefixes of each kind.
 pub const MAX_CONFIG_ENTRIES: u32 = 1024;
@@ -126,6 +128,15 @@ impl EndpointV4 {
     /// The same address with another port (host order).
     pub const fn with_port(&self, port: u16) -> Self {
         EndpointV4::new(self.addr, port)
+    }
+
+    /// The egress entry's value from the connect until the SYN-ACK form
+    /// names the backend: the connection's room in the table, reserved.
+    pub const UNLEARNED: EndpointV4 = EndpointV4 { addr: [0; 4], port: [0; 2], pad: [0; 2] };
+
+    /// True for [`EndpointV4::UNLEARNED`].
+    pub const fn is_unlearned(&self) -> bool {
+        u32::from_ne_bytes(self.addr) == 0 && u16::from_ne_bytes(self.port) == 0
     }
 }
 
@@ -272,13 +283,17 @@ pub enum TcCounter {
     /// record of the translated SYN (the kernel keeps no SYN for a
     /// retransmission). Not in `SynAckOptionWritten`.
     SynAckOptionRetransmitted = 21,
+    /// A socket connecting to a client VIP found the connection table full
+    /// (`max_connections` connections open or opening): its SYN left
+    /// without the form, and the connection takes the LB path.
+    TableFull = 22,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 22] = [
+    pub const ALL: [TcCounter; 23] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -301,6 +316,7 @@ impl TcCounter {
         TcCounter::IngressBytes,
         TcCounter::LbResetsSent,
         TcCounter::SynAckOptionRetransmitted,
+        TcCounter::TableFull,
     ];
 
     /// A snake_case name for output.
@@ -328,6 +344,7 @@ impl TcCounter {
             TcCounter::IngressBytes => "ingress_bytes",
             TcCounter::LbResetsSent => "lb_resets_sent",
             TcCounter::SynAckOptionRetransmitted => "syn_ack_option_retransmitted",
+            TcCounter::TableFull => "table_full",
         }
     }
 }

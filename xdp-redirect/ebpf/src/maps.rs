@@ -31,11 +31,20 @@ pub static CLIENT_VIPS: HashMap<EndpointV4, u8> = HashMap::pinned(MAX_CONFIG_ENT
 #[map(name = "HEELS_BACKENDS")]
 pub static BACKENDS: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
 
+/// A client's connections by CIP:cport -> VIP:vport: DIP:dport, or
+/// `EndpointV4::UNLEARNED` from the connect until the SYN-ACK form names
+/// it (the connection's room, reserved by sockops). A plain hash, not an
+/// LRU: a full table refuses the next connection (which then takes the LB
+/// path) and never evicts a live one (an LRU does, even below its size:
+/// its free lists are per CPU). The loader sizes it (`max_connections`).
 #[map(name = "HEELS_EGRESS")]
-pub static EGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+pub static EGRESS: HashMap<FlowV4, EndpointV4> = HashMap::pinned(MAX_CONNECTIONS, 0);
 
+/// The same connections by DIP:dport -> CIP:cport: VIP:vport. Written only
+/// for a connection whose egress entry exists, and sized as `EGRESS`, so
+/// it has room whenever `EGRESS` had.
 #[map(name = "HEELS_INGRESS")]
-pub static INGRESS: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+pub static INGRESS: HashMap<FlowV4, EndpointV4> = HashMap::pinned(MAX_CONNECTIONS, 0);
 
 /// A socket-storage map definition as aya-ebpf's `SkStorage` lays it out
 /// in BTF, plus libbpf's `pinning` field set to `LIBBPF_PIN_BY_NAME`, which

@@ -20,10 +20,10 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_CLOSE,
     },
     helpers::generated::{bpf_load_hdr_opt, bpf_reserve_hdr_opt, bpf_sk_storage_get, bpf_store_hdr_opt},
     macros::sock_ops,
@@ -94,10 +94,17 @@ fn handle(ctx: &SockOpsContext) {
     }
     match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            let (_, remote) = endpoints(ctx);
+            let (local, remote) = endpoints(ctx);
             if is_client_vip(&remote) {
-                let want = (BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32;
-                let _ = ctx.set_cb_flags(flags as i32 | want);
+                // Without room for the connection, no form: the server
+                // does not translate, and the connection takes the LB path.
+                let want = if reserve(&local, &remote) {
+                    BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG
+                } else {
+                    count(TcCounter::TableFull);
+                    0
+                };
+                let _ = ctx.set_cb_flags(flags as i32 | want as i32);
             }
         }
         // The handshake is over: no more options to write.
@@ -206,6 +213,27 @@ fn option_to_write(ctx: &SockOpsContext) -> Option<(option::Bytes, Written)> {
     Some((option::emit(&local, &vip), Written::FirstTime))
 }
 
+/// `-EEXIST` from a map update with `BPF_NOEXIST`.
+const EEXIST: i32 = -17;
+
+/// Reserves the connection's room in the table before its SYN leaves
+/// (`EGRESS` keyed by CIP:cport -> VIP:vport, valued
+/// `EndpointV4::UNLEARNED` until the SYN-ACK form names the backend), so
+/// that a connection whose server translates its SYN always has the
+/// entries it needs, and a full table refuses the connection here, before
+/// anything depends on it. An entry already there (a reused port's, whose
+/// socket is closing) is this connection's room now: TC egress turns it
+/// back into a reservation when the SYN leaves. False when the table is
+/// full.
+#[inline(always)]
+fn reserve(local: &EndpointV4, remote: &EndpointV4) -> bool {
+    let key = FlowV4::between(local, remote);
+    match EGRESS.insert(key, EndpointV4::UNLEARNED, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(e) => e == EEXIST,
+    }
+}
+
 /// Stores a bypassed client socket's DIP:dport on the socket, where TC
 /// egress finds it without a hash lookup. TC ingress made the egress entry
 /// from the SYN-ACK before the stack saw it, so it exists by now.
@@ -214,7 +242,10 @@ fn remember_backend(ctx: &SockOpsContext) {
     let (local, remote) = endpoints(ctx);
     // SAFETY: the value is copied out at once.
     if let Some(mut backend) = (unsafe { EGRESS.get(FlowV4::between(&local, &remote)) }).copied() {
-        store_on_socket(ctx, &HEELS_SOCK_BACKENDS, &mut backend);
+        // Not learned: the connection runs through the LB.
+        if !backend.is_unlearned() {
+            store_on_socket(ctx, &HEELS_SOCK_BACKENDS, &mut backend);
+        }
     }
 }
 
@@ -260,8 +291,11 @@ fn forget(ctx: &SockOpsContext) {
     let Some(backend) = (unsafe { EGRESS.get(egress) }).copied() else {
         return;
     };
-    let ingress = FlowV4::between(&backend, &local);
-    let _ = INGRESS.remove(ingress);
     let _ = EGRESS.remove(egress);
-    count(TcCounter::EntriesRemoved);
+    // A reservation (the connection never learned, or took the LB path)
+    // has no ingress entry and was no bypassed connection.
+    if !backend.is_unlearned() {
+        let _ = INGRESS.remove(FlowV4::between(&backend, &local));
+        count(TcCounter::EntriesRemoved);
+    }
 }

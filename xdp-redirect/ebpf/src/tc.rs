@@ -352,8 +352,8 @@ fn try_ingress(ctx: &TcContext) -> Result<(), ()> {
         }
     }
     // A packet of a bypassed connection arrives from DIP:dport.
-    // SAFETY: the value is copied out at once; LRU entries are replaced
-    // whole, never written in place.
+    // SAFETY: the value is copied out at once; entries are replaced whole
+    // (an update writes a new element), never written in place.
     if let Some(vip) = unsafe { INGRESS.get(segment.flow()) }.copied() {
         rewrite(ctx, &segment, Side::Src, &vip)?;
         count_ingress(ctx, &vip);
@@ -603,12 +603,19 @@ fn client_learn(ctx: &TcContext, segment: &Segment, option: &heels_common::optio
     }
     let egress = FlowV4::between(&client, &vip);
     let ingress = FlowV4::between(&backend, &client);
-    EGRESS.insert(egress, backend, 0).map_err(|_| ())?;
+    // Sockops reserved the egress entry at the connect (this updates it),
+    // and the ingress map is as large: neither fails for want of room but
+    // for a connection sockops saw no connect of (opened before heels).
+    if EGRESS.insert(egress, backend, 0).is_err() {
+        count(TcCounter::TableFull);
+        return Ok(());
+    }
     if INGRESS.insert(ingress, vip, 0).is_err() {
         // Never half a connection: without its ingress entry, the egress
         // one would send packets whose replies nobody rewrites.
-        let _ = EGRESS.remove(egress);
-        return Err(());
+        let _ = EGRESS.insert(egress, EndpointV4::UNLEARNED, 0);
+        count(TcCounter::TableFull);
+        return Ok(());
     }
     count(TcCounter::SynAckLearned);
     count_vip(&vip, VipCounter::SynAckLearned, 1);
@@ -700,8 +707,13 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
         if last_end != Some(end) {
             // SAFETY: the value is copied out at once.
             if let Some(backend) = (unsafe { EGRESS.get(flow) }).copied() {
-                let _ = INGRESS.remove(FlowV4::between(&backend, &segment.src));
-                let _ = EGRESS.remove(flow);
+                if !backend.is_unlearned() {
+                    let _ = INGRESS.remove(FlowV4::between(&backend, &segment.src));
+                    // The entry stays as the new connection's room
+                    // (sockops reserved it as it found it); an update of
+                    // a key that exists never fails for want of room.
+                    let _ = EGRESS.insert(flow, EndpointV4::UNLEARNED, 0);
+                }
             }
         }
         if is_client_vip(&segment.dst) {
@@ -716,8 +728,9 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
         }
         // SAFETY: the value is copied out at once.
         None => match (unsafe { EGRESS.get(flow) }).copied() {
-            Some(backend) => backend,
-            None => return Ok(()),
+            Some(backend) if !backend.is_unlearned() => backend,
+            // Unknown, or reserved and not learned: the LB's path.
+            _ => return Ok(()),
         },
     };
     rewrite(ctx, &segment, Side::Dst, &backend)?;

@@ -55,9 +55,13 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ClassifierError {
 impl Classifier {
     /// Loads the embedded object and the XDP program into the kernel; the
     /// object's pinned maps (shared with the TC programs) live in `pin_dir`
-    /// on bpffs.
-    pub fn load(pin_dir: &std::path::Path) -> Result<Self, ClassifierError> {
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::EBPF_OBJECT)?;
+    /// on bpffs. The steering map takes `steered_flows` flows (one per
+    /// connection the workers learn: `max_connections`).
+    pub fn load(pin_dir: &std::path::Path, steered_flows: u32) -> Result<Self, ClassifierError> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(heels_common::MAP_STEERING, steered_flows)
+            .load(crate::EBPF_OBJECT)?;
         let program: &mut Xdp =
             ebpf.program_mut(XDP_PROGRAM).ok_or(ClassifierError::MissingProgram)?.try_into()?;
         program.load()?;

@@ -23,7 +23,8 @@ use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use heels_common::{
     EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_CLOSES, MAP_EGRESS,
     MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
-    MAP_VIP_STATS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, TC_MARK_TRANSLATED_PROGRAM,
+    MAP_VIP_STATS, MAX_CONNECTIONS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
+    TC_MARK_TRANSLATED_PROGRAM,
 };
 use heels_dataplane::translate::{Config as Rules, Prefix};
 
@@ -93,6 +94,20 @@ pub struct DatapathConfig {
     /// backends. The one value both dataplanes consume (the AF_XDP
     /// workers run the core with it; here it fills the programs' maps).
     pub rules: Rules,
+    /// Most client connections open or opening at once (the size of
+    /// [`MAP_EGRESS`] and [`MAP_INGRESS`]); 0 means [`MAX_CONNECTIONS`].
+    pub max_connections: u32,
+}
+
+impl DatapathConfig {
+    /// The connection maps' size.
+    pub fn capacity(&self) -> u32 {
+        if self.max_connections == 0 {
+            MAX_CONNECTIONS
+        } else {
+            self.max_connections
+        }
+    }
 }
 
 /// A bypassed connection as the client's maps hold it.
@@ -203,8 +218,8 @@ type MapKind = fn(MapData) -> Map;
 /// The maps a running instance is read and written through, opened from
 /// their pins (no object is loaded, no other map created).
 const RUNTIME_MAPS: [(&str, MapKind); 4] = [
-    (MAP_EGRESS, Map::LruHashMap),
-    (MAP_INGRESS, Map::LruHashMap),
+    (MAP_EGRESS, Map::HashMap),
+    (MAP_INGRESS, Map::HashMap),
     (MAP_TC_STATS, Map::PerCpuArray),
     (MAP_VIP_STATS, Map::PerCpuHashMap),
 ];
@@ -214,15 +229,64 @@ const RUNTIME_MAPS: [(&str, MapKind); 4] = [
 const CONNECTION_MAPS: [&str; 5] =
     [MAP_EGRESS, MAP_INGRESS, MAP_TRANSLATED, "HEELS_SOCK_BACKENDS", MAP_SERVED_LISTENERS];
 
+/// The connection maps whose entries move to a map of the new shape when
+/// theirs changes (their type or `max_connections`): same key, same value.
+const MIGRATED_MAPS: [&str; 2] = [MAP_EGRESS, MAP_INGRESS];
+
+/// A pinned connection map (LRU or plain hash, as an earlier version or
+/// this one made it), to read and write from userspace.
+fn connection_map(pin: &Path) -> Result<HashMap<MapData, FlowV4, EndpointV4>, DatapathError> {
+    let incompatible = |e: MapError| DatapathError::Incompatible(format!("{}: {e}", pin.display()));
+    let data = MapData::from_pin(pin).map_err(incompatible)?;
+    HashMap::try_from(Map::HashMap(data)).map_err(incompatible)
+}
+
+/// Copies the entries of connection maps moved aside by
+/// [`replace_pins_of_another_shape`] into the maps of the new shape, once
+/// the new programs run (what the old programs wrote until then is
+/// copied too), and removes the old pins. An entry the new map already
+/// holds (written since by the new programs) is newer and stays.
+pub fn migrate_connections(maps_dir: &Path) -> Result<(), DatapathError> {
+    for name in MIGRATED_MAPS {
+        let aside = migrating_pin(maps_dir, name);
+        if !aside.exists() {
+            continue;
+        }
+        let old = connection_map(&aside)?;
+        let mut new = connection_map(&maps_dir.join(name))?;
+        for entry in old.iter() {
+            let (key, value) = entry.map_err(map_error(name))?;
+            // BPF_NOEXIST.
+            match new.insert(key, value, 1) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(DatapathError::Map { name, source: e }),
+            }
+        }
+        std::fs::remove_file(&aside).map_err(io_error("removing", &aside))?;
+    }
+    Ok(())
+}
+
+/// Where a connection map being migrated waits beside the new one.
+fn migrating_pin(maps_dir: &Path, name: &str) -> PathBuf {
+    // (bpffs refuses names with a dot.)
+    maps_dir.join(format!("{name}_MIGRATING"))
+}
+
 /// Before loading over the pins of a previous agent (an upgrade): aya reuses
 /// a pinned map by name whatever its shape, so a map whose type, key, value
 /// or size changed between versions would be used with the wrong layout.
 /// Such a counter or configuration map is unpinned here, and the loader
 /// makes it anew (counters restart at zero; configuration is refilled).
-/// A connection map of another shape stops the start, naming it: only
-/// `heels down` (which ends the bypass of open connections) can replace it.
-/// Returns the maps replaced.
-pub fn replace_pins_of_another_shape(maps_dir: &Path) -> Result<Vec<String>, DatapathError> {
+/// `HEELS_EGRESS` and `HEELS_INGRESS` of another type or size (an LRU of an
+/// earlier version, another `max_connections`) are moved aside, and their
+/// entries copied into the new maps once the new programs are attached
+/// ([`migrate_connections`]); a size below the connections they hold stops
+/// the start. Any other connection map of another shape stops the start,
+/// naming it: only `heels down` (which ends the bypass of open connections)
+/// can replace it. Returns the maps replaced.
+pub fn replace_pins_of_another_shape(maps_dir: &Path, capacity: u32) -> Result<Vec<String>, DatapathError> {
     let object = aya_obj::Object::parse(crate::EBPF_OBJECT)
         .map_err(|e| DatapathError::Incompatible(format!("parsing the eBPF object: {e}")))?;
     let mut replaced = Vec::new();
@@ -237,8 +301,27 @@ pub fn replace_pins_of_another_shape(maps_dir: &Path) -> Result<Vec<String>, Dat
             info.value_size(),
             info.max_entries(),
         );
-        let built = (map.map_type(), map.key_size(), map.value_size(), map.max_entries());
+        let migrated = MIGRATED_MAPS.contains(&name.as_str());
+        let entries = if migrated { capacity } else { map.max_entries() };
+        let built = (map.map_type(), map.key_size(), map.value_size(), entries);
         if pinned == built {
+            continue;
+        }
+        if migrated && (pinned.1, pinned.2) == (built.1, built.2) {
+            let held = connection_map(&pin)?.keys().count();
+            if held > capacity as usize {
+                return Err(DatapathError::Incompatible(format!(
+                    "pinned map {name} holds {held} entries, more than max_connections = {capacity}: raise it, \
+                     or `heels down` first (open bypassed connections then take the LB path)"
+                )));
+            }
+            // bpffs cannot rename: pin the map again aside, then unpin it here.
+            let aside = migrating_pin(maps_dir, name);
+            let moving = |e: String| DatapathError::Incompatible(format!("moving {name} aside: {e}"));
+            let data = MapData::from_pin(&pin).map_err(|e| moving(e.to_string()))?;
+            data.pin(&aside).map_err(|e| moving(e.to_string()))?;
+            std::fs::remove_file(&pin).map_err(io_error("removing", &pin))?;
+            replaced.push(name.clone());
             continue;
         }
         if CONNECTION_MAPS.contains(&name.as_str()) {
@@ -264,11 +347,17 @@ impl Datapath {
         for path in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(path).map_err(io_error("creating", path))?;
         }
-        replace_pins_of_another_shape(&maps_dir)?;
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+        let capacity = config.capacity();
+        replace_pins_of_another_shape(&maps_dir, capacity)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(MAP_EGRESS, capacity)
+            .map_max_entries(MAP_INGRESS, capacity)
+            .load(crate::EBPF_OBJECT)?;
         configure(&mut ebpf, config)?;
         attach(&mut ebpf, config, &links_dir)?;
         drop(ebpf);
+        migrate_connections(&maps_dir)?;
         Self::open(&config.instance)
     }
 
@@ -395,6 +484,24 @@ impl Datapath {
         Ok(out)
     }
 
+    /// How many connections the tables hold (`max_connections` when they
+    /// were made).
+    pub fn capacity(&self) -> Result<u32, DatapathError> {
+        let map = self.map(MAP_EGRESS)?;
+        let Map::HashMap(data) = map else {
+            return Err(DatapathError::Incompatible(format!("{MAP_EGRESS} is no hash map")));
+        };
+        Ok(data.info().map_err(map_error(MAP_EGRESS))?.max_entries())
+    }
+
+    /// Entries of the egress table: bypassed connections and the rooms
+    /// reserved for connections opening (or on the LB path).
+    pub fn egress_entries(&self) -> Result<usize, DatapathError> {
+        let map = self.map(MAP_EGRESS)?;
+        let egress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
+        Ok(egress.keys().count())
+    }
+
     /// The bypassed connections the client side knows.
     pub fn connections(&self) -> Result<Vec<Connection>, DatapathError> {
         let map = self.map(MAP_EGRESS)?;
@@ -402,6 +509,10 @@ impl Datapath {
         let mut out = Vec::new();
         for entry in egress.iter() {
             let (flow, backend) = entry.map_err(map_error(MAP_EGRESS))?;
+            // A reservation: the connection is opening, or took the LB path.
+            if backend.is_unlearned() {
+                continue;
+            }
             let (client, vip) = endpoints(&flow);
             out.push(Connection { client, vip, backend: backend.into() });
         }

@@ -52,7 +52,8 @@ fn load() -> Loaded {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).expect("bpffs is mounted at /sys/fs/bpf");
-    let classifier = Classifier::load(&dir).expect("the classifier loads and passes the verifier");
+    let classifier = Classifier::load(&dir, heels_common::MAX_STEERED_FLOWS)
+        .expect("the classifier loads and passes the verifier");
     Loaded { classifier, dir }
 }
 
