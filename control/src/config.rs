@@ -28,8 +28,7 @@
 //! # refused by the server's TIME_WAIT (docs/design.md, "Shared tuples").
 //! uniform_timestamps = true
 //! # Connections open or opening at once that bypass the LB; the next one
-//! # takes the LB path (counted: table_full). 64 bytes of kernel memory
-//! # each with the afxdp dataplane's table (measured: docs/operations.md).
+//! # takes the LB path (counted: table_full). None is ever evicted.
 //! max_connections = 262144
 //! ```
 //!
