@@ -1051,9 +1051,9 @@ mod tests {
         let (src, dst) =
             (frame[ip + 12..ip + 16].try_into().unwrap(), frame[ip + 16..ip + 20].try_into().unwrap());
         let mut segment = frame[ip + header_len..end].to_vec();
-        segment[16..18].fill(0);
-        let pseudo = checksum::pseudo_header_sum(src, dst, 6, segment.len() as u16);
-        !checksum::fold(checksum::accumulate(pseudo, &segment))
+        let mut tcp = TcpPacket::new_unchecked(&mut segment[..]);
+        tcp.fill_checksum(src, dst);
+        tcp.checksum()
     }
 
     fn tcp_check(frame: &[u8], at: std::ops::Range<usize>) -> u16 {
