@@ -976,11 +976,22 @@ fn learn(
         return Verdict::Pass(reason);
     }
     let client = at.dst;
-    if !sockets.connecting(client, option.vip) {
-        return Verdict::Pass(Reason::NotConnecting);
-    }
     let egress = FlowKey { src: client, dst: option.vip };
     let ingress = FlowKey { src: option.backend, dst: client };
+    if !sockets.connecting(client, option.vip) {
+        // A retransmission of the SYN-ACK of a connection learned already
+        // (the host's ACK was lost, so the server sent it again): the
+        // socket is established, and delivered as from DIP:dport the
+        // SYN-ACK would draw a reset to the backend. It goes as every later
+        // packet of the connection does.
+        let known = table.lookup(&ingress, now) == Some(option.vip)
+            && table.lookup(&egress, now) == Some(option.backend);
+        if direct && known {
+            at.rewrite(frame, Side::Src, option.vip, mode);
+            return Verdict::Rewritten { start: 0 };
+        }
+        return Verdict::Pass(Reason::NotConnecting);
+    }
     let inserted =
         table.insert(egress, option.backend, now).and_then(|()| table.insert(ingress, option.vip, now));
     if inserted.is_err() {

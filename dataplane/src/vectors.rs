@@ -318,6 +318,35 @@ mod tests {
         );
     }
 
+    /// The host's ACK of a direct SYN-ACK was lost, so the server sends its
+    /// SYN-ACK again, to a socket now established: a client that knows
+    /// the connection delivers it as from the VIP (from the DIP it would
+    /// draw a reset to the backend); one that does not leaves it.
+    #[test]
+    fn a_retransmitted_syn_ack_of_a_known_connection_reaches_its_established_socket() {
+        let mut established = fuzzing::sockets();
+        established.connecting.clear();
+        let config = fuzzing::config();
+        let table = fuzzing::table_with_connection();
+        let mut frame = vector("syn-ack-before");
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &config, &table, &established, 1);
+        assert_eq!(verdict, Verdict::Rewritten { start: 0 });
+        assert_eq!(frame, vector("syn-ack-after"));
+        let unknown = ConnTable::new(16, 60);
+        let mut frame = vector("syn-ack-before");
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &config, &unknown, &established, 1);
+        assert_eq!(verdict, Verdict::Pass(Reason::NotConnecting));
+        assert_eq!(frame, vector("syn-ack-before"));
+        assert!(unknown.is_empty());
+        // Known to another backend (a stale entry): left as it came.
+        let other = ConnTable::new(16, 60);
+        other.insert(FlowKey { src: CLIENT, dst: VIP }, VIP, 0).unwrap();
+        other.insert(FlowKey { src: BACKEND, dst: CLIENT }, VIP, 0).unwrap();
+        let mut frame = vector("syn-ack-before");
+        let verdict = translate::client_ingress(&mut frame, Mode::Full, &config, &other, &established, 1);
+        assert_eq!(verdict, Verdict::Pass(Reason::NotConnecting));
+    }
+
     #[test]
     fn full_table_drops_a_direct_syn_ack_and_leaves_no_half_entry() {
         let table = ConnTable::new(1, 60);

@@ -42,7 +42,7 @@ use heels_afxdp::worker::{pin_to_core, Idle, Path, Worker, WorkerStats};
 use heels_common::{EndpointV4, FlowV4};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::translate::{Config as Rules, Learned};
-use heels_xdp::{Classifier, Closes, Connection, Datapath, SynMarker, ToWorkers};
+use heels_xdp::{Classifier, Closes, Connection, ConnectionMaps, Datapath, SynMarker, ToWorkers};
 
 use crate::config::AgentConfig;
 use crate::sockets::SocketQuery;
@@ -102,7 +102,8 @@ pub struct WorkerReport {
 /// | `fill_starved` | times a fill ring was found empty |
 /// | `wakeups` | wakeup system calls (need_wakeup) |
 /// | `bad_descriptors` | descriptors a ring handed back that the worker never gave (ignored) |
-/// | `learned_lost` | learned connections the control thread could not queue for the standby |
+/// | `learned_lost` | learned connections the control thread could not queue (their closes wait for the sweep) |
+/// | `standby_unwritten` | learned connections the workers could not write into the standby's maps (a SIGKILL would cost them) |
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct AfxdpReport {
@@ -136,6 +137,7 @@ pub struct AfxdpReport {
     pub wakeups: u64,
     pub bad_descriptors: u64,
     pub learned_lost: u64,
+    pub standby_unwritten: u64,
 }
 
 impl AfxdpReport {
@@ -169,6 +171,7 @@ impl AfxdpReport {
             ("wakeups", self.wakeups),
             ("bad_descriptors", self.bad_descriptors),
             ("learned_lost", self.learned_lost),
+            ("standby_unwritten", self.standby_unwritten),
         ]
     }
 }
@@ -200,32 +203,49 @@ pub struct AfxdpStats {
     pub reports: Vec<WorkerReport>,
     /// Connections in the workers' table (two entries each).
     pub table_entries: usize,
-    /// Learned connections the control thread could not queue (standby
-    /// maps not written for them).
+    /// Learned connections the control thread could not queue (their
+    /// closes wait for the sweep).
     pub learned_lost: u64,
+    /// Learned connections the workers could not write into the standby.
+    pub standby_unwritten: u64,
 }
 
 fn flow(key: &FlowKey) -> FlowV4 {
     FlowV4::between(&key.src, &key.dst)
 }
 
-fn connection(learned: &Learned) -> Connection {
+fn connection_of(learned: &Learned) -> Connection {
     Connection { client: learned.client.into(), vip: learned.vip.into(), backend: learned.backend.into() }
 }
 
-/// A worker's side of learning: the steering map (one update a
-/// connection, before its SYN-ACK goes on) and the queue to the control
-/// thread.
+/// A worker's side of learning, before a connection's SYN-ACK goes on to
+/// the host: the steering map, the standby's pinned maps (three map
+/// updates a connection, never one a packet), and the queue to the
+/// control thread (which tells the workers of closes).
+///
+/// The standby is written here, not later by the control thread: a
+/// SIGKILL can come at any moment, and every connection whose SYN-ACK
+/// the host has seen must then be in the maps the `tc` programs carry it
+/// on with (a storm through a kill, before: the connections learned in
+/// the last tick stalled until their timeout).
 struct WorkerSteer {
     steering: HashMap<MapData, FlowV4, u8>,
+    standby: ConnectionMaps,
     learned: Arc<ArrayQueue<Learned>>,
     lost: Arc<AtomicU64>,
+    unwritten: Arc<AtomicU64>,
 }
 
 impl Steer for WorkerSteer {
     fn learned(&mut self, connection: &Learned) -> bool {
         if self.steering.insert(flow(&connection.ingress_key()), 1, 0).is_err() {
             return false;
+        }
+        // The room sockops reserved at connect holds the egress entry; a
+        // failure leaves the connection to the workers alone (it works
+        // while they run), counted.
+        if self.standby.remember(&connection_of(connection)).is_err() {
+            self.unwritten.fetch_add(1, Ordering::Relaxed);
         }
         if self.learned.push(*connection).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
@@ -296,6 +316,8 @@ pub struct Afxdp {
     watch: nexthops::Watch,
     learned: Arc<ArrayQueue<Learned>>,
     lost: Arc<AtomicU64>,
+    /// Learned connections the workers could not write into the standby.
+    unwritten: Arc<AtomicU64>,
     /// The server's listener lookups that failed (their SYNs took the LB).
     listener_errors: Arc<AtomicU64>,
     /// Connections learned, by (client, VIP), as the workers will forget them.
@@ -372,6 +394,7 @@ impl Afxdp {
             watch,
             learned,
             lost,
+            unwritten: Arc::new(AtomicU64::new(0)),
             listener_errors: Arc::new(AtomicU64::new(0)),
             known: StdHashMap::new(),
             forgets: Arc::new(ArrayQueue::new(LEARNED_QUEUE)),
@@ -416,8 +439,10 @@ impl Afxdp {
             for _ in &uplink_queues {
                 let steer = WorkerSteer {
                     steering: classifier.steering()?,
+                    standby: datapath.connection_maps().context("opening the standby's maps")?,
                     learned: Arc::clone(&afxdp.learned),
                     lost: Arc::clone(&afxdp.lost),
+                    unwritten: Arc::clone(&afxdp.unwritten),
                 };
                 // The socket is made here, in the host's namespace.
                 let listeners: Box<dyn Listeners> = if config.server.is_some() {
@@ -505,8 +530,7 @@ impl Afxdp {
         // ingress program, which still translates it.
         afxdp.take_over(datapath)?;
         afxdp.resolve_gateways()?;
-        // What the workers learned meanwhile goes to the standby before the
-        // host's packets leave through the workers rather than through it.
+        // The closes of what the workers learned meanwhile are followed.
         afxdp.tick(datapath)?;
         let mut routed = HashSet::new();
         let client_vips = config.client.iter().flat_map(|client| &client.vips);
@@ -576,8 +600,8 @@ impl Afxdp {
         // it is known by the time its report is handled.
         self.read_reported_closes();
         while let Some(learned) = self.learned.pop() {
-            let connection = connection(&learned);
-            datapath.remember(&connection).context("writing a connection into the standby maps")?;
+            // (Its worker wrote it into the standby maps already.)
+            let connection = connection_of(&learned);
             self.known
                 .insert((connection.client, connection.vip), forget_of(&connection, Some(learned.syn_end)));
         }
@@ -614,8 +638,8 @@ impl Afxdp {
             if self.forgets.push(*forget).is_err() {
                 continue;
             }
-            // The standby's entries too: the agent may have written them
-            // after sockops looked (a connection shorter than a tick).
+            // The standby's entries too, should sockops have missed them
+            // (absent ones are fine).
             let connection = Connection { client: key.0, vip: key.1, backend: forget.backend.into() };
             if let Err(e) = datapath.forget(&connection) {
                 tracing::debug!("removing a closed connection's standby entries: {e:#} (left to the sweep)");
@@ -670,6 +694,7 @@ impl Afxdp {
             reports: self.reports.iter().filter_map(|r| r.lock().ok().map(|r| r.clone())).collect(),
             table_entries: self.table.len(),
             learned_lost: self.lost.load(Ordering::Relaxed),
+            standby_unwritten: self.unwritten.load(Ordering::Relaxed),
         }
     }
 
@@ -682,6 +707,7 @@ impl Afxdp {
             workers: stats.workers as u64,
             table_entries: stats.table_entries as u64,
             learned_lost: stats.learned_lost,
+            standby_unwritten: stats.standby_unwritten,
             closes_reported: self.closes_reported,
             listener_errors: self.listener_errors.load(Ordering::Relaxed),
             ..AfxdpReport::default()
@@ -727,9 +753,9 @@ impl Afxdp {
         std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Hands the host's traffic back to the standby and stops the workers:
-    /// the learned connections still queued go into the standby maps, the
-    /// uplink's classifier goes (the TC ingress program sees everything
+    /// Hands the host's traffic back to the standby and stops the workers
+    /// (whose learned connections are in the standby's maps already): the
+    /// closes reported meanwhile are handled, the uplink's classifier goes (the TC ingress program sees everything
     /// again), then the pair and its routes (the host's traffic to the
     /// VIPs leaves by the uplink, through the TC egress program), then the
     /// workers.

@@ -268,7 +268,7 @@ fn open(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> 
     stream.set_write_timeout(Some(Duration::from_secs(20)))?;
     stream.set_nodelay(true)?;
     let mut hello = [0u8; HELLO_LEN];
-    stream.read_exact(&mut hello)?;
+    stream.read_exact(&mut hello).map_err(during("reading the hello", stream.local_addr().ok()))?;
     let seen = SocketAddrV4::new(
         Ipv4Addr::new(hello[0], hello[1], hello[2], hello[3]),
         u16::from_be_bytes([hello[4], hello[5]]),
@@ -293,16 +293,27 @@ fn exchange(stream: &mut TcpStream, request: u64, response: u64, seed: u64, last
     receive_pattern(stream, seed.wrapping_add(1), response, true)
 }
 
+/// `error` with what the connection from `local` was doing (its kind kept:
+/// resets are counted by it).
+fn during(what: &'static str, local: Option<SocketAddr>) -> impl FnOnce(io::Error) -> io::Error {
+    move |error| match local {
+        Some(local) => io::Error::new(error.kind(), format!("{what} (from {local}): {error}")),
+        None => io::Error::new(error.kind(), format!("{what}: {error}")),
+    }
+}
+
 fn one_connection(spec: &LoadSpec, seed: u64, tally: &Mutex<Tally>) -> io::Result<()> {
     let started = Instant::now();
     let (mut stream, real) = open(spec, tally)?;
-    let received = exchange(&mut stream, spec.request, spec.response, seed, spec.server_closes)?;
+    let local = stream.local_addr().ok();
+    let received = exchange(&mut stream, spec.request, spec.response, seed, spec.server_closes)
+        .map_err(during("exchanging", local))?;
     if !spec.server_closes {
         stream.shutdown(std::net::Shutdown::Write)?;
     }
     // Wait for the server's close: nothing more may arrive.
     let mut rest = [0u8; 1];
-    if stream.read(&mut rest)? != 0 {
+    if stream.read(&mut rest).map_err(during("waiting for the close", local))? != 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes after the response"));
     }
     let mut tally = tally.lock().expect("tally");

@@ -597,12 +597,26 @@ fn client_learn(ctx: &TcContext, segment: &Segment, option: &heels_common::optio
         return Ok(());
     }
     let client = segment.dst;
-    if !connecting(ctx, &client, &vip) {
-        count(TcCounter::SynAckRefused);
-        return Ok(());
-    }
     let egress = FlowV4::between(&client, &vip);
     let ingress = FlowV4::between(&backend, &client);
+    if !connecting(ctx, &client, &vip) {
+        // A retransmission of the SYN-ACK of a connection learned already
+        // (the host's ACK was lost, so the server sent it again): the
+        // socket is established, and delivered as from DIP:dport the
+        // SYN-ACK would draw a reset to the backend. It goes as every later
+        // packet of the connection does.
+        // SAFETY: the values are copied out at once.
+        let known = unsafe {
+            INGRESS.get(&ingress).copied() == Some(vip) && EGRESS.get(&egress).copied() == Some(backend)
+        };
+        if direct && known {
+            rewrite(ctx, segment, Side::Src, &vip)?;
+            count_ingress(ctx, &vip);
+        } else {
+            count(TcCounter::SynAckRefused);
+        }
+        return Ok(());
+    }
     // Sockops reserved the egress entry at the connect (this updates it),
     // and the ingress map is as large: neither fails for want of room but
     // for a connection sockops saw no connect of (opened before heels).

@@ -10,7 +10,8 @@ pub mod workers;
 
 pub use classifier::{Classifier, ClassifierError};
 pub use tc::{
-    Closes, Connection, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner, ServerMaps, SynMarker,
+    Closes, Connection, ConnectionMaps, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner,
+    ServerMaps, SynMarker,
 };
 pub use workers::ToWorkers;
 

@@ -167,6 +167,34 @@ pub struct ServerMaps {
     pub served_listeners: MapData,
 }
 
+/// See [`Datapath::connection_maps`].
+#[derive(Debug)]
+pub struct ConnectionMaps {
+    egress: HashMap<MapData, FlowV4, EndpointV4>,
+    ingress: HashMap<MapData, FlowV4, EndpointV4>,
+}
+
+impl ConnectionMaps {
+    /// Makes both entries of `connection`, as TC ingress does from a
+    /// SYN-ACK (the egress entry replaces the room sockops reserved).
+    pub fn remember(&mut self, connection: &Connection) -> Result<(), DatapathError> {
+        let [(egress_key, backend), (ingress_key, vip)] = entries_of(connection);
+        self.egress.insert(egress_key, backend, 0).map_err(map_error(MAP_EGRESS))?;
+        self.ingress.insert(ingress_key, vip, 0).map_err(map_error(MAP_INGRESS))
+    }
+}
+
+/// A connection's two entries: its egress flow (CIP:cport -> VIP:vport) to
+/// DIP:dport, its ingress flow (DIP:dport -> CIP:cport) to VIP:vport.
+fn entries_of(connection: &Connection) -> [(FlowV4, EndpointV4); 2] {
+    let (client, vip, backend) = (
+        EndpointV4::from(connection.client),
+        EndpointV4::from(connection.vip),
+        EndpointV4::from(connection.backend),
+    );
+    [(FlowV4::between(&client, &vip), backend), (FlowV4::between(&backend, &client), vip)]
+}
+
 /// See [`Datapath::closes`].
 pub struct Closes(RingBuf<MapData>);
 
@@ -415,6 +443,19 @@ impl Datapath {
         Ok(ServerMaps { translated, served_listeners })
     }
 
+    /// Handles of their own (opened anew from the pins) on the client's
+    /// connection maps: for an afxdp worker, which writes each connection
+    /// it learns there before the host sees its SYN-ACK, so that the `tc`
+    /// programs carry every connection the host knows if the worker dies.
+    pub fn connection_maps(&self) -> Result<ConnectionMaps, DatapathError> {
+        let maps_dir = self.dir.join("maps");
+        let open = |name: &'static str| -> Result<HashMap<MapData, FlowV4, EndpointV4>, DatapathError> {
+            let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
+            HashMap::try_from(Map::HashMap(data)).map_err(map_error(name))
+        };
+        Ok(ConnectionMaps { egress: open(MAP_EGRESS)?, ingress: open(MAP_INGRESS)? })
+    }
+
     /// The ring buffer sockops tells closed bypassed client connections
     /// through ([`MAP_CLOSES`]), opened from its pin: for the afxdp agent,
     /// its one reader.
@@ -522,30 +563,18 @@ impl Datapath {
     /// Makes both entries of a connection (as TC ingress does from a
     /// SYN-ACK). For tests and manual repair.
     pub fn remember(&mut self, connection: &Connection) -> Result<(), DatapathError> {
-        let (client, vip, backend) = (
-            EndpointV4::from(connection.client),
-            EndpointV4::from(connection.vip),
-            EndpointV4::from(connection.backend),
-        );
-        let mut egress = self.hash_map::<FlowV4, EndpointV4>(MAP_EGRESS)?;
-        egress.insert(FlowV4::between(&client, &vip), backend, 0).map_err(map_error(MAP_EGRESS))?;
-        let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
-        ingress.insert(FlowV4::between(&backend, &client), vip, 0).map_err(map_error(MAP_INGRESS))
+        self.connection_maps()?.remember(connection)
     }
 
     /// Removes both entries of a connection (as sockops does when its
     /// socket closes).
     pub fn forget(&mut self, connection: &Connection) -> Result<(), DatapathError> {
-        let (client, vip, backend) = (
-            EndpointV4::from(connection.client),
-            EndpointV4::from(connection.vip),
-            EndpointV4::from(connection.backend),
-        );
+        let [(egress_key, _), (ingress_key, _)] = entries_of(connection);
         let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
         // Absent is fine: the kernel may have removed it meanwhile.
-        let _ = ingress.remove(&FlowV4::between(&backend, &client));
+        let _ = ingress.remove(&ingress_key);
         let mut egress = self.hash_map::<FlowV4, EndpointV4>(MAP_EGRESS)?;
-        let _ = egress.remove(&FlowV4::between(&client, &vip));
+        let _ = egress.remove(&egress_key);
         Ok(())
     }
 
