@@ -607,7 +607,7 @@ fn client_learn(ctx: &TcContext, segment: &Segment, option: &heels_common::optio
         // packet of the connection does.
         // SAFETY: the values are copied out at once.
         let known = unsafe {
-            INGRESS.get(&ingress).copied() == Some(vip) && EGRESS.get(&egress).copied() == Some(backend)
+            INGRESS.get(ingress).copied() == Some(vip) && EGRESS.get(egress).copied() == Some(backend)
         };
         if direct && known {
             rewrite(ctx, segment, Side::Src, &vip)?;
