@@ -984,9 +984,11 @@ fn learn(
         // socket is established, and delivered as from DIP:dport the
         // SYN-ACK would draw a reset to the backend. It goes as every later
         // packet of the connection does.
-        let known = table.lookup(&ingress, now) == Some(option.vip)
-            && table.lookup(&egress, now) == Some(option.backend);
-        if direct && known {
+        let known = || {
+            table.lookup(&ingress, now) == Some(option.vip)
+                && table.lookup(&egress, now) == Some(option.backend)
+        };
+        if direct && known() {
             at.rewrite(frame, Side::Src, option.vip, mode);
             return Verdict::Rewritten { start: 0 };
         }

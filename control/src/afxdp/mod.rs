@@ -755,8 +755,8 @@ impl Afxdp {
 
     /// Hands the host's traffic back to the standby and stops the workers
     /// (whose learned connections are in the standby's maps already): the
-    /// closes reported meanwhile are handled, the uplink's classifier goes (the TC ingress program sees everything
-    /// again), then the pair and its routes (the host's traffic to the
+    /// closes reported meanwhile are handled, the uplink's classifier goes
+    /// (the TC ingress program sees everything again), then the pair and its routes (the host's traffic to the
     /// VIPs leaves by the uplink, through the TC egress program), then the
     /// workers.
     pub fn stop(mut self, datapath: &mut Datapath) -> anyhow::Result<()> {
