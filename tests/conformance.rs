@@ -863,3 +863,23 @@ fn a_retransmitted_syn_keeps_its_entries_on_both_engines() {
         assert_eq!((in_kernel, in_core), (kept, kept), "step {i}: SYN {seq:#x}: entries kept (kernel, core)");
     }
 }
+
+/// The TC egress program records each SYN to a client VIP in the
+/// mmapable array an afxdp worker reads (`heels_xdp::SentSyns`): after the
+/// client's SYN, the mapping finds its flow; a flow no SYN left on is not
+/// found.
+#[test]
+fn the_egress_program_records_a_sent_syn_where_the_workers_read_it() {
+    let bed = bed();
+    let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
+    let datapath = Datapath::open(&bed.instance).unwrap();
+    let sent = datapath.sent_syns().expect("the record maps into memory");
+    let flow = heels_common::FlowV4::between(&CLIENT, &VIP);
+    let other = Endpoint { port: (u16::from_be_bytes(CLIENT.port) + 1).to_be_bytes(), ..CLIENT };
+    let other_flow = heels_common::FlowV4::between(&other, &VIP);
+    assert!(!sent.sent(&flow), "nothing recorded before the SYN");
+    let syn = client_syn(0x4000_0000);
+    bed.netns.enter(|| Ok(runner.run(Hook::Egress, &syn)?)).expect("the egress program runs");
+    assert!(sent.sent(&flow), "the SYN's flow is found through the mapping");
+    assert!(!sent.sent(&other_flow), "another port's flow is not");
+}

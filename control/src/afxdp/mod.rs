@@ -33,7 +33,7 @@ use aya::maps::{HashMap, MapData};
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::{PortConfig, XskPort};
 use heels_afxdp::host::{
-    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, Steer, ToHost, ToUplink,
+    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost, ToUplink,
 };
 use heels_afxdp::nexthop::{Hop, NextHops, Unresolved};
 use heels_afxdp::stage::Clock;
@@ -84,6 +84,7 @@ pub struct WorkerReport {
 /// | `rewritten_to_uplink` | of those, rewritten VIP to DIP |
 /// | `rewritten_to_host` | of those, rewritten DIP to VIP |
 /// | `learned` | connections learned from SYN-ACK forms (and steered) |
+/// | `learned_from_standby` | of those, connections whose SYN left by the `tc` standby (sent before this agent routed the VIPs through its workers) |
 /// | `syns_translated` | SYNs with the SYN form translated for a served listener (server role) |
 /// | `syns_refused` | SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path) |
 /// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
@@ -118,6 +119,7 @@ pub struct AfxdpReport {
     pub rewritten_to_uplink: u64,
     pub rewritten_to_host: u64,
     pub learned: u64,
+    pub learned_from_standby: u64,
     pub syns_translated: u64,
     pub syns_refused: u64,
     pub listener_errors: u64,
@@ -152,6 +154,7 @@ impl AfxdpReport {
             ("rewritten_to_uplink", self.rewritten_to_uplink),
             ("rewritten_to_host", self.rewritten_to_host),
             ("learned", self.learned),
+            ("learned_from_standby", self.learned_from_standby),
             ("syns_translated", self.syns_translated),
             ("syns_refused", self.syns_refused),
             ("listener_errors", self.listener_errors),
@@ -216,6 +219,15 @@ fn flow(key: &FlowKey) -> FlowV4 {
 
 fn connection_of(learned: &Learned) -> Connection {
     Connection { client: learned.client.into(), vip: learned.vip.into(), backend: learned.backend.into() }
+}
+
+/// The `tc` egress program's record of the SYNs it sent, for the workers.
+struct StandbySent(heels_xdp::SentSyns);
+
+impl StandbySyns for StandbySent {
+    fn sent(&self, key: &FlowKey) -> bool {
+        self.0.sent(&flow(key))
+    }
 }
 
 /// A worker's side of learning, before a connection's SYN-ACK goes on to
@@ -376,6 +388,8 @@ impl Afxdp {
         let capacity = config.max_connections() as usize;
         let table = Arc::new(ConnTable::new(2 * capacity, IDLE_TIMEOUT_SECONDS));
         let syn_ends = Arc::new(SynEnds::new(2 * capacity));
+        let standby_syns: Arc<dyn StandbySyns> =
+            Arc::new(StandbySent(datapath.sent_syns().context("mapping the standby's SYN record")?));
         let clock = Clock::Since(Instant::now());
         let learned = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
         let lost = Arc::new(AtomicU64::new(0));
@@ -454,7 +468,7 @@ impl Afxdp {
                 to_host.push(ToHost::new(
                     Arc::clone(&rules),
                     Arc::clone(&afxdp.table),
-                    SentSyns(Arc::clone(&syn_ends)),
+                    SentSyns::new(Arc::clone(&syn_ends), Some(Arc::clone(&standby_syns))),
                     listeners,
                     Arc::clone(&afxdp.forgets),
                     clock,
@@ -732,6 +746,7 @@ impl Afxdp {
             report.rewritten_to_uplink += host.rewritten_to_uplink;
             report.rewritten_to_host += host.rewritten_to_host;
             report.learned += host.learned;
+            report.learned_from_standby += host.learned_from_standby;
             report.syns_translated += host.syns_translated;
             report.syns_refused += host.syns_refused;
             report.unsteered += host.unsteered;

@@ -40,6 +40,10 @@ pub struct HostCounters {
     pub unresolved: u64,
     /// Connections learned (steered before their SYN-ACK went on).
     pub learned: u64,
+    /// Of those, connections whose SYN left by the standby (the `tc`
+    /// egress program, before this agent routed the VIPs through its
+    /// workers).
+    pub learned_from_standby: u64,
     /// Connections learned but not steerable (SYN-ACK dropped).
     pub unsteered: u64,
     /// Packets rewritten VIP to DIP on their way out.
@@ -75,6 +79,7 @@ impl std::ops::AddAssign for HostCounters {
         self.syns_refused += other.syns_refused;
         self.forgotten += other.forgotten;
         self.forget_skipped += other.forget_skipped;
+        self.learned_from_standby += other.learned_from_standby;
         self.checksums_completed += other.checksums_completed;
     }
 }
@@ -120,9 +125,37 @@ const FORGETS_PER_TURN: usize = 64;
 /// host is connecting from CIP:cport to VIP:vport" is "this host sent a
 /// SYN on that 4-tuple". The stack itself drops a SYN-ACK that no
 /// `SYN_SENT` socket matches; this check only keeps a forged SYN-ACK from
-/// making entries for a tuple the host never used.
-#[derive(Debug, Clone)]
-pub struct SentSyns(pub Arc<SynEnds>);
+/// making entries for a tuple the host never used. The SYNs the workers
+/// sent are in `workers`; those that left by another way (the `tc`
+/// standby's egress, while no agent ran or before this one routed the
+/// VIPs through its workers) are asked of `standby`.
+#[derive(Clone)]
+pub struct SentSyns {
+    workers: Arc<SynEnds>,
+    standby: Option<Arc<dyn StandbySyns>>,
+}
+
+impl std::fmt::Debug for SentSyns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentSyns").field("standby", &self.standby.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl SentSyns {
+    /// The SYNs the workers record in `workers`, and those `standby` saw.
+    pub fn new(workers: Arc<SynEnds>, standby: Option<Arc<dyn StandbySyns>>) -> Self {
+        SentSyns { workers, standby }
+    }
+}
+
+/// SYNs the host sent to VIPs by a way other than the workers. Asked once
+/// per SYN-ACK form whose SYN no worker sent, so it must not block: a
+/// lookup in memory (the agent's is `heels_xdp::SentSyns`, the `tc`
+/// egress program's record mapped into the process).
+pub trait StandbySyns: Send + Sync {
+    /// Whether a SYN left on `flow` (CIP:cport -> VIP:vport).
+    fn sent(&self, flow: &FlowKey) -> bool;
+}
 
 /// The server's side of [`Sockets`]: whether a listener of this host will
 /// answer a translated SYN with the SYN-ACK form, and the record sockops
@@ -182,7 +215,9 @@ impl Sockets for HostSockets {
     }
 
     fn connecting(&self, client: Endpoint, vip: Endpoint) -> bool {
-        self.sent.0.contains(&FlowKey { src: client, dst: vip })
+        let flow = FlowKey { src: client, dst: vip };
+        self.sent.workers.contains(&flow)
+            || self.sent.standby.as_ref().is_some_and(|standby| standby.sent(&flow))
     }
 }
 
@@ -290,7 +325,7 @@ impl<T: Steer> ToHost<T> {
         peer_mac: [u8; 6],
         steer: T,
     ) -> Self {
-        let syn_ends = Arc::clone(&sent.0);
+        let syn_ends = Arc::clone(&sent.workers);
         let sockets = HostSockets { sent, listeners };
         let ingress = UplinkIngress::new(config, Arc::clone(&table), sockets, clock);
         let counters = HostCounters::default();
@@ -356,6 +391,13 @@ impl<T: Steer> Stage for ToHost<T> {
             if let Some(connection) = learning.then(|| translate::learned(frame)).flatten() {
                 if self.steer.learned(&connection) {
                     self.counters.learned += 1;
+                    let egress = connection.egress_key();
+                    if self.syn_ends.end(&egress).is_none() {
+                        // Its SYN left by the standby: recorded as the
+                        // workers' own, so that its close forgets it.
+                        self.syn_ends.record(egress, connection.syn_end, 0);
+                        self.counters.learned_from_standby += 1;
+                    }
                 } else {
                     self.counters.unsteered += 1;
                     self.table.remove(&connection.egress_key());

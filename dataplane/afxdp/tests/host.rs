@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::MemoryPort;
 use heels_afxdp::host::{
-    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, Steer, ToHost, ToUplink,
+    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost, ToUplink,
 };
 use heels_afxdp::nexthop::{NextHops, Route, Unresolved};
 use heels_afxdp::stage::Clock;
@@ -111,10 +111,20 @@ fn to_host_with(
     forgets: &Arc<ArrayQueue<Forget>>,
     listeners: Box<dyn Listeners>,
 ) -> HostStage<Recorder> {
+    to_host_beside(table, SentSyns::new(Arc::clone(syns), None), steer, forgets, listeners)
+}
+
+fn to_host_beside(
+    table: &Arc<ConnTable>,
+    sent: SentSyns,
+    steer: Recorder,
+    forgets: &Arc<ArrayQueue<Forget>>,
+    listeners: Box<dyn Listeners>,
+) -> HostStage<Recorder> {
     HostStage::ToHost(ToHost::new(
         Arc::new(fuzzing::config()),
         Arc::clone(table),
-        SentSyns(Arc::clone(syns)),
+        sent,
         listeners,
         Arc::clone(forgets),
         Clock::Fixed(NOW),
@@ -153,6 +163,47 @@ fn a_syn_ack_form_for_a_tuple_the_host_sent_no_syn_on_makes_nothing() {
     assert!(steer.learned.lock().unwrap().is_empty());
     assert_eq!(counters, HostCounters::default());
     assert!(table.is_empty());
+}
+
+/// The `tc` standby's record of its SYNs, as a set.
+struct Standby(Vec<FlowKey>);
+
+impl StandbySyns for Standby {
+    fn sent(&self, flow: &FlowKey) -> bool {
+        self.0.contains(flow)
+    }
+}
+
+#[test]
+fn a_syn_ack_form_for_a_syn_the_standby_sent_is_learned_and_forgotten_at_its_close() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    let egress = FlowKey { src: CLIENT, dst: VIP };
+    let standby: Arc<dyn StandbySyns> = Arc::new(Standby(vec![egress]));
+    let sent = SentSyns::new(Arc::clone(&syns), Some(standby));
+    let steer = Recorder { room: Arc::new(AtomicUsize::new(1)), ..Recorder::default() };
+    let forgets = Arc::new(ArrayQueue::new(4));
+    let stage = to_host_beside(&table, sent, steer.clone(), &forgets, Box::new(NoListeners));
+    let mut worker = Worker::new(
+        Region::in_memory(64).unwrap(),
+        vec![MemoryPort::once_capturing(vec![vector("syn-ack-before")])],
+        vec![Path { from: 0, to: 0, stage }],
+    );
+    worker.turn();
+    assert_eq!(
+        worker.devices()[0].sent(),
+        &[with_macs(vector("syn-ack-after"), HOST_MAC, PEER_MAC)][..],
+        "delivered as from the VIP"
+    );
+    let counters = worker.paths()[0].stage.counters();
+    assert_eq!((counters.learned, counters.learned_from_standby), (1, 1));
+    let syn_end = translate::learned(&vector("syn-ack-before")).unwrap().syn_end;
+    assert_eq!(syns.end(&egress), Some(syn_end), "recorded as a SYN of the workers");
+    // Its close forgets it, as for a connection whose SYN a worker sent.
+    forgets.push(Forget { client: CLIENT, vip: VIP, backend: BACKEND, syn_end: Some(syn_end) }).unwrap();
+    worker.turn();
+    assert_eq!(table.lookup(&egress, NOW), None);
+    assert_eq!(worker.paths()[0].stage.counters().forgotten, 1);
 }
 
 #[test]

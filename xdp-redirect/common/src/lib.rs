@@ -44,6 +44,44 @@ pub const MAP_CLOSES: &str = "HEELS_CLOSES";
 /// Bytes of [`MAP_CLOSES`]: 16,384 records of 16 bytes (an 8-byte header
 /// and the flow, padded), many ticks of closes at the lab's highest rate.
 pub const CLOSES_RING_BYTES: u32 = 256 * 1024;
+/// SYNs the TC egress program sent to client VIPs, as [`SentSyn`] slots
+/// of an mmapable array indexed by [`SentSyn::slot`]: what an afxdp
+/// client's workers read, without a syscall, to learn the SYN-ACK of a SYN
+/// that left by the standby (sent while no agent ran, or just before a new
+/// one routed the VIPs through its workers). A slot holds the latest SYN
+/// of any flow that hashes there.
+pub const MAP_SENT_SYNS: &str = "HEELS_SENT_SYNS";
+/// Slots of [`MAP_SENT_SYNS`] (a power of two): many times the SYNs in
+/// flight during an agent's restart at the lab's highest rate.
+pub const SENT_SYN_SLOTS: u32 = 8192;
+/// `BPF_F_MMAPABLE`: an array userspace maps into its memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// A slot of [`MAP_SENT_SYNS`]: the flow of a SYN (CIP:cport ->
+/// VIP:vport) and its end (sequence number + 1, network order). An
+/// all-zero slot is empty (no SYN has source port 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SentSyn {
+    /// CIP:cport -> VIP:vport.
+    pub flow: FlowV4,
+    /// The SYN's sequence number + 1.
+    pub end: [u8; 4],
+}
+
+impl SentSyn {
+    /// The slot of `flow` in [`MAP_SENT_SYNS`]: a multiplicative hash of
+    /// its words, the same in the eBPF programs and userspace.
+    #[inline(always)]
+    pub const fn slot(flow: &FlowV4) -> u32 {
+        let ports =
+            u32::from_ne_bytes([flow.src_port[0], flow.src_port[1], flow.dst_port[0], flow.dst_port[1]]);
+        let mixed =
+            u32::from_ne_bytes(flow.src_addr) ^ u32::from_ne_bytes(flow.dst_addr).rotate_left(16) ^ ports;
+        mixed.wrapping_mul(0x9e37_79b1) >> (32 - SENT_SYN_SLOTS.trailing_zeros())
+    }
+}
+
 /// [`TcConfig`] at index 0.
 pub const MAP_TC_CONFIG: &str = "HEELS_TC_CONFIG";
 /// Per-CPU `u64` counters indexed by [`TcCounter`].
@@ -507,4 +545,26 @@ mod lab_user {
     unsafe impl aya::Pod for super::LabLbConfig {}
     // SAFETY: #[repr(C)] of byte arrays only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::LabLbBackend {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slot hash keeps to the array and spreads one client's ports
+    /// (a restart's SYNs in flight differ mostly in the source port).
+    #[test]
+    fn sent_syn_slots_stay_in_the_array_and_spread_ports() {
+        let mut used = [false; SENT_SYN_SLOTS as usize];
+        let client = EndpointV4::new([10, 10, 1, 2], 0);
+        let vip = EndpointV4::new([10, 10, 100, 1], 80);
+        for port in 32_768..32_768 + 4096u16 {
+            let flow = FlowV4::between(&EndpointV4 { port: port.to_be_bytes(), ..client }, &vip);
+            let slot = SentSyn::slot(&flow);
+            assert!(slot < SENT_SYN_SLOTS);
+            used[slot as usize] = true;
+        }
+        let distinct = used.iter().filter(|&&u| u).count();
+        assert!(distinct >= 3_000, "4,096 ports took {distinct} slots");
+    }
 }

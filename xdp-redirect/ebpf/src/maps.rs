@@ -9,8 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, XskMap},
 };
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, VipCounter, VipStats, XdpCounter, CLOSES_RING_BYTES,
-    MAX_CONFIG_ENTRIES, MAX_CONNECTIONS, MAX_SERVICES, MAX_STEERED_FLOWS, MAX_VIP_STATS, MAX_XSKS,
+    EndpointV4, FlowV4, SentSyn, TcConfig, TcCounter, VipCounter, VipStats, XdpCounter, BPF_F_MMAPABLE,
+    CLOSES_RING_BYTES, MAX_CONFIG_ENTRIES, MAX_CONNECTIONS, MAX_SERVICES, MAX_STEERED_FLOWS, MAX_VIP_STATS,
+    MAX_XSKS, SENT_SYN_SLOTS,
 };
 
 #[map(name = "HEELS_SERVICES")]
@@ -111,6 +112,11 @@ pub static TRANSLATED: LruHashMap<FlowV4, EndpointV4> = LruHashMap::pinned(MAX_C
 /// LB that tracks TCP state holds it while it sees only SYNs.
 #[map(name = "HEELS_LB_SYN_ENDS")]
 pub static LB_SYN_ENDS: LruHashMap<FlowV4, [u8; 4]> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// SYNs the TC egress program sent to client VIPs (heels_common::MAP_SENT_SYNS),
+/// for an afxdp agent's workers, which read it mapped into their memory.
+#[map(name = "HEELS_SENT_SYNS")]
+pub static SENT_SYNS: Array<SentSyn> = Array::pinned(SENT_SYN_SLOTS, BPF_F_MMAPABLE);
 
 /// Closed bypassed client connections, by egress flow, for the afxdp
 /// agent (heels_common::MAP_CLOSES). Full (no agent reading it): the record

@@ -19,12 +19,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use heels_common::{EndpointV4, FlowV4, TcCounter, VipCounter};
+use heels_common::{EndpointV4, FlowV4, SentSyn, TcCounter, VipCounter};
 
 use crate::maps::{
     count, count_by, count_vip, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS,
-    HEELS_SOCK_BACKENDS, INGRESS, LB_SOURCES, LB_SYN_ENDS, LOCAL_ADDRS, LOCAL_VIPS, SERVICES, TC_CONFIG,
-    TRANSLATED,
+    HEELS_SOCK_BACKENDS, INGRESS, LB_SOURCES, LB_SYN_ENDS, LOCAL_ADDRS, LOCAL_VIPS, SENT_SYNS, SERVICES,
+    TC_CONFIG, TRANSLATED,
 };
 use crate::options::{self, Search};
 use crate::packet::{read, Packet};
@@ -731,6 +731,12 @@ fn try_egress(ctx: &TcContext) -> Result<(), ()> {
             }
         }
         if is_client_vip(&segment.dst) {
+            if let Some(slot) = SENT_SYNS.get_ptr_mut(SentSyn::slot(&flow)) {
+                // SAFETY: a value of the array, which lives as long as the
+                // map; a reader that meets it half written finds a flow
+                // that matches no SYN-ACK, as for an empty slot.
+                unsafe { *slot = SentSyn { flow, end } };
+            }
             close_lb_state(ctx, &segment, flow, last_end)?;
         }
         return Ok(());

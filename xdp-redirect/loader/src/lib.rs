@@ -5,10 +5,12 @@ use aya::maps::{Map, MapError};
 use aya::Ebpf;
 
 pub mod classifier;
+pub mod sent_syns;
 pub mod tc;
 pub mod workers;
 
 pub use classifier::{Classifier, ClassifierError};
+pub use sent_syns::SentSyns;
 pub use tc::{
     Closes, Connection, ConnectionMaps, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner,
     ServerMaps, SynMarker,

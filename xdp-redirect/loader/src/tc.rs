@@ -456,6 +456,12 @@ impl Datapath {
         Ok(ConnectionMaps { egress: open(MAP_EGRESS)?, ingress: open(MAP_INGRESS)? })
     }
 
+    /// The SYNs the TC egress program sent to client VIPs, mapped into
+    /// memory: see [`crate::SentSyns`].
+    pub fn sent_syns(&self) -> Result<crate::SentSyns, DatapathError> {
+        crate::SentSyns::open(&self.dir.join("maps"))
+    }
+
     /// The ring buffer sockops tells closed bypassed client connections
     /// through ([`MAP_CLOSES`]), opened from its pin: for the afxdp agent,
     /// its one reader.
