@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use aya::maps::MapData;
 use heels_common::{FlowV4, SentSyn, MAP_SENT_SYNS, SENT_SYN_SLOTS};
 
-use crate::tc::DatapathError;
+use crate::tc::{io_error, map_error, DatapathError};
 
 /// [`MAP_SENT_SYNS`] mapped into memory. See [`SentSyns::sent`].
 #[derive(Debug)]
@@ -33,8 +33,7 @@ impl SentSyns {
     /// Maps the array pinned in `maps_dir`.
     pub fn open(maps_dir: &Path) -> Result<Self, DatapathError> {
         let pin = maps_dir.join(MAP_SENT_SYNS);
-        let data =
-            MapData::from_pin(&pin).map_err(|source| DatapathError::Map { name: MAP_SENT_SYNS, source })?;
+        let data = MapData::from_pin(&pin).map_err(map_error(MAP_SENT_SYNS))?;
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh read-only shared mapping of the map's values,
         // which the kernel allows for an array made with BPF_F_MMAPABLE
@@ -42,11 +41,7 @@ impl SentSyns {
         let base =
             unsafe { libc::mmap(std::ptr::null_mut(), BYTES, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
         if base == libc::MAP_FAILED {
-            return Err(DatapathError::Io {
-                what: "mapping",
-                path: pin,
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(io_error("mapping", &pin)(std::io::Error::last_os_error()));
         }
         let slots = NonNull::new(base.cast::<SentSyn>()).expect("mmap returns a non-null address on success");
         Ok(SentSyns { slots })

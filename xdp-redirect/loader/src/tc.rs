@@ -126,11 +126,14 @@ pub fn instance_dir(instance: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(instance)
 }
 
-fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+pub(crate) fn io_error<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> DatapathError + 'a {
     move |source| DatapathError::Io { what, path: path.to_owned(), source }
 }
 
-fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
