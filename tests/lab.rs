@@ -42,6 +42,8 @@ fn verify_spec(target: SocketAddrV4, connections: usize) -> LoadSpec {
         seconds: 0.0,
         server_closes: false,
         mapped: false,
+        sources: Vec::new(),
+        pause_file: None,
     }
 }
 
@@ -342,6 +344,8 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
             seconds: 0.0,
             server_closes: false,
             mapped: false,
+            sources: Vec::new(),
+            pause_file: None,
         })
         .unwrap();
     // Wait until the client has refused the SYN-ACK at least once.
@@ -388,6 +392,8 @@ fn a_long_transfer_survives_an_agent_restart() {
             seconds: 0.0,
             server_closes: false,
             mapped: false,
+            sources: Vec::new(),
+            pause_file: None,
         })
         .unwrap();
     let client = lab.client_instance().unwrap();

@@ -42,6 +42,7 @@
 //! | --- | --- | --- |
 //! | `heels_afxdp_workers` | | worker threads running (gauge) |
 //! | `heels_afxdp_table_entries` | | entries in the workers' table, two per connection (gauge) |
+//! | `heels_afxdp_table_bytes` | | memory the workers' tables own, fixed at start (gauge) |
 //! | `heels_afxdp_frames_total` | `path` | frames `received`, sent `to_uplink`, sent `to_host` |
 //! | `heels_afxdp_rewritten_packets_total` | `direction` | packets rewritten VIP to DIP (`egress`) or DIP to VIP (`ingress`) |
 //! | `heels_afxdp_connections_learned_total` | | connections learned from SYN-ACK forms and steered |
@@ -426,6 +427,7 @@ fn encode_afxdp(
         "Entries in the workers' table (two per connection)",
         r.table_entries,
     )?;
+    gauge(encoder, "heels_afxdp_table_bytes", "Memory the workers' tables own", r.table_bytes)?;
     let frames = [("received", r.received), ("to_uplink", r.to_uplink), ("to_host", r.to_host)];
     counter(
         encoder,
@@ -595,6 +597,7 @@ mod tests {
         let report = crate::afxdp::AfxdpReport {
             workers: 2,
             table_entries: 6,
+            table_bytes: 4096,
             received: 90,
             rewritten_to_uplink: 40,
             learned: 3,
@@ -618,6 +621,7 @@ mod tests {
             "heels_agent_info{instance=\"web1\",dataplane=\"afxdp\",version=\"0.1.0\"} 1",
             "heels_afxdp_workers 2",
             "heels_afxdp_table_entries 6",
+            "heels_afxdp_table_bytes 4096",
             "heels_afxdp_frames_total{path=\"received\"} 90",
             "heels_afxdp_rewritten_packets_total{direction=\"egress\"} 40",
             "heels_afxdp_connections_learned_total 3",

@@ -705,6 +705,11 @@ impl SynEnds {
         SynEnds(ConnTable::new(max_entries, u32::MAX))
     }
 
+    /// Bytes of slot memory the record owns.
+    pub fn memory_bytes(&self) -> usize {
+        self.0.memory_bytes()
+    }
+
     /// Whether a SYN was recorded on `key` (the afxdp client's stand-in
     /// for "a socket of this host is connecting": see
     /// [`crate::translate::Sockets::connecting`]).

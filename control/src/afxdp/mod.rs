@@ -78,6 +78,7 @@ pub struct WorkerReport {
 /// | --- | --- |
 /// | `workers` | worker threads running |
 /// | `table_entries` | entries in the workers' table (two per connection) |
+/// | `table_bytes` | memory the workers' tables own, fixed at start: the connections' and the SYN ends' (gauge) |
 /// | `received` | frames the workers received, from the uplink and from heels0 |
 /// | `to_uplink` | frames sent out of the uplink |
 /// | `to_host` | frames sent into the host through heels0 |
@@ -113,6 +114,7 @@ pub struct AfxdpReport {
     // The counters: see the table above.
     pub workers: u64,
     pub table_entries: u64,
+    pub table_bytes: u64,
     pub received: u64,
     pub to_uplink: u64,
     pub to_host: u64,
@@ -148,6 +150,7 @@ impl AfxdpReport {
         vec![
             ("workers", self.workers),
             ("table_entries", self.table_entries),
+            ("table_bytes", self.table_bytes),
             ("received", self.received),
             ("to_uplink", self.to_uplink),
             ("to_host", self.to_host),
@@ -322,6 +325,8 @@ pub struct Afxdp {
     threads: Vec<JoinHandle<()>>,
     reports: Vec<Arc<Mutex<WorkerReport>>>,
     table: Arc<ConnTable>,
+    /// What the workers' tables own (the connections' and the SYN ends').
+    table_bytes: usize,
     clock: Clock,
     hops: Arc<ArcSwap<NextHops>>,
     unresolved: Arc<Unresolved>,
@@ -401,6 +406,7 @@ impl Afxdp {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             reports: Vec::new(),
+            table_bytes: table.memory_bytes() + syn_ends.memory_bytes(),
             table,
             clock,
             hops,
@@ -720,6 +726,7 @@ impl Afxdp {
             pid: std::process::id(),
             workers: stats.workers as u64,
             table_entries: stats.table_entries as u64,
+            table_bytes: self.table_bytes as u64,
             learned_lost: stats.learned_lost,
             standby_unwritten: stats.standby_unwritten,
             closes_reported: self.closes_reported,

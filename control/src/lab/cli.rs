@@ -6,6 +6,7 @@ use clap::Subcommand;
 use super::bench::{self, BenchSpec};
 use super::demo::{self, DemoSpec};
 use super::progress::Progress;
+use super::scale::{self, ScaleSpec};
 use super::workload::{self, LoadSpec};
 use super::{Dataplane, LabSpec, LbKind};
 
@@ -83,6 +84,35 @@ docs/benchmarks.md says what each workload measures.")]
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
     },
+    /// Hold many connections at once, then open new ones for a while: what
+    /// the tables hold and cost, and whether any connection fails.
+    #[command(after_help = "Examples:
+  heels lab scale                                  100,000 held, then 60 s of new connections
+  heels lab scale --dataplane afxdp --connections 20000 --seconds 10 --json
+
+The hold phase opens every connection through the VIP (several client addresses, 25,000 each),
+checks an exchange on each when it opens and again once all are open, closes them all and times
+the tables' drain. The rate phase opens new connections through the VIP and then directly.")]
+    Scale {
+        /// The load balancer.
+        #[arg(long, value_enum, default_value = "fullnat")]
+        lb: LbKind,
+        /// heels on every host.
+        #[arg(long, value_enum, default_value = "tc")]
+        dataplane: Dataplane,
+        /// Connections held open at once.
+        #[arg(long, default_value_t = 100_000)]
+        connections: usize,
+        /// Seconds of each rate run (0: none).
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Connections at once in the rate runs.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build the lab and keep it until SIGINT/SIGTERM (to explore it by hand).
     #[command(after_help = "Example, with your own programs:
   heels lab up --bare &
@@ -153,7 +183,7 @@ docs/benchmarks.md says what each workload measures.")]
 
 /// Runs a lab subcommand.
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
-    if matches!(command, LabCommand::Demo { .. } | LabCommand::Bench { .. }) {
+    if matches!(command, LabCommand::Demo { .. } | LabCommand::Bench { .. } | LabCommand::Scale { .. }) {
         super::clean_up_on_signal()?;
     }
     match command {
@@ -228,6 +258,31 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             files.extend(plot.map(|path| (path, svg)));
             for (path, text) in files {
                 std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        LabCommand::Scale { lb, dataplane, connections, seconds, concurrency, json } => {
+            if dataplane == Dataplane::None {
+                anyhow::bail!("--dataplane none: the scale run measures heels' tables (tc or afxdp)");
+            }
+            let heels = std::env::current_exe().context("locating the heels binary")?;
+            let spec = ScaleSpec {
+                lab: LabSpec { lb, client: dataplane, server: dataplane, ..LabSpec::default() },
+                connections,
+                seconds,
+                rate_concurrency: concurrency,
+                ..ScaleSpec::default()
+            };
+            let report = scale::run(&spec, &heels, &Progress::new(0, json))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", scale::render(&report));
+            }
+            let failed = report.hold.load.connections_failed
+                + report.rate.iter().map(|r| r.load.connections_failed).sum::<usize>();
+            if failed > 0 {
+                anyhow::bail!("{failed} connections failed: {:?}", report.hold.load.errors);
             }
             Ok(())
         }

@@ -109,6 +109,8 @@ pub fn run(spec: &DemoSpec, heels: &Path, progress: &Progress) -> anyhow::Result
         seconds: 0.0,
         server_closes: false,
         mapped: false,
+        sources: Vec::new(),
+        pause_file: None,
     })?;
     let after = lab.client_interface()?;
     let lb = lab.lb_counters()?;

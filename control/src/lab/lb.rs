@@ -45,6 +45,17 @@ impl LbCounters {
     pub fn bytes(&self) -> u64 {
         self.to_servers_bytes + self.to_clients_bytes
     }
+
+    /// What was forwarded since `before` was read.
+    pub fn since(&self, before: &LbCounters) -> LbCounters {
+        LbCounters {
+            to_servers_packets: self.to_servers_packets - before.to_servers_packets,
+            to_servers_bytes: self.to_servers_bytes - before.to_servers_bytes,
+            to_clients_packets: self.to_clients_packets - before.to_clients_packets,
+            to_clients_bytes: self.to_clients_bytes - before.to_clients_bytes,
+            syns: self.syns - before.syns,
+        }
+    }
 }
 
 /// A running LB.

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod lb;
 pub mod netns;
 pub mod progress;
+pub mod scale;
 pub mod tools;
 pub mod workload;
 
@@ -161,6 +162,14 @@ pub struct Overrides {
     pub sweep_seconds: Option<u64>,
     /// The client's `max_connections` instead of the default.
     pub client_max_connections: Option<u32>,
+    /// Addresses the client has besides its own ([`Lab::client_addresses`]):
+    /// one address runs out of ports past some 64,000 connections to one
+    /// destination.
+    pub extra_client_addresses: usize,
+    /// Server processes per server host, sharing the port (`SO_REUSEPORT`),
+    /// instead of one: a process holds at most the hard limit of open
+    /// files (20,000 on many machines) of connections.
+    pub server_processes: usize,
 }
 
 impl Default for LabSpec {
@@ -395,6 +404,9 @@ impl Lab {
         router.ip(&["addr", "add", "10.10.1.1/24", "dev", "to-client"])?;
         router.ip(&["link", "set", "to-client", "up"])?;
         host.netns.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
+        for address in self.client_addresses().into_iter().skip(1) {
+            host.netns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        }
         host.netns.ip(&["link", "set", "eth0", "up"])?;
         host.netns.ip(&["route", "add", "default", "via", "10.10.1.1"])?;
         // A load generator's usual settings: thousands of short connections
@@ -453,18 +465,27 @@ impl Lab {
     }
 
     fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = self.host(Role::Server(i + 1));
-        let mut command = Command::new(&self.heels);
-        command
-            .args(["lab", "serve", "--port", &self.server_port().to_string(), "--id", &(i + 1).to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if self.spec.overrides.server_dual_stack {
-            command.arg("--dual-stack");
+        for _ in 0..self.spec.overrides.server_processes.max(1) {
+            let host = self.host(Role::Server(i + 1));
+            let mut command = Command::new(&self.heels);
+            command
+                .args([
+                    "lab",
+                    "serve",
+                    "--port",
+                    &self.server_port().to_string(),
+                    "--id",
+                    &(i + 1).to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if self.spec.overrides.server_dual_stack {
+                command.arg("--dual-stack");
+            }
+            let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
+            wait_ready(&mut child, &format!("the server on {}", host.role))?;
+            self.children.push(child);
         }
-        let mut child = spawn_in(&host.netns, &host.cgroup, &mut command)?;
-        wait_ready(&mut child, &format!("the server on {}", host.role))?;
-        self.children.push(child);
         Ok(())
     }
 
@@ -478,7 +499,7 @@ impl Lab {
         config.instance = format!("{}-{}", self.prefix, host.role);
         config.interfaces = vec!["eth0".to_owned()];
         config.cgroup = host.cgroup.path().to_owned();
-        config.addresses = vec![host.addr];
+        config.addresses = if role == Role::Client { self.client_addresses() } else { vec![host.addr] };
         config.sweep_seconds = overrides.sweep_seconds.unwrap_or(1);
         config.metrics_address = Some(format!("127.0.0.1:{METRICS_PORT}"));
         if role == Role::Client {
@@ -634,6 +655,14 @@ impl Lab {
         self.agents.iter().filter(|a| matches!(a.host, Role::Server(_))).map(|a| a.instance.clone()).collect()
     }
 
+    /// The client's addresses: its own first, then the
+    /// [`Overrides::extra_client_addresses`] (10.10.1.10 on), all on its link.
+    pub fn client_addresses(&self) -> Vec<Ipv4Addr> {
+        let extra = (0..self.spec.overrides.extra_client_addresses.min(200))
+            .map(|i| Ipv4Addr::new(10, 10, 1, 10 + i as u8));
+        std::iter::once(CLIENT).chain(extra).collect()
+    }
+
     /// The client host.
     pub fn client(&self) -> &Host {
         self.host(Role::Client)
@@ -691,6 +720,13 @@ impl Lab {
         }
         if spec.mapped {
             command.arg("--mapped");
+        }
+        if !spec.sources.is_empty() {
+            let sources: Vec<String> = spec.sources.iter().map(Ipv4Addr::to_string).collect();
+            command.args(["--sources", &sources.join(",")]);
+        }
+        if let Some(path) = &spec.pause_file {
+            command.arg("--pause-file").arg(path);
         }
         spawn_in(&host.netns, &host.cgroup, &mut command)
     }

@@ -42,6 +42,26 @@ fn window(seed: u64, offset: u64, len: usize) -> &'static [u8] {
     &table()[start..start + len.min(PERIOD)]
 }
 
+/// Checks `bytes`, received at `offset` of the pattern of `seed`.
+fn check_pattern(seed: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let expected = window(seed, offset + at as u64, bytes.len() - at);
+        if bytes[at..at + expected.len()] != *expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("byte mismatch near offset {}", offset + at as u64),
+            ));
+        }
+        at += expected.len();
+    }
+    Ok(())
+}
+
+fn early_eof(received: u64, len: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, format!("EOF after {received} of {len} bytes"))
+}
+
 /// Writes `len` pattern bytes.
 fn send_pattern(stream: &mut TcpStream, seed: u64, len: u64) -> io::Result<()> {
     let mut sent = 0u64;
@@ -53,57 +73,160 @@ fn send_pattern(stream: &mut TcpStream, seed: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads `len` bytes, checking them against the pattern unless `verify` is off.
-fn receive_pattern(stream: &mut TcpStream, seed: u64, len: u64, verify: bool) -> io::Result<u64> {
-    let mut buf = vec![0u8; 64 * 1024];
+/// Reads `len` bytes, checking them against the pattern.
+fn receive_pattern(stream: &mut TcpStream, seed: u64, len: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; len.min(64 * 1024) as usize];
     let mut received = 0u64;
     while received < len {
         let want = (len - received).min(buf.len() as u64) as usize;
         let n = stream.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("EOF after {received} of {len} bytes"),
-            ));
+            return Err(early_eof(received, len));
         }
-        if verify {
-            let mut at = 0;
-            while at < n {
-                let expected = window(seed, received + at as u64, n - at);
-                if buf[at..at + expected.len()] != *expected {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("byte mismatch near offset {}", received + at as u64),
-                    ));
-                }
-                at += expected.len();
-            }
-        }
+        check_pattern(seed, received, &buf[..n])?;
         received += n as u64;
     }
     Ok(received)
 }
 
+/// One request's header (the module's doc has the layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request {
+    /// Request bytes that follow.
+    request: u64,
+    /// Response bytes asked for.
+    response: u64,
+    /// The pattern's seed (the response's is `seed + 1`).
+    seed: u64,
+    /// A bulk transfer: the server discards until the client's close.
+    bulk: bool,
+    /// The server closes after this response.
+    server_closes: bool,
+}
+
+impl Request {
+    fn parse(header: &[u8; HEADER_LEN]) -> Request {
+        let word = |i: usize| u64::from_be_bytes(header[i..i + 8].try_into().expect("8 bytes"));
+        Request {
+            request: word(0) & LENGTH,
+            response: word(8),
+            seed: word(16),
+            bulk: word(0) & NO_VERIFY != 0,
+            server_closes: word(0) & SERVER_CLOSES != 0,
+        }
+    }
+
+    fn emit(&self) -> [u8; HEADER_LEN] {
+        let mut word = self.request & LENGTH;
+        if self.bulk {
+            word |= NO_VERIFY;
+        }
+        if self.server_closes {
+            word |= SERVER_CLOSES;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header[0..8].copy_from_slice(&word.to_be_bytes());
+        header[8..16].copy_from_slice(&self.response.to_be_bytes());
+        header[16..24].copy_from_slice(&self.seed.to_be_bytes());
+        header
+    }
+}
+
+/// Raises this process's limit of open descriptors toward `want` (within
+/// the kernel's `fs.nr_open`) and returns the limit it now has: a process
+/// holding 100,000 connections needs 100,000 descriptors, a shell's default
+/// is 1,024 and many machines' hard limit 20,000. Raising the hard limit
+/// takes CAP_SYS_RESOURCE; without it the soft limit goes up to the hard
+/// one, and the caller decides whether that is enough.
+pub fn raise_open_files_limit(want: u64) -> io::Result<u64> {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = want.min(ceiling);
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through the valid pointer given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= want {
+        return Ok(limit.rlim_cur);
+    }
+    for raised in [
+        libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max.max(want) },
+        libc::rlimit { rlim_cur: want.min(limit.rlim_max), rlim_max: limit.rlim_max },
+    ] {
+        // SAFETY: setrlimit reads one rlimit through the valid pointer given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.rlim_cur);
+        }
+    }
+    Err(io::Error::last_os_error())
+}
+
+/// Descriptors a lab server asks for (it gets at most the hard limit: a
+/// scale run starts several server processes on one port, `SO_REUSEPORT`).
+const SERVER_OPEN_FILES: u64 = 262_144;
+
+/// The server's listen backlog (the kernel caps it at `net.core.somaxconn`,
+/// 4,096 by default): a storm of new connections must not overflow it.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// `heels lab serve`: answers every connection until killed. With
 /// `dual_stack` the listener is one IPv6 socket on `[::]` that takes IPv4
 /// too (IPv4-mapped addresses), as many servers and runtimes listen.
 pub fn serve(port: u16, id: u16, dual_stack: bool) -> anyhow::Result<()> {
-    // std's IPv6 listener leaves IPV6_V6ONLY at the system default (0).
+    raise_open_files_limit(SERVER_OPEN_FILES)?;
     let address: SocketAddr =
         if dual_stack { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
-    let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
+    let listener = listen(address).with_context(|| format!("listening on {address}"))?;
     println!("ready");
     io::stdout().flush().ok();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        std::thread::spawn(move || {
-            let _ = serve_one(stream, id);
-        });
-    }
-    Ok(())
+    serve_listener(listener, id)
 }
 
-fn serve_one(mut stream: TcpStream, id: u16) -> io::Result<()> {
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    if address.is_ipv6() {
+        // Dual stack, whatever the system's default.
+        socket.set_only_v6(false)?;
+    }
+    // The port may still hold TIME_WAITs of the last server.
+    socket.set_reuse_address(true)?;
+    // Several server processes may share the port, as nginx's workers do:
+    // one process's descriptors do not hold a scale run's connections.
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Answers every connection `listener` accepts, each a task on a runtime
+/// of one thread per core: a server holding 100,000 connections holds
+/// 100,000 small tasks, not 100,000 threads.
+fn serve_listener(listener: TcpListener, id: u16) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let _entered = runtime.enter();
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    runtime.block_on(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(async move {
+                        let _ = serve_one(stream, id).await;
+                    });
+                }
+                // Out of descriptors or memory: the connection waits in
+                // the backlog; try again shortly rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+}
+
+async fn serve_one(mut stream: tokio::net::TcpStream, id: u16) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.set_nodelay(true);
     let peer = match stream.peer_addr()? {
         SocketAddr::V4(peer) => peer,
@@ -116,26 +239,43 @@ fn serve_one(mut stream: TcpStream, id: u16) -> io::Result<()> {
     hello[..4].copy_from_slice(&peer.ip().octets());
     hello[4..6].copy_from_slice(&peer.port().to_be_bytes());
     hello[6..8].copy_from_slice(&id.to_be_bytes());
-    stream.write_all(&hello)?;
+    stream.write_all(&hello).await?;
     loop {
         let mut header = [0u8; HEADER_LEN];
-        match stream.read_exact(&mut header) {
-            Ok(()) => {}
+        match stream.read_exact(&mut header).await {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        let word = u64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
-        let request = word & LENGTH;
-        let response = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-        let seed = u64::from_be_bytes(header[16..24].try_into().expect("8 bytes"));
-        if word & NO_VERIFY != 0 {
+        let request = Request::parse(&header);
+        // A buffer only while a request is under way: a server holding
+        // 100,000 idle connections holds no buffers.
+        if request.bulk {
             // Bulk: discard until the client closes its side.
-            io::copy(&mut stream, &mut io::sink())?;
+            let mut buf = vec![0u8; 256 * 1024];
+            while stream.read(&mut buf).await? != 0 {}
             return Ok(());
         }
-        receive_pattern(&mut stream, seed, request, true)?;
-        send_pattern(&mut stream, seed.wrapping_add(1), response)?;
-        if word & SERVER_CLOSES != 0 {
+        let mut buf = vec![0u8; request.request.min(64 * 1024) as usize];
+        let mut received = 0u64;
+        while received < request.request {
+            let want = (request.request - received).min(buf.len() as u64) as usize;
+            let n = stream.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(early_eof(received, request.request));
+            }
+            check_pattern(request.seed, received, &buf[..n])?;
+            received += n as u64;
+        }
+        drop(buf);
+        let mut sent = 0u64;
+        let seed = request.seed.wrapping_add(1);
+        while sent < request.response {
+            let chunk = window(seed, sent, (request.response - sent).min(PERIOD as u64) as usize);
+            stream.write_all(chunk).await?;
+            sent += chunk.len() as u64;
+        }
+        if request.server_closes {
             return Ok(());
         }
     }
@@ -196,6 +336,27 @@ pub struct LoadSpec {
     /// (`[::ffff:a.b.c.d]`), as dual-stack clients do.
     #[arg(long)]
     pub mapped: bool,
+    /// Connect from these addresses of the client, in turn (default: the
+    /// one the route picks). One address has one port range per
+    /// destination: past some 64,000 connections at once ports run out.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<Ipv4Addr>,
+    /// Hold: once every connection is open (its first exchange checked),
+    /// create this file and wait until it is removed (at most 10 minutes)
+    /// before the second exchanges, so that whoever runs the load can
+    /// look at a host holding them all.
+    #[arg(long)]
+    pub pause_file: Option<std::path::PathBuf>,
+}
+
+/// How long a held load waits for its pause file to go.
+const PAUSE_LIMIT: Duration = Duration::from_secs(600);
+
+impl LoadSpec {
+    /// The address connection `i` comes from (none: the route's).
+    fn source(&self, i: usize) -> Option<Ipv4Addr> {
+        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
 }
 
 /// What the load client saw.
@@ -231,6 +392,30 @@ pub struct LoadReport {
     pub connections_per_s: f64,
 }
 
+impl LoadReport {
+    /// Adds the report of another load client that ran at the same time:
+    /// counts add up, the time and latencies are the slower client's.
+    pub fn absorb(&mut self, other: LoadReport) {
+        self.connections_ok += other.connections_ok;
+        self.connections_failed += other.connections_failed;
+        self.resets += other.resets;
+        self.bytes_verified += other.bytes_verified;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.real_address_seen += other.real_address_seen;
+        for (server, n) in other.per_server {
+            *self.per_server.entry(server).or_default() += n;
+        }
+        let room = 5usize.saturating_sub(self.errors.len());
+        self.errors.extend(other.errors.into_iter().take(room));
+        self.elapsed_s = self.elapsed_s.max(other.elapsed_s);
+        self.throughput_bps += other.throughput_bps;
+        self.p50_us = self.p50_us.max(other.p50_us);
+        self.p99_us = self.p99_us.max(other.p99_us);
+        self.connections_per_s += other.connections_per_s;
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     report: LoadReport,
@@ -256,14 +441,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Connects, reads the hello; returns the stream and whether the server saw our own address.
-fn open(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> {
-    let target: SocketAddr = if spec.mapped {
-        (spec.target.ip().to_ipv6_mapped(), spec.target.port()).into()
-    } else {
-        spec.target.into()
-    };
-    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+/// Connects `i`, reads the hello; returns the stream and whether the
+/// server saw our own address.
+fn open(spec: &LoadSpec, i: usize, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> {
+    let mut stream = connect(spec, spec.source(i))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.set_write_timeout(Some(Duration::from_secs(20)))?;
     stream.set_nodelay(true)?;
@@ -282,15 +463,44 @@ fn open(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<(TcpStream, bool)> 
     Ok((stream, local == Some(seen)))
 }
 
+/// A connection to the target, from `source` when given. Bound with
+/// `IP_BIND_ADDRESS_NO_PORT` (as proxies bind), so the port is picked at
+/// connect, per destination: each source has the whole port range.
+fn connect(spec: &LoadSpec, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let target: SocketAddr = if spec.mapped {
+        (spec.target.ip().to_ipv6_mapped(), spec.target.port()).into()
+    } else {
+        spec.target.into()
+    };
+    let timeout = Duration::from_secs(5);
+    let Some(source) = source else { return TcpStream::connect_timeout(&target, timeout) };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None)?;
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own, open; the option value
+    // is a c_int that outlives the call, its size given.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let from: SocketAddr = if spec.mapped { (source.to_ipv6_mapped(), 0).into() } else { (source, 0).into() };
+    socket.bind(&from.into()).map_err(during("binding the source", Some(from)))?;
+    socket.connect_timeout(&target.into(), timeout)?;
+    Ok(socket.into())
+}
+
 fn exchange(stream: &mut TcpStream, request: u64, response: u64, seed: u64, last: bool) -> io::Result<u64> {
-    let mut header = [0u8; HEADER_LEN];
-    let word = if last { request | SERVER_CLOSES } else { request };
-    header[0..8].copy_from_slice(&word.to_be_bytes());
-    header[8..16].copy_from_slice(&response.to_be_bytes());
-    header[16..24].copy_from_slice(&seed.to_be_bytes());
+    let header = Request { request, response, seed, bulk: false, server_closes: last }.emit();
     stream.write_all(&header)?;
     send_pattern(stream, seed, request)?;
-    receive_pattern(stream, seed.wrapping_add(1), response, true)
+    receive_pattern(stream, seed.wrapping_add(1), response)
 }
 
 /// `error` with what the connection from `local` was doing (its kind kept:
@@ -302,9 +512,9 @@ fn during(what: &'static str, local: Option<SocketAddr>) -> impl FnOnce(io::Erro
     }
 }
 
-fn one_connection(spec: &LoadSpec, seed: u64, tally: &Mutex<Tally>) -> io::Result<()> {
+fn one_connection(spec: &LoadSpec, i: usize, seed: u64, tally: &Mutex<Tally>) -> io::Result<()> {
     let started = Instant::now();
-    let (mut stream, real) = open(spec, tally)?;
+    let (mut stream, real) = open(spec, i, tally)?;
     let local = stream.local_addr().ok();
     let received = exchange(&mut stream, spec.request, spec.response, seed, spec.server_closes)
         .map_err(during("exchanging", local))?;
@@ -329,6 +539,24 @@ fn one_connection(spec: &LoadSpec, seed: u64, tally: &Mutex<Tally>) -> io::Resul
 /// `heels lab load`.
 pub fn load(spec: &LoadSpec) -> LoadReport {
     let tally = Mutex::new(Tally::default());
+    // Descriptors held at once, and some for the process itself.
+    let wanted = match spec.mode {
+        Mode::Hold => spec.connections as u64,
+        _ => spec.concurrency as u64,
+    } + 256;
+    match raise_open_files_limit(wanted) {
+        Ok(limit) if limit >= wanted => {}
+        outcome => {
+            let why = match outcome {
+                Ok(limit) => format!("holds {limit}: run several load clients"),
+                Err(e) => e.to_string(),
+            };
+            let mut report =
+                LoadReport { connections_failed: spec.connections.max(1), ..LoadReport::default() };
+            report.errors.push(format!("{wanted} open files wanted, the limit {why}"));
+            return report;
+        }
+    }
     let started = Instant::now();
     match spec.mode {
         Mode::Verify => {
@@ -340,7 +568,7 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
                         if i >= spec.connections {
                             return;
                         }
-                        if let Err(e) = one_connection(spec, i as u64 * 7919, &tally) {
+                        if let Err(e) = one_connection(spec, i, i as u64 * 7919, &tally) {
                             tally.lock().expect("tally").fail(&e);
                         }
                     });
@@ -360,10 +588,11 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
         }
         Mode::Connect => {
             let stop = AtomicBool::new(false);
+            let next = AtomicUsize::new(0);
             let deadline = Duration::from_secs_f64(spec.seconds);
             std::thread::scope(|scope| {
                 for t in 0..spec.concurrency.max(1) {
-                    let (stop, tally) = (&stop, &tally);
+                    let (stop, next, tally) = (&stop, &next, &tally);
                     scope.spawn(move || {
                         let one = LoadSpec { request: 1, response: 1, ..spec.clone() };
                         let mut i = 0u64;
@@ -372,7 +601,8 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
                                 stop.store(true, Ordering::Relaxed);
                                 break;
                             }
-                            if let Err(e) = one_connection(&one, (t as u64) << 32 | i, tally) {
+                            let which = next.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = one_connection(&one, which, (t as u64) << 32 | i, tally) {
                                 tally.lock().expect("tally").fail(&e);
                             }
                             i += 1;
@@ -401,14 +631,15 @@ pub fn load(spec: &LoadSpec) -> LoadReport {
 fn hold(spec: &LoadSpec, tally: &Mutex<Tally>) {
     let threads = spec.concurrency.clamp(1, spec.connections.max(1));
     let all_open = std::sync::Barrier::new(threads);
+    let released = std::sync::Barrier::new(threads);
     std::thread::scope(|scope| {
         for t in 0..threads {
-            let all_open = &all_open;
+            let (all_open, released) = (&all_open, &released);
             scope.spawn(move || {
                 let mut held = Vec::new();
                 for i in (t..spec.connections).step_by(threads) {
                     let seed = i as u64 * 7919;
-                    let opened = open(spec, tally).and_then(|(mut stream, real)| {
+                    let opened = open(spec, i, tally).and_then(|(mut stream, real)| {
                         exchange(&mut stream, spec.request, spec.response, seed, false)?;
                         Ok((stream, real, seed))
                     });
@@ -417,7 +648,14 @@ fn hold(spec: &LoadSpec, tally: &Mutex<Tally>) {
                         Err(e) => tally.lock().expect("tally").fail(&e),
                     }
                 }
-                all_open.wait();
+                if all_open.wait().is_leader() {
+                    if let Some(path) = &spec.pause_file {
+                        if let Err(e) = pause(path) {
+                            tally.lock().expect("tally").fail(&e);
+                        }
+                    }
+                }
+                released.wait();
                 for (mut stream, real, seed) in held {
                     let started = Instant::now();
                     let closed = exchange(&mut stream, spec.request, spec.response, seed + 1, false)
@@ -450,10 +688,25 @@ fn hold(spec: &LoadSpec, tally: &Mutex<Tally>) {
     });
 }
 
+/// Creates `path`, then waits until someone removes it.
+fn pause(path: &std::path::Path) -> io::Result<()> {
+    std::fs::write(path, b"open\n")?;
+    let deadline = Instant::now() + PAUSE_LIMIT;
+    while path.exists() {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} was never removed", path.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
-    let (mut stream, real) = open(spec, tally)?;
-    let mut header = [0u8; HEADER_LEN];
-    header[0..8].copy_from_slice(&NO_VERIFY.to_be_bytes());
+    let (mut stream, real) = open(spec, 0, tally)?;
+    let header = Request { request: 0, response: 0, seed: 0, bulk: true, server_closes: false }.emit();
     stream.write_all(&header)?;
     let chunk = window(0, 0, PERIOD);
     let started = Instant::now();
@@ -479,7 +732,7 @@ fn bulk(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
 }
 
 fn pingpong(spec: &LoadSpec, tally: &Mutex<Tally>) -> io::Result<()> {
-    let (mut stream, real) = open(spec, tally)?;
+    let (mut stream, real) = open(spec, 0, tally)?;
     let mut samples = Vec::with_capacity(spec.count);
     let begun = Instant::now();
     let until = Duration::from_secs_f64(spec.seconds.max(0.0));
@@ -505,15 +758,9 @@ mod tests {
 
     /// Runs the server on an ephemeral loopback port; returns the port.
     fn serve_in_background(id: u16) -> anyhow::Result<u16> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let listener = listen((Ipv4Addr::LOCALHOST, 0).into())?;
         let port = listener.local_addr()?.port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let _ = serve_one(stream, id);
-                });
-            }
-        });
+        std::thread::spawn(move || serve_listener(listener, id));
         Ok(port)
     }
 
@@ -529,6 +776,8 @@ mod tests {
             seconds: 0.2,
             server_closes: false,
             mapped: false,
+            sources: Vec::new(),
+            pause_file: None,
         }
     }
 
@@ -543,27 +792,62 @@ mod tests {
     }
 
     #[test]
-    fn hold_keeps_every_connection_open_at_once_and_checks_both_exchanges() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    fn hold_keeps_every_connection_open_at_once_from_every_source_and_checks_both_exchanges() {
+        let listener = listen((Ipv4Addr::UNSPECIFIED, 0).into()).unwrap();
+        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let live = std::sync::Arc::new(AtomicUsize::new(0));
-        let most = std::sync::Arc::new(AtomicUsize::new(0));
-        let (live2, most2) = (live.clone(), most.clone());
+        let sources = std::sync::Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let (live2, sources2) = (live.clone(), sources.clone());
         std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (live, most) = (live2.clone(), most2.clone());
-                let now = live.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let _ = serve_one(stream, 3);
-                    live.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (stream, peer) = listener.accept().await.unwrap();
+                    sources2.lock().unwrap().insert(peer.ip());
+                    let live = live2.clone();
+                    live.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let _ = serve_one(stream, 3).await;
+                        live.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
         });
-        let report = load(&LoadSpec { connections: 30, concurrency: 4, ..spec(port, Mode::Hold) });
+        let pause = std::env::temp_dir().join(format!("heels-hold-pause-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pause);
+        let from = vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+        let held = LoadSpec {
+            connections: 30,
+            concurrency: 4,
+            sources: from.clone(),
+            pause_file: Some(pause.clone()),
+            ..spec(port, Mode::Hold)
+        };
+        let running = std::thread::spawn(move || load(&held));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pause.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(pause.exists(), "the load paused once all were open");
+        assert_eq!(live.load(Ordering::SeqCst), 30, "all 30 are open at the pause");
+        std::fs::remove_file(&pause).unwrap();
+        let report = running.join().unwrap();
         assert_eq!((report.connections_ok, report.connections_failed), (30, 0), "{:?}", report.errors);
         assert_eq!(report.bytes_verified, 30 * 2 * 400_000, "two checked exchanges each");
-        assert_eq!(most.load(Ordering::SeqCst), 30, "all 30 were open at once");
+        let seen: Vec<_> = sources.lock().unwrap().iter().copied().collect();
+        assert_eq!(seen, from.iter().map(|&a| std::net::IpAddr::V4(a)).collect::<Vec<_>>());
+        assert_eq!(report.real_address_seen, 30);
+    }
+
+    #[test]
+    fn a_request_header_reads_back_what_was_written() {
+        let request = Request { request: 5, response: 1 << 40, seed: 77, bulk: false, server_closes: true };
+        assert_eq!(Request::parse(&request.emit()), request);
+        let bulk = Request { request: 0, response: 0, seed: 0, bulk: true, server_closes: false };
+        assert_eq!(Request::parse(&bulk.emit()), bulk);
+        assert_eq!(bulk.emit()[0], 0x80, "the bulk flag is the top bit");
     }
 
     #[test]

@@ -547,9 +547,19 @@ impl Datapath {
     /// Entries of the egress table: bypassed connections and the rooms
     /// reserved for connections opening (or on the LB path).
     pub fn egress_entries(&self) -> Result<usize, DatapathError> {
-        let map = self.map(MAP_EGRESS)?;
-        let egress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
-        Ok(egress.keys().count())
+        self.flow_entries(MAP_EGRESS)
+    }
+
+    /// Entries of the ingress table: bypassed connections, by the flow
+    /// their replies arrive on.
+    pub fn ingress_entries(&self) -> Result<usize, DatapathError> {
+        self.flow_entries(MAP_INGRESS)
+    }
+
+    fn flow_entries(&self, name: &'static str) -> Result<usize, DatapathError> {
+        let table: HashMap<_, FlowV4, EndpointV4> =
+            HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
+        Ok(table.keys().count())
     }
 
     /// The bypassed connections the client side knows.

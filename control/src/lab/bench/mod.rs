@@ -371,6 +371,8 @@ fn load_spec(target: SocketAddrV4, mode: Mode, seconds: f64, server_closes: bool
         seconds,
         server_closes,
         mapped: false,
+        sources: Vec::new(),
+        pause_file: None,
     }
 }
 
