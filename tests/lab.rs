@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use heels::lab::lb::LbCounters;
+use heels::lab::progress::Progress;
+use heels::lab::scale::{self, ScaleSpec, HOLD_REQUEST, HOLD_RESPONSE};
 use heels::lab::workload::{LoadReport, LoadSpec, Mode};
 use heels::lab::{finish_load, Dataplane, Lab, LabSpec, LbKind, Overrides, Role};
 use heels_common::TcCounter;
@@ -1701,6 +1703,76 @@ fn a_full_table_never_costs_a_live_connection_on_tc() {
 #[test]
 fn a_full_table_never_costs_a_live_connection_on_afxdp() {
     a_full_table_never_costs_a_live_connection(Dataplane::Afxdp);
+}
+
+/// Connections [`many_connections_held_at_once_and_opened_at_a_rate`] holds.
+const HELD: usize = 12_000;
+
+/// `heels lab scale`, shorter: 12,000 connections held at once from three
+/// client addresses by two load clients, each exchange checked when it
+/// opens and again with all open; the client's tables hold every one and
+/// are empty within one sweep after the last close; the LB forwarded one
+/// SYN a connection and nothing else. Then 3 s of new connections through
+/// the VIP and directly: none fails, the LB carries one packet each.
+fn many_connections_held_at_once_and_opened_at_a_rate(dataplane: Dataplane) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert!(unsafe { libc::geteuid() } == 0, "the lab tests need root");
+    let spec = ScaleSpec {
+        lab: LabSpec { client: dataplane, server: dataplane, ..LabSpec::default() },
+        connections: HELD,
+        seconds: 3.0,
+        per_address: HELD / 3,
+        per_load_client: HELD / 2,
+        ..ScaleSpec::default()
+    };
+    let report = scale::run(&spec, heels(), &Progress::new(0, true)).expect("the scale run");
+    let hold = &report.hold;
+    let load = &hold.load;
+    assert_eq!((load.connections_ok, load.connections_failed), (HELD, 0), "{:?}", load.errors);
+    assert_eq!(load.resets, 0);
+    assert_eq!(load.bytes_verified, HELD as u64 * 2 * (HOLD_REQUEST + HOLD_RESPONSE));
+    assert_eq!(hold.client_addresses, 3);
+    assert_eq!((hold.client_egress_entries, hold.client_ingress_entries), (HELD, HELD), "every one bypassed");
+    if dataplane == Dataplane::Afxdp {
+        assert_eq!(hold.afxdp_table_entries, Some(2 * HELD as u64));
+    }
+    assert!(
+        hold.drain_seconds <= hold.sweep_seconds as f64,
+        "the tables took {} s to empty",
+        hold.drain_seconds
+    );
+    assert_eq!((hold.lb.syns, hold.lb.packets()), (HELD as u64, HELD as u64), "{:?}", hold.lb);
+    assert!(
+        report.client_bytes_per_connection > 0.0 && report.server_bytes_per_connection > 0.0,
+        "{:?}",
+        report.maps
+    );
+    assert_eq!(report.rate.len(), 2);
+    for run in &report.rate {
+        assert!(run.load.connections_ok > 0, "{run:?}");
+        assert_eq!((run.load.connections_failed, run.load.resets), (0, 0), "{:?}", run.load.errors);
+    }
+    let vip = &report.rate[0];
+    assert_eq!(vip.path, "vip");
+    // One SYN a connection; a SYN the client retransmitted crosses again.
+    assert_eq!(vip.lb.packets(), vip.lb.syns, "{:?}", vip.lb);
+    assert!(
+        vip.lb.syns as f64 <= vip.load.connections_ok as f64 * 1.001,
+        "{} SYNs for {} connections",
+        vip.lb.syns,
+        vip.load.connections_ok
+    );
+    assert_eq!(report.rate[1].lb.packets(), 0, "the direct run never crossed the LB");
+}
+
+#[test]
+fn many_connections_held_at_once_and_opened_at_a_rate_on_tc() {
+    many_connections_held_at_once_and_opened_at_a_rate(Dataplane::Tc);
+}
+
+#[test]
+fn many_connections_held_at_once_and_opened_at_a_rate_on_afxdp() {
+    many_connections_held_at_once_and_opened_at_a_rate(Dataplane::Afxdp);
 }
 
 /// What an agent's SIGKILL costs under load: a checked 2 GiB transfer

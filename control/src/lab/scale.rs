@@ -51,6 +51,10 @@ pub struct ScaleSpec {
     pub seconds: f64,
     /// Connections at once in the rate runs.
     pub rate_concurrency: usize,
+    /// Connections one client address carries.
+    pub per_address: usize,
+    /// Connections one load client process holds.
+    pub per_load_client: usize,
 }
 
 impl Default for ScaleSpec {
@@ -61,13 +65,16 @@ impl Default for ScaleSpec {
             open_concurrency: 16,
             seconds: 60.0,
             rate_concurrency: 8,
+            per_address: CONNECTIONS_PER_ADDRESS,
+            per_load_client: CONNECTIONS_PER_LOAD_CLIENT,
         }
     }
 }
 
 /// Request and response bytes of each held connection's two exchanges.
-const HOLD_REQUEST: u64 = 256;
-const HOLD_RESPONSE: u64 = 1024;
+pub const HOLD_REQUEST: u64 = 256;
+/// See [`HOLD_REQUEST`].
+pub const HOLD_RESPONSE: u64 = 1024;
 
 /// One BPF map's memory, as the kernel accounts it.
 #[derive(Debug, Clone, Serialize)]
@@ -155,7 +162,7 @@ const SERVER_MAPS: [&str; 1] = ["HEELS_TRANSLATED"];
 /// Builds the lab, runs both phases, reads the tables and counters.
 pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Result<ScaleReport> {
     let mut lab_spec = spec.lab.clone();
-    lab_spec.overrides.extra_client_addresses = spec.connections.div_ceil(CONNECTIONS_PER_ADDRESS).max(1) - 1;
+    lab_spec.overrides.extra_client_addresses = spec.connections.div_ceil(spec.per_address.max(1)).max(1) - 1;
     lab_spec.overrides.server_processes =
         spec.connections.div_ceil(lab_spec.servers.max(1) * CONNECTIONS_PER_SERVER_PROCESS).max(1);
     progress.message("building the lab: namespaces, the LB, servers, agents");
@@ -202,7 +209,7 @@ pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
 fn hold(lab: &Lab, spec: &ScaleSpec, instance: &str, progress: &Progress) -> anyhow::Result<HoldReport> {
     let datapath = heels_xdp::tc::Datapath::open(instance)?;
     let sources = lab.client_addresses();
-    let clients = spec.connections.div_ceil(CONNECTIONS_PER_LOAD_CLIENT).max(1);
+    let clients = spec.connections.div_ceil(spec.per_load_client.max(1)).max(1);
     progress.message(format!(
         "opening {} connections through the VIP from {} addresses ({clients} load clients), each exchange checked",
         spec.connections,
