@@ -181,6 +181,16 @@ the tables' drain. The rate phase opens new connections through the VIP and then
     },
 }
 
+/// Prints `report` as one JSON object, or as the table `render` makes.
+fn print_report<T: serde::Serialize>(report: &T, json: bool, render: fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
+}
+
 /// Runs a lab subcommand.
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
     if matches!(command, LabCommand::Demo { .. } | LabCommand::Bench { .. } | LabCommand::Scale { .. }) {
@@ -219,11 +229,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 ..DemoSpec::default()
             };
             let report = demo::run(&spec, &heels, &Progress::new(0, json))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", demo::render(&report));
-            }
+            print_report(&report, json, demo::render)?;
             if report.connections_failed > 0 {
                 anyhow::bail!("{} connections failed: {:?}", report.connections_failed, report.load.errors);
             }
@@ -274,11 +280,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 ..ScaleSpec::default()
             };
             let report = scale::run(&spec, &heels, &Progress::new(0, json))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", scale::render(&report));
-            }
+            print_report(&report, json, scale::render)?;
             let failed = report.hold.load.connections_failed
                 + report.rate.iter().map(|r| r.load.connections_failed).sum::<usize>();
             if failed > 0 {
