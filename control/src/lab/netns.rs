@@ -64,6 +64,13 @@ impl NetNs {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
     }
 
+    /// Reads the number a sysctl of this namespace holds.
+    pub fn sysctl_number(&self, key: &str) -> anyhow::Result<u64> {
+        let output = self.exec("sysctl", &["-n", key])?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim().parse().with_context(|| format!("{key} = {text:?}: not a number"))
+    }
+
     /// Runs `f` on a thread that has entered the namespace (attach, bind
     /// and netlink calls act in the caller thread's namespace).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {

@@ -125,6 +125,9 @@ pub struct RateRun {
     pub lb: LbCounters,
     /// LB packets, both ways, per connection opened.
     pub lb_packets_per_connection: f64,
+    /// Entries in the LB's connection tracking when the run ended (a
+    /// bypassed connection's stays until the SYN timeout, 120 s).
+    pub lb_conntrack_entries: u64,
     /// The load client's report.
     pub load: LoadReport,
 }
@@ -153,6 +156,9 @@ pub struct ScaleReport {
     pub rate: Vec<RateRun>,
     /// The VIP run's new connections per second over the direct run's.
     pub rate_vs_direct: f64,
+    /// The LB's connection tracking limit (`nf_conntrack_max`); a full
+    /// table drops new SYNs, with or without heels.
+    pub lb_conntrack_max: u64,
 }
 
 /// The client maps whose size follows `max_connections`, and the server's.
@@ -203,6 +209,7 @@ pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
         server_bytes_per_connection: server_bytes as f64 / capacity.max(1) as f64,
         rate,
         rate_vs_direct,
+        lb_conntrack_max: lb_conntrack(&lab, "net.netfilter.nf_conntrack_max")?,
     })
 }
 
@@ -342,9 +349,15 @@ fn rate_run(lab: &Lab, spec: &ScaleSpec, path: &str, target: SocketAddrV4) -> an
         path: path.into(),
         target,
         lb_packets_per_connection: lb.packets() as f64 / opened,
+        lb_conntrack_entries: lb_conntrack(lab, "net.netfilter.nf_conntrack_count")?,
         lb,
         load,
     })
+}
+
+/// A number of the LB's connection tracking.
+fn lb_conntrack(lab: &Lab, key: &str) -> anyhow::Result<u64> {
+    lab.host(Role::Lb).netns.sysctl_number(key)
 }
 
 /// The kernel's accounting of every map pinned for the client's and the
@@ -444,13 +457,15 @@ pub fn render(report: &ScaleReport) -> String {
     for run in &report.rate {
         let _ = writeln!(
             out,
-            "  new connections    {:<6} {:>8.0}/s for {:.0} s, {} failed ({} resets), {:.2} LB packets each",
+            "  new connections    {:<6} {:>8.0}/s for {:.0} s, {} failed ({} resets), {:.4} LB packets each; LB conntrack {} of {}",
             run.path,
             run.load.connections_per_s,
             run.load.elapsed_s,
             run.load.connections_failed,
             run.load.resets,
-            run.lb_packets_per_connection
+            run.lb_packets_per_connection,
+            run.lb_conntrack_entries,
+            report.lb_conntrack_max
         );
     }
     if !report.rate.is_empty() {
