@@ -174,9 +174,10 @@ pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
     progress.message("building the lab: namespaces, the LB, servers, agents");
     let lab = Lab::build(lab_spec, heels)?;
     let instance = lab.client_instance().context("the scale run needs heels on the client")?;
-    let hold = hold(&lab, spec, &instance, progress)?;
+    let datapath = heels_xdp::tc::Datapath::open(&instance)?;
+    let hold = hold(&lab, spec, &instance, &datapath, progress)?;
     let maps = map_memory(&lab)?;
-    let capacity = heels_xdp::tc::Datapath::open(&instance)?.capacity()? as u64;
+    let capacity = datapath.capacity()? as u64;
     let afxdp_bytes = match spec.lab.client {
         Dataplane::Afxdp => crate::afxdp::read_report(&instance).map_or(0, |r| r.table_bytes),
         _ => 0,
@@ -213,8 +214,13 @@ pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
     })
 }
 
-fn hold(lab: &Lab, spec: &ScaleSpec, instance: &str, progress: &Progress) -> anyhow::Result<HoldReport> {
-    let datapath = heels_xdp::tc::Datapath::open(instance)?;
+fn hold(
+    lab: &Lab,
+    spec: &ScaleSpec,
+    instance: &str,
+    datapath: &heels_xdp::tc::Datapath,
+    progress: &Progress,
+) -> anyhow::Result<HoldReport> {
     let sources = lab.client_addresses();
     let clients = spec.connections.div_ceil(spec.per_load_client.max(1)).max(1);
     progress.message(format!(
