@@ -33,6 +33,9 @@ pub struct LbCounters {
     pub to_clients_bytes: u64,
     /// SYNs (without ACK) toward the servers.
     pub syns: u64,
+    /// Resets toward the servers (a client's reset before a SYN on a
+    /// reused tuple crosses the LB, docs/design.md).
+    pub resets: u64,
 }
 
 impl LbCounters {
@@ -54,6 +57,7 @@ impl LbCounters {
             to_clients_packets: self.to_clients_packets - before.to_clients_packets,
             to_clients_bytes: self.to_clients_bytes - before.to_clients_bytes,
             syns: self.syns - before.syns,
+            resets: self.resets - before.resets,
         }
     }
 }
@@ -132,6 +136,7 @@ fn ruleset(kind: LbKind, servers: usize) -> String {
     counter to_servers {{ }}
     counter to_clients {{ }}
     counter syns {{ }}
+    counter resets {{ }}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         ip daddr {VIP} tcp dport {VPORT} dnat ip to numgen random mod {servers} map {{ {} }}
@@ -144,6 +149,7 @@ fn ruleset(kind: LbKind, servers: usize) -> String {
         ct direction original counter name \"to_servers\"
         ct direction reply counter name \"to_clients\"
         ct direction original tcp flags & (syn | ack) == syn counter name \"syns\"
+        ct direction original tcp flags & rst == rst counter name \"resets\"
     }}
 }}
 ",
@@ -225,13 +231,14 @@ impl LoadBalancer {
                     to_clients_packets,
                     to_clients_bytes,
                     syns: sum(LabLbCounter::Syns)?,
+                    resets: sum(LabLbCounter::Resets)?,
                 })
             }
             (None, LbKind::Fullnat | LbKind::Dnat) => {
-                let [(to_servers_packets, to_servers_bytes), (to_clients_packets, to_clients_bytes), (syns, _)] =
-                    nft_counters(host, &["to_servers", "to_clients", "syns"])?[..]
+                let [(to_servers_packets, to_servers_bytes), (to_clients_packets, to_clients_bytes), (syns, _), (resets, _)] =
+                    nft_counters(host, &["to_servers", "to_clients", "syns", "resets"])?[..]
                 else {
-                    bail!("three counters asked, three expected");
+                    bail!("four counters asked, four expected");
                 };
                 Ok(LbCounters {
                     to_servers_packets,
@@ -239,6 +246,7 @@ impl LoadBalancer {
                     to_clients_packets,
                     to_clients_bytes,
                     syns,
+                    resets,
                 })
             }
             _ => bail!("LB state does not match its kind"),

@@ -531,11 +531,13 @@ pub enum LabLbCounter {
     Bytes = 1,
     /// Those that were SYNs (without ACK).
     Syns = 2,
+    /// Those that were resets.
+    Resets = 3,
 }
 
 impl LabLbCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(feature = "user")]

@@ -135,6 +135,9 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, ()> {
     if flags & 0x12 == 0x02 {
         add(LabLbCounter::Syns, 1);
     }
+    if flags & 0x04 != 0 {
+        add(LabLbCounter::Resets, 1);
+    }
 
     // SAFETY: ctx.ctx is this program's xdp_md; growing the head by 20
     // bytes is checked by the kernel, and pointers are re-derived after.
