@@ -674,6 +674,7 @@ fn bed() -> Bed {
         syn_mark: 0,
         rules: config(),
         max_connections: 0,
+        time_wait: heels::config::kernel_time_wait_layout(),
     };
     netns.enter(|| Ok(Datapath::start(&datapath)?)).expect("heels attaches");
     // The listener opens after sockops is attached: it is served.

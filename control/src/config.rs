@@ -497,6 +497,7 @@ impl AgentConfig {
             syn_mark: self.server.as_ref().and_then(|s| s.direct_route.as_ref()).map_or(0, |r| r.mark),
             rules: self.rules()?,
             max_connections: self.max_connections(),
+            time_wait: kernel_time_wait_layout(),
         })
     }
 
@@ -530,6 +531,21 @@ impl AgentConfig {
                 .map(|a| a.octets()),
         })
     }
+}
+
+/// Where the running kernel keeps a TIME_WAIT's fields, read from its BTF
+/// once per process; unknown (every SYN that meets another connection's
+/// TIME_WAIT takes the LB path) with a warning when it cannot be read.
+pub fn kernel_time_wait_layout() -> heels_common::time_wait::TimeWaitLayout {
+    static LAYOUT: std::sync::OnceLock<heels_common::time_wait::TimeWaitLayout> = std::sync::OnceLock::new();
+    *LAYOUT.get_or_init(|| {
+        heels_xdp::btf::Btf::from_kernel().and_then(|btf| heels_xdp::btf::time_wait_layout(&btf)).unwrap_or_else(|e| {
+            tracing::warn!(
+                "reading the kernel's TIME_WAIT layout: {e} (SYNs that meet a direct connection's TIME_WAIT take the LB path)"
+            );
+            Default::default()
+        })
+    })
 }
 
 #[cfg(test)]

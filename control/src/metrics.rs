@@ -12,6 +12,7 @@
 //! | `heels_agent_info` | `instance`, `dataplane`, `version` | always 1 |
 //! | `heels_syns_translated_total` | `cpu` | SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server) |
 //! | `heels_syns_translated_from_local_vip_total` | `cpu` | of those, SYNs to a VIP this host holds (server) |
+//! | `heels_syns_translated_onto_time_wait_total` | `cpu` | of those, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (server) |
 //! | `heels_syn_fallbacks_total` | `cpu`, `reason` | SYNs with the SYN form left on the LB path: `refused` (a check failed), `no_listener`, `listener_unserved`, `tuple_in_use` (server) |
 //! | `heels_ipip_decapsulated_packets_total` | `cpu` | IPIP packets to a local address, decapsulated (server) |
 //! | `heels_syn_acks_learned_total` | `cpu` | SYN-ACK forms accepted, a connection's entries made (client) |
@@ -100,7 +101,7 @@ struct Family<C: 'static> {
 
 /// The host-wide families, in output order. Every [`TcCounter`] is in
 /// exactly one (a test checks).
-const FAMILIES: [Family<TcCounter>; 15] = [
+const FAMILIES: [Family<TcCounter>; 16] = [
     Family {
         name: "heels_syns_translated",
         help: "SYNs with the SYN form rewritten to the client and this host (server)",
@@ -112,6 +113,12 @@ const FAMILIES: [Family<TcCounter>; 15] = [
         help: "Translated SYNs that were addressed to a VIP this host holds (server)",
         unit: None,
         series: &[(TcCounter::SynTranslatedFromVip, None)],
+    },
+    Family {
+        name: "heels_syns_translated_onto_time_wait",
+        help: "Translated SYNs the kernel takes from another connection's TIME_WAIT on their tuple (server)",
+        unit: None,
+        series: &[(TcCounter::SynOntoTimeWait, None)],
     },
     Family {
         name: "heels_syn_fallbacks",

@@ -10,6 +10,7 @@
 //! | `syn_no_listener` | SYNs with the SYN form no socket would answer (no listener on the translated port): LB path (server) |
 //! | `syn_listener_unserved` | SYNs with the SYN form whose listener opened before heels attached (it cannot write the SYN-ACK form): LB path (server) |
 //! | `syn_tuple_in_use` | SYNs with the SYN form whose translated 4-tuple another socket still holds (established, handshake, TIME_WAIT): LB path (server) |
+//! | `syn_onto_time_wait` | of `syn_translated`, SYNs translated onto another connection's TIME_WAIT on their 4-tuple (a direct connection's), which the kernel takes them from (server) |
 //! | `syn_translated_from_vip` | of `syn_translated`, SYNs addressed to a VIP this host holds (decapsulated before heels), translated to `dsr_address` (server) |
 //! | `ipip_decapsulated` | IPIP packets to a local address, decapsulated (server) |
 //! | `syn_ack_learned` | SYN-ACK forms accepted: a connection's entries made (client) |

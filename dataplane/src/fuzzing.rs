@@ -15,7 +15,7 @@ use crate::checksum;
 use crate::checksum::Mode;
 use crate::conntrack::{ConnTable, FlowKey, SynEnds};
 use crate::option::{self, Endpoint};
-use crate::translate::{self, Config, Service, Sockets, Verdict};
+use crate::translate::{self, Config, Service, Sockets, SynClock, Verdict};
 use crate::wire::icmpv4::Quote;
 use crate::wire::{ethernet, EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, Protocol, TcpPacket};
 
@@ -76,7 +76,7 @@ pub fn sockets() -> HostSockets {
 }
 
 impl Sockets for HostSockets {
-    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), translate::Reason> {
+    fn answers(&self, flow: &FlowKey, vip: Endpoint, _clock: SynClock) -> Result<(), translate::Reason> {
         if self.held.contains(flow) {
             return if self.recorded(flow) == Some(vip) {
                 Ok(())

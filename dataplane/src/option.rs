@@ -24,6 +24,7 @@ pub const LEN: usize = heels_common::option::LEN as usize;
 
 const KIND_EOL: u8 = 0;
 const KIND_NOP: u8 = 1;
+const KIND_TIMESTAMP: u8 = 8;
 
 /// Why an option list was rejected. `Copy`, never allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,15 @@ pub fn find(list: &[u8]) -> Result<Option<Found>, Error> {
     Ok(found)
 }
 
+/// The timestamp option's TSval (RFC 7323: kind 8, 10 bytes), if `list`
+/// has one before any malformed option.
+pub fn timestamp_value(list: &[u8]) -> Option<u32> {
+    Options::new(list)
+        .map_while(Result::ok)
+        .find(|option| option.kind == KIND_TIMESTAMP && option.data.len() == 8)
+        .map(|option| u32::from_be_bytes([option.data[0], option.data[1], option.data[2], option.data[3]]))
+}
+
 /// The SYN form: the service the client asked for and the client itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SynOption {
@@ -224,6 +234,18 @@ mod tests {
         0x03, 0x03, 0x0a, 0xfe, 0x10, 0x48, 0x45, 0x0a, 0x0a, 0x64, 0x01, 0x00, 0x50, 0x0a, 0x0a, 0x01, 0x02,
         0x9c, 0x40,
     ];
+
+    #[test]
+    fn the_timestamp_value_of_a_real_syn_is_read() {
+        // TSval 0x5dd3d3b0 at bytes 8..12 of the real SYN's list.
+        assert_eq!(timestamp_value(&SYN_OPTIONS), Some(0x5dd3_d3b0));
+        // MSS and SACK-permitted only: none.
+        assert_eq!(timestamp_value(&SYN_OPTIONS[..6]), None);
+        // A timestamp option of the wrong length is not one.
+        let mut short = SYN_OPTIONS;
+        short[7] = 0x08;
+        assert_eq!(timestamp_value(&short[..]), None);
+    }
 
     #[test]
     fn finds_syn_form_after_real_options() {

@@ -27,6 +27,8 @@ use crate::wire::icmpv4::Quote;
 use crate::wire::{
     ethernet, EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, Protocol, TcpFlags, TcpPacket,
 };
+/// What of a SYN the kernel compares with a TIME_WAIT on its tuple.
+pub use heels_common::time_wait::SynClock;
 
 /// An IPv4 prefix such as `10.10.0.0/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +134,11 @@ pub trait Sockets {
     /// Whether a socket will answer a SYN translated to `flow`
     /// (CIP:cport -> DIP:dport) for `vip` with the SYN-ACK form: a served
     /// listener and a free tuple, or the tuple's previous translated
-    /// connection to the same VIP (its TIME_WAIT or request). Otherwise
-    /// the refusal: [`Reason::NoListener`], [`Reason::ListenerUnserved`]
-    /// or [`Reason::TupleInUse`].
-    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
+    /// connection to the same VIP (its TIME_WAIT or request), or another
+    /// connection's TIME_WAIT that the kernel hands a SYN of `clock` to
+    /// the listener from. Otherwise the refusal: [`Reason::NoListener`],
+    /// [`Reason::ListenerUnserved`] or [`Reason::TupleInUse`].
+    fn answers(&self, flow: &FlowKey, vip: Endpoint, clock: SynClock) -> Result<(), Reason>;
     /// Records that a SYN was translated to `flow` for `vip` (sockops
     /// writes the SYN-ACK form from the record). An error (no room for
     /// it) refuses the SYN: never the translation without the form.
@@ -530,7 +533,9 @@ fn try_server_syn(
     at.handshake_verifies(frame, mode)?;
     let backend = Endpoint::new(dip, local_port);
     let translated = FlowKey { src: syn.client, dst: backend };
-    sockets.answers(&translated, syn.vip)?;
+    let tcp = at.tcp(frame);
+    let clock = SynClock { seq: tcp.seq_number(), tsval: option::timestamp_value(tcp.options()) };
+    sockets.answers(&translated, syn.vip, clock)?;
     sockets.record(&translated, syn.vip)?;
     at.rewrite(frame, Side::Src, syn.client, mode);
     at.rewrite(frame, Side::Dst, backend, mode);

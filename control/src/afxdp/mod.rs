@@ -88,6 +88,7 @@ pub struct WorkerReport {
 /// | `learned_from_standby` | of those, connections whose SYN left by the `tc` standby (sent before this agent routed the VIPs through its workers) |
 /// | `syns_translated` | SYNs with the SYN form translated for a served listener (server role) |
 /// | `syns_refused` | SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path) |
+/// | `syns_onto_time_wait` | of `syns_translated`, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (a direct connection's) |
 /// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
 /// | `closes_reported` | closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep) |
@@ -124,6 +125,7 @@ pub struct AfxdpReport {
     pub learned_from_standby: u64,
     pub syns_translated: u64,
     pub syns_refused: u64,
+    pub syns_onto_time_wait: u64,
     pub listener_errors: u64,
     pub unsteered: u64,
     pub closes_reported: u64,
@@ -160,6 +162,7 @@ impl AfxdpReport {
             ("learned_from_standby", self.learned_from_standby),
             ("syns_translated", self.syns_translated),
             ("syns_refused", self.syns_refused),
+            ("syns_onto_time_wait", self.syns_onto_time_wait),
             ("listener_errors", self.listener_errors),
             ("unsteered", self.unsteered),
             ("closes_reported", self.closes_reported),
@@ -335,8 +338,9 @@ pub struct Afxdp {
     lost: Arc<AtomicU64>,
     /// Learned connections the workers could not write into the standby.
     unwritten: Arc<AtomicU64>,
-    /// The server's listener lookups that failed (their SYNs took the LB).
-    listener_errors: Arc<AtomicU64>,
+    /// The server's listener checks: failed (their SYNs took the LB), and
+    /// SYNs taken from another connection's TIME_WAIT.
+    listener_counts: listeners::ListenerCounts,
     /// Connections learned, by (client, VIP), as the workers will forget them.
     known: StdHashMap<(SocketAddrV4, SocketAddrV4), Forget>,
     /// Closed connections on their way to the workers.
@@ -415,7 +419,7 @@ impl Afxdp {
             learned,
             lost,
             unwritten: Arc::new(AtomicU64::new(0)),
-            listener_errors: Arc::new(AtomicU64::new(0)),
+            listener_counts: listeners::ListenerCounts::default(),
             known: StdHashMap::new(),
             forgets: Arc::new(ArrayQueue::new(LEARNED_QUEUE)),
             closes: datapath
@@ -467,7 +471,11 @@ impl Afxdp {
                 // The socket is made here, in the host's namespace.
                 let listeners: Box<dyn Listeners> = if config.server.is_some() {
                     let maps = datapath.server_maps().context("opening the server's maps")?;
-                    Box::new(listeners::KernelListeners::new(maps, Arc::clone(&afxdp.listener_errors))?)
+                    Box::new(listeners::KernelListeners::new(
+                        &config.instance,
+                        maps,
+                        afxdp.listener_counts.clone(),
+                    )?)
                 } else {
                     Box::new(NoListeners)
                 };
@@ -730,7 +738,8 @@ impl Afxdp {
             learned_lost: stats.learned_lost,
             standby_unwritten: stats.standby_unwritten,
             closes_reported: self.closes_reported,
-            listener_errors: self.listener_errors.load(Ordering::Relaxed),
+            listener_errors: self.listener_counts.errors.load(Ordering::Relaxed),
+            syns_onto_time_wait: self.listener_counts.onto_time_wait.load(Ordering::Relaxed),
             ..AfxdpReport::default()
         };
         for worker in &stats.reports {

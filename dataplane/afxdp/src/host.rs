@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::option::Endpoint;
-use heels_dataplane::translate::{self, Config, Learned, Reason, Sockets, Verdict};
+use heels_dataplane::translate::{self, Config, Learned, Reason, Sockets, SynClock, Verdict};
 
 use crate::nexthop::{Hop, NextHops, Unresolved};
 use crate::stage::{Clock, HostEgress, UplinkIngress};
@@ -163,7 +163,7 @@ pub trait StandbySyns: Send + Sync {
 /// other packets.
 pub trait Listeners: Send {
     /// As [`Sockets::answers`].
-    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
+    fn answers(&self, flow: &FlowKey, vip: Endpoint, clock: SynClock) -> Result<(), Reason>;
     /// As [`Sockets::record`].
     fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason>;
     /// As [`Sockets::forget`].
@@ -176,7 +176,7 @@ pub trait Listeners: Send {
 pub struct NoListeners;
 
 impl Listeners for NoListeners {
-    fn answers(&self, _flow: &FlowKey, _vip: Endpoint) -> Result<(), Reason> {
+    fn answers(&self, _flow: &FlowKey, _vip: Endpoint, _clock: SynClock) -> Result<(), Reason> {
         Err(Reason::NoListener)
     }
 
@@ -202,8 +202,8 @@ impl std::fmt::Debug for HostSockets {
 }
 
 impl Sockets for HostSockets {
-    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
-        self.listeners.answers(flow, vip)
+    fn answers(&self, flow: &FlowKey, vip: Endpoint, clock: SynClock) -> Result<(), Reason> {
+        self.listeners.answers(flow, vip, clock)
     }
 
     fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {

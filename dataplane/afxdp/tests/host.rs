@@ -22,7 +22,7 @@ use heels_afxdp::worker::{Path, Worker};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
 use heels_dataplane::option::Endpoint;
-use heels_dataplane::translate::{self, Learned, Reason, Sockets};
+use heels_dataplane::translate::{self, Learned, Reason, Sockets, SynClock};
 use heels_dataplane::vectors::vector;
 
 const NOW: u32 = 1;
@@ -78,8 +78,8 @@ fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 struct ProtocolListeners(Arc<fuzzing::HostSockets>);
 
 impl Listeners for ProtocolListeners {
-    fn answers(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
-        self.0.answers(flow, vip)
+    fn answers(&self, flow: &FlowKey, vip: Endpoint, clock: SynClock) -> Result<(), Reason> {
+        self.0.answers(flow, vip, clock)
     }
 
     fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {

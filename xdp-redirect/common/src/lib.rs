@@ -6,8 +6,30 @@
 #![no_std]
 
 pub mod option;
+pub mod time_wait;
 
 pub use option::{EXID as OPTION_EXID, KIND as OPTION_KIND, LEN as OPTION_LEN};
+
+/// Name of the TC program the afxdp workers ask, with BPF_PROG_TEST_RUN,
+/// whether a socket will answer a translated SYN (the TC ingress
+/// program's own check). Its request is [`syn_answer`]'s frame.
+pub const SYN_ANSWER_PROGRAM: &str = "heels_syn_answer";
+
+/// The request and answer of [`SYN_ANSWER_PROGRAM`].
+pub mod syn_answer {
+    /// The request: an Ethernet frame holding the translated SYN as it
+    /// would arrive (IPv4 CIP -> DIP, TCP cport -> dport, its sequence
+    /// number and timestamp option), whose Ethernet source address field
+    /// carries the VIP:vport it was translated from (4 + 2 bytes).
+    pub const VIP_AT: usize = 6;
+    /// A served listener answers, or the tuple's own earlier translation.
+    pub const ANSWERS: u32 = 0;
+    /// A served listener answers, the SYN taken from another connection's
+    /// TIME_WAIT.
+    pub const ANSWERS_ONTO_TIME_WAIT: u32 = 1;
+    /// Refused: this plus the [`super::TcCounter`] of the refusal.
+    pub const REFUSED: u32 = 0x100;
+}
 
 /// Name of the XDP classifier program.
 pub const XDP_PROGRAM: &str = "heels_classify";
@@ -207,6 +229,10 @@ pub struct TcConfig {
     /// that decapsulates before heels) is translated to; zero: such SYNs
     /// are not translated.
     pub dsr_addr: [u8; 4],
+    /// Where the running kernel keeps what a TIME_WAIT compares a SYN with
+    /// (all zero: unknown, and no SYN is translated onto another
+    /// connection's TIME_WAIT).
+    pub time_wait: time_wait::TimeWaitLayout,
 }
 
 /// What the XDP classifier saw; each is a per-CPU counter.
@@ -325,13 +351,17 @@ pub enum TcCounter {
     /// (`max_connections` connections open or opening): its SYN left
     /// without the form, and the connection takes the LB path.
     TableFull = 22,
+    /// Of `SynTranslated`, SYNs translated onto the TIME_WAIT of another
+    /// connection on their 4-tuple (a direct one, or one for another VIP)
+    /// that the kernel takes them on (`time_wait::TimeWait::takes`).
+    SynOntoTimeWait = 23,
 }
 
 impl TcCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     /// Every counter, in index order.
-    pub const ALL: [TcCounter; 23] = [
+    pub const ALL: [TcCounter; 24] = [
         TcCounter::SynTranslated,
         TcCounter::SynRefused,
         TcCounter::IpipDecapsulated,
@@ -355,6 +385,7 @@ impl TcCounter {
         TcCounter::LbResetsSent,
         TcCounter::SynAckOptionRetransmitted,
         TcCounter::TableFull,
+        TcCounter::SynOntoTimeWait,
     ];
 
     /// A snake_case name for output.
@@ -383,6 +414,7 @@ impl TcCounter {
             TcCounter::LbResetsSent => "lb_resets_sent",
             TcCounter::SynAckOptionRetransmitted => "syn_ack_option_retransmitted",
             TcCounter::TableFull => "table_full",
+            TcCounter::SynOntoTimeWait => "syn_onto_time_wait",
         }
     }
 }
@@ -466,8 +498,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowV4 {}
     // SAFETY: #[repr(C)] of byte arrays only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::EndpointV4 {}
-    // SAFETY: #[repr(C)] of a u32 and a byte array: no padding, every bit
-    // pattern valid.
+    // SAFETY: #[repr(C)] of a u32, a byte array and four u16 (16 bytes, at
+    // offsets 0, 4 and 8): no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::TcConfig {}
     // SAFETY: #[repr(C)] of a u64 array: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::VipStats {}

@@ -95,7 +95,7 @@ fn classify(ctx: &XdpContext) -> Result<XdpCounter, ()> {
     }
     let options_len = (usize::from(offset_flags[0] >> 4) * 4).saturating_sub(20);
     let options = tcp + 20;
-    let at = match options::find(ctx.start() + options, ctx.end(), options_len as u64) {
+    let at = match options::find(ctx.start() + options, ctx.end(), options_len as u64).0 {
         Search::Found(at) => at as usize,
         Search::Absent => return Ok(XdpCounter::Passed),
         Search::Malformed => return Ok(XdpCounter::BadOption),

@@ -1,4 +1,5 @@
-//! Finding the HEELS option in a TCP option list, for any program type.
+//! Finding the HEELS option (and the timestamp option) in a TCP option
+//! list, for any program type.
 //!
 //! The walk runs in `bpf_loop` (kernel 5.17+), one option per call, as the
 //! kernel's xdp_synproxy selftest does: an unrolled or bounded loop over a
@@ -47,7 +48,13 @@ struct Walk {
     outcome: u64,
     /// Offset of the first HEELS option, or NOT_FOUND.
     found: u64,
+    /// Offset of the first well-formed timestamp option, or NOT_FOUND.
+    timestamp: u64,
 }
+
+/// The timestamp option (RFC 7323): kind 8, 10 bytes, TSval at +2.
+const TIMESTAMP_KIND: u8 = 8;
+const TIMESTAMP_LEN: u64 = 10;
 
 #[inline(always)]
 fn byte_at(walk: &Walk, offset: u64) -> Option<u8> {
@@ -105,27 +112,39 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             walk.found = at;
         }
     }
+    if kind == TIMESTAMP_KIND && len == TIMESTAMP_LEN && walk.timestamp == NOT_FOUND {
+        walk.timestamp = at;
+    }
     walk.at = at + len;
     0
 }
 
 /// Walks the `len` option bytes at packet address `start` (with the packet
-/// ending at `data_end`), all of them.
+/// ending at `data_end`), all of them; with the HEELS option, the offset
+/// of the timestamp option if the list has one.
 #[inline(always)]
-pub fn find(start: usize, data_end: usize, len: u64) -> Search {
-    let mut walk =
-        Walk { start, data_end, len: len.min(MAX_OPTIONS_LEN), at: 0, outcome: SEARCHING, found: NOT_FOUND };
+pub fn find(start: usize, data_end: usize, len: u64) -> (Search, Option<u64>) {
+    let mut walk = Walk {
+        start,
+        data_end,
+        len: len.min(MAX_OPTIONS_LEN),
+        at: 0,
+        outcome: SEARCHING,
+        found: NOT_FOUND,
+        timestamp: NOT_FOUND,
+    };
     // SAFETY: `step` has the callback signature bpf_loop expects and only
     // touches the Walk passed as its context, which outlives the call.
     let calls = unsafe {
         bpf_loop(MAX_OPTIONS_LEN as u32, step as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0)
     };
     if calls < 0 {
-        return Search::Malformed;
+        return (Search::Malformed, None);
     }
-    match (walk.outcome, walk.found) {
+    let search = match (walk.outcome, walk.found) {
         (MALFORMED, _) => Search::Malformed,
         (_, NOT_FOUND) => Search::Absent,
         (_, at) => Search::Found(at),
-    }
+    };
+    (search, (walk.timestamp != NOT_FOUND).then_some(walk.timestamp))
 }

@@ -10,7 +10,10 @@
 //! also handle a checksum the stack left for offload (`BPF_F_PSEUDO_HDR`).
 //! Every entry point passes the packet on whatever happens (fail open).
 
-use aya_ebpf::helpers::generated::{bpf_sk_fullsock, bpf_sk_release, bpf_sk_storage_get, bpf_skc_lookup_tcp};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::generated::{
+    bpf_sk_fullsock, bpf_sk_release, bpf_sk_storage_get, bpf_skc_lookup_tcp, bpf_skc_to_tcp_timewait_sock,
+};
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_sock_tuple, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
@@ -19,7 +22,8 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use heels_common::{EndpointV4, FlowV4, SentSyn, TcCounter, VipCounter};
+use heels_common::time_wait::{SynClock, TimeWait, TimeWaitLayout};
+use heels_common::{syn_answer, EndpointV4, FlowV4, SentSyn, TcCounter, VipCounter};
 
 use crate::maps::{
     count, count_by, count_vip, in_prefixes, is_client_vip, BACKENDS, EGRESS, HEELS_SERVED_LISTENERS,
@@ -186,6 +190,8 @@ struct OptionList {
     state: u8,
     /// The HEELS option's bytes when FOUND.
     bytes: heels_common::option::Bytes,
+    /// The timestamp option's TSval, if the list has one.
+    tsval: Option<u32>,
 }
 
 const ABSENT: u8 = 0;
@@ -196,20 +202,26 @@ const FOUND: u8 = 2;
 /// HEELS option counts, a list malformed anywhere is MALFORMED.
 #[inline(always)]
 fn heels_option(ctx: &TcContext, segment: &Segment) -> Result<OptionList, ()> {
-    let mut list = OptionList { state: ABSENT, bytes: [0; heels_common::option::LEN as usize] };
+    let mut list = OptionList { state: ABSENT, bytes: [0; heels_common::option::LEN as usize], tsval: None };
     let options_len = segment.tcp_len.saturating_sub(20);
     if options_len == 0 {
         return Ok(list);
     }
     let options = segment.tcp + 20;
     ensure(ctx, options + options_len)?;
-    match options::find(ctx.start() + options, ctx.end(), options_len as u64) {
+    let (search, timestamp) = options::find(ctx.start() + options, ctx.end(), options_len as u64);
+    match search {
         Search::Found(at) => {
             list.bytes = read(ctx, options + (at as usize & 0x3f))?;
             list.state = FOUND;
         }
         Search::Malformed => list.state = MALFORMED,
         Search::Absent => {}
+    }
+    if let Some(at) = timestamp {
+        // TSval follows the kind and length bytes.
+        let tsval: [u8; 4] = read(ctx, options + (at as usize & 0x3f) + 2)?;
+        list.tsval = Some(u32::from_be_bytes(tsval));
     }
     Ok(list)
 }
@@ -510,14 +522,19 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
     }
     let backend = EndpointV4 { addr: dip, port: local_port, pad: [0; 2] };
     let translated = FlowV4::between(&client, &backend);
-    if let Err(refusal) = answering_socket(ctx, &translated, &vip) {
-        count(refusal);
-        if let Some(counter) = VipCounter::of_refusal(refusal) {
-            count_vip(&vip, counter, 1);
+    let seq: [u8; 4] = read(ctx, segment.tcp + 4)?;
+    let clock = SynClock { seq: u32::from_be_bytes(seq), tsval: option.tsval };
+    let onto_time_wait = match answering_socket(ctx, &translated, &vip, &clock) {
+        Ok(onto_time_wait) => onto_time_wait,
+        Err(refusal) => {
+            count(refusal);
+            if let Some(counter) = VipCounter::of_refusal(refusal) {
+                count_vip(&vip, counter, 1);
+            }
+            forget_translation(segment);
+            return Ok(());
         }
-        forget_translation(segment);
-        return Ok(());
-    }
+    };
     TRANSLATED.insert(translated, vip, 0).map_err(|_| ())?;
     rewrite(ctx, segment, Side::Src, &client)?;
     rewrite(ctx, segment, Side::Dst, &backend)?;
@@ -531,6 +548,9 @@ fn server_syn(ctx: &TcContext, segment: &Segment, tunnel: &Tunnel) -> Result<(),
     if to_local_vip {
         count(TcCounter::SynTranslatedFromVip);
     }
+    if onto_time_wait {
+        count(TcCounter::SynOntoTimeWait);
+    }
     Ok(())
 }
 
@@ -541,39 +561,63 @@ fn forget_translation(segment: &Segment) {
     let _ = TRANSLATED.remove(segment.flow());
 }
 
+/// The afxdp workers' question (`heels_common::syn_answer`), run with
+/// BPF_PROG_TEST_RUN in the host's namespace: the answer of
+/// [`answering_socket`] for the translated SYN the frame holds.
+#[classifier]
+pub fn heels_syn_answer(ctx: TcContext) -> i32 {
+    let answer = match try_syn_answer(&ctx) {
+        Ok(Ok(false)) => syn_answer::ANSWERS,
+        Ok(Ok(true)) => syn_answer::ANSWERS_ONTO_TIME_WAIT,
+        Ok(Err(refusal)) => syn_answer::REFUSED + refusal as u32,
+        Err(()) => syn_answer::REFUSED + TcCounter::Errors as u32,
+    };
+    answer as i32
+}
+
+#[inline(always)]
+fn try_syn_answer(ctx: &TcContext) -> Result<Result<bool, TcCounter>, ()> {
+    let segment = parse(ctx)?.ok_or(())?;
+    let option = heels_option(ctx, &segment)?;
+    let vip: [u8; 6] = read(ctx, syn_answer::VIP_AT)?;
+    let vip = EndpointV4 { addr: [vip[0], vip[1], vip[2], vip[3]], port: [vip[4], vip[5]], pad: [0; 2] };
+    let seq: [u8; 4] = read(ctx, segment.tcp + 4)?;
+    let clock = SynClock { seq: u32::from_be_bytes(seq), tsval: option.tsval };
+    Ok(answering_socket(ctx, &segment.flow(), &vip, &clock))
+}
+
 /// Whether a socket of this host will answer a SYN translated to `flow`
 /// with the SYN-ACK form: a listener that sockops saw start (so it writes
 /// the form), and no other socket on the 4-tuple, except one left by the
 /// previous translated connection to the same VIP (its TIME_WAIT, which
 /// takes a newer SYN of the same client, or the request a retransmitted
-/// SYN belongs to). Otherwise the counter of the refusal.
+/// SYN belongs to), or a TIME_WAIT the kernel hands this SYN's `clock` to
+/// the listener from (`Ok(true)`: onto a TIME_WAIT of another
+/// connection). Otherwise the counter of the refusal. Shared with
+/// `heels_syn_answer`, which asks it for the afxdp workers.
 #[inline(always)]
-fn answering_socket(ctx: &TcContext, flow: &FlowV4, vip: &EndpointV4) -> Result<(), TcCounter> {
+fn answering_socket(
+    ctx: &TcContext,
+    flow: &FlowV4,
+    vip: &EndpointV4,
+    clock: &SynClock,
+) -> Result<bool, TcCounter> {
     let Some(sk) = lookup_tcp(ctx, flow) else {
         return Err(TcCounter::SynNoListener);
     };
     // SAFETY: a socket the lookup returned and not yet released.
     let state = unsafe { (*sk).state };
     let answer = if state == BPF_TCP_LISTEN {
-        // SAFETY: as above; storage is only read (no create flag).
-        let served = unsafe {
-            let full = bpf_sk_fullsock(sk);
-            !full.is_null()
-                && !bpf_sk_storage_get(HEELS_SERVED_LISTENERS.as_ptr(), full.cast(), core::ptr::null_mut(), 0)
-                    .is_null()
-        };
-        if served {
-            Ok(())
-        } else {
-            Err(TcCounter::SynListenerUnserved)
-        }
+        served_listener(sk).map(|()| false)
     } else {
         // SAFETY: the value is copied out at once.
         let ours = unsafe { TRANSLATED.get(flow) }.copied() == Some(*vip);
         let reusable =
             state == BPF_TCP_TIME_WAIT || state == BPF_TCP_NEW_SYN_RECV || state == BPF_TCP_SYN_RECV;
         if ours && reusable {
-            Ok(())
+            Ok(false)
+        } else if state == BPF_TCP_TIME_WAIT && time_wait_takes(sk, clock) {
+            listener_answers(ctx, flow).map(|()| true)
         } else {
             Err(TcCounter::SynTupleInUse)
         }
@@ -581,6 +625,83 @@ fn answering_socket(ctx: &TcContext, flow: &FlowV4, vip: &EndpointV4) -> Result<
     // SAFETY: releases the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
     answer
+}
+
+/// Whether the listener `sk` is one sockops saw start.
+#[inline(always)]
+fn served_listener(sk: *mut aya_ebpf::bindings::bpf_sock) -> Result<(), TcCounter> {
+    // SAFETY: a socket the caller holds a reference to; storage is only
+    // read (no create flag).
+    let served = unsafe {
+        let full = bpf_sk_fullsock(sk);
+        !full.is_null()
+            && !bpf_sk_storage_get(HEELS_SERVED_LISTENERS.as_ptr(), full.cast(), core::ptr::null_mut(), 0)
+                .is_null()
+    };
+    if served {
+        Ok(())
+    } else {
+        Err(TcCounter::SynListenerUnserved)
+    }
+}
+
+/// The listener the kernel hands a SYN for `flow` to once the TIME_WAIT
+/// on the tuple takes it: the one a lookup finds with no connection to
+/// match (source 0.0.0.0:0), and it must be served.
+#[inline(always)]
+fn listener_answers(ctx: &TcContext, flow: &FlowV4) -> Result<(), TcCounter> {
+    let any_source = FlowV4 { src_addr: [0; 4], src_port: [0; 2], ..*flow };
+    let Some(sk) = lookup_tcp(ctx, &any_source) else {
+        return Err(TcCounter::SynNoListener);
+    };
+    // SAFETY: a socket the lookup returned and not yet released.
+    let answer = if unsafe { (*sk).state } == BPF_TCP_LISTEN {
+        served_listener(sk)
+    } else {
+        Err(TcCounter::SynTupleInUse)
+    };
+    // SAFETY: releases the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    answer
+}
+
+/// Whether the TIME_WAIT socket `sk` takes a SYN of `clock`
+/// (`heels_common::time_wait`), read at the offsets the loader found in
+/// the kernel's BTF; no when they are unknown or a read fails.
+#[inline(always)]
+fn time_wait_takes(sk: *mut aya_ebpf::bindings::bpf_sock, clock: &SynClock) -> bool {
+    let Some(layout) = TC_CONFIG.get(0).map(|config| config.time_wait) else {
+        return false;
+    };
+    if !layout.is_known() {
+        return false;
+    }
+    // SAFETY: a socket the caller holds a reference to; the helper checks
+    // that it is a TIME_WAIT and answers null otherwise.
+    let tw = unsafe { bpf_skc_to_tcp_timewait_sock(sk.cast()) };
+    if tw.is_null() {
+        return false;
+    }
+    let base = tw as *const u8;
+    // The mask bounds each offset for the verifier (the loader checks it).
+    let field = |offset: u16| base.wrapping_add(usize::from(offset & TimeWaitLayout::MAX_OFFSET));
+    // SAFETY: bpf_probe_read_kernel copies kernel memory with fault
+    // handling; the addresses are fields of the TIME_WAIT the caller's
+    // reference keeps alive.
+    let read = unsafe {
+        (
+            bpf_probe_read_kernel(field(layout.substate)),
+            bpf_probe_read_kernel(field(layout.rcv_nxt).cast::<u32>()),
+            bpf_probe_read_kernel(field(layout.ts_recent).cast::<u32>()),
+            bpf_probe_read_kernel(field(layout.ts_recent_stamp).cast::<i32>()),
+        )
+    };
+    match read {
+        (Ok(substate), Ok(rcv_nxt), Ok(ts_recent), Ok(ts_recent_stamp)) => {
+            TimeWait { substate, rcv_nxt, ts_recent, ts_recent_stamp }.takes(clock)
+        }
+        _ => false,
+    }
 }
 
 /// Client ingress: a SYN-ACK with the SYN-ACK form makes the connection's

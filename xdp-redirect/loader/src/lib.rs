@@ -4,6 +4,7 @@
 use aya::maps::{Map, MapError};
 use aya::Ebpf;
 
+pub mod btf;
 pub mod classifier;
 pub mod sent_syns;
 pub mod tc;
@@ -13,7 +14,7 @@ pub use classifier::{Classifier, ClassifierError};
 pub use sent_syns::SentSyns;
 pub use tc::{
     Closes, Connection, ConnectionMaps, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner,
-    ServerMaps, SynMarker,
+    ServerMaps, SynAnswerer, SynMarker,
 };
 pub use workers::ToWorkers;
 

@@ -20,11 +20,12 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
+use heels_common::time_wait::{SynClock, TimeWaitLayout};
 use heels_common::{
-    EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_CLOSES, MAP_EGRESS,
-    MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG, MAP_TC_STATS,
-    MAP_VIP_STATS, MAX_CONNECTIONS, SOCKOPS_PROGRAM, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM,
-    TC_MARK_TRANSLATED_PROGRAM,
+    syn_answer, EndpointV4, FlowV4, TcConfig, TcCounter, VipStats, MAP_BACKENDS, MAP_CLIENT_VIPS, MAP_CLOSES,
+    MAP_EGRESS, MAP_INGRESS, MAP_LB_SOURCES, MAP_LOCAL_ADDRS, MAP_LOCAL_VIPS, MAP_SERVICES, MAP_TC_CONFIG,
+    MAP_TC_STATS, MAP_VIP_STATS, MAX_CONNECTIONS, SOCKOPS_PROGRAM, SYN_ANSWER_PROGRAM, TC_EGRESS_PROGRAM,
+    TC_INGRESS_PROGRAM, TC_MARK_TRANSLATED_PROGRAM,
 };
 use heels_dataplane::translate::{Config as Rules, Prefix};
 
@@ -97,6 +98,10 @@ pub struct DatapathConfig {
     /// Most client connections open or opening at once (the size of
     /// [`MAP_EGRESS`] and [`MAP_INGRESS`]); 0 means [`MAX_CONNECTIONS`].
     pub max_connections: u32,
+    /// Where the running kernel keeps a TIME_WAIT's fields
+    /// ([`crate::btf::time_wait_layout`]); the default (unknown) keeps
+    /// every SYN that meets another connection's TIME_WAIT on the LB path.
+    pub time_wait: TimeWaitLayout,
 }
 
 impl DatapathConfig {
@@ -705,6 +710,91 @@ impl ProgramRunner {
     }
 }
 
+/// The TC ingress program's check of whether a socket answers a translated
+/// SYN, for the afxdp workers: [`SYN_ANSWER_PROGRAM`] loaded over a running
+/// instance's maps and run with BPF_PROG_TEST_RUN in the calling thread's
+/// network namespace (one system call per SYN with the SYN form).
+#[derive(Debug)]
+pub struct SynAnswerer {
+    ebpf: Ebpf,
+}
+
+impl SynAnswerer {
+    /// Loads the program over the pins of a running instance.
+    pub fn load(instance: &str) -> Result<Self, DatapathError> {
+        let maps_dir = instance_dir(instance).join("maps");
+        if !maps_dir.is_dir() {
+            return Err(DatapathError::NoInstance(instance.to_owned()));
+        }
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+        load_classifier(&mut ebpf, SYN_ANSWER_PROGRAM)?;
+        Ok(SynAnswerer { ebpf })
+    }
+
+    /// Whether a socket will answer a SYN translated to `flow` for `vip`:
+    /// `Ok(true)` when it is taken from another connection's TIME_WAIT;
+    /// else the counter of the refusal.
+    pub fn ask(
+        &self,
+        flow: &FlowV4,
+        vip: &EndpointV4,
+        clock: &SynClock,
+    ) -> Result<Result<bool, TcCounter>, DatapathError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let name = SYN_ANSWER_PROGRAM;
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(program_error(name))?;
+        let frame = syn_answer_request(flow, vip, clock);
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(&frame);
+        let answer = program.test_run(options).map_err(program_error(name))?.return_value;
+        Ok(match answer {
+            syn_answer::ANSWERS => Ok(false),
+            syn_answer::ANSWERS_ONTO_TIME_WAIT => Ok(true),
+            refused => Err(refused
+                .checked_sub(syn_answer::REFUSED)
+                .and_then(|index| TcCounter::ALL.get(index as usize).copied())
+                .unwrap_or(TcCounter::Errors)),
+        })
+    }
+}
+
+/// The frame [`SYN_ANSWER_PROGRAM`] reads (`heels_common::syn_answer`):
+/// Ethernet (source field: VIP:vport), IPv4, and a TCP SYN with the
+/// sequence number and, when the SYN had one, a timestamp option.
+fn syn_answer_request(flow: &FlowV4, vip: &EndpointV4, clock: &SynClock) -> [u8; 66] {
+    let mut frame = [0u8; 66];
+    frame[syn_answer::VIP_AT..syn_answer::VIP_AT + 4].copy_from_slice(&vip.addr);
+    frame[syn_answer::VIP_AT + 4..syn_answer::VIP_AT + 6].copy_from_slice(&vip.port);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut frame[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&52u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&flow.src_addr);
+    ip[16..20].copy_from_slice(&flow.dst_addr);
+    let tcp = &mut frame[34..66];
+    tcp[0..2].copy_from_slice(&flow.src_port);
+    tcp[2..4].copy_from_slice(&flow.dst_port);
+    tcp[4..8].copy_from_slice(&clock.seq.to_be_bytes());
+    // 32 bytes of header (8 words); SYN.
+    tcp[12] = 8 << 4;
+    tcp[13] = 0x02;
+    // NOP, NOP, then the timestamp option (or two more NOP words).
+    tcp[20..32].fill(1);
+    if let Some(tsval) = clock.tsval {
+        tcp[22..24].copy_from_slice(&[8, 10]);
+        tcp[24..28].copy_from_slice(&tsval.to_be_bytes());
+        tcp[28..32].fill(0);
+    }
+    frame
+}
+
 /// Inserts every entry, then removes the keys not among them.
 fn replace<K: Pod + Eq + std::hash::Hash, V: Pod>(
     map: &mut HashMap<&mut MapData, K, V>,
@@ -779,7 +869,8 @@ fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathErr
     let map = crate::find_map_mut(ebpf, MAP_TC_CONFIG).map_err(map_error(MAP_TC_CONFIG))?;
     let mut settings: Array<_, TcConfig> = Array::try_from(map).map_err(map_error(MAP_TC_CONFIG))?;
     let dsr_addr = rules.dsr_addr.unwrap_or([0; 4]);
-    settings.set(0, TcConfig { syn_mark: config.syn_mark, dsr_addr }, 0).map_err(map_error(MAP_TC_CONFIG))
+    let settings_value = TcConfig { syn_mark: config.syn_mark, dsr_addr, time_wait: config.time_wait };
+    settings.set(0, settings_value, 0).map_err(map_error(MAP_TC_CONFIG))
 }
 
 fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
