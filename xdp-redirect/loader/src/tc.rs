@@ -675,15 +675,7 @@ pub struct ProgramRunner {
 impl ProgramRunner {
     /// Loads the programs over the pins of a running instance.
     pub fn load(instance: &str) -> Result<Self, DatapathError> {
-        let maps_dir = instance_dir(instance).join("maps");
-        if !maps_dir.is_dir() {
-            return Err(DatapathError::NoInstance(instance.to_owned()));
-        }
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
-        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
-            load_classifier(&mut ebpf, name)?;
-        }
-        Ok(ProgramRunner { ebpf })
+        Ok(ProgramRunner { ebpf: load_over_pins(instance, &[TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM])? })
     }
 
     /// Runs one program on `frame`; returns the frame as it left the
@@ -694,12 +686,7 @@ impl ProgramRunner {
             Hook::Ingress => TC_INGRESS_PROGRAM,
             Hook::Egress => TC_EGRESS_PROGRAM,
         };
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(program_error(name))?;
+        let program = loaded_classifier(&self.ebpf, name)?;
         let mut out = vec![0u8; frame.len() + 256];
         let mut options = TestRunOptions::new();
         options.data_in = Some(frame);
@@ -722,13 +709,7 @@ pub struct SynAnswerer {
 impl SynAnswerer {
     /// Loads the program over the pins of a running instance.
     pub fn load(instance: &str) -> Result<Self, DatapathError> {
-        let maps_dir = instance_dir(instance).join("maps");
-        if !maps_dir.is_dir() {
-            return Err(DatapathError::NoInstance(instance.to_owned()));
-        }
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
-        load_classifier(&mut ebpf, SYN_ANSWER_PROGRAM)?;
-        Ok(SynAnswerer { ebpf })
+        Ok(SynAnswerer { ebpf: load_over_pins(instance, &[SYN_ANSWER_PROGRAM])? })
     }
 
     /// Whether a socket will answer a SYN translated to `flow` for `vip`:
@@ -742,12 +723,7 @@ impl SynAnswerer {
     ) -> Result<Result<bool, TcCounter>, DatapathError> {
         use aya::programs::{TestRun, TestRunOptions};
         let name = SYN_ANSWER_PROGRAM;
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(program_error(name))?;
+        let program = loaded_classifier(&self.ebpf, name)?;
         let frame = syn_answer_request(flow, vip, clock);
         let mut options = TestRunOptions::new();
         options.data_in = Some(&frame);
@@ -761,6 +737,28 @@ impl SynAnswerer {
                 .unwrap_or(TcCounter::Errors)),
         })
     }
+}
+
+/// The object loaded over the pinned maps of a running instance, with the
+/// classifiers `programs` loaded (not attached).
+fn load_over_pins(instance: &str, programs: &[&'static str]) -> Result<Ebpf, DatapathError> {
+    let maps_dir = instance_dir(instance).join("maps");
+    if !maps_dir.is_dir() {
+        return Err(DatapathError::NoInstance(instance.to_owned()));
+    }
+    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
+    for name in programs {
+        load_classifier(&mut ebpf, name)?;
+    }
+    Ok(ebpf)
+}
+
+/// The loaded classifier `name` of `ebpf`.
+fn loaded_classifier<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier, DatapathError> {
+    ebpf.program(name)
+        .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+        .try_into()
+        .map_err(program_error(name))
 }
 
 /// The frame [`SYN_ANSWER_PROGRAM`] reads (`heels_common::syn_answer`):
@@ -926,6 +924,30 @@ fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_syn_answer_request_is_a_syn_with_its_sequence_timestamp_and_vip() {
+        let flow =
+            FlowV4::between(&EndpointV4::new([10, 10, 1, 2], 40000), &EndpointV4::new([10, 10, 0, 11], 8080));
+        let vip = EndpointV4::new([10, 10, 100, 1], 80);
+        let frame = syn_answer_request(&flow, &vip, &SynClock { seq: 0x0102_0304, tsval: Some(0x0a0b_0c0d) });
+        #[rustfmt::skip]
+        let expected: [u8; 66] = [
+            // Ethernet: no destination, VIP:vport as the source, IPv4.
+            0, 0, 0, 0, 0, 0, 10, 10, 100, 1, 0, 80, 0x08, 0x00,
+            // IPv4: 52 bytes, TTL 64, TCP, 10.10.1.2 -> 10.10.0.11.
+            0x45, 0, 0, 52, 0, 0, 0, 0, 64, 6, 0, 0, 10, 10, 1, 2, 10, 10, 0, 11,
+            // TCP: 40000 -> 8080, the sequence number, 32 bytes, SYN.
+            0x9c, 0x40, 0x1f, 0x90, 1, 2, 3, 4, 0, 0, 0, 0, 0x80, 0x02, 0, 0, 0, 0, 0, 0,
+            // NOP, NOP, timestamps (TSval, TSecr 0).
+            1, 1, 8, 10, 0x0a, 0x0b, 0x0c, 0x0d, 0, 0, 0, 0,
+        ];
+        assert_eq!(frame, expected);
+        let untimed = syn_answer_request(&flow, &vip, &SynClock { seq: 1, tsval: None });
+        assert_eq!(untimed[54..66], [1; 12], "NOPs only");
+        // The core's view reads the same timestamp back.
+        assert_eq!(heels_dataplane::option::timestamp_value(&frame[54..66]), Some(0x0a0b_0c0d));
+    }
 
     #[test]
     fn a_close_record_is_the_flow_as_laid_out_in_memory() {
