@@ -26,15 +26,10 @@ use netlink_sys::Socket;
 use crate::netlink::{self, Answer};
 
 // Socket states as sock_diag reports them (include/net/tcp_states.h): a
-// request socket as SYN_RECV, a TIME_WAIT socket by its substate
-// (TIME_WAIT, or FIN_WAIT2 while the peer's FIN is awaited) with the
-// TIME_WAIT timer.
-/// `TCP_SYN_RECV`.
-pub const TCP_SYN_RECV: u8 = 3;
+// TIME_WAIT socket by its substate (TIME_WAIT, or FIN_WAIT2 while the
+// peer's FIN is awaited) with the TIME_WAIT timer.
 /// `TCP_TIME_WAIT`.
 pub const TCP_TIME_WAIT: u8 = 6;
-/// `TCP_LISTEN`.
-pub const TCP_LISTEN: u8 = 10;
 
 /// What sock_diag said of the socket on a 4-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

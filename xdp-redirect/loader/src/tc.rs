@@ -170,9 +170,6 @@ const MAP_SERVED_LISTENERS: &str = "HEELS_SERVED_LISTENERS";
 pub struct ServerMaps {
     /// `HEELS_TRANSLATED`: translated 4-tuple -> VIP:vport.
     pub translated: HashMap<MapData, FlowV4, EndpointV4>,
-    /// `HEELS_SERVED_LISTENERS` (socket storage: readable only through
-    /// sock_diag, which names the map by descriptor).
-    pub served_listeners: MapData,
 }
 
 /// See [`Datapath::connection_maps`].
@@ -446,9 +443,7 @@ impl Datapath {
         let name = MAP_TRANSLATED;
         let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
         let translated = HashMap::try_from(Map::LruHashMap(data)).map_err(map_error(name))?;
-        let name = MAP_SERVED_LISTENERS;
-        let served_listeners = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
-        Ok(ServerMaps { translated, served_listeners })
+        Ok(ServerMaps { translated })
     }
 
     /// Handles of their own (opened anew from the pins) on the client's
