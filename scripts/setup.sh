@@ -7,8 +7,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages the tests and the lab use: ip, nft, ethtool, nsenter,
 # sysctl; bpftool and tcpdump to look at a lab by hand; curl and python3
-# (http.server), the stock client and server the lab tests run through heels.
-APT_PACKAGES=(iproute2 nftables ethtool util-linux procps bpftool tcpdump curl python3 systemd iperf3 sockperf wrk)
+# (http.server), nginx and redis: the stock clients and servers the lab
+# tests and the bench run through heels.
+APT_PACKAGES=(iproute2 nftables ethtool util-linux procps bpftool tcpdump curl python3 systemd iperf3 sockperf wrk
+    nginx redis-server redis-tools)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +19,18 @@ if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The lab runs nginx and redis in its own namespaces; the packages'
+    # scripts must not start them as services on this host (policy-rc.d
+    # 101: "action forbidden"), unless the machine already has a policy.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+    fi
+    status=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    [[ -n $own_policy ]] && rm -f "$policy"
+    ((status == 0)) || exit "$status"
 fi
 
 # The eBPF crate is built with nightly (build-std needs rust-src) and

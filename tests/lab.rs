@@ -615,6 +615,93 @@ fn afxdp_servers_share_tuples_with_direct_connections_without_stalls() {
     assert_only_syns_and_resets(&lb, connections, resets..=resets);
 }
 
+/// The tests above as users meet them: stock tools to the backend's own
+/// address (two rounds each), then the same tools through the VIP, in one
+/// lab (the order of the issue that found it: before heels read the
+/// TIME_WAITs it holds, the LB carried as much in the VIP rounds as with
+/// no heels at all). The direct rounds leave the server's port full of
+/// TIME_WAITs (nginx closes first, on a `[::]` listener); the VIP rounds
+/// still bypass: the LB carries each connection's SYN and nothing else,
+/// and no SYN is retransmitted.
+fn stock_tools_bypass_after_direct_rounds(server: Dataplane) {
+    use heels::lab::tools::{self, ServerKind};
+    let lab = Lab::build(
+        LabSpec {
+            lb: LbKind::Fullnat,
+            servers: 1,
+            client: Dataplane::Tc,
+            server,
+            overrides: Overrides { bare: true, ..Overrides::default() },
+        },
+        heels(),
+    )
+    .expect("the lab builds");
+    let direct = SocketAddrV4::new(heels::lab::server_addr(0), lab.server_port());
+    let client = lab.client();
+    let retransmitted = || client.netstat("TcpExtTCPSynRetrans").unwrap();
+    let opened = || client.netstat("TcpActiveOpens").unwrap();
+    let mut figures = Vec::new();
+    for kind in [ServerKind::Iperf3, ServerKind::Sockperf, ServerKind::Nginx, ServerKind::Redis] {
+        let _servers = tools::start_servers(&lab, kind).expect("the servers start");
+        let round = |target: SocketAddrV4| -> String {
+            let figure = match kind {
+                ServerKind::Iperf3 => tools::iperf3(&lab, target, 1, 1.0).map(|g| format!("{g:.1} Gbit/s")),
+                ServerKind::Sockperf => {
+                    tools::sockperf(&lab, target, 64, 1.0).map(|p| format!("p50 {:.0} us", p.p50))
+                }
+                ServerKind::Nginx => tools::wrk(&lab, target, 4, 3.0, true).map(|r| format!("{r:.0} req/s")),
+                ServerKind::Redis => {
+                    tools::redis_benchmark(&lab, target, 4, 10_000, false).map(|r| format!("{r:.0} req/s"))
+                }
+                ServerKind::Http | ServerKind::Lab => unreachable!(),
+            };
+            figure.unwrap_or_else(|e| panic!("{kind:?} to {target}: {e:#}"))
+        };
+        let direct_rounds = [round(direct), round(direct)];
+        let (lb_before, opened_before, retransmitted_before) =
+            (lab.lb_counters().unwrap(), opened(), retransmitted());
+        let resets_before = counter(&lab.client_instance().unwrap(), TcCounter::LbResetsSent);
+        let vip_rounds = [round(lab.service()), round(lab.service())];
+        let lb = lab.lb_counters().unwrap().since(&lb_before);
+        let connections = (opened() - opened_before) as usize;
+        let stalls = retransmitted() - retransmitted_before;
+        let resets = counter(&lab.client_instance().unwrap(), TcCounter::LbResetsSent) - resets_before;
+        let line = format!(
+            "{kind:?}: direct {direct_rounds:?}, then the VIP {vip_rounds:?}: {connections} connections, \
+             {stalls} SYN retransmissions, the LB {lb:?}"
+        );
+        eprintln!("{line}");
+        assert_eq!(stalls, 0, "{line}");
+        assert_only_syns_and_resets(&lb, connections, resets..=resets);
+        figures.push(line);
+    }
+    let (translated, onto_time_wait) = match server {
+        Dataplane::Afxdp => {
+            let syns = wait_for_servers(&lab, |s| s.onto_time_wait > 0);
+            (syns.translated, syns.onto_time_wait)
+        }
+        _ => {
+            let servers = lab.server_instances();
+            (sum_over(&servers, TcCounter::SynTranslated), sum_over(&servers, TcCounter::SynOntoTimeWait))
+        }
+    };
+    eprintln!("{translated} SYNs translated, {onto_time_wait} onto a direct connection's TIME_WAIT");
+    assert!(
+        onto_time_wait > 0,
+        "no SYN met a direct connection's TIME_WAIT, so this proved nothing: {figures:#?}"
+    );
+}
+
+#[test]
+fn stock_tools_bypass_after_direct_rounds_on_tc_servers() {
+    stock_tools_bypass_after_direct_rounds(Dataplane::Tc);
+}
+
+#[test]
+fn stock_tools_bypass_after_direct_rounds_on_afxdp_servers() {
+    stock_tools_bypass_after_direct_rounds(Dataplane::Afxdp);
+}
+
 /// An ICMP error about a bypassed connection quotes CIP:cport -> DIP:dport;
 /// the client's socket knows CIP:cport -> VIP:vport. Once a bypassed stream
 /// is under way, the router of the direct path drops to 1200 bytes both

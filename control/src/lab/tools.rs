@@ -1,5 +1,6 @@
-//! The stock tools the bench measures with, as a user would run them
-//! (Debian's iperf3, sockperf, wrk, and Python's own HTTP server), on lab
+//! The stock tools the bench and the lab tests run, as a user would run
+//! them (Debian's iperf3, sockperf, wrk, nginx, redis, and Python's own
+//! HTTP server), on lab
 //! hosts, pinned to fixed CPUs: each server on [`SERVER_CPU`], each client
 //! on [`CLIENT_CPU`]. Parsing is separate from running, and tested on the
 //! tools' real output.
@@ -37,8 +38,30 @@ pub enum ServerKind {
     Sockperf,
     /// Python's `http.server`, HTTP/1.1 with keep-alive (wrk).
     Http,
+    /// nginx on `[::]` (dual stack, as its default site listens), closing
+    /// each connection after its response (`keepalive_timeout 0`): the
+    /// server closes first and keeps the TIME_WAIT.
+    Nginx,
+    /// `redis-server`, no persistence.
+    Redis,
     /// The lab's own server (`heels lab serve`: every byte checked).
     Lab,
+}
+
+/// nginx's configuration for the lab server `id`: everything it writes
+/// (pid, logs, temporary files) under `dir`, one process, as root.
+fn nginx_config(dir: &std::path::Path, id: usize, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nuser root;\n\
+         pid {dir}/nginx-{id}.pid;\nerror_log {dir}/nginx-{id}-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_timeout 0;\n\
+         \x20 client_body_temp_path {dir}/nginx-{id}-body;\n  proxy_temp_path {dir}/nginx-{id}-proxy;\n\
+         \x20 fastcgi_temp_path {dir}/nginx-{id}-fastcgi;\n  uwsgi_temp_path {dir}/nginx-{id}-uwsgi;\n\
+         \x20 scgi_temp_path {dir}/nginx-{id}-scgi;\n\
+         \x20 server {{ listen [::]:{port} ipv6only=off; location / {{ return 200 \"heels lab\\n\"; }} }}\n}}\n"
+    )
 }
 
 /// Starts `kind` on the service port of every server host of `lab`, and
@@ -71,6 +94,26 @@ pub fn start_servers(lab: &Lab, kind: ServerKind) -> anyhow::Result<Vec<Server>>
                  h.SimpleHTTPRequestHandler.log_message = lambda *a: None\n\
                  h.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), h.SimpleHTTPRequestHandler).serve_forever()",
                 &port,
+            ]),
+            ServerKind::Nginx => {
+                let config = lab.work_dir().join(format!("nginx-{}.conf", i + 1));
+                std::fs::write(&config, nginx_config(lab.work_dir(), i + 1, lab.server_port()))?;
+                let error_log = lab.work_dir().join(format!("nginx-{}-error.log", i + 1));
+                // -e: the log of the start itself, before the configuration is read.
+                command.arg("nginx").arg("-e").arg(error_log).arg("-c").arg(config)
+            }
+            ServerKind::Redis => command.args([
+                "redis-server",
+                "--port",
+                &port,
+                "--bind",
+                "0.0.0.0",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
             ]),
             ServerKind::Lab => command
                 .arg(lab.heels())
@@ -207,6 +250,49 @@ pub fn wrk(
     parse_wrk(&String::from_utf8_lossy(&output.stdout), close)
 }
 
+/// `redis-benchmark` against `target`: `requests` PINGs from `clients`
+/// connections, each request on a new connection unless `keep_alive`
+/// (`-k 0`: the client closes first). Requests per second.
+pub fn redis_benchmark(
+    lab: &Lab,
+    target: SocketAddrV4,
+    clients: usize,
+    requests: usize,
+    keep_alive: bool,
+) -> anyhow::Result<f64> {
+    let (host, port, clients, requests) =
+        (target.ip().to_string(), target.port().to_string(), clients.to_string(), requests.to_string());
+    let keep_alive = if keep_alive { "1" } else { "0" };
+    let args = [
+        "redis-benchmark",
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-c",
+        &clients,
+        "-n",
+        &requests,
+        "-k",
+        keep_alive,
+        "-t",
+        "ping_inline",
+        "--csv",
+    ];
+    let output = client(lab, &args, SLACK + SLACK)?;
+    parse_redis_benchmark(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Requests per second of `redis-benchmark --csv` (its one test).
+pub fn parse_redis_benchmark(csv: &str) -> anyhow::Result<f64> {
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("\"PING_INLINE\""))
+        .context("redis-benchmark: no PING_INLINE row")?;
+    let rps = row.split(',').nth(1).context("redis-benchmark: no rps column")?;
+    rps.trim_matches('"').parse().with_context(|| format!("redis-benchmark: {row:?}"))
+}
+
 /// Requests per second from wrk's report; an error if a request failed or
 /// answered other than 2xx/3xx (a figure made of errors is no figure).
 /// With `close`, wrk counts each server's close as a read error, one per
@@ -286,6 +372,35 @@ Transfer/sec:    257.37KB
 Requests/sec:   2639.64
 Transfer/sec:    482.21KB
 ";
+
+    /// `redis-benchmark -c 4 -n 2000 -k 0 -t ping_inline --csv`.
+    const REDIS_BENCHMARK: &str =
+        "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\
+\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"
+\"PING_INLINE\",\"7490.64\",\"0.380\",\"0.016\",\"0.199\",\"1.327\",\"4.199\",\"4.607\"
+";
+
+    #[test]
+    fn parses_redis_benchmark_and_refuses_a_report_without_its_test() {
+        assert_eq!(parse_redis_benchmark(REDIS_BENCHMARK).unwrap(), 7490.64);
+        let header_only = REDIS_BENCHMARK.lines().next().unwrap();
+        assert!(parse_redis_benchmark(header_only).unwrap_err().to_string().contains("no PING_INLINE"));
+        let garbled = REDIS_BENCHMARK.replace("7490.64", "many");
+        assert!(parse_redis_benchmark(&garbled).is_err());
+    }
+
+    #[test]
+    fn nginx_config_keeps_everything_under_the_work_directory() {
+        let config = nginx_config(std::path::Path::new("/w"), 2, 8080);
+        assert!(config.contains("listen [::]:8080 ipv6only=off;"), "{config}");
+        assert!(config.contains("keepalive_timeout 0;"), "{config}");
+        let paths: Vec<&str> =
+            config.split_whitespace().filter(|w| w.starts_with('/') && w.len() > 1).collect();
+        assert_eq!(paths.len(), 7, "{config}");
+        for path in paths {
+            assert!(path.starts_with("/w/nginx-2"), "a path outside the work directory: {path}");
+        }
+    }
 
     #[test]
     fn parses_wrk_and_refuses_figures_made_of_errors() {

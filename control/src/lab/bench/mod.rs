@@ -355,6 +355,8 @@ fn tool_of(kind: ServerKind) -> &'static str {
         ServerKind::Iperf3 => "iperf3",
         ServerKind::Sockperf => "sockperf",
         ServerKind::Http => "wrk",
+        ServerKind::Nginx => "wrk (nginx)",
+        ServerKind::Redis => "redis-benchmark",
         ServerKind::Lab => "heels lab load",
     }
 }
