@@ -615,6 +615,41 @@ fn afxdp_servers_share_tuples_with_direct_connections_without_stalls() {
     assert_only_syns_and_resets(&lb, connections, resets..=resets);
 }
 
+/// Two VIPs served by one DIP:dport: a connection through the first
+/// leaves a TIME_WAIT on the server that a later SYN through the second
+/// may meet (its tuple on the wire is the same). Such a SYN is translated
+/// where the kernel takes it onto that TIME_WAIT, as a direct
+/// connection's; only SYNs cross the LB and none is retransmitted.
+#[test]
+fn two_vips_on_one_backend_port_share_tuples_without_stalls() {
+    const SECONDS: f64 = 4.0;
+    let lab = lab(
+        LbKind::Fullnat,
+        Dataplane::Tc,
+        Dataplane::Tc,
+        Overrides { second_vip: true, ..Overrides::default() },
+    );
+    let [first, second] = lab.services()[..] else { panic!("two services: {:?}", lab.services()) };
+    let (first_rate, stalls) = short_connections(&lab, first, SECONDS);
+    assert_eq!(stalls, 0, "SYN retransmissions on a fresh bed");
+    let servers = lab.server_instances();
+    let onto_before = sum_over(&servers, TcCounter::SynOntoTimeWait);
+    let lb_before = lab.lb_counters().unwrap();
+    let resets_before = counter(&lab.client_instance().unwrap(), TcCounter::LbResetsSent);
+    let (second_rate, stalls, connections) = counted_short_connections(&lab, second, SECONDS);
+    let lb = lab.lb_counters().unwrap().since(&lb_before);
+    let resets = counter(&lab.client_instance().unwrap(), TcCounter::LbResetsSent) - resets_before;
+    let onto_time_wait = sum_over(&servers, TcCounter::SynOntoTimeWait) - onto_before;
+    eprintln!(
+        "{first} {first_rate:.0}/s, then {second} {second_rate:.0}/s: {onto_time_wait} SYNs onto the first's \
+         TIME_WAITs, {} on the LB path (tuple in use); the LB: {lb:?} for {connections} connections",
+        sum_over(&servers, TcCounter::SynTupleInUse)
+    );
+    assert_eq!(stalls, 0, "SYN retransmissions through the second VIP");
+    assert!(onto_time_wait > 0, "no SYN through the second VIP met the first's TIME_WAIT");
+    assert_only_syns_and_resets(&lb, connections, resets..=resets);
+}
+
 /// The tests above as users meet them: stock tools to the backend's own
 /// address (two rounds each), then the same tools through the VIP, in one
 /// lab (the order of the issue that found it: before heels read the

@@ -18,7 +18,7 @@ use heels_common::{
 };
 
 use super::netns::NetNs;
-use super::{server_addr, server_mac, Host, LbKind, SERVER_PORT, VIP, VPORT};
+use super::{server_addr, server_mac, Host, LbKind, SECOND_VIP, SERVER_PORT, VIP, VPORT};
 
 /// What the LB forwarded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -123,7 +123,8 @@ pub fn parse_nft_counters(json: &[u8], names: &[&str]) -> anyhow::Result<Vec<(u6
         .collect()
 }
 
-fn ruleset(kind: LbKind, servers: usize) -> String {
+fn ruleset(kind: LbKind, servers: usize, second_vip: bool) -> String {
+    let vips = if second_vip { format!("{{ {VIP}, {SECOND_VIP} }}") } else { VIP.to_string() };
     let map: Vec<String> =
         (0..servers).map(|i| format!("{i} : {} . {SERVER_PORT}", server_addr(i))).collect();
     let masquerade = if kind == LbKind::Fullnat {
@@ -139,7 +140,7 @@ fn ruleset(kind: LbKind, servers: usize) -> String {
     counter resets {{ }}
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
-        ip daddr {VIP} tcp dport {VPORT} dnat ip to numgen random mod {servers} map {{ {} }}
+        ip daddr {vips} tcp dport {VPORT} dnat ip to numgen random mod {servers} map {{ {} }}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -160,7 +161,15 @@ fn ruleset(kind: LbKind, servers: usize) -> String {
 impl LoadBalancer {
     /// Sets the LB up on `host` (and, for the XDP fixture, the pass program
     /// on its peer in the router namespace).
-    pub fn start(kind: LbKind, host: &Host, router: &NetNs, servers: usize) -> anyhow::Result<Self> {
+    /// With `second_vip`, the nftables LBs also serve [`SECOND_VIP`] on the
+    /// same backends (the IPIP fixture serves one VIP: an error).
+    pub fn start(
+        kind: LbKind,
+        host: &Host,
+        router: &NetNs,
+        servers: usize,
+        second_vip: bool,
+    ) -> anyhow::Result<Self> {
         // An LB that forwards out of the interface it received on would
         // otherwise teach the router and servers to go around it.
         for key in ["net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"] {
@@ -168,9 +177,10 @@ impl LoadBalancer {
         }
         match kind {
             LbKind::Fullnat | LbKind::Dnat => {
-                load_ruleset(host, &ruleset(kind, servers)).context("the nftables LB")?;
+                load_ruleset(host, &ruleset(kind, servers, second_vip)).context("the nftables LB")?;
                 Ok(LoadBalancer { kind, xdp: None })
             }
+            LbKind::Ipip if second_vip => bail!("the IPIP LB fixture serves one VIP, not a second"),
             LbKind::Ipip => {
                 load_ruleset(host, &ipip_ruleset()).context("the IPIP LB's counters")?;
                 let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
@@ -313,9 +323,16 @@ mod tests {
 
     #[test]
     fn fullnat_masquerades_and_dnat_does_not() {
-        let fullnat = ruleset(LbKind::Fullnat, 2);
+        let fullnat = ruleset(LbKind::Fullnat, 2, false);
         assert!(fullnat.contains("masquerade"));
         assert!(fullnat.contains("numgen random mod 2 map { 0 : 10.10.0.11 . 8080, 1 : 10.10.0.12 . 8080 }"));
-        assert!(!ruleset(LbKind::Dnat, 2).contains("masquerade"));
+        assert!(!ruleset(LbKind::Dnat, 2, false).contains("masquerade"));
+        assert!(fullnat.contains("ip daddr 10.10.100.1 tcp dport 80 dnat"), "{fullnat}");
+    }
+
+    #[test]
+    fn a_second_vip_reaches_the_same_backends() {
+        let two = ruleset(LbKind::Dnat, 2, true);
+        assert!(two.contains("ip daddr { 10.10.100.1, 10.10.100.2 } tcp dport 80 dnat ip to numgen random mod 2 map { 0 : 10.10.0.11 . 8080, 1 : 10.10.0.12 . 8080 }"), "{two}");
     }
 }

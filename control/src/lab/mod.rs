@@ -44,6 +44,9 @@ use self::workload::{LoadReport, LoadSpec};
 
 /// The service's VIP.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 1);
+/// A second VIP on the same backends and port, where a lab asks for it
+/// ([`Overrides::second_vip`]).
+pub const SECOND_VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 2);
 /// The service's port on the VIP.
 pub const VPORT: u16 = 80;
 /// Where the servers listen behind the NAT LBs (which translate the port).
@@ -170,6 +173,10 @@ pub struct Overrides {
     /// instead of one: a process holds at most the hard limit of open
     /// files (20,000 on many machines) of connections.
     pub server_processes: usize,
+    /// The LB also serves [`SECOND_VIP`]:[`VPORT`] on the same backends
+    /// and port, and every agent knows it: two services on one DIP:dport
+    /// (nftables LBs only).
+    pub second_vip: bool,
 }
 
 impl Default for LabSpec {
@@ -334,6 +341,7 @@ impl Lab {
             lab.host(Role::Lb),
             lab.router.as_ref().expect("router"),
             lab.spec.servers,
+            lab.spec.overrides.second_vip,
         )?);
         if lab.spec.lb == LbKind::Ipip {
             let servers: Vec<&Host> =
@@ -431,6 +439,9 @@ impl Lab {
         lb.netns.sysctl("net.ipv4.ip_forward", "1")?;
         lb.netns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
         router.ip(&["route", "add", &format!("{VIP}/32"), "via", &LB.to_string()])?;
+        if self.spec.overrides.second_vip {
+            router.ip(&["route", "add", &format!("{SECOND_VIP}/32"), "via", &LB.to_string()])?;
+        }
         for &role in &servers {
             let host = self.host(role);
             let gateway = if self.spec.lb == LbKind::Dnat { LB } else { ROUTER };
@@ -508,9 +519,8 @@ impl Lab {
             config.afxdp =
                 Some(crate::config::Afxdp { cores: vec![tools::CLIENT_CPU], ..Default::default() });
             let client = config.client.as_mut().context("the example has a [client]")?;
-            client.vips = std::iter::once(SocketAddrV4::new(VIP, VPORT))
-                .chain(overrides.extra_client_vips.iter().copied())
-                .collect();
+            client.vips =
+                self.services().into_iter().chain(overrides.extra_client_vips.iter().copied()).collect();
             client.backends = vec![overrides.client_backends.clone().unwrap_or_else(|| BACKENDS.to_owned())];
             if let Some(max) = overrides.client_max_connections {
                 client.max_connections = max;
@@ -523,7 +533,8 @@ impl Lab {
                 Some(crate::config::Afxdp { cores: vec![tools::SERVER_CPU], ..Default::default() });
             let server = config.server.as_mut().context("the example has a [server]")?;
             let port = overrides.server_local_port.unwrap_or_else(|| self.server_port());
-            server.services = vec![Service { vip: SocketAddrV4::new(VIP, VPORT), port: Some(port) }];
+            server.services =
+                self.services().into_iter().map(|vip| Service { vip, port: Some(port) }).collect();
             server.lb_sources = overrides
                 .server_lb_sources
                 .clone()
@@ -812,6 +823,13 @@ impl Lab {
     /// The service as the client reaches it.
     pub fn service(&self) -> SocketAddrV4 {
         SocketAddrV4::new(VIP, VPORT)
+    }
+
+    /// Every VIP:vport the LB serves: [`Lab::service`], and the second VIP
+    /// where the lab has one.
+    pub fn services(&self) -> Vec<SocketAddrV4> {
+        let second = self.spec.overrides.second_vip.then_some(SocketAddrV4::new(SECOND_VIP, VPORT));
+        std::iter::once(self.service()).chain(second).collect()
     }
 }
 
