@@ -934,8 +934,14 @@ fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic
         Overrides { agent_capabilities: Some(heels::deploy::unit_capabilities()), ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let vip = format!("vip=\"{}\"", lab.service());
-    let before =
-        (lab.scrape(Role::Client, "/metrics").unwrap(), lab.scrape(Role::Server(1), "/metrics").unwrap());
+    // Clients that connect and send nothing (a port scanner, a stuck
+    // probe) do not hold up a scrape.
+    let idle: Vec<_> = (0..3).map(|_| lab.connect_metrics(Role::Client).unwrap()).collect();
+    let before = (
+        lab.scrape_within(Role::Client, "/metrics", Duration::from_secs(1)).unwrap(),
+        lab.scrape(Role::Server(1), "/metrics").unwrap(),
+    );
+    drop(idle);
     for text in [&before.0, &before.1] {
         for family in DECLARED_SERIES {
             assert!(text.lines().any(|l| l.starts_with(family)), "{family} absent from\n{text}");

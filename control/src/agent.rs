@@ -25,7 +25,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::afxdp::Afxdp;
 use crate::config::{AgentConfig, DataplaneKind, DirectRoute};
-use crate::metrics::MetricsServer;
+use crate::metrics::{AgentFigures, MetricsServer};
+use arc_swap::ArcSwapOption;
 
 /// Where the agent keeps a copy of each instance's configuration, for
 /// `heels down` and `heels status`.
@@ -254,8 +255,15 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         }
     };
     let swept = Arc::new(AtomicU64::new(0));
+    let workers_report = Arc::new(ArcSwapOption::from(afxdp.as_ref().map(|a| Arc::new(a.report()))));
     if let Some(address) = config.metrics_socket() {
-        let server = MetricsServer::start(address, &config.instance, config.vips(), Arc::clone(&swept))?;
+        let figures = AgentFigures {
+            instance: config.instance.clone(),
+            vips: config.vips(),
+            swept: Arc::clone(&swept),
+            afxdp: Arc::clone(&workers_report),
+        };
+        let server = MetricsServer::start(address, figures)?;
         tracing::info!(instance = %config.instance, address = %server.address(), "serving metrics");
     }
     println!("ready");
@@ -274,14 +282,17 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
             if let Some(stopped) = afxdp.take() {
                 stopped.stop(&mut datapath)?;
             }
+            workers_report.store(None);
             let _ = std::fs::remove_file(crate::afxdp::report_file(&config.instance));
         }
         if let Some(afxdp) = afxdp.as_mut() {
             ticks += 1;
             let turn = afxdp.tick(&mut datapath).and_then(|()| {
+                let report = afxdp.report();
                 if ticks.is_multiple_of(5) {
-                    afxdp.write_report(&config.instance)?;
+                    afxdp.write_report(&config.instance, &report)?;
                 }
+                workers_report.store(Some(Arc::new(report)));
                 Ok(())
             });
             if let Err(e) = turn {

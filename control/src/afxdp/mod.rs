@@ -776,11 +776,11 @@ impl Afxdp {
         report
     }
 
-    /// Writes [`Afxdp::report`] where `heels stats` reads it.
-    pub fn write_report(&self, instance: &str) -> anyhow::Result<()> {
+    /// Writes `report` (an [`Afxdp::report`]) where `heels stats` reads it.
+    pub fn write_report(&self, instance: &str, report: &AfxdpReport) -> anyhow::Result<()> {
         let path = report_file(instance);
         let temporary = path.with_extension("json.new");
-        std::fs::write(&temporary, serde_json::to_vec(&self.report())?)?;
+        std::fs::write(&temporary, serde_json::to_vec(report)?)?;
         std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
     }
 

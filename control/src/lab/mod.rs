@@ -592,12 +592,24 @@ impl Lab {
     /// An HTTP GET of `path` on the metrics endpoint of the agent of host
     /// `role` (from inside its namespace); the body.
     pub fn scrape(&self, role: Role, path: &str) -> anyhow::Result<String> {
+        self.scrape_within(role, path, Duration::from_secs(10))
+    }
+
+    /// A connection to the metrics endpoint of the agent of host `role`
+    /// that has sent nothing yet.
+    pub fn connect_metrics(&self, role: Role) -> anyhow::Result<std::net::TcpStream> {
+        let host = self.find_host(role).with_context(|| format!("no lab host {role}"))?;
+        host.netns.enter(|| Ok(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?))
+    }
+
+    /// [`Lab::scrape`], failing unless the whole answer comes within `deadline`.
+    pub fn scrape_within(&self, role: Role, path: &str, deadline: Duration) -> anyhow::Result<String> {
         use std::io::{Read, Write};
         let host = self.find_host(role).with_context(|| format!("no lab host {role}"))?;
         let path = path.to_owned();
         let response = host.netns.enter(move || {
             let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, METRICS_PORT))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.set_read_timeout(Some(deadline))?;
             write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
             let mut response = String::new();
             stream.read_to_string(&mut response)?;

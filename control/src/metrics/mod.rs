@@ -1,6 +1,9 @@
 //! The agent's Prometheus endpoint (`--metrics-addr`, or `metrics_address`
 //! in the configuration): OpenMetrics text at `/metrics`, `ok` at
-//! `/healthz` once the datapath is attached (readiness).
+//! `/healthz` once the datapath is attached (readiness), `404` for any
+//! other path, `405` for a method other than GET or HEAD. Served by hyper
+//! on a thread of its own, with limits per connection (see [`server`]):
+//! idle or slow clients time out and cannot hold up a scrape.
 //!
 //! Every figure is read from the instance's pinned maps at scrape time, so
 //! a scrape shows what the kernel did, whichever agent process attached it.
@@ -35,8 +38,8 @@
 //! | `heels_vip_rewritten_bytes_total` | `vip`, `direction` | per VIP:vport (client) |
 //! | `heels_vip_options_written_total` | `vip`, `form` | per VIP:vport |
 //!
-//! With `dataplane = "afxdp"`, the workers' families follow (from the
-//! report the agent writes about every half second; see
+//! With `dataplane = "afxdp"`, the workers' families follow (their
+//! counters as the agent's loop last gathered them, at most 100 ms old; see
 //! `crate::afxdp::AfxdpReport`):
 //!
 //! | family | labels | counts |
@@ -66,13 +69,13 @@
 //! visible to the kernel's counters: compare `heels_table_entries` with
 //! `heels_table_capacity`.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+mod server;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
+use arc_swap::ArcSwapOption;
 use heels_common::{TcCounter, VipCounter, VipStats};
 use heels_xdp::Datapath;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -80,6 +83,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+pub use server::{
+    Figures, MetricsServer, CONNECTION_LIFETIME, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES,
+};
 
 /// The endpoint's address: `PORT` (loopback), `IP:PORT` or `[IPv6]:PORT`.
 pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
@@ -268,7 +274,8 @@ const VIP_FAMILIES: [Family<VipCounter>; 6] = [
     },
 ];
 
-/// What one scrape shows, read from the pins (no I/O after this).
+/// What one scrape shows, read from the pins and the workers' counters
+/// (no I/O after this).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// The instance.
@@ -290,7 +297,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads an instance's pins. `vips` are the configured VIP:vport,
     /// shown at zero before their first packet.
-    pub fn read(instance: &str, vips: &[SocketAddrV4], swept: u64) -> anyhow::Result<Snapshot> {
+    pub fn read(
+        instance: &str,
+        vips: &[SocketAddrV4],
+        swept: u64,
+        afxdp: Option<crate::afxdp::AfxdpReport>,
+    ) -> anyhow::Result<Snapshot> {
         let datapath = Datapath::open(instance)?;
         let mut per_vip = datapath.vip_counters()?;
         for vip in vips.iter().filter(|vip| vip.port() != 0) {
@@ -314,8 +326,7 @@ impl Snapshot {
             entries,
             swept,
             capacity: datapath.capacity()?,
-            // Only this process's own report: a stale file names another pid.
-            afxdp: crate::afxdp::read_report(instance).filter(|r| r.pid == std::process::id()),
+            afxdp,
         })
     }
 
@@ -509,77 +520,32 @@ fn encode_afxdp(
     )
 }
 
-/// The endpoint, serving scrapes on its own thread until the process ends.
+/// An agent's figures: its instance's pins, read at each scrape, and its
+/// afxdp workers' counters as the agent last gathered them (every turn of
+/// its loop, from the workers' own memory).
 #[derive(Debug)]
-pub struct MetricsServer {
-    address: SocketAddr,
+pub struct AgentFigures {
+    /// The instance.
+    pub instance: String,
+    /// The configured VIP:vport (shown at zero before traffic).
+    pub vips: Vec<SocketAddrV4>,
+    /// Entries the agent's sweep removed.
+    pub swept: Arc<AtomicU64>,
+    /// The workers' counters while they run.
+    pub afxdp: Arc<ArcSwapOption<crate::afxdp::AfxdpReport>>,
 }
 
-impl MetricsServer {
-    /// Binds `address` (an error if it cannot: the user asked for it) and
-    /// serves `instance`'s figures.
-    pub fn start(
-        address: SocketAddr,
-        instance: &str,
-        vips: Vec<SocketAddrV4>,
-        swept: Arc<AtomicU64>,
-    ) -> anyhow::Result<MetricsServer> {
-        let listener =
-            TcpListener::bind(address).with_context(|| format!("metrics endpoint on {address}"))?;
-        let address = listener.local_addr()?;
-        let instance = instance.to_owned();
-        std::thread::Builder::new().name("metrics".to_owned()).spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(stream, &instance, &vips, swept.load(Ordering::Relaxed)) {
-                    tracing::debug!(error = %format!("{e:#}"), "metrics request failed");
-                }
-            }
-        })?;
-        Ok(MetricsServer { address })
+impl Figures for AgentFigures {
+    fn metrics(&self) -> Result<String, String> {
+        let afxdp = self.afxdp.load_full().map(|report| (*report).clone());
+        Snapshot::read(&self.instance, &self.vips, self.swept.load(Ordering::Relaxed), afxdp)
+            .map(Snapshot::render)
+            .map_err(|e| format!("{e:#}"))
     }
 
-    /// Where it listens.
-    pub fn address(&self) -> SocketAddr {
-        self.address
+    fn health(&self) -> Result<(), String> {
+        Datapath::open(&self.instance).map(drop).map_err(|e| format!("{e:#}"))
     }
-}
-
-/// Answers one HTTP/1.x request (the connection closes after it).
-fn serve(mut stream: TcpStream, instance: &str, vips: &[SocketAddrV4], swept: u64) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&request);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => match Snapshot::read(instance, vips, swept) {
-            Ok(snapshot) => {
-                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", snapshot.render())
-            }
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
-        },
-        ("GET", "/healthz") => match Datapath::open(instance) {
-            Ok(_) => ("200 OK", "text/plain", "ok\n".to_owned()),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
-        },
-        ("GET", _) => ("404 Not Found", "text/plain", "/metrics or /healthz\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned()),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]
