@@ -34,8 +34,8 @@ if ((${#missing[@]})); then
 fi
 
 # The eBPF crate is built with nightly (build-std needs rust-src) and
-# linted with nightly's clippy.
-for component in rust-src clippy; do
+# linted with nightly's clippy; Miri checks the UMEM's ownership tests.
+for component in rust-src clippy miri; do
     if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q "^$component"; then
         log "adding $component to the nightly toolchain"
         rustup component add "$component" --toolchain nightly

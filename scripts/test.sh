@@ -24,6 +24,10 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The eBPF crate only builds for the BPF target, with nightly.
 cargo +nightly clippy --quiet -p heels-ebpf --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
+echo "== cargo miri test (the afxdp engine's ownership and frame handling)"
+# Miri checks that no two views of a UMEM frame alias (Stacked Borrows).
+cargo +nightly miri test --quiet -p heels-afxdp --lib
+
 echo "== cargo test"
 # Two test threads: one per core of the machines this runs on.
 log=$(mktemp)

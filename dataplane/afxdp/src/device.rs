@@ -251,13 +251,11 @@ impl Device for XskPort {
             // `capacity` is what was reserved, not what is left of it.
             for _ in 0..writer.capacity() {
                 let Some(held) = pending.next() else { break };
-                let len = held.len() as u64;
-                let desc = region.send(held);
-                if writer.insert_once(desc) {
+                if writer.insert_once(held.descriptor()) {
+                    self.stats.tx_bytes += held.len() as u64;
+                    region.send(held);
                     sent += 1;
-                    self.stats.tx_bytes += len;
                 } else {
-                    let held = region.unsend(desc);
                     region.release(held);
                     self.stats.tx_full += 1;
                 }

@@ -27,6 +27,7 @@ unsafe impl Send for Area {}
 impl Area {
     /// Maps `len` bytes (a multiple of the page size), populated up front
     /// so that no page fault lands on the packet path.
+    #[cfg(not(miri))]
     pub(crate) fn new(len: usize) -> std::io::Result<Area> {
         // SAFETY: an anonymous private mapping with no address hint
         // touches no memory of this process; the result is checked below.
@@ -46,6 +47,22 @@ impl Area {
         let base =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap returned null"))?;
         Ok(Area { base, len })
+    }
+
+    /// Under Miri (which has no `mmap`): the same zeroed, page-aligned
+    /// bytes from the allocator, so that Miri checks every view of them.
+    #[cfg(miri)]
+    pub(crate) fn new(len: usize) -> std::io::Result<Area> {
+        let layout = Self::miri_layout(len)?;
+        // SAFETY: the layout has a non-zero size (checked by `miri_layout`).
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        Ok(Area { base, len })
+    }
+
+    #[cfg(miri)]
+    fn miri_layout(len: usize) -> std::io::Result<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(len.max(1), 4096).map_err(std::io::Error::other)
     }
 
     /// Registers the area as the UMEM of a new XDP socket.
@@ -76,14 +93,16 @@ impl Area {
         Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) })
     }
 
-    /// One `&mut [u8]` per span, all live at once.
+    /// One `&mut [u8]` per span, all live at once. Each span must lie
+    /// inside the area (checked: `None` otherwise).
     ///
-    /// Each span must lie inside the area (checked: `None` otherwise) and
-    /// no two spans may share a byte: the caller proves this by passing
-    /// only spans of distinct chunks, which `crate::umem::Region` does for
-    /// the frames it holds.
+    /// # Safety
+    ///
+    /// No two spans may share a byte (not checked: a batch's pairwise check
+    /// would cost more than the frames' work). `crate::umem::Region`
+    /// upholds it for the frames it holds, one per chunk.
     #[inline]
-    pub(crate) fn disjoint_spans_mut<'a>(
+    pub(crate) unsafe fn disjoint_spans_mut<'a>(
         &'a mut self,
         spans: impl Iterator<Item = (usize, usize)>,
         out: &mut [&'a mut [u8]],
@@ -94,8 +113,8 @@ impl Area {
                 return None;
             }
             // SAFETY: inside the mapping (checked above); disjoint from
-            // every other span of this call (the caller's contract, upheld
-            // by the pool's one-owner-per-chunk record), and `&'a mut self`
+            // every other span of this call (the caller's promise, see
+            // `# Safety`), and `&'a mut self`
             // excludes any other view of the area while these live.
             *slot = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) };
         }
@@ -115,12 +134,21 @@ pub(crate) fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
 }
 
 impl Drop for Area {
+    #[cfg(not(miri))]
     fn drop(&mut self) {
         // SAFETY: `base` and `len` are exactly the mapping made in `new`,
         // and no slice of it outlives `self` (they borrow it).
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.len);
         }
+    }
+
+    #[cfg(miri)]
+    fn drop(&mut self) {
+        let layout = Self::miri_layout(self.len).expect("the layout `new` allocated with");
+        // SAFETY: `base` was allocated in `new` with this very layout, and
+        // no slice of it outlives `self` (they borrow it).
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) }
     }
 }
 
@@ -133,11 +161,13 @@ mod tests {
         let mut area = Area::new(4 * 4096).unwrap();
         area.bytes_mut(4096, 3).unwrap().copy_from_slice(&[1, 2, 3]);
         let mut out: [&mut [u8]; 2] = [&mut [], &mut []];
-        area.disjoint_spans_mut([(4096, 3), (8192, 2)].into_iter(), &mut out).unwrap();
+        // SAFETY: the two spans are disjoint.
+        unsafe { area.disjoint_spans_mut([(4096, 3), (8192, 2)].into_iter(), &mut out) }.unwrap();
         assert_eq!(out[0], &[1, 2, 3]);
         assert_eq!(out[1], &[0, 0]);
         let mut out: [&mut [u8]; 1] = [&mut []];
-        assert!(area.disjoint_spans_mut([(4 * 4096 - 1, 2)].into_iter(), &mut out).is_none());
+        // SAFETY: one span, disjoint from none.
+        assert!(unsafe { area.disjoint_spans_mut([(4 * 4096 - 1, 2)].into_iter(), &mut out) }.is_none());
         assert!(area.bytes_mut(usize::MAX, 2).is_none());
     }
 }

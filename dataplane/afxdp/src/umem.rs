@@ -27,15 +27,34 @@ enum Owner {
 }
 
 /// A frame the worker holds: received and not yet sent or freed. Not
-/// `Clone`: there is one per held chunk.
+/// `Clone`, and made only by [`Region`] for a chunk its record moves to
+/// the worker: there is at most one per chunk, and its bytes lie inside
+/// that chunk. That is what makes [`Region::frames_mut`] sound.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Held {
     region: u32,
-    addr: u64,
+    /// The chunk, kept apart from the frame's offset in it: a frame moved
+    /// to its chunk's very end must not name the next chunk.
+    chunk: u32,
+    offset: u32,
     len: u32,
 }
 
 impl Held {
+    /// Where the frame starts in the UMEM.
+    #[inline]
+    fn addr(&self) -> u64 {
+        u64::from(self.chunk) * u64::from(FRAME_SIZE) + u64::from(self.offset)
+    }
+
+    /// The descriptor that hands this frame to the kernel: put it on a
+    /// transmit ring, then give the frame to [`Region::send`] if the ring
+    /// took it or to [`Region::release`] if not.
+    #[inline]
+    pub fn descriptor(&self) -> XdpDesc {
+        XdpDesc { addr: self.addr(), len: self.len, options: 0 }
+    }
+
     /// The frame's length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
@@ -53,7 +72,7 @@ impl Held {
     #[inline]
     pub fn advance(&mut self, start: usize) {
         let start = (start as u32).min(self.len);
-        self.addr += u64::from(start);
+        self.offset += start;
         self.len -= start;
     }
 }
@@ -174,7 +193,7 @@ impl Region {
         }
         let chunk = self.free.pop()?;
         self.owners[chunk as usize] = Owner::Worker;
-        Some(Held { region: self.id, addr: u64::from(chunk) * u64::from(FRAME_SIZE), len: len as u32 })
+        Some(Held { region: self.id, chunk, offset: 0, len: len as u32 })
     }
 
     /// Puts back a chunk lent to the kernel and not used (a fill ring with
@@ -200,45 +219,46 @@ impl Region {
     /// when the chunk was not with the kernel or the frame runs past it.
     #[inline]
     pub fn receive(&mut self, desc: XdpDesc) -> Option<Held> {
-        let chunk = self.chunk_of(desc.addr)?;
-        let within = (desc.addr % u64::from(FRAME_SIZE)) + u64::from(desc.len);
-        if self.owners[chunk] != Owner::Kernel || within > u64::from(FRAME_SIZE) {
+        let Some(chunk) = self.chunk_of(desc.addr) else {
+            self.errors.bad_descriptors += 1;
+            return None;
+        };
+        let offset = (desc.addr % u64::from(FRAME_SIZE)) as u32;
+        if self.owners[chunk] != Owner::Kernel
+            || u64::from(offset) + u64::from(desc.len) > u64::from(FRAME_SIZE)
+        {
             self.errors.bad_descriptors += 1;
             return None;
         }
         self.owners[chunk] = Owner::Worker;
-        Some(Held { region: self.id, addr: desc.addr, len: desc.len })
+        Some(Held { region: self.id, chunk: chunk as u32, offset, len: desc.len })
     }
 
-    /// Hands a held frame to the kernel to send; the descriptor to put on
-    /// a transmit ring. Its chunk comes back through [`Region::reclaim`].
+    /// Hands a held frame to the kernel: its descriptor ([`Held::descriptor`])
+    /// is on a transmit ring now. Its chunk comes back through
+    /// [`Region::reclaim`]. There is no way back to the worker but the
+    /// kernel's: ask the ring for room before giving the frame up.
     #[inline]
     pub fn send(&mut self, held: Held) -> XdpDesc {
-        debug_assert_eq!(held.region, self.id);
-        if let Some(chunk) = self.chunk_of(held.addr) {
-            self.owners[chunk] = Owner::Kernel;
-        }
-        XdpDesc { addr: held.addr, len: held.len, options: 0 }
+        self.give_up(&held, Owner::Kernel);
+        held.descriptor()
     }
 
     /// Frees a held frame (dropped, or no room to send it).
     #[inline]
     pub fn release(&mut self, held: Held) {
-        debug_assert_eq!(held.region, self.id);
-        if let Some(chunk) = self.chunk_of(held.addr) {
-            self.owners[chunk] = Owner::Free;
-            self.free.push(chunk as u32);
-        }
+        self.give_up(&held, Owner::Free);
+        self.free.push(held.chunk);
     }
 
-    /// Takes back a frame just handed to the kernel with [`Region::send`]
-    /// that the ring had no room for.
+    /// Moves a held frame's chunk from the worker to `owner`. A frame of
+    /// another region would move a chunk someone else may hold here.
     #[inline]
-    pub fn unsend(&mut self, desc: XdpDesc) -> Held {
-        if let Some(chunk) = self.chunk_of(desc.addr) {
-            self.owners[chunk] = Owner::Worker;
-        }
-        Held { region: self.id, addr: desc.addr, len: desc.len }
+    fn give_up(&mut self, held: &Held, owner: Owner) {
+        assert_eq!(held.region, self.id, "a frame of another region");
+        let chunk = held.chunk as usize;
+        debug_assert_eq!(self.owners[chunk], Owner::Worker);
+        self.owners[chunk] = owner;
     }
 
     /// Writes `bytes` into a chunk lent to the kernel, as a device would:
@@ -270,14 +290,15 @@ impl Region {
     /// The bytes of each held frame, `out[i]` for `held[i]`, all at once.
     #[inline]
     pub fn frames_mut<'a>(&'a mut self, held: &[Held], out: &mut [&'a mut [u8]]) {
-        // Held frames of this region are distinct chunks (one `Held` per
-        // chunk the record marks as the worker's), so the spans are
-        // disjoint, as `disjoint_spans_mut` requires.
         let id = self.id;
         assert!(held.iter().all(|h| h.region == id), "a frame of another region");
-        self.area
-            .disjoint_spans_mut(held.iter().map(|h| (h.addr as usize, h.len as usize)), out)
-            .expect("held frames lie inside their region");
+        let spans = held.iter().map(|h| (h.addr() as usize, h.len as usize));
+        // SAFETY: every `Held` of this region (checked above) is the only
+        // one of its chunk and lies inside it (see `Held`: only `take` and
+        // `receive` make one, each for a chunk they move to the worker
+        // from elsewhere, and `send`/`release` consume it), so no two
+        // spans share a byte.
+        unsafe { self.area.disjoint_spans_mut(spans, out) }.expect("held frames lie inside their region");
     }
 
     #[inline]
@@ -329,6 +350,50 @@ mod tests {
         assert_eq!(region.free_frames(), 2);
         region.reclaim(sent.addr);
         assert_eq!(region.errors().bad_descriptors, 2);
+    }
+
+    #[test]
+    fn no_door_makes_a_second_held_frame_of_a_held_chunk() {
+        let mut region = Region::in_memory(1).unwrap();
+        let held = region.take(60).unwrap();
+        let desc = held.descriptor();
+        // The doors that hand a chunk to the worker, tried with the held
+        // chunk: each refuses (and counts) or has nothing to give.
+        assert!(region.receive(desc).is_none());
+        region.reclaim(desc.addr);
+        region.unlend(desc.addr);
+        assert_eq!(region.errors().bad_descriptors, 3);
+        assert!(region.take(60).is_none());
+        assert!(region.lend().is_none());
+        let mut out: [&mut [u8]; 1] = [&mut []];
+        region.frames_mut(std::slice::from_ref(&held), &mut out);
+        out[0].fill(1);
+        region.release(held);
+        assert_eq!(region.free_frames(), 1);
+    }
+
+    #[test]
+    fn a_frame_moved_to_its_chunks_very_end_gives_back_its_own_chunk() {
+        let mut region = Region::in_memory(2).unwrap();
+        let (first, second) = (region.lend().unwrap(), region.lend().unwrap());
+        let desc = region.write_lent(first, &[7; FRAME_SIZE as usize]).unwrap();
+        let mut held = region.receive(desc).unwrap();
+        held.advance(FRAME_SIZE as usize);
+        assert!(held.is_empty());
+        region.release(held);
+        // The second chunk is still the kernel's: its completion frees it.
+        region.reclaim(second);
+        assert_eq!((region.free_frames(), region.errors().bad_descriptors), (2, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "a frame of another region")]
+    fn a_frame_of_another_region_is_refused() {
+        let mut one = Region::in_memory(1).unwrap();
+        let mut other = Region::in_memory(1).unwrap();
+        let _mine = other.take(10).unwrap();
+        let foreign = one.take(10).unwrap();
+        other.release(foreign);
     }
 
     #[test]
