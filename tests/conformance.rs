@@ -22,7 +22,7 @@ use heels_dataplane::vectors::vector;
 use heels_dataplane::wire::{
     EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket, TcpRepr,
 };
-use heels_xdp::{Connection, Datapath, DatapathConfig, Hook, ProgramRunner};
+use heels_xdp::{Connection, Datapath, DatapathConfig, Hook, ProgramRunner, TcAction, TcOutcome};
 
 /// A second service whose local port nothing listens on.
 const VIP2: Endpoint = Endpoint::new([10, 10, 100, 2], 80);
@@ -521,8 +521,22 @@ fn describe(outcome: Ingress) -> String {
     }
 }
 
+/// The action a TC program must take for the core's verdict: a frame the
+/// core drops is dropped, any other goes on (rewritten or not).
+fn tc_action(verdict: Verdict) -> TcAction {
+    match verdict {
+        Verdict::Drop(_) => TcAction::Shot,
+        Verdict::Pass(_) | Verdict::Rewritten { .. } => TcAction::Ok,
+    }
+}
+
 /// The core's answer: the verdict and the frame as it leaves.
 fn core(case: &Case) -> (String, Vec<u8>) {
+    let (outcome, frame) = core_outcome(case);
+    (describe(outcome), frame)
+}
+
+fn core_outcome(case: &Case) -> (Ingress, Vec<u8>) {
     let table = if case.known { fuzzing::table_with_connection() } else { ConnTable::new(16, 60) };
     let sockets = fuzzing::sockets();
     let mut frame = case.frame.clone();
@@ -533,7 +547,7 @@ fn core(case: &Case) -> (String, Vec<u8>) {
             verdict: translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
         },
     };
-    (describe(outcome), frame[outcome.start..].to_vec())
+    (outcome, frame[outcome.start..].to_vec())
 }
 
 /// A case through the batch entry points (the AF_XDP workers' shape),
@@ -720,8 +734,9 @@ fn counters(instance: &str) -> Vec<(TcCounter, u64)> {
     Datapath::open(instance).unwrap().counters().unwrap()
 }
 
-/// The kernel's answer: the frame as it leaves, and the counters that moved.
-fn kernel(bed: &Bed, runner: &ProgramRunner, case: &Case) -> (Vec<TcCounter>, Vec<u8>) {
+/// The kernel's answer: the counters that moved, the program's action and
+/// the frame as it leaves.
+fn kernel(bed: &Bed, runner: &ProgramRunner, case: &Case) -> (Vec<TcCounter>, TcOutcome) {
     let mut datapath = Datapath::open(&bed.instance).unwrap();
     for connection in datapath.connections().unwrap() {
         datapath.forget(&connection).unwrap();
@@ -803,10 +818,18 @@ fn the_core_and_the_tc_programs_agree_on_every_case() {
     let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
     let mut failures = Vec::new();
     for case in cases() {
-        let (verdict, core_frame) = core(&case);
-        let (moved, kernel_frame) = kernel(&bed, &runner, &case);
+        let (outcome, core_frame) = core_outcome(&case);
+        let verdict = describe(outcome);
+        let (moved, TcOutcome { action, frame: kernel_frame }) = kernel(&bed, &runner, &case);
         if verdict != case.verdict {
             failures.push(format!("{}: the core says {verdict:?}, the table {:?}", case.name, case.verdict));
+        }
+        if action != tc_action(outcome.verdict) {
+            failures.push(format!(
+                "{}: the TC program's action is {action:?}, the core's verdict {verdict:?} asks {:?}",
+                case.name,
+                tc_action(outcome.verdict)
+            ));
         }
         if kernel_frame != core_frame {
             failures.push(format!(
@@ -854,7 +877,11 @@ fn a_retransmitted_syn_keeps_its_entries_on_both_engines() {
         table.insert(FlowKey { src: BACKEND, dst: CLIENT }, VIP, 1).unwrap();
         let syn = client_syn(seq);
         let out = bed.netns.enter(|| Ok(runner.run(Hook::Egress, &syn)?)).expect("the egress program runs");
-        assert_eq!(out, syn, "step {i}: the SYN leaves as it is, for the LB");
+        assert_eq!(
+            out,
+            TcOutcome { action: TcAction::Ok, frame: syn.clone() },
+            "step {i}: the SYN leaves as it is, for the LB"
+        );
         let in_kernel = datapath.connections().unwrap().contains(&connection);
         let mut frame = syn.clone();
         let verdict = translate::client_egress(&mut frame, Mode::Full, &table, &ends, 1);

@@ -14,7 +14,7 @@ pub use classifier::{Classifier, ClassifierError};
 pub use sent_syns::SentSyns;
 pub use tc::{
     Closes, Connection, ConnectionMaps, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner,
-    ServerMaps, SynAnswerer, SynMarker,
+    ServerMaps, SynAnswerer, SynMarker, TcAction, TcOutcome,
 };
 pub use workers::ToWorkers;
 

@@ -673,9 +673,9 @@ impl ProgramRunner {
         Ok(ProgramRunner { ebpf: load_over_pins(instance, &[TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM])? })
     }
 
-    /// Runs one program on `frame`; returns the frame as it left the
-    /// program (shorter after a decapsulation).
-    pub fn run(&self, hook: Hook, frame: &[u8]) -> Result<Vec<u8>, DatapathError> {
+    /// Runs one program on `frame`: what it did with it, and the frame as
+    /// it left the program (shorter after a decapsulation).
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> Result<TcOutcome, DatapathError> {
         use aya::programs::{TestRun, TestRunOptions};
         let name = match hook {
             Hook::Ingress => TC_INGRESS_PROGRAM,
@@ -688,8 +688,42 @@ impl ProgramRunner {
         options.data_out = Some(&mut out);
         let result = program.test_run(options).map_err(program_error(name))?;
         out.truncate(result.data_size_out as usize);
-        Ok(out)
+        Ok(TcOutcome { action: TcAction::from_return(result.return_value), frame: out })
     }
+}
+
+/// A TC program's verdict on a frame (its return value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcAction {
+    /// `TC_ACT_OK`: the frame goes on.
+    Ok,
+    /// `TC_ACT_SHOT`: dropped.
+    Shot,
+    /// `TC_ACT_REDIRECT`: sent to another device.
+    Redirect,
+    /// Any other value.
+    Other(u32),
+}
+
+impl TcAction {
+    /// The action a program's return value names.
+    pub fn from_return(value: u32) -> TcAction {
+        match value {
+            0 => TcAction::Ok,
+            2 => TcAction::Shot,
+            7 => TcAction::Redirect,
+            other => TcAction::Other(other),
+        }
+    }
+}
+
+/// What [`ProgramRunner::run`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcOutcome {
+    /// The program's verdict.
+    pub action: TcAction,
+    /// The frame as it left the program.
+    pub frame: Vec<u8>,
 }
 
 /// The TC ingress program's check of whether a socket answers a translated
