@@ -944,7 +944,10 @@ fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic
     drop(idle);
     for text in [&before.0, &before.1] {
         for family in DECLARED_SERIES {
-            assert!(text.lines().any(|l| l.starts_with(family)), "{family} absent from\n{text}");
+            // The whole series name: `heels_table_entries` is not
+            // `heels_table_entries_removed_total`.
+            let named = |line: &&str| line.split(['{', ' ']).next() == Some(family);
+            assert!(text.lines().any(|l| named(&l)), "{family} absent from\n{text}");
         }
         assert!(text.contains(&vip), "the configured VIP has its series from the start:\n{text}");
     }

@@ -10,7 +10,8 @@
 //! Every iteration asserts its verdict (`assert!`, not `debug_assert!`,
 //! which the bench profile compiles out): a benchmark that silently
 //! measured a pass-through would be worse than none. The check is one
-//! well-predicted branch.
+//! well-predicted branch. The worker turns assert each turn's frame count
+//! and, after their run, that every frame received was sent on.
 
 use std::hint::black_box;
 
@@ -70,11 +71,16 @@ fn translations(c: &mut Criterion) {
     let no_syns = SynEnds::new(16);
     let mut buf = frame.clone();
     group.bench_function("client_egress_miss", |b| {
-        b.iter(|| black_box(translate::client_egress(black_box(&mut buf), Mode::Full, &empty, &no_syns, 1)))
+        b.iter(|| {
+            let verdict = translate::client_egress(black_box(&mut buf), Mode::Full, &empty, &no_syns, 1);
+            assert_eq!(verdict, Verdict::Pass(translate::Reason::NoEntry));
+        })
     });
 
     let syn = vector("fullnat-syn-before");
-    group.bench_function("option_find", |b| b.iter(|| black_box(option::find(black_box(&syn[54..90])))));
+    group.bench_function("option_find", |b| {
+        b.iter(|| assert!(matches!(option::find(black_box(&syn[54..90])), Ok(Some(_)))))
+    });
     group.finish();
 }
 
@@ -165,7 +171,7 @@ fn lookups(c: &mut Criterion) {
             b.iter(|| {
                 let k = &order[next];
                 next = if next + 1 == order.len() { 0 } else { next + 1 };
-                black_box(table.lookup(k, 0))
+                assert!(black_box(table.lookup(k, 0)).is_some());
             })
         });
         // As an AF_XDP worker does with a batch of 32 frames: prefetch every
@@ -176,7 +182,7 @@ fn lookups(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("hit_batch32", flows), &flows, |b, _| {
             b.iter(|| {
                 table.lookup_batch(next_batch(&order, &mut at), &mut out, 0);
-                black_box(&out);
+                assert!(black_box(&out).iter().all(Option::is_some));
             })
         });
         // The machine's floor for the same pattern, with no table: 32 random
@@ -205,7 +211,7 @@ fn lookups(c: &mut Criterion) {
             let mut i = flows;
             b.iter(|| {
                 i = i.wrapping_add(1);
-                black_box(table.lookup(&key(i), 0))
+                assert!(black_box(table.lookup(&key(i), 0)).is_none());
             })
         });
     }
@@ -279,6 +285,13 @@ fn batches(c: &mut Criterion) {
 /// frames from the flows' templates in turn, as a NIC would, and sends
 /// them; reported per frame. `heels bench dataplane` measures the same
 /// loop on real rings.
+/// After a worker's run: each frame it received it sent on (a stage that
+/// dropped them would measure less work).
+fn every_frame_forwarded(stats: &heels_afxdp::worker::WorkerStats) {
+    let (rx, tx) = stats.devices.iter().fold((0, 0), |(rx, tx), d| (rx + d.rx, tx + d.tx));
+    assert!(rx > 0 && tx == rx && stats.dropped == 0, "received {rx}, sent {tx}, dropped {}", stats.dropped);
+}
+
 fn worker_turns(c: &mut Criterion) {
     use heels_afxdp::device::MemoryPort;
     use heels_afxdp::stage::{Clock, HostEgress};
@@ -311,12 +324,14 @@ fn worker_turns(c: &mut Criterion) {
                 assert_eq!(heels.turn(), 64);
             })
         });
+        every_frame_forwarded(&heels.stats());
         let mut null = worker(flows, NullForward);
         group.bench_with_input(BenchmarkId::new("null", flows), &flows, |b, _| {
             b.iter(|| {
                 assert_eq!(null.turn(), 64);
             })
         });
+        every_frame_forwarded(&null.stats());
     }
     group.finish();
 }

@@ -877,11 +877,24 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_pick_the_nearest_rank_of_a_sorted_sample() {
+        let sample: Vec<f64> = (1..=101).map(f64::from).collect();
+        assert_eq!(percentile(&sample, 0.50), 51.0);
+        assert_eq!(percentile(&sample, 0.99), 100.0);
+        assert_eq!(percentile(&sample, 0.0), 1.0);
+        assert_eq!(percentile(&sample, 1.0), 101.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
     fn the_other_modes_measure() {
         let port = serve_in_background(1).unwrap();
         let pingpong = load(&spec(port, Mode::Pingpong));
         assert_eq!(pingpong.connections_ok, 1);
-        assert!(pingpong.p99_us >= pingpong.p50_us && pingpong.p50_us > 0.0);
+        // Real round trips on loopback take some microseconds, and fewer
+        // than a second each.
+        assert!(pingpong.p50_us > 0.0 && pingpong.p99_us < 1e6, "{pingpong:?}");
         let bulk = load(&spec(port, Mode::Bulk));
         assert!(bulk.throughput_bps > 0.0 && bulk.bytes_sent > 0, "{bulk:?}");
         let connect = load(&spec(port, Mode::Connect));
