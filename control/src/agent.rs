@@ -15,7 +15,7 @@ use std::process::Command;
 
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::afxdp::Afxdp;
 use crate::config::{AgentConfig, DataplaneKind, DirectRoute};
-use crate::metrics::{AgentFigures, MetricsServer};
+use crate::metrics::{AgentFigures, MetricsServer, Sweeps};
 use arc_swap::ArcSwapOption;
 
 /// Where the agent keeps a copy of each instance's configuration, for
@@ -254,13 +254,13 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
             Some(afxdp)
         }
     };
-    let swept = Arc::new(AtomicU64::new(0));
+    let sweeps = Arc::new(Sweeps::default());
     let workers_report = Arc::new(ArcSwapOption::from(afxdp.as_ref().map(|a| Arc::new(a.report()))));
     if let Some(address) = config.metrics_socket() {
         let figures = AgentFigures {
             instance: config.instance.clone(),
             vips: config.vips(),
-            swept: Arc::clone(&swept),
+            sweeps: Arc::clone(&sweeps),
             afxdp: Arc::clone(&workers_report),
         };
         let server = MetricsServer::start(address, figures)?;
@@ -312,10 +312,14 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
                     }
                 }
             }
-            match sweeper.sweep(&mut datapath) {
+            let swept = sweeper.sweep(&mut datapath);
+            if swept.is_ok() {
+                sweeps.runs.fetch_add(1, Ordering::Relaxed);
+            }
+            match swept {
                 Ok(0) => {}
                 Ok(n) => {
-                    swept.fetch_add(n as u64, Ordering::Relaxed);
+                    sweeps.removed.fetch_add(n as u64, Ordering::Relaxed);
                     tracing::info!(instance = %config.instance, connections = n, "dropped entries whose socket is gone")
                 }
                 Err(e) => {

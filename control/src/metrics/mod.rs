@@ -28,6 +28,7 @@
 //! | `heels_options_no_room_total` | `cpu` | segments that left without the option for lack of room |
 //! | `heels_helper_errors_total` | `cpu` | kernel helper failures (the packet went on as far as it got) |
 //! | `heels_table_entries_removed_total` | `cause` | connections forgotten: `socket_closed` (sockops), `swept` (the agent's sweep of vanished sockets) |
+//! | `heels_sweeps_total` | | sweeps of the table for entries whose socket is gone, completed (every `sweep_seconds`) |
 //! | `heels_table_entries` | `vip` | bypassed connections in the table now (client) |
 //! | `heels_table_capacity` | | how many connections the table holds (`max_connections`); past that a new connection takes the LB path |
 //! | `heels_table_full_total` | `cpu` | connections that found the table full and took the LB path (client) |
@@ -288,6 +289,8 @@ pub struct Snapshot {
     pub entries: Vec<(SocketAddrV4, u64)>,
     /// Entries the agent's sweep removed since it started.
     pub swept: u64,
+    /// Sweeps the agent completed since it started.
+    pub sweeps: u64,
     /// Connections the tables hold (`max_connections`).
     pub capacity: u32,
     /// The afxdp workers' counters, when this agent runs them.
@@ -300,7 +303,7 @@ impl Snapshot {
     pub fn read(
         instance: &str,
         vips: &[SocketAddrV4],
-        swept: u64,
+        sweeps: &Sweeps,
         afxdp: Option<crate::afxdp::AfxdpReport>,
     ) -> anyhow::Result<Snapshot> {
         let datapath = Datapath::open(instance)?;
@@ -324,7 +327,8 @@ impl Snapshot {
             per_cpu: datapath.counters_per_cpu()?,
             per_vip,
             entries,
-            swept,
+            swept: sweeps.removed.load(Ordering::Relaxed),
+            sweeps: sweeps.runs.load(Ordering::Relaxed),
             capacity: datapath.capacity()?,
             afxdp,
         })
@@ -390,6 +394,13 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Connections forgotten, by cause",
             None,
             removed,
+        )?;
+        counter(
+            &mut encoder,
+            "heels_sweeps",
+            "Sweeps for vanished sockets the agent completed",
+            None,
+            [(Vec::new(), self.sweeps)],
         )?;
         let mut metric = encoder.encode_descriptor(
             "heels_table_entries",
@@ -520,6 +531,16 @@ fn encode_afxdp(
     )
 }
 
+/// What the agent's sweep (of entries whose socket is gone) did, counted by
+/// the agent's loop and read by the endpoint.
+#[derive(Debug, Default)]
+pub struct Sweeps {
+    /// Sweeps completed.
+    pub runs: AtomicU64,
+    /// Entries they removed.
+    pub removed: AtomicU64,
+}
+
 /// An agent's figures: its instance's pins, read at each scrape, and its
 /// afxdp workers' counters as the agent last gathered them (every turn of
 /// its loop, from the workers' own memory).
@@ -529,8 +550,8 @@ pub struct AgentFigures {
     pub instance: String,
     /// The configured VIP:vport (shown at zero before traffic).
     pub vips: Vec<SocketAddrV4>,
-    /// Entries the agent's sweep removed.
-    pub swept: Arc<AtomicU64>,
+    /// What the agent's sweep did.
+    pub sweeps: Arc<Sweeps>,
     /// The workers' counters while they run.
     pub afxdp: Arc<ArcSwapOption<crate::afxdp::AfxdpReport>>,
 }
@@ -538,7 +559,7 @@ pub struct AgentFigures {
 impl Figures for AgentFigures {
     fn metrics(&self) -> Result<String, String> {
         let afxdp = self.afxdp.load_full().map(|report| (*report).clone());
-        Snapshot::read(&self.instance, &self.vips, self.swept.load(Ordering::Relaxed), afxdp)
+        Snapshot::read(&self.instance, &self.vips, &self.sweeps, afxdp)
             .map(Snapshot::render)
             .map_err(|e| format!("{e:#}"))
     }
@@ -586,6 +607,7 @@ mod tests {
             per_vip: Vec::new(),
             entries: Vec::new(),
             swept: 0,
+            sweeps: 0,
             capacity: 1000,
             afxdp: Some(report),
         };
@@ -619,6 +641,7 @@ mod tests {
             per_vip: vec![(vip, stats)],
             entries: vec![(vip, 3)],
             swept: 7,
+            sweeps: 3,
             capacity: 262_144,
             afxdp: None,
         };
@@ -630,6 +653,7 @@ mod tests {
             "heels_rewritten_bytes_total{cpu=\"0\",direction=\"ingress\"} 19",
             "heels_table_entries_removed_total{cause=\"socket_closed\"} 110",
             "heels_table_entries_removed_total{cause=\"swept\"} 7",
+            "heels_sweeps_total 3",
             "heels_table_entries{vip=\"10.10.100.1:80\"} 3",
             "heels_table_capacity 262144",
             "heels_table_full_total{cpu=\"1\"} 100",
