@@ -340,7 +340,7 @@ impl AgentConfig {
             ));
         }
         if self.interfaces.is_empty() {
-            return Err(invalid("interfaces", "name at least one interface"));
+            return Err(invalid("interfaces", "[]: name at least one interface"));
         }
         for (i, name) in self.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
@@ -357,28 +357,37 @@ impl AgentConfig {
             ));
         }
         if self.sweep_seconds == 0 {
-            return Err(invalid("sweep_seconds", "at least 1"));
+            return Err(invalid("sweep_seconds", format!("{}: at least 1", self.sweep_seconds)));
         }
         if let Some(address) = &self.metrics_address {
             crate::metrics::parse_address(address).map_err(|e| invalid("metrics_address", e))?;
         }
         if self.addresses.is_empty() {
-            return Err(invalid("addresses", "name at least one address of this host (or pass --address)"));
+            return Err(invalid(
+                "addresses",
+                "[]: name at least one address of this host (or pass --address)",
+            ));
         }
         if self.server.is_none() && self.client.is_none() {
-            return Err(invalid("server", "configure [server], [client] or both"));
+            return Err(invalid(
+                "server",
+                "neither [server] nor [client]: configure [server], [client] or both",
+            ));
         }
         if self.dataplane == DataplaneKind::Afxdp {
             if self.interfaces.len() != 1 {
-                return Err(invalid("interfaces", "afxdp takes exactly one interface (the uplink)"));
+                return Err(invalid(
+                    "interfaces",
+                    format!("{:?}: afxdp takes exactly one interface (the uplink)", self.interfaces),
+                ));
             }
             if self.afxdp.as_ref().is_some_and(|a| a.cores.is_empty()) {
-                return Err(invalid("afxdp.cores", "name at least one core"));
+                return Err(invalid("afxdp.cores", "[]: name at least one core"));
             }
         }
         if let Some(server) = &self.server {
             if server.services.is_empty() {
-                return Err(invalid("server.services", "name at least one service"));
+                return Err(invalid("server.services", "[]: name at least one service"));
             }
             prefixes("server.lb_sources", &server.lb_sources)?;
             if let Some(address) = server.dsr_address {
@@ -409,11 +418,11 @@ impl AgentConfig {
                 ));
             }
             if client.vips.is_empty() {
-                return Err(invalid("client.vips", "name at least one VIP"));
+                return Err(invalid("client.vips", "[]: name at least one VIP"));
             }
             let backends = prefixes("client.backends", &client.backends)?;
             if backends.is_empty() {
-                return Err(invalid("client.backends", "name at least one backend prefix"));
+                return Err(invalid("client.backends", "[]: name at least one backend prefix"));
             }
         }
         Ok(())
@@ -606,6 +615,95 @@ backends = ["10.10.0.0/24"]
         assert!(error_of(&relative).contains("`cgroup`"));
         let zero_mark = FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#);
         assert!(error_of(&zero_mark).contains("server.direct_route.mark"));
+    }
+
+    /// Every rule of `check`: a configuration breaking only it, the field
+    /// the error must name and the value it must quote.
+    #[test]
+    fn every_rule_names_its_field_and_the_bad_value() {
+        let afxdp = |text: &str| text.replace("[server]", "dataplane = \"afxdp\"\n[server]");
+        let (long_name, long_quoted) = ("a".repeat(65), format!("{:?}", "a".repeat(65)));
+        let cases: Vec<(String, &str, &str)> = vec![
+            (FULL.replace("server1", ""), "instance", "\"\""),
+            (FULL.replace("server1", &long_name), "instance", &long_quoted),
+            (FULL.replace("server1", "web 1"), "instance", "\"web 1\""),
+            (FULL.replace(r#"interfaces = ["eth0"]"#, "interfaces = []"), "interfaces", "[]"),
+            (FULL.replace(r#""eth0""#, r#""""#), "interfaces[0]", "\"\""),
+            (FULL.replace(r#""eth0""#, r#""eth0123456789abc""#), "interfaces[0]", "\"eth0123456789abc\""),
+            (FULL.replace(r#""eth0""#, r#""eth/0""#), "interfaces[0]", "\"eth/0\""),
+            (FULL.replace("/sys/fs/cgroup/unified/heels", "heels"), "cgroup", "\"heels\""),
+            (FULL.replace("[server]", "sweep_seconds = 0\n[server]"), "sweep_seconds", "0"),
+            (
+                FULL.replace("[server]", "metrics_address = \"host:x\"\n[server]"),
+                "metrics_address",
+                "\"host:x\"",
+            ),
+            (FULL.replace(r#"addresses = ["10.10.0.11"]"#, "addresses = []"), "addresses", "[]"),
+            (FULL.split("[server]").next().unwrap().to_owned(), "server", "neither [server] nor [client]"),
+            (
+                afxdp(&FULL.replace(r#"interfaces = ["eth0"]"#, r#"interfaces = ["eth0", "eth1"]"#)),
+                "interfaces",
+                r#"["eth0", "eth1"]"#,
+            ),
+            (afxdp(FULL) + "\n[afxdp]\ncores = []\n", "afxdp.cores", "[]"),
+            (
+                FULL.replace(
+                    r#"services = [{ vip = "10.10.100.1:80", port = 8080 }, { vip = "10.10.100.2:443" }]"#,
+                    "services = []",
+                ),
+                "server.services",
+                "[]",
+            ),
+            (FULL.replace("10.10.0.3/32", "10.10.0.3/40"), "server.lb_sources[0]", "\"10.10.0.3/40\""),
+            (FULL.replace("10.10.0.3/32", "lb"), "server.lb_sources[0]", "\"lb\""),
+            (
+                FULL.replace("lb_sources", "dsr_address = \"10.10.0.99\"\nlb_sources"),
+                "server.dsr_address",
+                "10.10.0.99",
+            ),
+            (
+                FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", mark = 0"#),
+                "server.direct_route.mark",
+                "0",
+            ),
+            (
+                FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", table = 0"#),
+                "server.direct_route.table",
+                "0",
+            ),
+            (
+                FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", table = 253"#),
+                "server.direct_route.table",
+                "253",
+            ),
+            (
+                FULL.replace(r#"gateway = "10.10.0.1""#, r#"gateway = "10.10.0.1", table = 255"#),
+                "server.direct_route.table",
+                "255",
+            ),
+            (FULL.replace("[client]", "[client]\nmax_connections = 0"), "client.max_connections", "0"),
+            (FULL.replace(r#"vips = ["10.10.100.1:0"]"#, "vips = []"), "client.vips", "[]"),
+            (FULL.replace(r#"backends = ["10.10.0.0/24"]"#, "backends = []"), "client.backends", "[]"),
+            (FULL.replace("10.10.0.0/24", "10.10.0.0/33"), "client.backends[0]", "\"10.10.0.0/33\""),
+        ];
+        for (text, field, value) in &cases {
+            match AgentConfig::parse(text) {
+                Err(ConfigError::Invalid { field: named, message }) => {
+                    assert_eq!(&named, field, "{message}");
+                    assert!(
+                        message.starts_with(value),
+                        "`{field}`: {message:?} does not start with {value:?}"
+                    );
+                }
+                other => panic!("`{field}` = {value}: {other:?}"),
+            }
+        }
+        // The reserved tables' neighbours are fine.
+        for table in [1, 252, 256] {
+            let text = FULL
+                .replace(r#"gateway = "10.10.0.1""#, &format!(r#"gateway = "10.10.0.1", table = {table}"#));
+            AgentConfig::parse(&text).unwrap_or_else(|e| panic!("table {table}: {e}"));
+        }
     }
 
     #[test]
