@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,12 +13,15 @@ use heels_dataplane::vectors::vector;
 use heels_xdp::Classifier;
 
 const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 
 /// A classifier whose pinned maps live in a directory of its own, removed
-/// when the test ends, passed or failed.
+/// when the test ends, passed or failed; with an AF_XDP socket on receive
+/// queue 0 (the queue BPF_PROG_TEST_RUN runs on) or none.
 struct Loaded {
     classifier: Classifier,
     dir: PathBuf,
+    socket: Option<OwnedFd>,
 }
 
 impl Drop for Loaded {
@@ -54,7 +58,30 @@ fn load() -> Loaded {
     std::fs::create_dir_all(&dir).expect("bpffs is mounted at /sys/fs/bpf");
     let classifier = Classifier::load(&dir, heels_common::MAX_STEERED_FLOWS)
         .expect("the classifier loads and passes the verifier");
-    Loaded { classifier, dir }
+    Loaded { classifier, dir, socket: None }
+}
+
+/// An AF_XDP socket for queue 0 of the classifier's socket map. Not bound
+/// to a device: the map takes any AF_XDP socket, and under
+/// BPF_PROG_TEST_RUN the redirect is the program's verdict only (no frame
+/// is delivered), which is what these tests check.
+fn with_socket(mut classifier: Loaded) -> Loaded {
+    // SAFETY: socket(2) with constant arguments; the result is checked and
+    // owned right away.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "an AF_XDP socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    classifier.insert_socket(0, socket.as_raw_fd()).expect("the socket map takes the socket");
+    classifier.socket = Some(socket);
+    classifier
+}
+
+/// Runs `test` on a classifier `make` returns, once without a socket and
+/// once with one.
+fn both_ways(make: fn() -> Loaded, test: impl Fn(&mut Loaded)) {
+    test(&mut make());
+    test(&mut with_socket(make()));
 }
 
 /// Runs the program on `frame`; returns the action and the counters that moved.
@@ -73,12 +100,21 @@ fn run(classifier: &Loaded, frame: &[u8]) -> (u32, HashMap<XdpCounter, u64>) {
     (outcome.action, moved)
 }
 
+/// Runs `frame` and checks the counters that moved are `counters`, and
+/// the verdict: a frame for the workers is redirected when queue 0 has a
+/// socket, and passed (counted `NoSocket`) when it has none; any other
+/// frame is passed.
 fn expect(classifier: &Loaded, frame: &[u8], counters: &[XdpCounter]) {
     let (action, moved) = run(classifier, frame);
-    // No AF_XDP socket is bound in this test, so redirects fall back to pass.
-    assert_eq!(action, XDP_PASS);
-    let expected: HashMap<XdpCounter, u64> = counters.iter().map(|&c| (c, 1)).collect();
-    assert_eq!(moved, expected);
+    let for_workers = !counters.iter().all(|c| matches!(c, XdpCounter::Passed | XdpCounter::BadOption));
+    let mut expected: HashMap<XdpCounter, u64> = counters.iter().map(|&c| (c, 1)).collect();
+    let socket = classifier.socket.is_some();
+    if for_workers && !socket {
+        expected.insert(XdpCounter::NoSocket, 1);
+    }
+    let verdict = if for_workers && socket { XDP_REDIRECT } else { XDP_PASS };
+    assert_eq!(action, verdict, "counted {moved:?} (socket on queue 0: {socket})");
+    assert_eq!(moved, expected, "socket on queue 0: {socket}");
 }
 
 fn with_service() -> Loaded {
@@ -89,25 +125,28 @@ fn with_service() -> Loaded {
 
 #[test]
 fn syns_with_the_option_for_a_service_go_to_the_workers() {
-    let classifier = with_service();
-    for name in ["fullnat-syn-before", "dnat-syn-before"] {
-        expect(&classifier, &vector(name), &[XdpCounter::SynWithOption, XdpCounter::NoSocket]);
-    }
-    expect(&classifier, &vector("ipip-syn-before"), &[XdpCounter::Ipip, XdpCounter::NoSocket]);
-    expect(&classifier, &vector("syn-ack-before"), &[XdpCounter::SynAckWithOption, XdpCounter::NoSocket]);
+    both_ways(with_service, |classifier| {
+        for name in ["fullnat-syn-before", "dnat-syn-before"] {
+            expect(classifier, &vector(name), &[XdpCounter::SynWithOption]);
+        }
+        expect(classifier, &vector("ipip-syn-before"), &[XdpCounter::Ipip]);
+        expect(classifier, &vector("syn-ack-before"), &[XdpCounter::SynAckWithOption]);
+    });
 }
 
 #[test]
 fn a_syn_for_another_service_passes() {
-    let classifier = load();
-    expect(&classifier, &vector("fullnat-syn-before"), &[XdpCounter::Passed]);
+    both_ways(load, |classifier| expect(classifier, &vector("fullnat-syn-before"), &[XdpCounter::Passed]));
 }
 
 #[test]
 fn data_passes_unless_its_flow_is_steered() {
-    let mut classifier = with_service();
+    both_ways(with_service, data_passes_unless_steered);
+}
+
+fn data_passes_unless_steered(classifier: &mut Loaded) {
     let frame = vector("ingress-data-before");
-    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    expect(classifier, &frame, &[XdpCounter::Passed]);
     classifier
         .steer(FlowV4 {
             src_addr: [10, 10, 3, 2],
@@ -116,30 +155,34 @@ fn data_passes_unless_its_flow_is_steered() {
             dst_port: 40000u16.to_be_bytes(),
         })
         .unwrap();
-    expect(&classifier, &frame, &[XdpCounter::Steered, XdpCounter::NoSocket]);
+    expect(classifier, &frame, &[XdpCounter::Steered]);
     // The other direction of the flow is not steered.
-    expect(&classifier, &vector("egress-data-before"), &[XdpCounter::Passed]);
+    expect(classifier, &vector("egress-data-before"), &[XdpCounter::Passed]);
 }
 
 #[test]
 fn malformed_and_foreign_frames_pass() {
-    let classifier = with_service();
+    both_ways(with_service, malformed_and_foreign_pass);
+}
+
+fn malformed_and_foreign_pass(classifier: &mut Loaded) {
+    let classifier = &*classifier;
     // The SYN's MSS option given length 0.
     let mut frame = vector("dnat-syn-before");
     frame[55] = 0;
-    expect(&classifier, &frame, &[XdpCounter::BadOption]);
+    expect(classifier, &frame, &[XdpCounter::BadOption]);
     // The HEELS option cut by a smaller data offset (10 words: 20 option bytes).
     let mut frame = vector("dnat-syn-before");
     frame[46] = 0xa0;
-    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    expect(classifier, &frame, &[XdpCounter::Passed]);
     // ARP.
     let mut frame = vector("dnat-syn-before");
     frame[12..14].copy_from_slice(&[0x08, 0x06]);
-    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    expect(classifier, &frame, &[XdpCounter::Passed]);
     // Truncated inside the TCP header.
-    expect(&classifier, &vector("dnat-syn-before")[..40], &[XdpCounter::Passed]);
+    expect(classifier, &vector("dnat-syn-before")[..40], &[XdpCounter::Passed]);
     // A fragment.
     let mut frame = vector("dnat-syn-before");
     frame[20] = 0x20;
-    expect(&classifier, &frame, &[XdpCounter::Passed]);
+    expect(classifier, &frame, &[XdpCounter::Passed]);
 }
