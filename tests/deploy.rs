@@ -1,7 +1,8 @@
 //! The manifests of deploy/ as shipped: each parses; the arguments each
 //! passes to `heels` are ones the binary accepts; the configuration each
 //! ships passes `--check-config`; the systemd unit and the DaemonSet keep
-//! the same measured capabilities (tests/lab.rs runs agents with them).
+//! the same measured capabilities (tests/lab.rs runs agents with them);
+//! the Grafana dashboard reads only series the agent serves.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -170,5 +171,82 @@ fn the_daemonset_passes_arguments_heels_accepts_and_a_valid_configuration() {
         .collect();
     for wanted in [("bpffs", "/sys/fs/bpf"), ("cgroup", "/sys/fs/cgroup"), ("state", "/run/heels")] {
         assert!(host_paths.contains(&wanted), "{wanted:?} in {host_paths:?}");
+    }
+}
+
+/// Every series name a scrape of an agent running both roles shows, with
+/// the afxdp workers' families too.
+fn served_series() -> std::collections::BTreeSet<String> {
+    use heels::metrics::Snapshot;
+    use heels_common::{TcCounter, VipStats};
+    let vip = "10.10.100.1:80".parse().unwrap();
+    let snapshot = Snapshot {
+        instance: "web1".to_owned(),
+        per_cpu: TcCounter::ALL.iter().map(|&c| (c, vec![1, 2])).collect(),
+        per_vip: vec![(vip, VipStats::default())],
+        entries: vec![(vip, 1)],
+        swept: 0,
+        sweeps: 0,
+        capacity: 1000,
+        afxdp: Some(heels::afxdp::AfxdpReport::default()),
+    };
+    snapshot
+        .render()
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next().map(str::to_owned))
+        .collect()
+}
+
+/// The metric names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("heels_") {
+        let name: String =
+            rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_reads_only_series_the_agent_serves_and_shows_what_operators_watch() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )
+    .expect("deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let served = served_series();
+    let mut read = std::collections::BTreeSet::new();
+    let mut queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().expect("each panel has targets").clone())
+        .map(|target| target["expr"].as_str().expect("each target has an expression").to_owned())
+        .collect();
+    for variable in dashboard["templating"]["list"].as_array().expect("variables") {
+        if let Some(query) = variable["query"].as_str() {
+            queries.push(query.to_owned());
+        }
+    }
+    for expr in &queries {
+        for name in metric_names(expr) {
+            assert!(served.contains(&name), "{name} (in {expr}) is not a series the agent serves");
+            read.insert(name);
+        }
+    }
+    for watched in [
+        "heels_table_entries",
+        "heels_table_capacity",
+        "heels_vip_rewritten_bytes_total",
+        "heels_syn_fallbacks_total",
+        "heels_table_full_total",
+        "heels_afxdp_dropped_frames_total",
+        "heels_afxdp_fill_starved_total",
+    ] {
+        assert!(read.contains(watched), "no panel shows {watched}");
     }
 }
