@@ -28,6 +28,11 @@ echo "== cargo miri test (the afxdp engine's ownership and frame handling)"
 # Miri checks that no two views of a UMEM frame alias (Stacked Borrows).
 cargo +nightly miri test --quiet -p heels-afxdp --lib
 
+echo "== loom (the connection table's races, every schedule)"
+# Its own target directory: --cfg loom builds the table on loom's atomics.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test --quiet --release -p heels-dataplane --lib loom_model -- --nocapture --test-threads=1
+
 echo "== cargo test"
 # Two test threads: one per core of the machines this runs on.
 log=$(mktemp)

@@ -21,11 +21,19 @@
 //! different slots; the entries are identical, lookups take the first and
 //! [`ConnTable::remove`] removes every copy.
 //!
+//! The races are model-checked with loom (`loom_model` at the bottom):
+//! torn reads of key and target, two writers of one key, remove against
+//! insert, expiry against lookup.
+//!
 //! Time is the caller's: a monotonic count of seconds (`now`), so the table
 //! does no I/O and tests control the clock.
 
-use core::hash::{BuildHasher, Hasher};
+#[cfg(not(loom))]
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+// Under `--cfg loom` the table's atomics are loom's, whose model check
+// (`loom_model` below) runs every interleaving of a few threads.
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::option::Endpoint;
 
@@ -35,7 +43,11 @@ pub const SLOT_BYTES: usize = core::mem::size_of::<Slot>();
 pub const MAX_PROBE: usize = 32;
 /// How often a reader retries a slot that a writer holds before it reports
 /// a miss (a writer holds a slot for a handful of stores).
+#[cfg(not(loom))]
 const MAX_READ_RETRIES: usize = 1024;
+/// Few under the model check: each retry multiplies the schedules.
+#[cfg(loom)]
+const MAX_READ_RETRIES: usize = 3;
 
 const EMPTY: u32 = 0;
 const LIVE: u32 = 1;
@@ -126,7 +138,11 @@ impl Slot {
         for _ in 0..MAX_READ_RETRIES {
             let seq = self.seq.load(Ordering::Acquire);
             if seq & 1 == 1 {
+                #[cfg(not(loom))]
                 core::hint::spin_loop();
+                // Lets the model run the writer (a spin alone would not).
+                #[cfg(loom)]
+                loom::thread::yield_now();
                 continue;
             }
             let snapshot = Snapshot {
@@ -192,22 +208,33 @@ impl ConnTable {
         let max_entries = max_entries.max(1);
         let slot_count = (max_entries * 2).next_power_of_two();
         let slots: Box<[Slot]> = (0..slot_count).map(|_| Slot::default()).collect();
-        // Random per-table hash keys: a peer cannot aim flows at one probe
-        // window to push others out.
-        let random = std::collections::hash_map::RandomState::new();
-        let mut hasher = random.build_hasher();
-        hasher.write_u64(0x4845_4c53);
-        let seed0 = hasher.finish();
-        hasher.write_u64(seed0);
-        let seed1 = hasher.finish() | 1;
         ConnTable {
             slots,
             mask: slot_count - 1,
             max_entries,
             idle_timeout,
             live: AtomicUsize::new(0),
-            seed: (seed0, seed1),
+            seed: Self::hash_keys(),
         }
+    }
+
+    /// Random per-table hash keys: a peer cannot aim flows at one probe
+    /// window to push others out.
+    #[cfg(not(loom))]
+    fn hash_keys() -> (u64, u64) {
+        use core::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new();
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(0x4845_4c53);
+        let seed0 = hasher.finish();
+        hasher.write_u64(seed0);
+        (seed0, hasher.finish() | 1)
+    }
+
+    /// The model check replays each schedule: the hash must not change.
+    #[cfg(loom)]
+    fn hash_keys() -> (u64, u64) {
+        (0, 1)
     }
 
     /// Most entries the table holds.
@@ -416,8 +443,11 @@ impl ConnTable {
             return false;
         }
         slot.state.store(TOMBSTONE, Ordering::Relaxed);
-        slot.release(seen.seq);
+        // Counted gone before the slot is released: an insert that finds
+        // the tombstone must not find the table still full (the model
+        // check saw `Full` from an insert racing a remove at capacity).
         self.live.fetch_sub(1, Ordering::Relaxed);
+        slot.release(seen.seq);
         true
     }
 
@@ -730,5 +760,130 @@ impl SynEnds {
         let last = self.0.lookup(&key, now).map(|e| u32::from_be_bytes(e.addr));
         let _ = self.0.insert(key, Endpoint::new(end.to_be_bytes(), 0), now);
         last.filter(|&last| (end.wrapping_sub(last) as i32) < 0)
+    }
+}
+
+/// The table under loom (`RUSTFLAGS="--cfg loom" cargo test -p
+/// heels-dataplane --release --lib loom_model`): every interleaving of two
+/// threads, up to three preemptions, of the races a table shared by
+/// workers and a control thread meets. Each model prints the schedules it
+/// explored.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey { src: Endpoint::new([10, 0, 0, 1], port), dst: Endpoint::new([10, 10, 100, 1], 80) }
+    }
+
+    fn backend(last: u8) -> Endpoint {
+        Endpoint::new([10, 10, 0, last], 8080)
+    }
+
+    /// Runs `model` under loom; returns the schedules explored.
+    fn explore(name: &str, model: impl Fn() + Sync + Send + 'static) -> usize {
+        let schedules = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&schedules);
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            model();
+        });
+        let explored = schedules.load(std::sync::atomic::Ordering::Relaxed);
+        println!("loom {name}: {explored} schedules");
+        explored
+    }
+
+    /// A slot reused for another key with another target: a reader sees
+    /// each key with its own target or not at all, never one key with the
+    /// other's target (a torn key or target).
+    #[test]
+    fn a_reader_never_sees_a_key_with_another_keys_target() {
+        let explored = explore("torn reads", || {
+            let table = Arc::new(ConnTable::new(1, 60));
+            table.insert(key(1), backend(1), 1).unwrap();
+            let reader = {
+                let table = Arc::clone(&table);
+                thread::spawn(move || (table.lookup(&key(1), 1), table.lookup(&key(2), 1)))
+            };
+            assert_eq!(table.remove(&key(1)), 1);
+            assert_eq!(table.insert(key(2), backend(2), 1), Ok(()));
+            let (first, second) = reader.join().unwrap();
+            assert!(first.is_none() || first == Some(backend(1)), "{first:?}");
+            assert!(second.is_none() || second == Some(backend(2)), "{second:?}");
+        });
+        assert!(explored > 1);
+    }
+
+    /// Two writers inserting one key: one entry or two (the module's
+    /// documented case), each with a target one of them wrote; removing
+    /// the key removes every copy and leaves the count at zero.
+    #[test]
+    fn two_writers_of_one_key_leave_entries_that_one_remove_clears() {
+        let explored = explore("two writers", || {
+            let table = Arc::new(ConnTable::new(2, 60));
+            let other = {
+                let table = Arc::clone(&table);
+                thread::spawn(move || table.insert(key(1), backend(2), 1))
+            };
+            let mine = table.insert(key(1), backend(1), 1);
+            let theirs = other.join().unwrap();
+            assert_eq!((mine, theirs), (Ok(()), Ok(())));
+            let found = table.lookup(&key(1), 1);
+            assert!(found == Some(backend(1)) || found == Some(backend(2)), "{found:?}");
+            let copies = table.len();
+            assert!(copies == 1 || copies == 2, "{copies}");
+            assert_eq!(table.remove(&key(1)), copies);
+            assert_eq!((table.lookup(&key(1), 1), table.len()), (None, 0));
+        });
+        assert!(explored > 1);
+    }
+
+    /// Remove racing an update of the same key: the key ends absent or
+    /// with the new target, and the count says how many entries are live.
+    #[test]
+    fn remove_racing_an_update_leaves_the_new_target_or_nothing_and_a_true_count() {
+        let explored = explore("remove against insert", || {
+            let table = Arc::new(ConnTable::new(1, 60));
+            table.insert(key(1), backend(1), 1).unwrap();
+            let remover = {
+                let table = Arc::clone(&table);
+                thread::spawn(move || table.remove(&key(1)))
+            };
+            let inserted = table.insert(key(1), backend(2), 1);
+            remover.join().unwrap();
+            assert_eq!(inserted, Ok(()));
+            let found = table.lookup(&key(1), 1);
+            assert!(found.is_none() || found == Some(backend(2)), "{found:?}");
+            assert_eq!(table.len(), usize::from(found.is_some()));
+        });
+        assert!(explored > 1);
+    }
+
+    /// The sweep expiring while a worker's lookup refreshes the entry: the
+    /// lookup finds the target (it ran before the entry was old), and the
+    /// entry is then either buried (counted once) or live and young.
+    #[test]
+    fn expiry_racing_a_lookup_buries_once_or_keeps_a_young_entry() {
+        let explored = explore("expire against lookup", || {
+            let table = Arc::new(ConnTable::new(1, 60));
+            table.insert(key(1), backend(1), 0).unwrap();
+            let sweep = {
+                let table = Arc::clone(&table);
+                thread::spawn(move || table.expire(100))
+            };
+            let found = table.lookup(&key(1), 50);
+            let buried = sweep.join().unwrap();
+            assert!(found.is_none() || found == Some(backend(1)), "{found:?}");
+            assert_eq!(buried + table.len(), 1, "buried {buried}");
+            if buried == 0 {
+                // Kept: refreshed at 50, so young at 100.
+                assert_eq!(table.lookup(&key(1), 100), Some(backend(1)));
+            }
+        });
+        assert!(explored > 1);
     }
 }
