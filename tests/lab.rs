@@ -794,7 +794,7 @@ fn path_mtu_discovery(dataplane: Dataplane) {
     lower_the_direct_path();
     let report = finish_load(child).unwrap();
     assert_eq!(report.connections_ok, 1, "the stream survived the smaller path: {:?}", report.errors);
-    assert_eq!(report.bytes_verified, 2 * stream as u64, "every byte of the stream, checked");
+    assert_eq!(report.bytes_verified, 2 * stream, "every byte of the stream, checked");
     assert!(counter(&client, TcCounter::IcmpRewritten) > 0, "the client translated the router's ICMP errors");
     // New connections on the smaller path, data both ways, every byte checked.
     let size = 4 * 1024 * 1024;
