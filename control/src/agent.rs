@@ -290,7 +290,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
             let turn = afxdp.tick(&mut datapath).and_then(|()| {
                 let report = afxdp.report();
                 if ticks.is_multiple_of(5) {
-                    afxdp.write_report(&config.instance, &report)?;
+                    crate::afxdp::write_report(&config.instance, &report)?;
                 }
                 workers_report.store(Some(Arc::new(report)));
                 Ok(())
@@ -312,15 +312,13 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
                     }
                 }
             }
-            let swept = sweeper.sweep(&mut datapath);
-            if swept.is_ok() {
-                sweeps.runs.fetch_add(1, Ordering::Relaxed);
-            }
-            match swept {
-                Ok(0) => {}
+            match sweeper.sweep(&mut datapath) {
                 Ok(n) => {
-                    sweeps.removed.fetch_add(n as u64, Ordering::Relaxed);
-                    tracing::info!(instance = %config.instance, connections = n, "dropped entries whose socket is gone")
+                    sweeps.runs.fetch_add(1, Ordering::Relaxed);
+                    if n > 0 {
+                        sweeps.removed.fetch_add(n as u64, Ordering::Relaxed);
+                        tracing::info!(instance = %config.instance, connections = n, "dropped entries whose socket is gone")
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "sweep failed")

@@ -190,6 +190,15 @@ pub fn report_file(instance: &str) -> std::path::PathBuf {
     std::path::Path::new(crate::agent::STATE_DIR).join(format!("{instance}.afxdp.json"))
 }
 
+/// Writes `report` (an [`Afxdp::report`]) where `heels stats` and
+/// [`read_report`] read it.
+pub fn write_report(instance: &str, report: &AfxdpReport) -> anyhow::Result<()> {
+    let path = report_file(instance);
+    let temporary = path.with_extension("json.new");
+    std::fs::write(&temporary, serde_json::to_vec(report)?)?;
+    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
+}
+
 /// The last report of `instance`'s afxdp agent, if one runs or ran
 /// without stopping (a stale one names a dead pid: see [`pid_alive`]).
 pub fn read_report(instance: &str) -> Option<AfxdpReport> {
@@ -774,14 +783,6 @@ impl Afxdp {
             report.not_ipv4 += host.not_ipv4;
         }
         report
-    }
-
-    /// Writes `report` (an [`Afxdp::report`]) where `heels stats` reads it.
-    pub fn write_report(&self, instance: &str, report: &AfxdpReport) -> anyhow::Result<()> {
-        let path = report_file(instance);
-        let temporary = path.with_extension("json.new");
-        std::fs::write(&temporary, serde_json::to_vec(report)?)?;
-        std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Hands the host's traffic back to the standby and stops the workers

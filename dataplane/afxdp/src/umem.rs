@@ -219,17 +219,10 @@ impl Region {
     /// when the chunk was not with the kernel or the frame runs past it.
     #[inline]
     pub fn receive(&mut self, desc: XdpDesc) -> Option<Held> {
-        let Some(chunk) = self.chunk_of(desc.addr) else {
+        let Some((chunk, offset)) = self.lent_span(&desc) else {
             self.errors.bad_descriptors += 1;
             return None;
         };
-        let offset = (desc.addr % u64::from(FRAME_SIZE)) as u32;
-        if self.owners[chunk] != Owner::Kernel
-            || u64::from(offset) + u64::from(desc.len) > u64::from(FRAME_SIZE)
-        {
-            self.errors.bad_descriptors += 1;
-            return None;
-        }
         self.owners[chunk] = Owner::Worker;
         Some(Held { region: self.id, chunk: chunk as u32, offset, len: desc.len })
     }
@@ -279,12 +272,18 @@ impl Region {
     /// sends), or `None` if its chunk is not with the kernel.
     #[inline]
     pub fn read_lent(&mut self, desc: &XdpDesc) -> Option<&[u8]> {
-        let chunk = self.chunk_of(desc.addr)?;
-        let within = (desc.addr % u64::from(FRAME_SIZE)) + u64::from(desc.len);
-        if self.owners[chunk] != Owner::Kernel || within > u64::from(FRAME_SIZE) {
-            return None;
-        }
+        self.lent_span(desc)?;
         self.area.bytes_mut(desc.addr as usize, desc.len as usize).map(|bytes| &*bytes)
+    }
+
+    /// The chunk of `desc` and the frame's offset in it, if the chunk is
+    /// with the kernel and the frame lies inside it.
+    #[inline]
+    fn lent_span(&self, desc: &XdpDesc) -> Option<(usize, u32)> {
+        let chunk = self.chunk_of(desc.addr)?;
+        let offset = (desc.addr % u64::from(FRAME_SIZE)) as u32;
+        let inside = u64::from(offset) + u64::from(desc.len) <= u64::from(FRAME_SIZE);
+        (self.owners[chunk] == Owner::Kernel && inside).then_some((chunk, offset))
     }
 
     /// The bytes of each held frame, `out[i]` for `held[i]`, all at once.
