@@ -1,7 +1,7 @@
 //! The manifests of deploy/ as shipped: each parses; the arguments each
 //! passes to `heels` are ones the binary accepts; the configuration each
 //! ships passes `--check-config`; the systemd unit and the DaemonSet keep
-//! the same measured capabilities (tests/lab.rs runs agents with them);
+//! the same measured capabilities (the lab tests, tests/lab/, run agents with them);
 //! the Grafana dashboard reads only series the agent serves.
 
 use std::net::Ipv4Addr;
