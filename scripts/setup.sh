@@ -61,6 +61,14 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         --locked --no-default-features --features llvm-22
 fi
 
+# cargo-fuzz runs the fuzz targets (fuzz/; the suite runs each briefly
+# from the committed corpus).
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
+
 # bpffs for pinned maps.
 if ! mountpoint -q /sys/fs/bpf; then
     log "mounting bpffs at /sys/fs/bpf"

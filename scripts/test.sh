@@ -33,10 +33,25 @@ echo "== loom (the connection table's races, every schedule)"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --quiet --release -p heels-dataplane --lib loom_model -- --nocapture --test-threads=1
 
+echo "== fuzz targets (a few seconds each, from the committed corpus)"
+# Each target runs from a scratch copy of its committed corpus (what the
+# fuzzer adds stays out of the tree); a crash fails the suite and leaves
+# its input in fuzz/artifacts/.
+log=$(mktemp)
+scratch=$(mktemp -d)
+trap 'rm -rf "$log" "$scratch"' EXIT
+(cd fuzz && cargo +nightly fuzz build -O)
+for target in $(cd fuzz && cargo +nightly fuzz list); do
+    cp -r "fuzz/corpus/$target" "$scratch/$target"
+    (cd fuzz && cargo +nightly fuzz run -O "$target" "$scratch/$target" -- -max_total_time=5 >"$log" 2>&1) || {
+        cat "$log"
+        exit 1
+    }
+    echo "$target: $(grep -o 'Done [0-9]* runs in [0-9]* second' "$log")"
+done
+
 echo "== cargo test"
 # Two test threads: one per core of the machines this runs on.
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 cargo test --quiet -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # One closing line for the whole run (cargo prints one per test binary,

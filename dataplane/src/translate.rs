@@ -707,7 +707,9 @@ pub fn client_egress_batch(
 }
 
 /// True for an unfragmented IPIP packet to one of this host's addresses
-/// whose inner header starts as IPv4 should (version 4, IHL at least 5).
+/// whose inner header starts as IPv4 should (version 4, IHL at least 5)
+/// and has the 20 bytes of one in the frame (the kernel's helper that the
+/// TC program decapsulates with refuses to leave less).
 fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return false;
@@ -720,7 +722,9 @@ fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
         && outer.protocol() == Protocol::Ipip
         && !outer.is_fragment()
         && config.is_local(outer.dst_addr())
-        && frame.get(inner).is_some_and(|&b| b >> 4 == 4 && b & 0x0f >= 5)
+        && frame.len() >= inner + 20
+        && frame[inner] >> 4 == 4
+        && frame[inner] & 0x0f >= 5
 }
 
 /// Client egress: a packet of a bypassed connection (CIP:cport ->

@@ -155,6 +155,26 @@ mod tests {
         server_case("ipip-syn-before", "ipip-syn-after", 20);
     }
 
+    /// IPIP whose frame ends before a whole inner IPv4 header stays as it
+    /// came, outer header and all (the TC program's decapsulation helper
+    /// refuses it; the stack drops it), and with one byte more is
+    /// decapsulated.
+    #[test]
+    fn ipip_without_a_whole_inner_header_is_not_decapsulated() {
+        let (table, sockets) = (fuzzing::table_with_connection(), fuzzing::sockets());
+        for (inner, start) in [(19, 0), (20, 20)] {
+            let mut frame = vector("ipip-syn-before");
+            frame.truncate(14 + 20 + inner);
+            frame[16..18].copy_from_slice(&(20 + inner as u16).to_be_bytes());
+            let before = frame.clone();
+            let outcome = translate::ingress(&mut frame, Mode::Full, &fuzzing::config(), &table, &sockets, 1);
+            assert_eq!(outcome.start, start, "{inner} bytes inside");
+            if start == 0 {
+                assert_eq!(frame, before);
+            }
+        }
+    }
+
     #[test]
     fn direct_syn_ack_learns_and_is_rewritten() {
         let table = ConnTable::new(16, 60);

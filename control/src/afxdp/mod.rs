@@ -91,12 +91,13 @@ pub struct WorkerReport {
 /// | `syns_onto_time_wait` | of `syns_translated`, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (a direct connection's) |
 /// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
 /// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
+/// | `syn_acks_held_back` | SYN-ACK forms of no connection the workers knew, dropped while the agent took the standby's connections over (the server retransmits) |
 /// | `closes_reported` | closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep) |
 /// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
 /// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
 /// | `checksums_completed` | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
 /// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
-/// | `dropped` | frames the workers' stages dropped, for any reason (the four below and `unsteered` included) |
+/// | `dropped` | frames the workers' stages dropped, for any reason (the three below, `unsteered` and `syn_acks_held_back` included) |
 /// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
 /// | `no_route` | frames dropped for want of an uplink route |
 /// | `not_ipv4` | non-IPv4 frames from heels0, dropped |
@@ -128,6 +129,7 @@ pub struct AfxdpReport {
     pub syns_onto_time_wait: u64,
     pub listener_errors: u64,
     pub unsteered: u64,
+    pub syn_acks_held_back: u64,
     pub closes_reported: u64,
     pub forgotten: u64,
     pub forget_skipped: u64,
@@ -165,6 +167,7 @@ impl AfxdpReport {
             ("syns_onto_time_wait", self.syns_onto_time_wait),
             ("listener_errors", self.listener_errors),
             ("unsteered", self.unsteered),
+            ("syn_acks_held_back", self.syn_acks_held_back),
             ("closes_reported", self.closes_reported),
             ("forgotten", self.forgotten),
             ("forget_skipped", self.forget_skipped),
@@ -261,6 +264,8 @@ struct WorkerSteer {
     learned: Arc<ArrayQueue<Learned>>,
     lost: Arc<AtomicU64>,
     unwritten: Arc<AtomicU64>,
+    /// Set until the agent has loaded the standby's connections.
+    taking_over: Arc<AtomicBool>,
 }
 
 impl Steer for WorkerSteer {
@@ -283,6 +288,10 @@ impl Steer for WorkerSteer {
     fn forget(&mut self, ingress: &FlowKey) {
         // Absent is fine: a connection steered twice is unsteered once.
         let _ = self.steering.remove(&flow(ingress));
+    }
+
+    fn taking_over(&self) -> bool {
+        self.taking_over.load(Ordering::Relaxed)
     }
 }
 
@@ -347,6 +356,8 @@ pub struct Afxdp {
     lost: Arc<AtomicU64>,
     /// Learned connections the workers could not write into the standby.
     unwritten: Arc<AtomicU64>,
+    /// Set until the standby's connections are in the workers' table.
+    taking_over: Arc<AtomicBool>,
     /// The server's listener checks: failed (their SYNs took the LB), and
     /// SYNs taken from another connection's TIME_WAIT.
     listener_counts: listeners::ListenerCounts,
@@ -428,6 +439,7 @@ impl Afxdp {
             learned,
             lost,
             unwritten: Arc::new(AtomicU64::new(0)),
+            taking_over: Arc::new(AtomicBool::new(true)),
             listener_counts: listeners::ListenerCounts::default(),
             known: StdHashMap::new(),
             forgets: Arc::new(ArrayQueue::new(LEARNED_QUEUE)),
@@ -476,6 +488,7 @@ impl Afxdp {
                     learned: Arc::clone(&afxdp.learned),
                     lost: Arc::clone(&afxdp.lost),
                     unwritten: Arc::clone(&afxdp.unwritten),
+                    taking_over: Arc::clone(&afxdp.taking_over),
                 };
                 // The socket is made here, in the host's namespace.
                 let listeners: Box<dyn Listeners> = if config.server.is_some() {
@@ -556,16 +569,22 @@ impl Afxdp {
                 classifier.insert_socket(queue, fd)?;
             }
         }
+        // The standby's connections go into the workers' table before SYN-ACK
+        // forms reach the workers (a form sent again, the host's ACK lost
+        // with the previous agent, would go to the host unrewritten and
+        // draw a reset), and again once they do (the standby learns until
+        // then). Between the two the workers hold back a form they cannot
+        // place (`taking_over`): the server sends it again. A data packet
+        // that comes in before its flow is steered reaches the TC ingress
+        // program, which still translates it.
+        afxdp.take_over(datapath)?;
         classifier
             .attach(uplink_name)
             .with_context(|| format!("attaching the XDP classifier to {uplink_name}"))?;
         afxdp.classifier = Some(classifier);
         afxdp.to_workers = Some(to_workers);
-        // From here SYN-ACKs reach the workers, and no more connections are
-        // learned by the standby: take over the ones it has. A packet of
-        // theirs that comes in before its flow is steered reaches the TC
-        // ingress program, which still translates it.
         afxdp.take_over(datapath)?;
+        afxdp.taking_over.store(false, Ordering::Relaxed);
         afxdp.resolve_gateways()?;
         // The closes of what the workers learned meanwhile are followed.
         afxdp.tick(datapath)?;
@@ -775,6 +794,7 @@ impl Afxdp {
             report.syns_translated += host.syns_translated;
             report.syns_refused += host.syns_refused;
             report.unsteered += host.unsteered;
+            report.syn_acks_held_back += host.syn_acks_held_back;
             report.forgotten += host.forgotten;
             report.forget_skipped += host.forget_skipped;
             report.checksums_completed += host.checksums_completed;

@@ -58,7 +58,7 @@
 //! | `heels_afxdp_closes_reported_total` | | closed connections sockops reported through its ring buffer |
 //! | `heels_afxdp_resets_sent_total` | | resets sent before a SYN an LB would refuse |
 //! | `heels_afxdp_checksums_completed_total` | | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
-//! | `heels_afxdp_dropped_frames_total` | `reason` | `translation` (the core's verdict), `unsteered`, `unresolved` (no neighbour yet), `no_route`, `not_ipv4`, `tx_full_uplink`, `tx_full_host` |
+//! | `heels_afxdp_dropped_frames_total` | `reason` | `translation` (the core's verdict), `unsteered`, `takeover` (SYN-ACK forms held back while a restarted agent took the standby's connections over), `unresolved` (no neighbour yet), `no_route`, `not_ipv4`, `tx_full_uplink`, `tx_full_host` |
 //! | `heels_afxdp_fill_starved_total` | | times a fill ring was found empty (the kernel had nowhere to receive) |
 //! | `heels_afxdp_wakeups_total` | | wakeup system calls (need_wakeup kicks) |
 //! | `heels_afxdp_bad_descriptors_total` | | descriptors a ring handed back that the worker never gave |
@@ -512,10 +512,11 @@ fn encode_afxdp(
     // `dropped` counts every frame a stage dropped; the reasons it knows
     // are split out, the rest is the core's own verdict (a direct SYN-ACK
     // for a full table, a malformed frame it refuses).
-    let known = r.unresolved + r.no_route + r.not_ipv4 + r.unsteered;
+    let known = r.unresolved + r.no_route + r.not_ipv4 + r.unsteered + r.syn_acks_held_back;
     let dropped = [
         ("translation", r.dropped.saturating_sub(known)),
         ("unsteered", r.unsteered),
+        ("takeover", r.syn_acks_held_back),
         ("unresolved", r.unresolved),
         ("no_route", r.no_route),
         ("not_ipv4", r.not_ipv4),
@@ -595,9 +596,10 @@ mod tests {
             received: 90,
             rewritten_to_uplink: 40,
             learned: 3,
-            dropped: 9,
+            dropped: 10,
             unresolved: 2,
             unsteered: 1,
+            syn_acks_held_back: 1,
             tx_full_to_host: 4,
             ..Default::default()
         };
@@ -620,10 +622,11 @@ mod tests {
             "heels_afxdp_frames_total{path=\"received\"} 90",
             "heels_afxdp_rewritten_packets_total{direction=\"egress\"} 40",
             "heels_afxdp_connections_learned_total 3",
-            // 9 dropped: 2 unresolved, 1 unsteered, the other 6 by the core.
+            // 10 dropped: 2 unresolved, 1 unsteered, 1 at a takeover, the other 6 by the core.
             "heels_afxdp_dropped_frames_total{reason=\"translation\"} 6",
             "heels_afxdp_dropped_frames_total{reason=\"unresolved\"} 2",
             "heels_afxdp_dropped_frames_total{reason=\"unsteered\"} 1",
+            "heels_afxdp_dropped_frames_total{reason=\"takeover\"} 1",
             "heels_afxdp_dropped_frames_total{reason=\"tx_full_host\"} 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

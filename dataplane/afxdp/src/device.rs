@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig};
 
-use crate::umem::{Held, Region, COPY_BLOCK};
+use crate::umem::{Held, Region, COPY_BLOCK, FRAME_SIZE};
 use crate::Error;
 
 /// One end of a worker's paths.
@@ -309,16 +309,7 @@ pub struct MemoryPort {
 impl MemoryPort {
     /// A device that receives `templates` over and over, in order.
     pub fn new(templates: Vec<Vec<u8>>) -> MemoryPort {
-        // Padded, a frame is written by fixed-size moves: a NIC's writes
-        // cost the CPU nothing, so the device's copy should cost little.
-        let templates = templates
-            .into_iter()
-            .map(|mut bytes| {
-                let len = bytes.len() as u32;
-                bytes.resize(bytes.len().next_multiple_of(COPY_BLOCK), 0);
-                (bytes, len)
-            })
-            .collect();
+        let templates = templates.into_iter().map(padded).collect();
         MemoryPort {
             templates,
             next: 0,
@@ -336,10 +327,45 @@ impl MemoryPort {
         MemoryPort { limit, sent: Some(Vec::new()), ..MemoryPort::new(templates) }
     }
 
+    /// A device that receives only what it is fed ([`MemoryPort::feed`]),
+    /// each frame once, and keeps a copy of every frame it sends (tests,
+    /// the fuzz targets).
+    pub fn fed() -> MemoryPort {
+        MemoryPort::once_capturing(Vec::new())
+    }
+
+    /// Queues `frame` to be received after those fed before it; false
+    /// (nothing queued) for a frame no chunk holds, as a NIC drops a frame
+    /// longer than its buffers.
+    pub fn feed(&mut self, frame: &[u8]) -> bool {
+        if frame.len() > FRAME_SIZE as usize {
+            return false;
+        }
+        self.templates.push(padded(frame.to_vec()));
+        // Received in order, each once: the next is the first not received.
+        self.next = self.stats.rx as usize;
+        self.limit = Some(self.limit.unwrap_or(0) + 1);
+        true
+    }
+
     /// The frames sent so far, when capturing.
     pub fn sent(&self) -> &[Vec<u8>] {
         self.sent.as_deref().unwrap_or_default()
     }
+
+    /// Chunks the device was lent and holds (waiting for frames).
+    pub fn lent(&self) -> usize {
+        self.lent.len()
+    }
+}
+
+/// A frame padded to whole [`COPY_BLOCK`]s, with its length: written by
+/// fixed-size moves (a NIC's writes cost the CPU nothing, so the device's
+/// copy should cost little).
+fn padded(mut bytes: Vec<u8>) -> (Vec<u8>, u32) {
+    let len = bytes.len() as u32;
+    bytes.resize(bytes.len().next_multiple_of(COPY_BLOCK), 0);
+    (bytes, len)
 }
 
 impl Device for MemoryPort {

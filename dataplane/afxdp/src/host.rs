@@ -46,6 +46,10 @@ pub struct HostCounters {
     pub learned_from_standby: u64,
     /// Connections learned but not steerable (SYN-ACK dropped).
     pub unsteered: u64,
+    /// SYN-ACK forms of no connection the workers know, dropped while the
+    /// agent took the standby's connections over (the server sends them
+    /// again; delivered, one would draw the host's reset).
+    pub syn_acks_held_back: u64,
     /// Packets rewritten VIP to DIP on their way out.
     pub rewritten_to_uplink: u64,
     /// Packets rewritten DIP to VIP on their way in.
@@ -80,6 +84,7 @@ impl std::ops::AddAssign for HostCounters {
         self.forgotten += other.forgotten;
         self.forget_skipped += other.forget_skipped;
         self.learned_from_standby += other.learned_from_standby;
+        self.syn_acks_held_back += other.syn_acks_held_back;
         self.checksums_completed += other.checksums_completed;
     }
 }
@@ -97,6 +102,13 @@ pub trait Steer {
     fn learned(&mut self, connection: &Learned) -> bool;
     /// The flow `ingress` (packets from the backend) is no longer steered.
     fn forget(&mut self, ingress: &FlowKey);
+    /// True while the agent loads the standby's connections into the
+    /// workers (a restart): a SYN-ACK form the workers cannot place may be
+    /// of one of those, sent again because the host's ACK died with the
+    /// previous agent.
+    fn taking_over(&self) -> bool {
+        false
+    }
 }
 
 /// A connection the control thread found closed (its socket gone), for a
@@ -384,6 +396,14 @@ impl<T: Steer> Stage for ToHost<T> {
                     self.counters.syns_refused += 1
                 }
                 _ => {}
+            }
+            if outcome.verdict == Verdict::Pass(Reason::NotConnecting)
+                && is_syn_ack(frame)
+                && self.steer.taking_over()
+            {
+                self.counters.syn_acks_held_back += 1;
+                *action = Action::Drop;
+                continue;
             }
             let learning =
                 matches!(outcome.verdict, Verdict::Rewritten { .. } | Verdict::Pass(Reason::LearnedViaLb))

@@ -9,6 +9,8 @@
 //!   device ([`device::MemoryPort`]) behind one trait;
 //! - [`worker`]: the loop, the stage trait and the null forwarder;
 //! - [`stage`]: the heels stages over the core's batch entry points;
+//! - [`fuzzing`] (tests and the fuzz targets only): the invariants every
+//!   frame and descriptor keeps;
 //! - [`host`]: the agent's host paths (heels0 to uplink and back), with
 //!   [`nexthop`], the uplink's next hops.
 //!
@@ -17,6 +19,8 @@
 #![warn(missing_docs)]
 
 pub mod device;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fuzzing;
 pub mod host;
 pub mod nexthop;
 pub mod stage;

@@ -27,7 +27,7 @@ unsafe impl Send for Area {}
 impl Area {
     /// Maps `len` bytes (a multiple of the page size), populated up front
     /// so that no page fault lands on the packet path.
-    #[cfg(not(miri))]
+    #[cfg(not(any(miri, fuzzing)))]
     pub(crate) fn new(len: usize) -> std::io::Result<Area> {
         // SAFETY: an anonymous private mapping with no address hint
         // touches no memory of this process; the result is checked below.
@@ -49,19 +49,21 @@ impl Area {
         Ok(Area { base, len })
     }
 
-    /// Under Miri (which has no `mmap`): the same zeroed, page-aligned
-    /// bytes from the allocator, so that Miri checks every view of them.
-    #[cfg(miri)]
+    /// Under Miri (which has no `mmap`) and the fuzzer: the same zeroed,
+    /// page-aligned bytes from the allocator, so that Miri checks every
+    /// view of them and AddressSanitizer guards their ends (it guards
+    /// heap blocks, not mappings).
+    #[cfg(any(miri, fuzzing))]
     pub(crate) fn new(len: usize) -> std::io::Result<Area> {
-        let layout = Self::miri_layout(len)?;
-        // SAFETY: the layout has a non-zero size (checked by `miri_layout`).
+        let layout = Self::heap_layout(len)?;
+        // SAFETY: the layout has a non-zero size (checked by `heap_layout`).
         let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
         Ok(Area { base, len })
     }
 
-    #[cfg(miri)]
-    fn miri_layout(len: usize) -> std::io::Result<std::alloc::Layout> {
+    #[cfg(any(miri, fuzzing))]
+    fn heap_layout(len: usize) -> std::io::Result<std::alloc::Layout> {
         std::alloc::Layout::from_size_align(len.max(1), 4096).map_err(std::io::Error::other)
     }
 
@@ -134,7 +136,7 @@ pub(crate) fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
 }
 
 impl Drop for Area {
-    #[cfg(not(miri))]
+    #[cfg(not(any(miri, fuzzing)))]
     fn drop(&mut self) {
         // SAFETY: `base` and `len` are exactly the mapping made in `new`,
         // and no slice of it outlives `self` (they borrow it).
@@ -143,9 +145,9 @@ impl Drop for Area {
         }
     }
 
-    #[cfg(miri)]
+    #[cfg(any(miri, fuzzing))]
     fn drop(&mut self) {
-        let layout = Self::miri_layout(self.len).expect("the layout `new` allocated with");
+        let layout = Self::heap_layout(self.len).expect("the layout `new` allocated with");
         // SAFETY: `base` was allocated in `new` with this very layout, and
         // no slice of it outlives `self` (they borrow it).
         unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) }

@@ -320,6 +320,16 @@ impl<D: Device, S: Stage> Worker<D, S> {
     pub fn devices(&self) -> &[D] {
         &self.devices
     }
+
+    /// The worker's devices, to feed (an in-memory device) or set up.
+    pub fn devices_mut(&mut self) -> &mut [D] {
+        &mut self.devices
+    }
+
+    /// Chunks of the worker's region free now (neither held nor lent).
+    pub fn free_frames(&self) -> usize {
+        self.region.free_frames()
+    }
 }
 
 /// A free frame holding `syn` turned into the reset that goes before it,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::MemoryPort;
+use heels_afxdp::fuzzing::{ProtocolListeners, GATEWAY, GATEWAY_MAC, HOST_MAC, PEER_MAC, UPLINK_MAC};
 use heels_afxdp::host::{
     Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost, ToUplink,
 };
@@ -22,15 +23,10 @@ use heels_afxdp::worker::{Path, Worker};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
 use heels_dataplane::option::Endpoint;
-use heels_dataplane::translate::{self, Learned, Reason, Sockets, SynClock};
+use heels_dataplane::translate::{self, Learned, Sockets};
 use heels_dataplane::vectors::vector;
 
 const NOW: u32 = 1;
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
-const GATEWAY: [u8; 4] = [10, 10, 1, 1];
-const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// Records what it is told, and says yes while `room` lasts.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +34,7 @@ struct Recorder {
     learned: Arc<std::sync::Mutex<Vec<Learned>>>,
     forgotten: Arc<std::sync::Mutex<Vec<FlowKey>>>,
     room: Arc<AtomicUsize>,
+    taking_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Steer for Recorder {
@@ -48,6 +45,10 @@ impl Steer for Recorder {
 
     fn forget(&mut self, ingress: &FlowKey) {
         self.forgotten.lock().unwrap().push(*ingress);
+    }
+
+    fn taking_over(&self) -> bool {
+        self.taking_over.load(Ordering::Relaxed)
     }
 }
 
@@ -71,24 +72,6 @@ fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     frame[0..6].copy_from_slice(&dst);
     frame[6..12].copy_from_slice(&src);
     frame
-}
-
-/// The listeners of docs/protocol.md's server (the core's test double).
-#[derive(Clone)]
-struct ProtocolListeners(Arc<fuzzing::HostSockets>);
-
-impl Listeners for ProtocolListeners {
-    fn answers(&self, flow: &FlowKey, vip: Endpoint, clock: SynClock) -> Result<(), Reason> {
-        self.0.answers(flow, vip, clock)
-    }
-
-    fn record(&self, flow: &FlowKey, vip: Endpoint) -> Result<(), Reason> {
-        self.0.record(flow, vip)
-    }
-
-    fn forget(&self, flow: &FlowKey) {
-        self.0.forget(flow)
-    }
 }
 
 fn to_host(table: &Arc<ConnTable>, syns: &Arc<SynEnds>, steer: Recorder) -> HostStage<Recorder> {
@@ -171,6 +154,27 @@ struct Standby(Vec<FlowKey>);
 impl StandbySyns for Standby {
     fn sent(&self, flow: &FlowKey) -> bool {
         self.0.contains(flow)
+    }
+}
+
+/// A restarted agent: until the standby's connections are in the workers'
+/// table, a SYN-ACK form the workers cannot place (no SYN of theirs, no
+/// connection they know) is held back, not delivered unrewritten (the
+/// host would reset a connection the standby knows); afterwards it goes
+/// on as it came, as for any host that sent no SYN on its tuple.
+#[test]
+fn a_syn_ack_form_the_workers_cannot_place_is_held_back_while_the_agent_takes_over() {
+    let table = Arc::new(ConnTable::new(16, 60));
+    let syns = Arc::new(SynEnds::new(16));
+    for (taking_over, delivered) in [(true, false), (false, true)] {
+        let steer = Recorder { room: Arc::new(AtomicUsize::new(1)), ..Recorder::default() };
+        steer.taking_over.store(taking_over, Ordering::Relaxed);
+        let (sent, counters) = run(vec![vector("syn-ack-before")], to_host(&table, &syns, steer.clone()));
+        let expected =
+            if delivered { vec![with_macs(vector("syn-ack-before"), HOST_MAC, PEER_MAC)] } else { vec![] };
+        assert_eq!(sent, expected, "taking over: {taking_over}");
+        assert_eq!(counters.syn_acks_held_back, u64::from(!delivered), "taking over: {taking_over}");
+        assert!(steer.learned.lock().unwrap().is_empty(), "nothing learned");
     }
 }
 

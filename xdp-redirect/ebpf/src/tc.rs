@@ -17,7 +17,7 @@ use aya_ebpf::helpers::generated::{
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_sock_tuple, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
-        BPF_TCP_NEW_SYN_RECV, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT, BPF_TCP_TIME_WAIT,
+        BPF_TCP_SYN_SENT, BPF_TCP_TIME_WAIT,
     },
     macros::classifier,
     programs::TcContext,
@@ -392,6 +392,9 @@ fn client_icmp(ctx: &TcContext) -> Result<(), ()> {
     if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 {
         return Ok(());
     }
+    let Some(end) = ipv4_end(ctx, ihl)? else {
+        return Ok(());
+    };
     let icmp = IP + ihl;
     let quote = icmp + ICMP_HLEN;
     let (Ok(icmp_head), Ok(quote_head), Ok(quote_protocol)) = (load(icmp), load(quote), load(quote + 8))
@@ -401,7 +404,14 @@ fn client_icmp(ctx: &TcContext) -> Result<(), ()> {
     let (icmp_type, quote_ver_ihl, quote_protocol) = (icmp_head[0], quote_head[0], quote_protocol[1]);
     let quote_ihl = usize::from(quote_ver_ihl & 0x0f) * 4;
     let is_error = matches!(icmp_type, ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM);
-    if !is_error || quote_ver_ihl >> 4 != 4 || quote_ihl < 20 || quote_protocol != IPPROTO_TCP {
+    // The quote (its header and 8 bytes of TCP) lies inside the packet,
+    // not in the frame's padding.
+    if !is_error
+        || quote_ver_ihl >> 4 != 4
+        || quote_ihl < 20
+        || quote_protocol != IPPROTO_TCP
+        || quote + quote_ihl + 8 > end
+    {
         return Ok(());
     }
     let ports_at = quote + quote_ihl;
@@ -442,6 +452,17 @@ fn client_icmp(ctx: &TcContext) -> Result<(), ()> {
     Ok(())
 }
 
+/// Where the (outer) IPv4 packet of header length `ihl` ends, if its total
+/// length holds its header and the frame holds the packet (the core's
+/// `Ipv4Packet::new_checked`): a truncated packet is left to the stack,
+/// which drops it.
+#[inline(always)]
+fn ipv4_end(ctx: &TcContext, ihl: usize) -> Result<Option<usize>, ()> {
+    let total: [u8; 2] = ctx.load(IP + 2).map_err(|_| ())?;
+    let total = usize::from(u16::from_be_bytes(total));
+    Ok((total >= ihl && IP + total <= ctx.len() as usize).then_some(IP + total))
+}
+
 /// Strips the outer header of an IPIP packet to a local address (the host
 /// has no other decapsulator: no ipip module). Not decapsulated: not for
 /// this host.
@@ -455,6 +476,7 @@ fn decapsulate(ctx: &TcContext) -> Result<Tunnel, ()> {
     if ver_ihl >> 4 != 4
         || outer_len < 20
         || u16::from_be_bytes(frag) & 0x3fff != 0
+        || ipv4_end(ctx, outer_len)?.is_none()
         || LOCAL_ADDRS.get_ptr(dst).is_none()
     {
         return Ok(Tunnel::NONE);
@@ -588,10 +610,10 @@ fn try_syn_answer(ctx: &TcContext) -> Result<Result<bool, TcCounter>, ()> {
 
 /// Whether a socket of this host will answer a SYN translated to `flow`
 /// with the SYN-ACK form: a listener that sockops saw start (so it writes
-/// the form), and no other socket on the 4-tuple, except one left by the
-/// previous translated connection to the same VIP (its TIME_WAIT, which
-/// takes a newer SYN of the same client, or the request a retransmitted
-/// SYN belongs to), or a TIME_WAIT the kernel hands this SYN's `clock` to
+/// the form), and no other socket on the 4-tuple, except one of the
+/// translated connection to the same VIP (the request a retransmitted SYN
+/// belongs to, the connection it established, its TIME_WAIT, which takes
+/// a newer SYN of the same client), or a TIME_WAIT the kernel hands this SYN's `clock` to
 /// the listener from (`Ok(true)`: onto a TIME_WAIT of another
 /// connection). Otherwise the counter of the refusal. Shared with
 /// `heels_syn_answer`, which asks it for the afxdp workers.
@@ -610,11 +632,15 @@ fn answering_socket(
     let answer = if state == BPF_TCP_LISTEN {
         served_listener(sk).map(|()| false)
     } else {
+        // The tuple's socket is the translated connection's own, in any
+        // state: the request a retransmitted SYN belongs to, the
+        // connection it established meanwhile (its SYN-ACK form sent
+        // again reached the client before the client's SYN sent again
+        // crossed the LB), its TIME_WAIT. The socket answers the SYN as a
+        // stock stack would; untranslated it would open a second
+        // connection from the LB's address.
         // SAFETY: the value is copied out at once.
-        let ours = unsafe { TRANSLATED.get(flow) }.copied() == Some(*vip);
-        let reusable =
-            state == BPF_TCP_TIME_WAIT || state == BPF_TCP_NEW_SYN_RECV || state == BPF_TCP_SYN_RECV;
-        if ours && reusable {
+        if unsafe { TRANSLATED.get(flow) }.copied() == Some(*vip) {
             Ok(false)
         } else if state == BPF_TCP_TIME_WAIT && time_wait_takes(sk, clock) {
             listener_answers(ctx, flow).map(|()| true)
