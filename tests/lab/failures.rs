@@ -134,7 +134,7 @@ fn a_lab_test_killed_in_the_middle_leaves_nothing_lab_clean_does_not_remove() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     assert!(unsafe { libc::geteuid() } == 0, "the lab tests need root");
     let run = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_long_transfer_survives_an_agent_restart", "--test-threads=1"])
+        .args(["--exact", "agent::a_long_transfer_survives_an_agent_restart", "--test-threads=1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
