@@ -9,18 +9,10 @@ fn a_long_transfer_survives_an_agent_restart() {
     let size = 2 * 1024 * 1024 * 1024;
     let mut child = lab
         .spawn_load(&LoadSpec {
-            target: lab.service(),
-            mode: Mode::Verify,
-            connections: 1,
             concurrency: 1,
             request: size,
             response: size,
-            count: 0,
-            seconds: 0.0,
-            server_closes: false,
-            mapped: false,
-            sources: Vec::new(),
-            pause_file: None,
+            ..verify_spec(lab.service(), 1)
         })
         .unwrap();
     let client = lab.client_instance().unwrap();

@@ -184,20 +184,7 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
     let overrides = Overrides { client_backends: Some("192.0.2.0/24".to_owned()), ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let child = lab
-        .spawn_load(&LoadSpec {
-            target: lab.service(),
-            mode: Mode::Verify,
-            connections: 1,
-            concurrency: 1,
-            request: 1,
-            response: 1,
-            count: 0,
-            seconds: 0.0,
-            server_closes: false,
-            mapped: false,
-            sources: Vec::new(),
-            pause_file: None,
-        })
+        .spawn_load(&LoadSpec { concurrency: 1, request: 1, response: 1, ..verify_spec(lab.service(), 1) })
         .unwrap();
     // Wait until the client has refused the SYN-ACK at least once.
     let client = lab.client_instance().unwrap();

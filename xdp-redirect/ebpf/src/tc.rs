@@ -147,15 +147,16 @@ fn parse(ctx: &TcContext) -> Result<Option<Segment>, ()> {
     }
     let ver_ihl: u8 = read(ctx, IP)?;
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    let total: [u8; 2] = read(ctx, IP + 2)?;
-    let end = IP + usize::from(u16::from_be_bytes(total));
     let frag: [u8; 2] = read(ctx, IP + 6)?;
     let protocol: u8 = read(ctx, IP + 9)?;
     if ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(frag) & 0x3fff != 0 || protocol != IPPROTO_TCP {
         return Ok(None);
     }
+    let Some(end) = ipv4_end(ctx, ihl)? else {
+        return Ok(None);
+    };
     let tcp = IP + ihl;
-    if end > ctx.len() as usize || tcp + 20 > end || ensure(ctx, tcp + 20).is_err() {
+    if tcp + 20 > end || ensure(ctx, tcp + 20).is_err() {
         return Ok(None);
     }
     let addrs: [u8; 8] = read(ctx, IP_SRC)?;
