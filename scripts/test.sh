@@ -24,6 +24,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The eBPF crate only builds for the BPF target, with nightly.
 cargo +nightly clippy --quiet -p heels-ebpf --target bpfel-unknown-none -Z build-std=core -- -D warnings
 
+echo "== layout (no import circle, no file over 700 lines before its tests)"
+python3 scripts/check-layout.py --quiet
+
 echo "== cargo miri test (the afxdp engine's ownership and frame handling)"
 # Miri checks that no two views of a UMEM frame alias (Stacked Borrows).
 cargo +nightly miri test --quiet -p heels-afxdp --lib

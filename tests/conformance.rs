@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use heels::lab::netns::{spawn_in, Cgroup, NetNs};
 use heels_common::TcCounter;
 use heels_dataplane::checksum::Mode;
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
@@ -22,6 +21,7 @@ use heels_dataplane::vectors::vector;
 use heels_dataplane::wire::{
     EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket, TcpRepr,
 };
+use heels_lab::netns::{spawn_in, Cgroup, NetNs};
 use heels_xdp::{Connection, Datapath, DatapathConfig, Hook, ProgramRunner, TcAction, TcOutcome};
 
 /// A second service whose local port nothing listens on.
@@ -689,7 +689,7 @@ fn bed() -> Bed {
         syn_mark: 0,
         rules: config(),
         max_connections: 0,
-        time_wait: heels::config::kernel_time_wait_layout(),
+        time_wait: heels_agent::config::kernel_time_wait_layout(),
     };
     netns.enter(|| Ok(Datapath::start(&datapath)?)).expect("heels attaches");
     // The listener opens after sockops is attached: it is served.

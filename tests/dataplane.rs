@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use heels::dataplane_bench::Bed;
-use heels::lab::netns::set_thread_netns;
 use heels_afxdp::device::{Device, MemoryPort, PortConfig, XskPort};
 use heels_afxdp::stage::{Clock, HostEgress};
 use heels_afxdp::synthetic;
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{Idle, NullForward, Path as WorkerPath, Worker};
+use heels_bench::dataplane::Bed;
 use heels_dataplane::checksum::Mode;
 use heels_dataplane::translate;
+use heels_lab::netns::set_thread_netns;
 
 /// The sink's two kinds of device, so that the capture can be read back.
 enum Sink {

@@ -10,8 +10,8 @@ use std::process::Command;
 
 use clap::Parser;
 use heels::cli::{Cli, Command as HeelsCommand};
-use heels::config::AgentConfig;
-use heels::deploy::{unit_capabilities, unit_values, DAEMONSET, SYSTEMD_UNIT};
+use heels_agent::config::AgentConfig;
+use heels_agent::deploy::{unit_capabilities, unit_values, DAEMONSET, SYSTEMD_UNIT};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The address the downward API would give a node.
@@ -59,7 +59,7 @@ fn the_systemd_unit_passes_arguments_heels_accepts() {
     assert_eq!(unit_values(SYSTEMD_UNIT, "Restart"), ["always"]);
     assert_eq!(unit_capabilities(), ["bpf", "perfmon", "net_admin"]);
     // The configuration the unit's install comment copies in.
-    let stdout = check_config_with_binary(heels::deploy::EXAMPLE_CONFIG, &[]);
+    let stdout = check_config_with_binary(heels_agent::deploy::EXAMPLE_CONFIG, &[]);
     assert!(stdout.contains("valid (instance web1)") && !stdout.contains("warning"), "{stdout}");
 }
 
@@ -177,7 +177,7 @@ fn the_daemonset_passes_arguments_heels_accepts_and_a_valid_configuration() {
 /// Every series name a scrape of an agent running both roles shows, with
 /// the afxdp workers' families too.
 fn served_series() -> std::collections::BTreeSet<String> {
-    use heels::metrics::Snapshot;
+    use heels_agent::metrics::Snapshot;
     use heels_common::{TcCounter, VipStats};
     let vip = "10.10.100.1:80".parse().unwrap();
     let snapshot = Snapshot {
@@ -188,7 +188,7 @@ fn served_series() -> std::collections::BTreeSet<String> {
         swept: 0,
         sweeps: 0,
         capacity: 1000,
-        afxdp: Some(heels::afxdp::AfxdpReport::default()),
+        afxdp: Some(heels_agent::afxdp::AfxdpReport::default()),
     };
     snapshot
         .render()

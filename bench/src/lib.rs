@@ -1,2 +1,12 @@
-//! Criterion micro-benchmarks of the dataplane core live in `benches/`;
-//! the end-to-end lab benchmark is `heels lab bench`. See docs/benchmarks.md.
+//! The heels benchmarks.
+//!
+//! - [`lab`]: `heels lab bench`, the matrix of paths (direct, vanilla, tc,
+//!   afxdp, mixed) behind every LB kind, measured side by side in the lab.
+//! - [`dataplane`]: `heels bench dataplane`, the afxdp engine alone on a
+//!   veth bed and in memory.
+//! - `benches/`: criterion micro-benchmarks of the core.
+//!
+//! docs/benchmarks.md shows the figures and how to reproduce them.
+
+pub mod dataplane;
+pub mod lab;

@@ -248,7 +248,7 @@ fn killing_an_afxdp_server_agent_fails_open() {
 /// drop-in leave them (deploy/heels-afxdp.conf), on every host.
 #[test]
 fn afxdp_agents_with_only_the_dropins_capabilities_bypass() {
-    let capabilities = heels::deploy::afxdp_unit_capabilities();
+    let capabilities = heels_agent::deploy::afxdp_unit_capabilities();
     let overrides = Overrides { agent_capabilities: Some(capabilities), ..Overrides::default() };
     let lab = lab(LbKind::Dnat, Dataplane::Afxdp, Dataplane::Afxdp, overrides);
     let report = verify(&lab, lab.service(), 10);
@@ -277,7 +277,7 @@ fn a_connection_survives_an_afxdp_agent_restart() {
     assert!(afxdp.pid != first, "a new agent reports: {afxdp:?}");
     assert_eq!(afxdp.table_entries, 2, "the new workers took the connection over: {afxdp:?}");
     assert!(afxdp.rewritten_to_uplink >= 100 && afxdp.rewritten_to_host >= 100, "{afxdp:?}");
-    assert!(heels::afxdp::pid_alive(child.id()), "the connection outlasted the restart");
+    assert!(heels_agent::instance::pid_alive(child.id()), "the connection outlasted the restart");
     let report = finish_load(child).unwrap();
     assert_eq!(report.connections_ok, 1, "errors: {:?}", report.errors);
     assert_eq!((report.resets, report.connections_failed), (0, 0));
@@ -330,7 +330,7 @@ fn killing_the_afxdp_agent_fails_open() {
     let config = lab.work_dir().join("client.toml");
     let mut cleanup = std::process::Command::new(heels());
     cleanup.args(["agent", "--cleanup", "--config"]).arg(&config);
-    let output = heels::lab::output_within(
+    let output = heels_lab::output_within(
         lab.spawn_on(Role::Client, cleanup.stdout(std::process::Stdio::piped())).unwrap(),
         Duration::from_secs(30),
     )

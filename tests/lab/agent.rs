@@ -20,7 +20,7 @@ fn a_long_transfer_survives_an_agent_restart() {
     while counter(&client, TcCounter::EgressRewritten) < 100 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let conns = heels::report::conns(&client, true).unwrap();
+    let conns = heels_agent::report::conns(&client, true).unwrap();
     assert!(conns.contains("10.10.100.1:80"), "the transfer is bypassed: {conns}");
     let before = counter(&client, TcCounter::EgressRewritten);
     lab.restart_agents().unwrap();
@@ -39,9 +39,9 @@ fn the_agent_drops_entries_whose_socket_is_gone() {
     let client = lab.client_instance().unwrap();
     // An entry no socket stands for (as if its close callback was missed).
     let orphan = heels_xdp::Connection {
-        client: SocketAddrV4::new(heels::lab::CLIENT, 1),
+        client: SocketAddrV4::new(heels_lab::CLIENT, 1),
         vip: lab.service(),
-        backend: SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT),
+        backend: SocketAddrV4::new(heels_lab::server_addr(0), heels_lab::SERVER_PORT),
     };
     Datapath::open(&client).unwrap().remember(&orphan).unwrap();
     // A real connection, alive throughout: it runs for a time, longer than
@@ -65,24 +65,24 @@ fn the_agent_drops_entries_whose_socket_is_gone() {
 fn status_conns_and_stats_read_an_instance() {
     let lab = lab(LbKind::Dnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let client = lab.client_instance().unwrap();
-    let status = heels::report::status(&client, false).unwrap();
+    let status = heels_agent::report::status(&client, false).unwrap();
     assert!(
         status.contains("egress-eth0") && status.contains("ingress-eth0") && status.contains("sockops"),
         "{status}"
     );
     let stats: serde_json::Value =
-        serde_json::from_str(&heels::report::stats(&client, true).unwrap()).unwrap();
+        serde_json::from_str(&heels_agent::report::stats(&client, true).unwrap()).unwrap();
     assert_eq!(stats["syn_ack_learned"], 0);
     verify(&lab, lab.service(), 5);
     let stats: serde_json::Value =
-        serde_json::from_str(&heels::report::stats(&client, true).unwrap()).unwrap();
+        serde_json::from_str(&heels_agent::report::stats(&client, true).unwrap()).unwrap();
     assert_eq!(stats["syn_ack_learned"], 5);
-    let error = heels::report::stats("no-such-instance", false).unwrap_err().to_string();
+    let error = heels_agent::report::stats("no-such-instance", false).unwrap_err().to_string();
     assert!(error.contains("no heels instance"), "{error}");
 
     // `heels down` takes the client's heels away: nothing stays pinned, and
     // its connections go through the LB again.
-    heels::agent::down(&client).unwrap();
+    heels_agent::run::down(&client).unwrap();
     assert!(!heels_xdp::tc::instance_dir(&client).exists());
     let before = lab.lb_counters().unwrap();
     let report = verify(&lab, lab.service(), 5);

@@ -118,7 +118,7 @@ fn the_ipip_lb_counts_what_comes_back_through_it() {
     // its counter toward the clients must see them.
     let lab = lab(LbKind::Ipip, Dataplane::None, Dataplane::None, Overrides::default());
     for i in 0..2 {
-        lab.server(i).netns.ip(&["route", "replace", "default", "via", &heels::lab::LB.to_string()]).unwrap();
+        lab.server(i).netns.ip(&["route", "replace", "default", "via", &heels_lab::LB.to_string()]).unwrap();
     }
     let report = verify(&lab, lab.service(), 5);
     assert_all_verified(&report, 5);
@@ -147,7 +147,7 @@ fn a_syn_naming_a_vip_the_server_does_not_serve_reaches_the_stack_unchanged() {
     // The client treats server1's own address as a VIP and connects to it
     // directly: its SYN carries a SYN form for 10.10.0.11:8080, which the
     // server does not serve.
-    let direct = SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT);
+    let direct = SocketAddrV4::new(heels_lab::server_addr(0), heels_lab::SERVER_PORT);
     let overrides = Overrides { extra_client_vips: vec![direct], ..Overrides::default() };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let report = verify(&lab, direct, 10);

@@ -68,7 +68,7 @@ fn the_client_agent_gives_back_tcp_timestamps_after_a_kill_and_on_down() {
     let heels_on_client = |lab: &Lab, args: &[&str]| {
         let mut command = std::process::Command::new(heels());
         command.args(args).stdout(std::process::Stdio::piped());
-        let output = heels::lab::output_within(
+        let output = heels_lab::output_within(
             lab.spawn_on(Role::Client, &mut command).unwrap(),
             Duration::from_secs(30),
         )
@@ -110,9 +110,9 @@ fn leftovers_of(prefix: &str) -> Vec<String> {
     };
     let mut found = Vec::new();
     found.extend(named("/var/run/netns"));
-    found.extend(named(heels::lab::CGROUP_ROOT));
+    found.extend(named(heels_lab::CGROUP_ROOT));
     found.extend(named(heels_xdp::tc::PIN_ROOT));
-    found.extend(named(heels::agent::STATE_DIR));
+    found.extend(named(heels_agent::instance::STATE_DIR));
     found.extend(named(&std::env::temp_dir().to_string_lossy()));
     let links = std::process::Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
     found.extend(

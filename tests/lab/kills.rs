@@ -37,7 +37,7 @@ fn a_killed_agent_costs_nothing_under_load(dataplane: Dataplane, killed: &[Role]
     let client = lab.client_instance().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let under_way = || match dataplane {
-        Dataplane::Afxdp => heels::afxdp::read_report(&client)
+        Dataplane::Afxdp => heels_agent::afxdp::read_report(&client)
             .is_some_and(|r| r.learned >= 20 && r.rewritten_to_uplink >= 1000),
         _ => {
             counter(&client, TcCounter::SynAckLearned) >= 20
@@ -50,7 +50,7 @@ fn a_killed_agent_costs_nothing_under_load(dataplane: Dataplane, killed: &[Role]
     assert!(under_way(), "the transfer and the storm are bypassed before the kill");
 
     let resets_reported_before_kill = match dataplane {
-        Dataplane::Afxdp => heels::afxdp::read_report(&client).map_or(0, |r| r.resets_sent),
+        Dataplane::Afxdp => heels_agent::afxdp::read_report(&client).map_or(0, |r| r.resets_sent),
         _ => 0,
     };
     let mut kills = Vec::new();

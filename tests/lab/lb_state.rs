@@ -22,7 +22,7 @@ raw.sendto(segment, (dst, 0))
     let args = [
         "-c".to_string(),
         SEND_SYN.to_string(),
-        heels::lab::CLIENT.to_string(),
+        heels_lab::CLIENT.to_string(),
         target.ip().to_string(),
         sport.to_string(),
         target.port().to_string(),

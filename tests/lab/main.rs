@@ -11,12 +11,12 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use heels::lab::lb::LbCounters;
-use heels::lab::progress::Progress;
-use heels::lab::scale::{self, ScaleSpec, HOLD_REQUEST, HOLD_RESPONSE};
-use heels::lab::workload::{LoadReport, LoadSpec, Mode};
-use heels::lab::{finish_load, Dataplane, Lab, LabSpec, LbKind, Overrides, Role};
 use heels_common::TcCounter;
+use heels_lab::lb::LbCounters;
+use heels_lab::progress::Progress;
+use heels_lab::scale::{self, ScaleSpec, HOLD_REQUEST, HOLD_RESPONSE};
+use heels_lab::workload::{LoadReport, LoadSpec, Mode};
+use heels_lab::{finish_load, Dataplane, Lab, LabSpec, LbKind, Overrides, Role};
 use heels_xdp::Datapath;
 
 const CONNECTIONS: usize = 40;
@@ -185,7 +185,7 @@ fn fallback(kind: LbKind, client: Dataplane, server: Dataplane, overrides: Overr
 /// (to_servers, to_clients) packets of `nft -j list counters` output.
 fn lb_counters_of(json: &[u8]) -> (u64, u64) {
     let counters =
-        heels::lab::lb::parse_nft_counters(json, &["to_servers", "to_clients"]).expect("the LB's counters");
+        heels_lab::lb::parse_nft_counters(json, &["to_servers", "to_clients"]).expect("the LB's counters");
     (counters[0].0, counters[1].0)
 }
 
@@ -205,8 +205,8 @@ fn sample_sum(text: &str, family: &str, labels: &[&str]) -> u64 {
 /// The client's afxdp report (see [`wait_for_report_of`]).
 fn wait_for_report(
     lab: &Lab,
-    done: impl Fn(&heels::afxdp::AfxdpReport) -> bool,
-) -> heels::afxdp::AfxdpReport {
+    done: impl Fn(&heels_agent::afxdp::AfxdpReport) -> bool,
+) -> heels_agent::afxdp::AfxdpReport {
     wait_for_report_of(&lab.client_instance().unwrap(), done)
 }
 
@@ -267,7 +267,7 @@ fn watch_handshakes(lab: &Lab, loss: Option<HandshakeLoss>) -> impl Fn(&Lab) -> 
              resets_to_vip\n }}\n}}\n"
         )
     };
-    let apply = |netns: &heels::lab::netns::NetNs, hook: &str, rules: &str, name: &str| {
+    let apply = |netns: &heels_lab::netns::NetNs, hook: &str, rules: &str, name: &str| {
         let path = lab.work_dir().join(name);
         std::fs::write(&path, ruleset(hook, rules)).unwrap();
         let _ = netns.exec("nft", &["delete", "table", "ip", "heels_loss"]);
@@ -276,7 +276,7 @@ fn watch_handshakes(lab: &Lab, loss: Option<HandshakeLoss>) -> impl Fn(&Lab) -> 
     apply(lab.router(), "forward", &router_drop, "loss-router.nft");
     apply(&lab.client().netns, "input", &client_drop, "loss-client.nft");
     move |lab: &Lab| {
-        let read = |netns: &heels::lab::netns::NetNs, name: &str| -> u64 {
+        let read = |netns: &heels_lab::netns::NetNs, name: &str| -> u64 {
             let out = netns.exec("nft", &["list", "counter", "ip", "heels_loss", name]).unwrap();
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.split_whitespace()
@@ -297,11 +297,11 @@ fn watch_handshakes(lab: &Lab, loss: Option<HandshakeLoss>) -> impl Fn(&Lab) -> 
 /// every half second), or the last one after 10 s.
 fn wait_for_report_of(
     instance: &str,
-    done: impl Fn(&heels::afxdp::AfxdpReport) -> bool,
-) -> heels::afxdp::AfxdpReport {
+    done: impl Fn(&heels_agent::afxdp::AfxdpReport) -> bool,
+) -> heels_agent::afxdp::AfxdpReport {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match heels::afxdp::read_report(instance) {
+        match heels_agent::afxdp::read_report(instance) {
             Some(report) if done(&report) || Instant::now() >= deadline => return report,
             None if Instant::now() >= deadline => panic!("no afxdp report of {instance}"),
             _ => std::thread::sleep(Duration::from_millis(50)),

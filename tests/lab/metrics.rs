@@ -33,8 +33,10 @@ const DECLARED_SERIES: [&str; 25] = [
 
 #[test]
 fn agents_with_only_the_units_capabilities_serve_metrics_that_move_under_traffic() {
-    let overrides =
-        Overrides { agent_capabilities: Some(heels::deploy::unit_capabilities()), ..Overrides::default() };
+    let overrides = Overrides {
+        agent_capabilities: Some(heels_agent::deploy::unit_capabilities()),
+        ..Overrides::default()
+    };
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, overrides);
     let vip = format!("vip=\"{}\"", lab.service());
     // Clients that connect and send nothing (a port scanner, a stuck

@@ -11,7 +11,7 @@ use super::*;
 /// still bypass: the LB carries each connection's SYN and nothing else,
 /// and no SYN is retransmitted.
 fn stock_tools_bypass_after_direct_rounds(server: Dataplane) {
-    use heels::lab::tools::{self, ServerKind};
+    use heels_lab::tools::{self, ServerKind};
     let lab = Lab::build(
         LabSpec {
             lb: LbKind::Fullnat,
@@ -23,7 +23,7 @@ fn stock_tools_bypass_after_direct_rounds(server: Dataplane) {
         heels(),
     )
     .expect("the lab builds");
-    let direct = SocketAddrV4::new(heels::lab::server_addr(0), lab.server_port());
+    let direct = SocketAddrV4::new(heels_lab::server_addr(0), lab.server_port());
     let client = lab.client();
     let retransmitted = || client.netstat("TcpExtTCPSynRetrans").unwrap();
     let opened = || client.netstat("TcpActiveOpens").unwrap();
@@ -122,7 +122,7 @@ fn path_mtu_discovery(dataplane: Dataplane) {
     };
     let client = lab.client_instance().unwrap();
     let rewritten = || match dataplane {
-        Dataplane::Afxdp => heels::afxdp::read_report(&client).map_or(0, |r| r.rewritten_to_uplink),
+        Dataplane::Afxdp => heels_agent::afxdp::read_report(&client).map_or(0, |r| r.rewritten_to_uplink),
         _ => counter(&client, TcCounter::EgressRewritten),
     };
     // A checked transfer already under way when the path shrinks: it must

@@ -45,7 +45,7 @@ fn counted_short_connections(lab: &Lab, target: SocketAddrV4, seconds: f64) -> (
 #[test]
 fn translated_and_direct_connections_share_tuples_without_stalls() {
     const SECONDS: f64 = 10.0;
-    let direct = SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT);
+    let direct = SocketAddrV4::new(heels_lab::server_addr(0), heels_lab::SERVER_PORT);
     // Direct first, then through heels.
     let lab_a = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let (direct_fresh, stalls) = short_connections(&lab_a, direct, SECONDS);
@@ -112,7 +112,7 @@ fn translated_and_direct_connections_share_tuples_without_stalls() {
 #[test]
 fn afxdp_servers_share_tuples_with_direct_connections_without_stalls() {
     const SECONDS: f64 = 6.0;
-    let direct = SocketAddrV4::new(heels::lab::server_addr(0), heels::lab::SERVER_PORT);
+    let direct = SocketAddrV4::new(heels_lab::server_addr(0), heels_lab::SERVER_PORT);
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Afxdp, Overrides::default());
     let (direct_rate, stalls) = short_connections(&lab, direct, SECONDS);
     assert_eq!(stalls, 0, "SYN retransmissions on a fresh bed");

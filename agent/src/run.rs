@@ -10,8 +10,6 @@
 //! programs, maps, the policy rule and route. See docs/design.md.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
@@ -24,97 +22,13 @@ use heels_xdp::{Connection, Datapath};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::afxdp::Afxdp;
-use crate::config::{AgentConfig, DataplaneKind, DirectRoute};
+use crate::config::{AgentConfig, DataplaneKind};
+use crate::host::{
+    install_direct_route, ipv4_addresses, remove_direct_route, uniform_timestamps, TCP_TIMESTAMPS,
+};
+use crate::instance::{saved_timestamps_file, state_file, STATE_DIR};
 use crate::metrics::{AgentFigures, MetricsServer, Sweeps};
 use arc_swap::ArcSwapOption;
-
-/// Where the agent keeps a copy of each instance's configuration, for
-/// `heels down` and `heels status`.
-pub const STATE_DIR: &str = "/run/heels";
-
-/// The saved configuration of an instance.
-pub fn state_file(instance: &str) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{instance}.toml"))
-}
-
-/// Removes what the agent saved of an instance (its configuration and the
-/// sysctl it changed) without touching the host: for a lab whose namespace
-/// goes away with it.
-pub fn remove_saved_state(instance: &str) {
-    let _ = std::fs::remove_file(state_file(instance));
-    let _ = std::fs::remove_file(crate::afxdp::report_file(instance));
-    let _ = std::fs::remove_file(saved_timestamps_file(instance));
-}
-
-/// Runs `ip` with `args` (in this process's network namespace).
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
-    if !output.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(())
-}
-
-/// Routes replies of translated connections (their sockets carry the SYN's
-/// mark, `tcp_fwmark_accept`) by a table whose default route avoids the LB.
-fn install_direct_route(route: &DirectRoute) -> anyhow::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
-        .context("setting net.ipv4.tcp_fwmark_accept")?;
-    let (mark, table, gateway) =
-        (format!("{:#x}", route.mark), route.table.to_string(), route.gateway.to_string());
-    remove_direct_route(route);
-    ip(&["route", "replace", "default", "via", &gateway, "table", &table])?;
-    ip(&["rule", "add", "fwmark", &mark, "lookup", &table, "priority", "100"])?;
-    Ok(())
-}
-
-fn remove_direct_route(route: &DirectRoute) {
-    let (mark, table) = (format!("{:#x}", route.mark), route.table.to_string());
-    // Absent is fine: this also clears what a crashed agent left.
-    while ip(&["rule", "del", "fwmark", &mark, "lookup", &table]).is_ok() {}
-    let _ = ip(&["route", "flush", "table", &table]);
-}
-
-/// The IPv4 addresses assigned to this host's interfaces (this network
-/// namespace), or to `device` alone, from `ip -j -4 addr show`.
-pub fn ipv4_addresses(device: Option<&str>) -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
-    let mut args = vec!["-j", "-4", "addr", "show"];
-    args.extend(device.map(|d| ["dev", d]).into_iter().flatten());
-    let output = Command::new("ip").args(&args).output().context("running ip (iproute2)")?;
-    if !output.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j addr")?;
-    Ok(links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|link| link["addr_info"].as_array().into_iter().flatten())
-        .filter_map(|info| info["local"].as_str()?.parse().ok())
-        .collect())
-}
-
-/// The file that keeps the host's `net.ipv4.tcp_timestamps` as it was
-/// before an instance changed it, for `heels down` to restore.
-fn saved_timestamps_file(instance: &str) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{instance}.tcp_timestamps"))
-}
-
-const TCP_TIMESTAMPS: &str = "/proc/sys/net/ipv4/tcp_timestamps";
-
-/// One timestamp clock for every connection of the host (no per-address
-/// offsets): see docs/design.md, "Shared tuples".
-fn uniform_timestamps(instance: &str) -> anyhow::Result<()> {
-    let current = std::fs::read_to_string(TCP_TIMESTAMPS).context("reading net.ipv4.tcp_timestamps")?;
-    if current.trim() == "1" {
-        let saved = saved_timestamps_file(instance);
-        if !saved.exists() {
-            std::fs::write(&saved, current.trim()).context("saving net.ipv4.tcp_timestamps")?;
-        }
-        std::fs::write(TCP_TIMESTAMPS, "2").context("setting net.ipv4.tcp_timestamps=2")?;
-    }
-    Ok(())
-}
 
 /// Sets the instance up; returns once everything is attached.
 pub fn start(config: &AgentConfig) -> anyhow::Result<Datapath> {
@@ -168,7 +82,7 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
 /// afxdp dataplane's pair and routes normally die with the process (the
 /// kernel deletes its namespace); a `heels0` found anyway is deleted too.
 pub fn cleanup(instance: &str) -> anyhow::Result<()> {
-    if let Some(report) = crate::afxdp::read_report(instance).filter(|r| crate::afxdp::pid_alive(r.pid)) {
+    if let Some(report) = crate::afxdp::read_report(instance).filter(|r| crate::instance::pid_alive(r.pid)) {
         bail!(
             "the agent of instance {instance} runs (pid {}): stop it first, or use `heels down`",
             report.pid
@@ -283,7 +197,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
                 stopped.stop(&mut datapath)?;
             }
             workers_report.store(None);
-            let _ = std::fs::remove_file(crate::afxdp::report_file(&config.instance));
+            let _ = std::fs::remove_file(crate::instance::report_file(&config.instance));
         }
         if let Some(afxdp) = afxdp.as_mut() {
             ticks += 1;
@@ -330,7 +244,7 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     if let Some(afxdp) = afxdp.take() {
         // The standby carries the connections from here.
         afxdp.stop(&mut datapath)?;
-        let _ = std::fs::remove_file(crate::afxdp::report_file(&config.instance));
+        let _ = std::fs::remove_file(crate::instance::report_file(&config.instance));
     }
     drop(datapath);
     if detach_on_exit {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{BenchSpec, PathKind, PATHS};
-use crate::lab::LbKind;
+use heels_lab::LbKind;
 
 /// The message sizes of the cost model: the workload that measures what
 /// the LB forwards per message, and the size.

@@ -72,7 +72,7 @@
 
 mod server;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -87,14 +87,6 @@ use prometheus_client::registry::{Registry, Unit};
 pub use server::{
     Figures, MetricsServer, CONNECTION_LIFETIME, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
-
-/// The endpoint's address: `PORT` (loopback), `IP:PORT` or `[IPv6]:PORT`.
-pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    }
-    text.parse().map_err(|_| format!("{text:?}: a port (loopback), IP:PORT or [IPv6]:PORT"))
-}
 
 /// One family of counters: each series a counter of the programs (a
 /// [`TcCounter`] per CPU, or a [`VipCounter`] per VIP), with at most one
@@ -635,7 +627,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_names_and_labels() {
-        let vip = SocketAddrV4::new(Ipv4Addr::new(10, 10, 100, 1), 80);
+        let vip = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 10, 100, 1), 80);
         let mut stats = VipStats::default();
         stats.counters[VipCounter::EgressBytes as usize] = 1500;
         let snapshot = Snapshot {
@@ -667,13 +659,5 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("# UNIT heels_rewritten_bytes bytes"), "{text}");
-    }
-
-    #[test]
-    fn a_bare_port_is_loopback() {
-        assert_eq!(parse_address("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(parse_address("0.0.0.0:9464"), Ok("0.0.0.0:9464".parse().unwrap()));
-        assert_eq!(parse_address("[::1]:9464"), Ok("[::1]:9464".parse().unwrap()));
-        assert!(parse_address("localhost").unwrap_err().contains("\"localhost\""));
     }
 }

@@ -45,7 +45,7 @@
 use heels_xdp::Datapath;
 use serde_json::json;
 
-use crate::agent::state_file;
+use crate::instance::state_file;
 
 /// `heels stats`.
 pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
@@ -58,7 +58,7 @@ pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
             counters.iter().map(|(c, v)| (c.name().to_owned(), json!(v))).collect();
         if let Some(report) = &afxdp {
             let mut value = serde_json::to_value(report)?;
-            value["running"] = json!(crate::afxdp::pid_alive(report.pid));
+            value["running"] = json!(crate::instance::pid_alive(report.pid));
             map.insert("afxdp".to_owned(), value);
         }
         serde_json::to_string_pretty(&map)?
@@ -66,7 +66,7 @@ pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
         let mut out: String = counters.iter().map(|(c, v)| format!("{:<24}{v:>12}\n", c.name())).collect();
         if let Some(report) = &afxdp {
             let state =
-                if crate::afxdp::pid_alive(report.pid) { "running" } else { "not running: last report" };
+                if crate::instance::pid_alive(report.pid) { "running" } else { "not running: last report" };
             out.push_str(&format!("\nafxdp workers (agent pid {}, {state})\n", report.pid));
             for (name, value) in report.counters() {
                 out.push_str(&format!("afxdp.{name:<18}{value:>12}\n"));

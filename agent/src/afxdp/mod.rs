@@ -19,6 +19,7 @@
 pub mod listeners;
 pub mod nexthops;
 pub mod pair;
+pub mod report;
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::SocketAddrV4;
@@ -47,6 +48,7 @@ use heels_xdp::{Classifier, Closes, Connection, ConnectionMaps, Datapath, SynMar
 use crate::config::AgentConfig;
 use crate::sockets::SocketQuery;
 use pair::{HostPair, Link, Namespaces, PEER_LINK};
+pub use report::{read_report, write_report, AfxdpReport};
 
 /// Frames of each worker's UMEM (4 KiB each: 16 MiB a worker).
 const FRAMES: u32 = 4096;
@@ -68,151 +70,6 @@ pub struct WorkerReport {
     pub stats: WorkerStats,
     /// Its host paths' counters.
     pub host: HostCounters,
-}
-
-/// What `heels stats` shows of the afxdp dataplane: the workers' counters
-/// summed, as the agent last wrote them (`/run/heels/<instance>.afxdp.json`,
-/// about every half second; removed when the agent stops).
-///
-/// | counter | counts |
-/// | --- | --- |
-/// | `workers` | worker threads running |
-/// | `table_entries` | entries in the workers' table (two per connection) |
-/// | `table_bytes` | memory the workers' tables own, fixed at start: the connections' and the SYN ends' (gauge) |
-/// | `received` | frames the workers received, from the uplink and from heels0 |
-/// | `to_uplink` | frames sent out of the uplink |
-/// | `to_host` | frames sent into the host through heels0 |
-/// | `rewritten_to_uplink` | of those, rewritten VIP to DIP |
-/// | `rewritten_to_host` | of those, rewritten DIP to VIP |
-/// | `learned` | connections learned from SYN-ACK forms (and steered) |
-/// | `learned_from_standby` | of those, connections whose SYN left by the `tc` standby (sent before this agent routed the VIPs through its workers) |
-/// | `syns_translated` | SYNs with the SYN form translated for a served listener (server role) |
-/// | `syns_refused` | SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path) |
-/// | `syns_onto_time_wait` | of `syns_translated`, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (a direct connection's) |
-/// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
-/// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
-/// | `syn_acks_held_back` | SYN-ACK forms of no connection the workers knew, dropped while the agent took the standby's connections over (the server retransmits) |
-/// | `closes_reported` | closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep) |
-/// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
-/// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
-/// | `checksums_completed` | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
-/// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
-/// | `dropped` | frames the workers' stages dropped, for any reason (the three below, `unsteered` and `syn_acks_held_back` included) |
-/// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
-/// | `no_route` | frames dropped for want of an uplink route |
-/// | `not_ipv4` | non-IPv4 frames from heels0, dropped |
-/// | `tx_full_to_uplink` | frames dropped on a full transmit ring of the uplink |
-/// | `tx_full_to_host` | frames dropped on a full transmit ring of heels1 |
-/// | `fill_starved` | times a fill ring was found empty |
-/// | `wakeups` | wakeup system calls (need_wakeup) |
-/// | `bad_descriptors` | descriptors a ring handed back that the worker never gave (ignored) |
-/// | `learned_lost` | learned connections the control thread could not queue (their closes wait for the sweep) |
-/// | `standby_unwritten` | learned connections the workers could not write into the standby's maps (a SIGKILL would cost them) |
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct AfxdpReport {
-    /// The agent's process.
-    pub pid: u32,
-    // The counters: see the table above.
-    pub workers: u64,
-    pub table_entries: u64,
-    pub table_bytes: u64,
-    pub received: u64,
-    pub to_uplink: u64,
-    pub to_host: u64,
-    pub rewritten_to_uplink: u64,
-    pub rewritten_to_host: u64,
-    pub learned: u64,
-    pub learned_from_standby: u64,
-    pub syns_translated: u64,
-    pub syns_refused: u64,
-    pub syns_onto_time_wait: u64,
-    pub listener_errors: u64,
-    pub unsteered: u64,
-    pub syn_acks_held_back: u64,
-    pub closes_reported: u64,
-    pub forgotten: u64,
-    pub forget_skipped: u64,
-    pub checksums_completed: u64,
-    pub resets_sent: u64,
-    pub dropped: u64,
-    pub unresolved: u64,
-    pub no_route: u64,
-    pub not_ipv4: u64,
-    pub tx_full_to_uplink: u64,
-    pub tx_full_to_host: u64,
-    pub fill_starved: u64,
-    pub wakeups: u64,
-    pub bad_descriptors: u64,
-    pub learned_lost: u64,
-    pub standby_unwritten: u64,
-}
-
-impl AfxdpReport {
-    /// The counters by name, in the table's order.
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("workers", self.workers),
-            ("table_entries", self.table_entries),
-            ("table_bytes", self.table_bytes),
-            ("received", self.received),
-            ("to_uplink", self.to_uplink),
-            ("to_host", self.to_host),
-            ("rewritten_to_uplink", self.rewritten_to_uplink),
-            ("rewritten_to_host", self.rewritten_to_host),
-            ("learned", self.learned),
-            ("learned_from_standby", self.learned_from_standby),
-            ("syns_translated", self.syns_translated),
-            ("syns_refused", self.syns_refused),
-            ("syns_onto_time_wait", self.syns_onto_time_wait),
-            ("listener_errors", self.listener_errors),
-            ("unsteered", self.unsteered),
-            ("syn_acks_held_back", self.syn_acks_held_back),
-            ("closes_reported", self.closes_reported),
-            ("forgotten", self.forgotten),
-            ("forget_skipped", self.forget_skipped),
-            ("checksums_completed", self.checksums_completed),
-            ("resets_sent", self.resets_sent),
-            ("dropped", self.dropped),
-            ("unresolved", self.unresolved),
-            ("no_route", self.no_route),
-            ("not_ipv4", self.not_ipv4),
-            ("tx_full_to_uplink", self.tx_full_to_uplink),
-            ("tx_full_to_host", self.tx_full_to_host),
-            ("fill_starved", self.fill_starved),
-            ("wakeups", self.wakeups),
-            ("bad_descriptors", self.bad_descriptors),
-            ("learned_lost", self.learned_lost),
-            ("standby_unwritten", self.standby_unwritten),
-        ]
-    }
-}
-
-/// Where the agent of `instance` writes its [`AfxdpReport`].
-pub fn report_file(instance: &str) -> std::path::PathBuf {
-    std::path::Path::new(crate::agent::STATE_DIR).join(format!("{instance}.afxdp.json"))
-}
-
-/// Writes `report` (an [`Afxdp::report`]) where `heels stats` and
-/// [`read_report`] read it.
-pub fn write_report(instance: &str, report: &AfxdpReport) -> anyhow::Result<()> {
-    let path = report_file(instance);
-    let temporary = path.with_extension("json.new");
-    std::fs::write(&temporary, serde_json::to_vec(report)?)?;
-    std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// The last report of `instance`'s afxdp agent, if one runs or ran
-/// without stopping (a stale one names a dead pid: see [`pid_alive`]).
-pub fn read_report(instance: &str) -> Option<AfxdpReport> {
-    serde_json::from_str(&std::fs::read_to_string(report_file(instance)).ok()?).ok()
-}
-
-/// Whether process `pid` runs (exists and is not a zombie).
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // The state follows the command name, which is in parentheses.
-    stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
 /// The workers' counters, summed, and the control side's.
@@ -399,7 +256,7 @@ impl Afxdp {
         let settings = config.afxdp.clone().unwrap_or_default();
         let uplink_name = config.interfaces[0].as_str();
         let uplink = pair::link(uplink_name)?;
-        let source = *crate::agent::ipv4_addresses(Some(uplink_name))?
+        let source = *crate::host::ipv4_addresses(Some(uplink_name))?
             .first()
             .with_context(|| format!("{uplink_name} has no IPv4 address"))?;
         let workers = settings.cores.len().min(uplink.rx_queues as usize).max(1);

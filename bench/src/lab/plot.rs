@@ -117,7 +117,7 @@ mod tests {
     use super::super::report::Measured;
     use super::super::BenchSpec;
     use super::*;
-    use crate::lab::LbKind;
+    use heels_lab::LbKind;
 
     #[test]
     fn a_bar_per_path_and_lb_in_each_panel_with_its_ratio() {

@@ -91,7 +91,7 @@ impl NetNs {
 /// `path`: attach, bind and netlink calls then act there.
 pub fn set_thread_netns(path: &Path) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    crate::afxdp::pair::set_netns(&file).context("setns")
+    heels_agent::afxdp::pair::set_netns(&file).context("setns")
 }
 
 impl Drop for NetNs {

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::lab;
-
 /// Exit statuses beyond clap's own 2 (a wrong command line).
 pub mod exit {
     /// The operation failed.
@@ -20,7 +18,7 @@ pub mod exit {
 /// The exit status for an error, from the errors in its chain.
 pub fn exit_status(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
-        if cause.downcast_ref::<crate::config::ConfigError>().is_some()
+        if cause.downcast_ref::<heels_agent::config::ConfigError>().is_some()
             || cause.downcast_ref::<ConfigFileError>().is_some()
         {
             return exit::CONFIG;
@@ -91,7 +89,7 @@ pub enum Command {
         /// Serve Prometheus metrics (/metrics) and readiness (/healthz) here:
         /// PORT (loopback), IP:PORT or [IPv6]:PORT. Overrides the
         /// configuration's `metrics_address`.
-        #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_address)]
+        #[arg(long, value_name = "ADDR", value_parser = heels_agent::config::parse_address)]
         metrics_addr: Option<std::net::SocketAddr>,
         /// This host's address, in place of the configuration's `addresses`
         /// (repeat for several): one file for a fleet.
@@ -99,7 +97,7 @@ pub enum Command {
         addresses: Vec<std::net::Ipv4Addr>,
         /// The dataplane, in place of the configuration's `dataplane`.
         #[arg(long, value_enum, value_name = "KIND")]
-        dataplane: Option<crate::config::DataplaneKind>,
+        dataplane: Option<heels_agent::config::DataplaneKind>,
         /// Remove what an agent of this configuration left (pins, programs,
         /// policy routing, heels0 and its routes) and exit: after a crash,
         /// or to take the host back to the LB path.
@@ -121,7 +119,7 @@ pub enum Command {
     /// The lab: namespaces, a real LB, servers, heels on every host.
     Lab {
         #[command(subcommand)]
-        command: lab::cli::LabCommand,
+        command: crate::lab_cli::LabCommand,
     },
     /// Benchmarks of the engine itself (root).
     Bench {

@@ -3,12 +3,12 @@
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::bench::{self, BenchSpec};
-use super::demo::{self, DemoSpec};
-use super::progress::Progress;
-use super::scale::{self, ScaleSpec};
-use super::workload::{self, LoadSpec};
-use super::{Dataplane, LabSpec, LbKind};
+use heels_bench::lab::{self as bench, BenchSpec};
+use heels_lab::demo::{self, DemoSpec};
+use heels_lab::progress::Progress;
+use heels_lab::scale::{self, ScaleSpec};
+use heels_lab::workload::{self, LoadSpec};
+use heels_lab::{Dataplane, LabSpec, LbKind};
 
 /// `heels lab bench --lb`: one LB kind or all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,7 +194,7 @@ fn print_report<T: serde::Serialize>(report: &T, json: bool, render: fn(&T) -> S
 /// Runs a lab subcommand.
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
     if matches!(command, LabCommand::Demo { .. } | LabCommand::Bench { .. } | LabCommand::Scale { .. }) {
-        super::clean_up_on_signal()?;
+        heels_lab::clean_up_on_signal()?;
     }
     match command {
         LabCommand::Clean { lab } => {
@@ -204,7 +204,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                     "--lab {prefix}: a lab's prefix starts with \"hl\" (as `heels lab up` prints it)"
                 );
             }
-            super::sweep(&prefix);
+            heels_lab::sweep(&prefix);
             Ok(())
         }
         LabCommand::Demo {
@@ -289,7 +289,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Exec { lab, host, command } => {
-            let status = super::exec(lab.as_deref(), &host, &command)?;
+            let status = heels_lab::exec(lab.as_deref(), &host, &command)?;
             std::process::exit(status.code().unwrap_or(1));
         }
         LabCommand::Up { lb, dataplane, client_dataplane, server_dataplane, servers, bare } => {
@@ -298,10 +298,10 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
             ])?;
-            let overrides = super::Overrides { bare, ..Default::default() };
+            let overrides = heels_lab::Overrides { bare, ..Default::default() };
             let progress = Progress::new(0, false);
             progress.message("building the lab: namespaces, the LB, servers, agents");
-            let lab = super::Lab::build(
+            let lab = heels_lab::Lab::build(
                 LabSpec {
                     lb,
                     servers,
@@ -312,7 +312,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
                 &heels,
             )?;
             drop(progress);
-            print!("{}", super::up_banner(&lab));
+            print!("{}", heels_lab::up_banner(&lab));
             std::io::Write::flush(&mut std::io::stdout())?;
             signals.forever().next();
             drop(lab);

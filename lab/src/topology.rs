@@ -1,32 +1,7 @@
-//! The lab test bed (DESIGN section 7): on one machine, network namespaces
-//! for a client, an LB, N servers and a router, each host's processes in a
-//! cgroup of its own, heels on the hosts asked for. Shared by `heels lab`
-//! and the integration tests. Everything it makes is removed when the
-//! [`Lab`] is dropped, whether the run passed or failed.
-//!
-//! ```text
-//!  client 10.10.1.2 --- router 10.10.1.1 | br0 10.10.0.1 --+-- lb      10.10.0.3
-//!                       (routes the VIP                    +-- server1 10.10.0.11
-//!                        10.10.100.1 via the LB)           +-- server2 10.10.0.12 ...
-//! ```
-//!
-//! Servers listen on port 8080; the service is VIP 10.10.100.1:80. Their
-//! default route goes through the router, except behind a DNAT LB, where it
-//! goes through the LB (so that replies return through it, as with an NLB
-//! that keeps client addresses).
-
-pub mod bench;
-pub mod cli;
-pub mod demo;
-pub mod lb;
-pub mod netns;
-pub mod progress;
-pub mod scale;
-pub mod tools;
-pub mod workload;
+//! A lab: its hosts, router, LB, agents and servers, built from a
+//! [`LabSpec`] and removed when dropped.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,184 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use heels_agent::config::{AgentConfig, DirectRoute, Service};
 
-use self::lb::{LbCounters, LoadBalancer};
-use crate::config::{AgentConfig, DirectRoute, Service};
-
-/// The repository's example agent configuration, the base of the lab's.
-use self::netns::{spawn_in, Cgroup, NetNs};
-use self::workload::{LoadReport, LoadSpec};
-
-/// The service's VIP.
-pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 1);
-/// A second VIP on the same backends and port, where a lab asks for it
-/// ([`Overrides::second_vip`]).
-pub const SECOND_VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 100, 2);
-/// The service's port on the VIP.
-pub const VPORT: u16 = 80;
-/// Where the servers listen behind the NAT LBs (which translate the port).
-pub const SERVER_PORT: u16 = 8080;
-/// Where each lab agent serves its metrics, on its host's loopback.
-pub const METRICS_PORT: u16 = 9464;
-/// The client's address.
-pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
-/// The LB's address.
-pub const LB: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 3);
-/// The router's address on the server side.
-pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
-/// Prefix of the backends.
-pub const BACKENDS: &str = "10.10.0.0/24";
-/// MTU of the server side, room for an IPIP header over the client's 1500.
-const SERVER_SIDE_MTU: &str = "1600";
-
-/// Where the servers listen behind an LB of `kind`.
-pub fn server_port(kind: LbKind) -> u16 {
-    if kind == LbKind::Ipip {
-        VPORT
-    } else {
-        SERVER_PORT
-    }
-}
-
-/// Address of server `i` (from 0).
-pub fn server_addr(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 10, 0, 11 + i as u8)
-}
-
-/// MAC of server `i`, fixed so that the IPIP LB fixture can send to it.
-pub fn server_mac(i: usize) -> [u8; 6] {
-    [0x02, 0x00, 0x0a, 0x0a, 0x00, 11 + i as u8]
-}
-
-/// The LB kinds of DESIGN section 7.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LbKind {
-    /// nftables DNAT plus SNAT, `numgen random` (kube-proxy style).
-    Fullnat,
-    /// nftables DNAT only; servers route back through the LB.
-    Dnat,
-    /// The Katran-compatible IPIP XDP fixture, direct server return.
-    Ipip,
-}
-
-/// What runs on a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dataplane {
-    /// No heels: the vanilla LB path.
-    None,
-    /// heels with the TC programs.
-    Tc,
-    /// heels with the AF_XDP workers.
-    Afxdp,
-}
-
-impl Dataplane {
-    /// The agent's dataplane for this, if heels runs.
-    fn agent(self) -> Option<crate::config::DataplaneKind> {
-        match self {
-            Dataplane::None => None,
-            Dataplane::Tc => Some(crate::config::DataplaneKind::Tc),
-            Dataplane::Afxdp => Some(crate::config::DataplaneKind::Afxdp),
-        }
-    }
-}
-
-/// What to build.
-#[derive(Debug, Clone)]
-pub struct LabSpec {
-    /// The LB.
-    pub lb: LbKind,
-    /// How many servers.
-    pub servers: usize,
-    /// heels on the client.
-    pub client: Dataplane,
-    /// heels on the servers.
-    pub server: Dataplane,
-    /// Changes to the agents' configuration (validation tests).
-    pub overrides: Overrides,
-}
-
-/// Changes to the configuration the lab gives its agents.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// More VIP:vport the client treats as services.
-    pub extra_client_vips: Vec<SocketAddrV4>,
-    /// The client's backend prefixes instead of [`BACKENDS`].
-    pub client_backends: Option<String>,
-    /// The servers' LB source prefixes instead of the LB's address and 172.16.0.0/16.
-    pub server_lb_sources: Option<Vec<String>>,
-    /// Servers answer every SYN with a syncookie (`net.ipv4.tcp_syncookies=2`).
-    pub server_syncookies: bool,
-    /// Servers listen on `[::]`, taking IPv4 as IPv4-mapped addresses.
-    pub server_dual_stack: bool,
-    /// The local port the servers' agents are told the service uses,
-    /// instead of the port the servers listen on.
-    pub server_local_port: Option<u16>,
-    /// Behind the IPIP LB, servers decapsulate in XDP before heels sees
-    /// the packet (as Katran's decap.bpf.c does), instead of heels at TC.
-    pub ipip_decap_in_xdp: bool,
-    /// Servers open their listeners before their agents start.
-    pub servers_before_agents: bool,
-    /// No lab server: the service port is free for the user's own
-    /// (`heels lab up --bare`, then `heels lab exec`).
-    pub bare: bool,
-    /// Run the agents with only these capabilities (names as `setpriv`
-    /// takes them, e.g. `bpf`), as deploy/heels.service does.
-    pub agent_capabilities: Option<Vec<String>>,
-    /// The agents' sweep period instead of 1 s (a long one shows what
-    /// happens without the sweep).
-    pub sweep_seconds: Option<u64>,
-    /// The client's `max_connections` instead of the default.
-    pub client_max_connections: Option<u32>,
-    /// Addresses the client has besides its own ([`Lab::client_addresses`]):
-    /// one address runs out of ports past some 64,000 connections to one
-    /// destination.
-    pub extra_client_addresses: usize,
-    /// Server processes per server host, sharing the port (`SO_REUSEPORT`),
-    /// instead of one: a process holds at most the hard limit of open
-    /// files (20,000 on many machines) of connections.
-    pub server_processes: usize,
-    /// The LB also serves [`SECOND_VIP`]:[`VPORT`] on the same backends
-    /// and port, and every agent knows it: two services on one DIP:dport
-    /// (nftables LBs only).
-    pub second_vip: bool,
-}
-
-impl Default for LabSpec {
-    fn default() -> Self {
-        LabSpec {
-            lb: LbKind::Fullnat,
-            servers: 2,
-            client: Dataplane::Tc,
-            server: Dataplane::Tc,
-            overrides: Overrides::default(),
-        }
-    }
-}
-
-/// What a lab host is. Its name (`client`, `lb`, `server1`...) ends its
-/// namespace's name and is what `heels lab exec` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The client.
-    Client,
-    /// The load balancer.
-    Lb,
-    /// Server n (from 1).
-    Server(usize),
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Role::Client => f.write_str("client"),
-            Role::Lb => f.write_str("lb"),
-            Role::Server(n) => write!(f, "server{n}"),
-        }
-    }
-}
+use crate::lb::{self, LbCounters, LoadBalancer};
+use crate::netns::{spawn_in, Cgroup, NetNs};
+use crate::plan::*;
+use crate::process::{finish_load, wait_ready, StderrOf};
+use crate::registry::{sweep, work_dir_of, CGROUP_ROOT};
+use crate::tools;
+use crate::workload::{LoadReport, LoadSpec};
 
 /// One host of the lab.
 #[derive(Debug)]
@@ -259,56 +65,10 @@ fn unique_prefix() -> String {
     format!("hl{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Where a lab's files go (agent configs, server logs): removed with the
-/// lab, or by [`sweep`] after a lab that could not remove it.
-fn work_dir_of(prefix: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{WORK_DIR_PREFIX}{prefix}"))
-}
-
-/// The name of every lab's work directory, before the lab's prefix.
-const WORK_DIR_PREFIX: &str = "heels-lab-";
-
 /// A veth pair: `port` in the router's namespace, `eth0` in the host's.
 fn veth(router: &NetNs, port: &str, host: &Host) -> anyhow::Result<()> {
     router.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns.name()])?;
     Ok(())
-}
-
-/// Waits until `child` prints "ready" on stdout (or fails).
-fn wait_ready(child: &mut Child, what: &str) -> anyhow::Result<()> {
-    let stdout = child.stdout.take().with_context(|| format!("{what}: no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.next().and_then(Result::ok).is_some_and(|l| l.trim() == "ready");
-        let _ = tx.send(ready);
-        // Keep draining so the child never blocks on a full pipe.
-        for _ in lines {}
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(true) => Ok(()),
-        Ok(false) | Err(_) => {
-            let _ = child.kill();
-            let output = child.wait_with_output_stderr();
-            bail!("{what} did not start: {output}")
-        }
-    }
-}
-
-trait StderrOf {
-    fn wait_with_output_stderr(&mut self) -> String;
-}
-
-impl StderrOf for Child {
-    fn wait_with_output_stderr(&mut self) -> String {
-        use std::io::Read;
-        let _ = self.wait();
-        let mut text = String::new();
-        if let Some(mut stderr) = self.stderr.take() {
-            let _ = stderr.read_to_string(&mut text);
-        }
-        text.trim().to_owned()
-    }
 }
 
 impl Lab {
@@ -506,7 +266,7 @@ impl Lab {
         let host = self.host(role);
         let overrides = &self.spec.overrides;
         let mut config =
-            AgentConfig::parse(crate::deploy::EXAMPLE_CONFIG).context("the example configuration")?;
+            AgentConfig::parse(heels_agent::deploy::EXAMPLE_CONFIG).context("the example configuration")?;
         config.instance = format!("{}-{}", self.prefix, host.role);
         config.interfaces = vec!["eth0".to_owned()];
         config.cgroup = host.cgroup.path().to_owned();
@@ -517,7 +277,7 @@ impl Lab {
             config.server = None;
             config.dataplane = self.spec.client.agent().unwrap_or_default();
             config.afxdp =
-                Some(crate::config::Afxdp { cores: vec![tools::CLIENT_CPU], ..Default::default() });
+                Some(heels_agent::config::Afxdp { cores: vec![tools::CLIENT_CPU], ..Default::default() });
             let client = config.client.as_mut().context("the example has a [client]")?;
             client.vips =
                 self.services().into_iter().chain(overrides.extra_client_vips.iter().copied()).collect();
@@ -530,7 +290,7 @@ impl Lab {
             config.dataplane = self.spec.server.agent().unwrap_or_default();
             // A worker beside the host's own processes (the bench pins them).
             config.afxdp =
-                Some(crate::config::Afxdp { cores: vec![tools::SERVER_CPU], ..Default::default() });
+                Some(heels_agent::config::Afxdp { cores: vec![tools::SERVER_CPU], ..Default::default() });
             let server = config.server.as_mut().context("the example has a [server]")?;
             let port = overrides.server_local_port.unwrap_or_else(|| self.server_port());
             server.services =
@@ -845,58 +605,6 @@ impl Lab {
     }
 }
 
-/// How long a load client may run before [`finish_load`] gives up on it.
-pub const LOAD_LIMIT: Duration = Duration::from_secs(300);
-
-/// Waits for a load child (at most [`LOAD_LIMIT`]) and parses its report.
-pub fn finish_load(child: Child) -> anyhow::Result<LoadReport> {
-    finish_load_within(child, LOAD_LIMIT)
-}
-
-/// Waits for a load child at most `limit`, then kills it and fails; parses
-/// its report.
-pub fn finish_load_within(child: Child, limit: Duration) -> anyhow::Result<LoadReport> {
-    let output = output_within(child, limit).context("the load client")?;
-    if !output.status.success() {
-        bail!(
-            "the load client failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&output.stdout).context("parsing the load report")
-}
-
-/// Waits for a child at most `limit`, then kills it and fails; its output,
-/// drained meanwhile so that it never blocks on a full pipe.
-pub fn output_within(mut child: Child, limit: Duration) -> anyhow::Result<std::process::Output> {
-    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    }
-    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("did not finish within {} s: killed", limit.as_secs_f64());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = stdout.join().map_err(|_| anyhow::anyhow!("reading the output"))?;
-    let stderr = stderr.join().map_err(|_| anyhow::anyhow!("reading the errors"))?;
-    Ok(std::process::Output { status, stdout, stderr })
-}
-
 impl Host {
     /// A counter of the host's TCP stack (`nstat`), such as `TcpExtSyncookiesSent`.
     pub fn netstat(&self, name: &str) -> anyhow::Result<u64> {
@@ -936,11 +644,6 @@ impl InterfaceCounters {
     }
 }
 
-/// Removes whatever a lab with this prefix left: processes (through
-/// `cgroup.kill`), heels instances, namespaces, cgroups, saved
-/// configurations. Safe to call on a lab that is gone or half built; used
-/// after a normal teardown, on SIGINT/SIGTERM, and by `heels lab clean`.
-/// An empty prefix means every lab.
 /// What `heels lab up` prints: the hosts and how to reach them.
 pub fn up_banner(lab: &Lab) -> String {
     let service = lab.service();
@@ -971,121 +674,6 @@ pub fn up_banner(lab: &Lab) -> String {
     out
 }
 
-pub fn sweep(prefix: &str) {
-    let root = Path::new(CGROUP_ROOT);
-    let labs = subdirectories(root);
-    // A lab's cgroup and work directory are named by its prefix alone
-    // ("hl12x3"), its hosts and instances "hl12x3-client": match both
-    // against "hl12x3-" or "hl12x".
-    let lab_is_ours = |lab: &str| format!("{lab}-").starts_with(prefix);
-    let ours = |p: &PathBuf| p.file_name().is_some_and(|n| lab_is_ours(&n.to_string_lossy()));
-    for lab in labs.iter().filter(|p| ours(p)) {
-        for host in std::fs::read_dir(lab).into_iter().flatten().flatten() {
-            let _ = std::fs::write(host.path().join("cgroup.kill"), "1");
-        }
-    }
-    let instances: Vec<String> = std::fs::read_dir(heels_xdp::tc::PIN_ROOT)
-        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    for instance in instances.iter().filter(|i| i.starts_with("hl") && i.starts_with(prefix)) {
-        let _ = heels_xdp::Datapath::remove(instance);
-        crate::agent::remove_saved_state(instance);
-    }
-    // Saved state whose pins are gone already (an agent killed after the
-    // lab removed its pins still wrote its report).
-    for entry in std::fs::read_dir(crate::agent::STATE_DIR).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("hl") && name.starts_with(prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            if name.starts_with("hl") && name.starts_with(prefix) && name.contains('-') {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
-        }
-    }
-    // Work directories: a lab interrupted by a signal exits without its
-    // destructor (see `clean_up_on_signal`), a killed one never runs it.
-    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(lab) = name.strip_prefix(WORK_DIR_PREFIX) else { continue };
-        if lab.starts_with("hl") && lab_is_ours(lab) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-    for lab in labs.iter().filter(|p| ours(p)) {
-        for _ in 0..50 {
-            let hosts = subdirectories(lab);
-            let gone = hosts.iter().all(|h| std::fs::remove_dir(h).is_ok());
-            if gone && std::fs::remove_dir(lab).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    let _ = std::fs::remove_dir(root);
-}
-
-/// The directories inside `dir` (none if it cannot be read).
-fn subdirectories(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default()
-}
-
-/// The names of the directories inside `dir`.
-fn subdirectory_names(dir: &Path) -> Vec<String> {
-    subdirectories(dir).iter().filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned())).collect()
-}
-
-/// Where every lab's cgroups live (one directory per lab, named by its prefix).
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified/heels-lab";
-
-/// `heels lab exec`: runs `command` on `host` of a running lab (in its
-/// network namespace and cgroup, so heels treats it as that host's own
-/// program); `lab` is the prefix `heels lab up` printed, needed only when
-/// more than one lab runs. Returns the program's exit status.
-pub fn exec(lab: Option<&str>, host: &str, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
-    let labs = subdirectory_names(Path::new(CGROUP_ROOT));
-    let prefix = match (lab, labs.as_slice()) {
-        (Some(lab), _) if labs.iter().any(|l| l == lab) => lab.to_owned(),
-        (Some(lab), _) => bail!("no lab {lab} (running: {})", labs.join(", ")),
-        (None, [only]) => only.clone(),
-        (None, []) => bail!("no lab is running (start one with `heels lab up`)"),
-        (None, _) => bail!("{} labs are running ({}): say which with --lab", labs.len(), labs.join(", ")),
-    };
-    let cgroup = Path::new(CGROUP_ROOT).join(&prefix).join(host);
-    let netns = Path::new("/var/run/netns").join(format!("{prefix}-{host}"));
-    if !cgroup.is_dir() || !netns.exists() {
-        let hosts = subdirectory_names(&Path::new(CGROUP_ROOT).join(&prefix));
-        bail!("no host {host} in lab {prefix} (hosts: {})", hosts.join(", "));
-    }
-    let (program, args) = command.split_first().context("name a program to run")?;
-    let mut command = Command::new(program);
-    command.args(args);
-    let mut child =
-        netns::spawn_at(&netns, &cgroup, &mut command).with_context(|| format!("running {program}"))?;
-    Ok(child.wait()?)
-}
-
-/// On SIGINT, SIGTERM or SIGHUP (its terminal went), removes every lab of
-/// this process and exits: a lab must not outlive an interrupted `heels
-/// lab` command.
-pub fn clean_up_on_signal() -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            sweep(&format!("hl{}x", std::process::id() % 100_000));
-            std::process::exit(128 + signal);
-        }
-    });
-    Ok(())
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
         for child in self.children.iter_mut().chain(self.agents.iter_mut().filter_map(|a| a.child.as_mut())) {
@@ -1094,7 +682,7 @@ impl Drop for Lab {
         }
         for agent in &self.agents {
             let _ = heels_xdp::Datapath::remove(&agent.instance);
-            crate::agent::remove_saved_state(&agent.instance);
+            heels_agent::instance::remove_saved_state(&agent.instance);
         }
         self.lb = None;
         self.decap = None;
@@ -1105,47 +693,5 @@ impl Drop for Lab {
         // not die, a half-built host).
         sweep(&format!("{}-", self.prefix));
         let _ = std::fs::remove_dir_all(&self.work_dir);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sweep_removes_the_work_directory_of_its_lab_only() {
-        // Prefixes no lab makes (a lab's number is the pid modulo 100,000).
-        let (swept, kept) = (work_dir_of("hl100000x1"), work_dir_of("hl100000x10"));
-        for dir in [&swept, &kept] {
-            std::fs::create_dir_all(dir).unwrap();
-            std::fs::write(dir.join("client.toml"), "instance = \"x\"\n").unwrap();
-        }
-        sweep("hl100000x1-");
-        let (swept_gone, kept_there) = (!swept.exists(), kept.join("client.toml").exists());
-        let _ = std::fs::remove_dir_all(&kept);
-        assert!(swept_gone, "the swept lab's work directory stayed");
-        assert!(kept_there, "another lab's work directory went");
-    }
-
-    #[test]
-    fn a_hung_load_client_is_killed_at_its_deadline() {
-        let child =
-            Command::new("sleep").arg("30").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let started = Instant::now();
-        let error = format!("{:#}", finish_load_within(child, Duration::from_millis(300)).unwrap_err());
-        assert!(error.contains("did not finish"), "{error}");
-        assert!(started.elapsed() < Duration::from_secs(10), "gave up at the deadline, not when sleep ended");
-    }
-
-    #[test]
-    fn a_failed_load_client_says_why() {
-        let child = Command::new("sh")
-            .args(["-c", "echo broken >&2; exit 3"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let error = finish_load(child).unwrap_err().to_string();
-        assert!(error.contains("broken"), "{error}");
     }
 }

@@ -179,7 +179,7 @@ pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
     let maps = map_memory(&lab)?;
     let capacity = datapath.capacity()? as u64;
     let afxdp_bytes = match spec.lab.client {
-        Dataplane::Afxdp => crate::afxdp::read_report(&instance).map_or(0, |r| r.table_bytes),
+        Dataplane::Afxdp => heels_agent::afxdp::read_report(&instance).map_or(0, |r| r.table_bytes),
         _ => 0,
     };
     let sum = |host: &str, names: &[&str]| -> u64 {
@@ -325,7 +325,7 @@ fn hold(
 fn wait_for_table(instance: &str, done: impl Fn(u64) -> bool) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let entries = crate::afxdp::read_report(instance).map_or(u64::MAX, |r| r.table_entries);
+        let entries = heels_agent::afxdp::read_report(instance).map_or(u64::MAX, |r| r.table_entries);
         if done(entries) || Instant::now() > deadline {
             return entries;
         }

@@ -21,10 +21,10 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::progress::Progress;
-use super::tools::{self, ServerKind};
-use super::workload::{LoadReport, LoadSpec, Mode};
-use super::{server_addr, Dataplane, Lab, LabSpec, LbKind, Overrides};
+use heels_lab::progress::Progress;
+use heels_lab::tools::{self, ServerKind};
+use heels_lab::workload::{LoadReport, LoadSpec, Mode};
+use heels_lab::{server_addr, Dataplane, Lab, LabSpec, LbKind, Overrides};
 pub use report::{BenchReport, Measured};
 
 /// What to measure.
@@ -404,7 +404,7 @@ fn finish_or_diagnose(
     let overdue = std::time::Duration::from_secs_f64(seconds + 5.0);
     if !tools::wait_for(overdue, || matches!(load.try_wait(), Ok(Some(_)))) {
         let mut seen = Vec::new();
-        for role in [super::Role::Client, super::Role::Server(1)] {
+        for role in [heels_lab::Role::Client, heels_lab::Role::Server(1)] {
             let host = bed.lab.host(role);
             // Not closed, not TIME_WAIT, not listening: what is still open or opening.
             let filter = [
@@ -430,10 +430,10 @@ fn finish_or_diagnose(
         // packets after its SYN and SYN-ACK.
         // The client's own endpoints only (`ss` also prints `mss:1448` and
         // the like).
-        let client = format!("{}:", super::CLIENT);
+        let client = format!("{}:", heels_lab::CLIENT);
         let client_ports: Vec<&str> =
             seen[0].split_whitespace().filter_map(|field| field.strip_prefix(client.as_str())).collect();
-        let lb = bed.lab.host(super::Role::Lb);
+        let lb = bed.lab.host(heels_lab::Role::Lb);
         let read = |path: &str| {
             lb.netns
                 .exec("cat", &[path])
@@ -458,7 +458,7 @@ fn finish_or_diagnose(
             wanted.join(" | ")
         ));
     }
-    super::finish_load(load)
+    heels_lab::finish_load(load)
 }
 
 /// A connection-rate run.
@@ -484,7 +484,8 @@ fn diagnosis(lab: &Lab) -> String {
         "TcpExtTCPSynRetrans",
     ];
     let mut out = Vec::new();
-    for role in std::iter::once(super::Role::Client).chain((1..=lab.spec().servers).map(super::Role::Server))
+    for role in
+        std::iter::once(heels_lab::Role::Client).chain((1..=lab.spec().servers).map(heels_lab::Role::Server))
     {
         let counted: Vec<String> = COUNTERS
             .iter()
@@ -504,7 +505,7 @@ fn diagnosis(lab: &Lab) -> String {
         }
     }
     for instance in lab.instances() {
-        if let Some(report) = crate::afxdp::read_report(&instance) {
+        if let Some(report) = heels_agent::afxdp::read_report(&instance) {
             let counted: Vec<String> = report
                 .counters()
                 .into_iter()

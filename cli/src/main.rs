@@ -3,8 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use heels::cli::{Cli, Command, ConfigFileError};
-use heels::config::AgentConfig;
-use heels::lab;
+use heels_agent::config::AgentConfig;
 
 fn read_config(path: &std::path::Path, addresses: &[std::net::Ipv4Addr]) -> anyhow::Result<AgentConfig> {
     let text = std::fs::read_to_string(path)
@@ -62,7 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.set_dataplane(kind).with_context(|| format!("--dataplane with {}", path.display()))?;
             }
             if cleanup {
-                return heels::agent::cleanup(&config.instance);
+                return heels_agent::run::cleanup(&config.instance);
             }
             if let Some(address) = metrics_addr {
                 config.metrics_address = Some(address.to_string());
@@ -70,23 +69,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for warning in config.warnings() {
                 tracing::warn!(instance = %config.instance, "{warning}");
             }
-            heels::agent::run(&config, detach_on_exit)
+            heels_agent::run::run(&config, detach_on_exit)
         }
         Command::Agent { config: None, check_config: None, .. } => {
             unreachable!("clap requires --config or --check-config")
         }
-        Command::Down { instance } => heels::agent::down(&instance),
-        Command::Status(q) => print_out(heels::report::status(&q.instance, q.json)),
-        Command::Conns(q) => print_out(heels::report::conns(&q.instance, q.json)),
-        Command::Stats(q) => print_out(heels::report::stats(&q.instance, q.json)),
-        Command::Lab { command } => lab::cli::run(command),
+        Command::Down { instance } => heels_agent::run::down(&instance),
+        Command::Status(q) => print_out(heels_agent::report::status(&q.instance, q.json)),
+        Command::Conns(q) => print_out(heels_agent::report::conns(&q.instance, q.json)),
+        Command::Stats(q) => print_out(heels_agent::report::stats(&q.instance, q.json)),
+        Command::Lab { command } => heels::lab_cli::run(command),
         Command::Bench {
             command: heels::cli::BenchCommand::Dataplane { json, seconds, sizes, flows, rounds, queues },
         } => {
-            let spec = heels::dataplane_bench::Spec { seconds, sizes, flows, rounds, queues };
+            let spec = heels_bench::dataplane::Spec { seconds, sizes, flows, rounds, queues };
             let quiet = json.as_deref() == Some(std::path::Path::new("-"));
-            let progress = lab::progress::Progress::new(heels::dataplane_bench::steps(&spec), quiet);
-            let report = heels::dataplane_bench::run(&spec, &progress)?;
+            let progress = heels_lab::progress::Progress::new(heels_bench::dataplane::steps(&spec), quiet);
+            let report = heels_bench::dataplane::run(&spec, &progress)?;
             drop(progress);
             match json.as_deref() {
                 Some(path) if path == std::path::Path::new("-") => {
@@ -95,9 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => {
                     std::fs::write(path, serde_json::to_string_pretty(&report)?)
                         .with_context(|| format!("writing {}", path.display()))?;
-                    print!("{}", heels::dataplane_bench::render(&report));
+                    print!("{}", heels_bench::dataplane::render(&report));
                 }
-                None => print!("{}", heels::dataplane_bench::render(&report)),
+                None => print!("{}", heels_bench::dataplane::render(&report)),
             }
             Ok(())
         }

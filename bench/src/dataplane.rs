@@ -28,8 +28,8 @@ use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{pin_to_core, Idle, NullForward, Path, Stage, Worker, WorkerStats};
 use serde::Serialize;
 
-use crate::lab::netns::NetNs;
-use crate::lab::progress::Progress;
+use heels_lab::netns::NetNs;
+use heels_lab::progress::Progress;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -272,7 +272,7 @@ impl Bed {
         let (generator, dut) = (bed.generator.name(), bed.dut.name());
         for (a, a_ns, b, b_ns) in [("g0", generator, "d0", dut), ("d1", dut, "g1", generator)] {
             #[rustfmt::skip]
-            crate::lab::netns::run("ip", &[
+            heels_lab::netns::run("ip", &[
                 "link", "add", a, "netns", a_ns, "numtxqueues", &q, "numrxqueues", &q,
                 "type", "veth", "peer", "name", b, "netns", b_ns, "numtxqueues", &q, "numrxqueues", &q,
             ])?;
@@ -322,7 +322,7 @@ impl Bed {
             let (stop, path, pin_dir, queues) =
                 (stop.clone(), self.dut.path(), self.pin_dir.clone(), self.queues);
             std::thread::spawn(move || -> anyhow::Result<WorkerStats> {
-                crate::lab::netns::set_thread_netns(&path)?;
+                heels_lab::netns::set_thread_netns(&path)?;
                 pin_to_core(WORKER_CORE);
                 let mut region = Region::registered(4096, 2048)?;
                 let mut devices = Vec::new();
@@ -360,7 +360,7 @@ impl Bed {
         let generator = {
             let (stop, path, frames) = (stop.clone(), self.generator.path(), frames.to_vec());
             std::thread::spawn(move || -> anyhow::Result<WorkerStats> {
-                crate::lab::netns::set_thread_netns(&path)?;
+                heels_lab::netns::set_thread_netns(&path)?;
                 pin_to_core(GENERATOR_CORE);
                 let mut region = Region::registered(4096, 2048)?;
                 let devices: Vec<Box<dyn Device + Send>> = vec![

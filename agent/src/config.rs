@@ -37,7 +37,7 @@
 //! `heels agent --check-config FILE` prints both without attaching anything.
 //! A commented example that passes with no warning: `deploy/heels.toml`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use heels_dataplane::translate::{Config as Rules, Prefix, Service as ServiceRule};
@@ -360,7 +360,7 @@ impl AgentConfig {
             return Err(invalid("sweep_seconds", format!("{}: at least 1", self.sweep_seconds)));
         }
         if let Some(address) = &self.metrics_address {
-            crate::metrics::parse_address(address).map_err(|e| invalid("metrics_address", e))?;
+            parse_address(address).map_err(|e| invalid("metrics_address", e))?;
         }
         if self.addresses.is_empty() {
             return Err(invalid(
@@ -440,7 +440,7 @@ impl AgentConfig {
 
     /// The metrics endpoint's address, if any (checked by `parse`).
     pub fn metrics_socket(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_address.as_deref().and_then(|a| crate::metrics::parse_address(a).ok())
+        self.metrics_address.as_deref().and_then(|a| parse_address(a).ok())
     }
 
     /// What is legal but likely wrong: a client VIP inside the backend
@@ -555,6 +555,14 @@ pub fn kernel_time_wait_layout() -> heels_common::time_wait::TimeWaitLayout {
             Default::default()
         })
     })
+}
+
+/// The endpoint's address: `PORT` (loopback), `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse().map_err(|_| format!("{text:?}: a port (loopback), IP:PORT or [IPv6]:PORT"))
 }
 
 #[cfg(test)]
@@ -783,5 +791,13 @@ backends = ["10.10.0.0/24"]
     fn a_host_needs_a_role() {
         let text = "instance = \"x\"\ninterfaces = [\"eth0\"]\ncgroup = \"/c\"\naddresses = [\"10.0.0.1\"]\n";
         assert!(error_of(text).contains("[server], [client]"));
+    }
+
+    #[test]
+    fn a_bare_port_is_loopback() {
+        assert_eq!(parse_address("9464"), Ok("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_address("0.0.0.0:9464"), Ok("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(parse_address("[::1]:9464"), Ok("[::1]:9464".parse().unwrap()));
+        assert!(parse_address("localhost").unwrap_err().contains("\"localhost\""));
     }
 }

@@ -1,0 +1,24 @@
+//! The heels agent: what `heels agent` runs on every host, and what the
+//! read-only tools read of it.
+//!
+//! - [`config`]: the configuration file, checked.
+//! - [`run`]: start, the loop, stop, `heels down`, `--cleanup`.
+//! - [`instance`]: what an instance saves under `/run/heels`.
+//! - [`host`]: the host changes an agent makes (direct route, sysctl).
+//! - [`afxdp`]: the afxdp dataplane's control (workers, pair, next hops);
+//!   the tc dataplane's is `heels_xdp::Datapath`.
+//! - [`sockets`], [`netlink`]: the kernel's sockets (sock_diag), netlink.
+//! - [`metrics`]: the Prometheus endpoint; [`report`]: `heels status`,
+//!   `conns`, `stats`.
+//! - [`deploy`]: the shipped manifests, embedded.
+
+pub mod afxdp;
+pub mod config;
+pub mod deploy;
+pub mod host;
+pub mod instance;
+pub mod metrics;
+pub mod netlink;
+pub mod report;
+pub mod run;
+pub mod sockets;
