@@ -233,7 +233,7 @@ impl DataplaneKind {
 /// The afxdp dataplane's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Afxdp {
+pub struct AfxdpSettings {
     /// The cores workers are pinned to, one worker each (at most one per
     /// receive queue of the uplink); default: core 0.
     #[serde(default = "default_cores")]
@@ -248,9 +248,9 @@ pub struct Afxdp {
     pub idle_spin_us: u64,
 }
 
-impl Default for Afxdp {
+impl Default for AfxdpSettings {
     fn default() -> Self {
-        Afxdp { cores: default_cores(), busy_poll: false, idle_spin_us: default_idle_spin_us() }
+        AfxdpSettings { cores: default_cores(), busy_poll: false, idle_spin_us: default_idle_spin_us() }
     }
 }
 
@@ -288,7 +288,7 @@ pub struct AgentConfig {
     pub dataplane: DataplaneKind,
     /// Settings of the afxdp dataplane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub afxdp: Option<Afxdp>,
+    pub afxdp: Option<AfxdpSettings>,
     /// Server role.
     pub server: Option<Server>,
     /// Client role.

@@ -2,7 +2,8 @@
 //! read-only tools read of it.
 //!
 //! - [`config`]: the configuration file, checked.
-//! - [`run`]: start, the loop, stop, `heels down`, `--cleanup`.
+//! - [`run`]: start, the event loop, stop, `heels down`, `--cleanup`.
+//! - [`dataplane`]: the `tc` and `afxdp` dataplanes behind one trait.
 //! - [`instance`]: what an instance saves under `/run/heels`.
 //! - [`host`]: the host changes an agent makes (direct route, sysctl).
 //! - [`afxdp`]: the afxdp dataplane's control (workers, pair, next hops);
@@ -14,6 +15,7 @@
 
 pub mod afxdp;
 pub mod config;
+pub mod dataplane;
 pub mod deploy;
 pub mod host;
 pub mod instance;

@@ -11,18 +11,15 @@
 
 use std::io::Write;
 
-use std::collections::HashSet;
-use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use heels_xdp::{Connection, Datapath};
+use heels_xdp::Datapath;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::afxdp::Afxdp;
-use crate::config::{AgentConfig, DataplaneKind};
+use crate::config::AgentConfig;
 use crate::host::{
     install_direct_route, ipv4_addresses, remove_direct_route, uniform_timestamps, TCP_TIMESTAMPS,
 };
@@ -104,50 +101,21 @@ pub fn cleanup(instance: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops the entries of connections whose socket is gone: the close
-/// callback can be missed (a socket that closed while the programs were
-/// being replaced, or that opened before them). A connection is dropped
-/// only when two sweeps in a row find no socket for it, so an entry made
-/// between reading the sockets and reading the map is never taken.
-#[derive(Debug, Default)]
-pub struct Sweeper {
-    suspects: HashSet<Connection>,
-}
+/// The event loop's tokens.
+const SIGNAL: mio::Token = mio::Token(0);
+const DATAPLANE: mio::Token = mio::Token(1);
 
-impl Sweeper {
-    /// What to drop now, given the connections in the map and the sockets.
-    pub fn stale(
-        &mut self,
-        connections: &[Connection],
-        sockets: &HashSet<(SocketAddrV4, SocketAddrV4)>,
-    ) -> Vec<Connection> {
-        let orphans: HashSet<Connection> =
-            connections.iter().filter(|c| !sockets.contains(&(c.client, c.vip))).copied().collect();
-        let stale = orphans.intersection(&self.suspects).copied().collect();
-        self.suspects = orphans;
-        stale
-    }
-
-    /// One sweep over the datapath; returns how many connections went.
-    pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
-        let connections = datapath.connections()?;
-        if connections.is_empty() && self.suspects.is_empty() {
-            // Nothing to check (a server-only host, an idle client): no dump.
-            return Ok(0);
-        }
-        let sockets = crate::sockets::live_tcp_connections()?;
-        let stale = self.stale(&connections, &sockets);
-        for connection in &stale {
-            datapath.forget(connection)?;
-        }
-        Ok(stale.len())
-    }
-}
-
-/// `heels agent`: start, say "ready" on stdout, sweep now and then, stop
-/// on SIGINT/SIGTERM.
+/// `heels agent`: start, say "ready" on stdout, then wait for what calls
+/// for work (a signal, an event of the dataplane's, its next turn, the
+/// next sweep) until SIGINT or SIGTERM.
 pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicUsize::new(0));
+    let mut poll = mio::Poll::new().context("making the event loop")?;
+    let (signals, signalled) = std::os::unix::net::UnixStream::pair().context("making the signal pipe")?;
+    signals.set_nonblocking(true)?;
+    signalled.set_nonblocking(true)?;
+    let mut signals = mio::net::UnixStream::from_std(signals);
+    poll.registry().register(&mut signals, SIGNAL, mio::Interest::READABLE)?;
     for signal in [SIGINT, SIGTERM] {
         let stop = Arc::clone(&stop);
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -155,21 +123,17 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
             signal_hook::low_level::register(signal, move || stop.store(signal as usize, Ordering::SeqCst))
         }
         .context("installing signal handlers")?;
+        // Then a byte down the pipe wakes the loop (signal-hook writes it
+        // from the handler, without blocking).
+        signal_hook::low_level::pipe::register(signal, signalled.try_clone()?)
+            .context("installing signal handlers")?;
     }
-    let mut datapath = start(config)?;
+    let datapath = start(config)?;
     let links = datapath.links().join(", ");
     tracing::info!(instance = %config.instance, links = %links, pins = %datapath.dir().display(), "attached");
-    let mut afxdp = match config.dataplane {
-        DataplaneKind::Tc => None,
-        DataplaneKind::Afxdp => {
-            let afxdp = Afxdp::start(config, &mut datapath, config.rules()?)
-                .with_context(|| format!("starting the afxdp dataplane of instance {}", config.instance))?;
-            tracing::info!(instance = %config.instance, workers = afxdp.stats().workers, "afxdp workers running");
-            Some(afxdp)
-        }
-    };
+    let mut dataplane = crate::dataplane::start(config, datapath)?;
     let sweeps = Arc::new(Sweeps::default());
-    let workers_report = Arc::new(ArcSwapOption::from(afxdp.as_ref().map(|a| Arc::new(a.report()))));
+    let workers_report = Arc::new(ArcSwapOption::from(dataplane.report().map(Arc::new)));
     if let Some(address) = config.metrics_socket() {
         let figures = AgentFigures {
             instance: config.instance.clone(),
@@ -180,53 +144,41 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         let server = MetricsServer::start(address, figures)?;
         tracing::info!(instance = %config.instance, address = %server.address(), "serving metrics");
     }
+    for fd in dataplane.event_sources() {
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_raw_fd();
+        poll.registry().register(&mut mio::unix::SourceFd(&raw), DATAPLANE, mio::Interest::READABLE)?;
+    }
     println!("ready");
     std::io::stdout().flush().ok();
-    let interval = Duration::from_secs(config.sweep_seconds);
-    let mut sweeper = Sweeper::default();
-    let mut last_sweep = Instant::now();
-    let mut ticks = 0u64;
+    let sweep_every = Duration::from_secs(config.sweep_seconds);
+    let mut next_sweep = Instant::now() + sweep_every;
+    let mut next_turn = dataplane.turn_every().map(|every| Instant::now() + every);
+    let mut events = mio::Events::with_capacity(16);
     while stop.load(Ordering::SeqCst) == 0 {
-        std::thread::sleep(Duration::from_millis(100));
-        if afxdp.as_ref().is_some_and(|a| !a.workers_alive()) {
-            tracing::error!(
-                instance = %config.instance,
-                "an afxdp worker stopped: the tc programs carry the host's connections from here"
-            );
-            if let Some(stopped) = afxdp.take() {
-                stopped.stop(&mut datapath)?;
-            }
-            workers_report.store(None);
-            let _ = std::fs::remove_file(crate::instance::report_file(&config.instance));
+        let deadline = next_turn.map_or(next_sweep, |turn| turn.min(next_sweep));
+        match poll.poll(&mut events, Some(deadline.saturating_duration_since(Instant::now()))) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            polled => polled.context("waiting for events")?,
         }
-        if let Some(afxdp) = afxdp.as_mut() {
-            ticks += 1;
-            let turn = afxdp.tick(&mut datapath).and_then(|()| {
-                let report = afxdp.report();
-                if ticks.is_multiple_of(5) {
-                    crate::afxdp::write_report(&config.instance, &report)?;
-                }
-                workers_report.store(Some(Arc::new(report)));
-                Ok(())
-            });
-            if let Err(e) = turn {
-                tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "afxdp control turn failed");
-            }
+        // The sources are edge-triggered: each is drained, the pipe here
+        // and the dataplane's in its turn.
+        while std::io::Read::read(&mut signals, &mut [0; 16]).is_ok_and(|n| n > 0) {}
+        if stop.load(Ordering::SeqCst) != 0 {
+            break;
         }
-        if last_sweep.elapsed() >= interval {
-            last_sweep = Instant::now();
-            if let Some(afxdp) = afxdp.as_mut() {
-                match afxdp.sweep(&mut datapath) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::debug!(instance = %config.instance, connections = n, "afxdp connections closed")
-                    }
-                    Err(e) => {
-                        tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "afxdp sweep failed")
-                    }
-                }
+        let now = Instant::now();
+        if events.iter().any(|event| event.token() == DATAPLANE) || next_turn.is_some_and(|turn| now >= turn)
+        {
+            if let Err(e) = dataplane.turn() {
+                tracing::warn!(instance = %config.instance, error = %format!("{e:#}"), "dataplane turn failed");
             }
-            match sweeper.sweep(&mut datapath) {
+            workers_report.store(dataplane.report().map(Arc::new));
+            next_turn = dataplane.turn_every().map(|every| now + every);
+        }
+        if now >= next_sweep {
+            next_sweep = now + sweep_every;
+            match dataplane.sweep() {
                 Ok(n) => {
                     sweeps.runs.fetch_add(1, Ordering::Relaxed);
                     if n > 0 {
@@ -241,12 +193,8 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         }
     }
     let signal = stop.load(Ordering::SeqCst);
-    if let Some(afxdp) = afxdp.take() {
-        // The standby carries the connections from here.
-        afxdp.stop(&mut datapath)?;
-        let _ = std::fs::remove_file(crate::instance::report_file(&config.instance));
-    }
-    drop(datapath);
+    // The standby carries the connections from here.
+    dataplane.stop()?;
     if detach_on_exit {
         down(&config.instance)?;
         tracing::info!(instance = %config.instance, signal, "detached and removed");
@@ -259,33 +207,4 @@ pub fn run(config: &AgentConfig, detach_on_exit: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn connection(cport: u16) -> Connection {
-        Connection {
-            client: SocketAddrV4::new([10, 10, 1, 2].into(), cport),
-            vip: SocketAddrV4::new([10, 10, 100, 1].into(), 80),
-            backend: SocketAddrV4::new([10, 10, 0, 11].into(), 8080),
-        }
-    }
-
-    #[test]
-    fn a_connection_goes_after_two_sweeps_without_a_socket() {
-        let live = connection(40000);
-        let sockets = HashSet::from([(live.client, live.vip)]);
-        let mut sweeper = Sweeper::default();
-        let connections = [connection(40000), connection(40001)];
-        // 40001 has no socket: suspected first, dropped the second time.
-        assert_eq!(sweeper.stale(&connections, &sockets), vec![]);
-        assert_eq!(sweeper.stale(&connections, &sockets), vec![connection(40001)]);
-        // A connection whose socket shows up again is no longer suspected.
-        let mut sweeper = Sweeper::default();
-        sweeper.stale(&connections, &HashSet::new());
-        assert_eq!(sweeper.stale(&connections, &sockets), vec![connection(40001)]);
-        assert_eq!(sweeper.stale(&[connection(40000)], &sockets), vec![]);
-    }
 }

@@ -15,6 +15,7 @@
 //! goes through the LB (so that replies return through it, as with an NLB
 //! that keeps client addresses).
 
+mod counters;
 pub mod demo;
 pub mod lb;
 pub mod netns;
@@ -27,7 +28,8 @@ pub mod tools;
 mod topology;
 pub mod workload;
 
+pub use counters::InterfaceCounters;
 pub use plan::*;
 pub use process::{finish_load, finish_load_within, output_within, LOAD_LIMIT};
 pub use registry::{clean_up_on_signal, exec, sweep, CGROUP_ROOT};
-pub use topology::{up_banner, Host, InterfaceCounters, Lab};
+pub use topology::{up_banner, Host, Lab};

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use heels_agent::config::{AgentConfig, DirectRoute, Service};
 
+use crate::counters::InterfaceCounters;
 use crate::lb::{self, LbCounters, LoadBalancer};
 use crate::netns::{spawn_in, Cgroup, NetNs};
 use crate::plan::*;
@@ -276,8 +277,10 @@ impl Lab {
         if role == Role::Client {
             config.server = None;
             config.dataplane = self.spec.client.agent().unwrap_or_default();
-            config.afxdp =
-                Some(heels_agent::config::Afxdp { cores: vec![tools::CLIENT_CPU], ..Default::default() });
+            config.afxdp = Some(heels_agent::config::AfxdpSettings {
+                cores: vec![tools::CLIENT_CPU],
+                ..Default::default()
+            });
             let client = config.client.as_mut().context("the example has a [client]")?;
             client.vips =
                 self.services().into_iter().chain(overrides.extra_client_vips.iter().copied()).collect();
@@ -289,8 +292,10 @@ impl Lab {
             config.client = None;
             config.dataplane = self.spec.server.agent().unwrap_or_default();
             // A worker beside the host's own processes (the bench pins them).
-            config.afxdp =
-                Some(heels_agent::config::Afxdp { cores: vec![tools::SERVER_CPU], ..Default::default() });
+            config.afxdp = Some(heels_agent::config::AfxdpSettings {
+                cores: vec![tools::SERVER_CPU],
+                ..Default::default()
+            });
             let server = config.server.as_mut().context("the example has a [server]")?;
             let port = overrides.server_local_port.unwrap_or_else(|| self.server_port());
             server.services =
@@ -611,36 +616,6 @@ impl Host {
         let output = self.netns.exec("nstat", &["-az", "--json", name])?;
         let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         value["kernel"][name].as_u64().with_context(|| format!("no counter {name}"))
-    }
-}
-
-/// An interface's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct InterfaceCounters {
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-}
-
-impl InterfaceCounters {
-    fn read(netns: &NetNs, interface: &str) -> anyhow::Result<Self> {
-        let output = netns.ip(&["-s", "-j", "link", "show", "dev", interface])?;
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-        let stats = &value[0]["stats64"];
-        let get = |dir: &str, what: &str| {
-            stats[dir][what].as_u64().with_context(|| format!("no {dir} {what} counter for {interface}"))
-        };
-        Ok(InterfaceCounters {
-            tx_packets: get("tx", "packets")?,
-            tx_bytes: get("tx", "bytes")?,
-            rx_packets: get("rx", "packets")?,
-            rx_bytes: get("rx", "bytes")?,
-        })
     }
 }
 

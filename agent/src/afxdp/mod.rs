@@ -48,7 +48,7 @@ use heels_xdp::{Classifier, Closes, Connection, ConnectionMaps, Datapath, SynMar
 use crate::config::AgentConfig;
 use crate::sockets::SocketQuery;
 use pair::{HostPair, Link, Namespaces, PEER_LINK};
-pub use report::{read_report, write_report, AfxdpReport};
+pub use report::{read_report, write_report, AfxdpReport, AfxdpStats};
 
 /// Frames of each worker's UMEM (4 KiB each: 16 MiB a worker).
 const FRAMES: u32 = 4096;
@@ -59,6 +59,9 @@ const RING_SIZE: u32 = 2048;
 const IDLE_TIMEOUT_SECONDS: u32 = 24 * 3600;
 /// Learned connections waiting for the control thread.
 const LEARNED_QUEUE: usize = 65_536;
+/// How often the control thread takes its turn without an event: the
+/// workers hand it learned connections through a queue, which it polls.
+pub const TURN_EVERY: Duration = Duration::from_millis(100);
 /// How long the start waits for the kernel to resolve the uplink's
 /// gateways before it routes the VIPs into the pair.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
@@ -70,22 +73,6 @@ pub struct WorkerReport {
     pub stats: WorkerStats,
     /// Its host paths' counters.
     pub host: HostCounters,
-}
-
-/// The workers' counters, summed, and the control side's.
-#[derive(Debug, Default, Clone)]
-pub struct AfxdpStats {
-    /// Workers running.
-    pub workers: usize,
-    /// Per worker.
-    pub reports: Vec<WorkerReport>,
-    /// Connections in the workers' table (two entries each).
-    pub table_entries: usize,
-    /// Learned connections the control thread could not queue (their
-    /// closes wait for the sweep).
-    pub learned_lost: u64,
-    /// Learned connections the workers could not write into the standby.
-    pub standby_unwritten: u64,
 }
 
 fn flow(key: &FlowKey) -> FlowV4 {
@@ -198,7 +185,7 @@ fn open_worker(
 }
 
 /// The running afxdp dataplane.
-pub struct Afxdp {
+pub struct Workers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     reports: Vec<Arc<Mutex<WorkerReport>>>,
@@ -243,16 +230,16 @@ pub struct Afxdp {
     uplink: Link,
 }
 
-impl std::fmt::Debug for Afxdp {
+impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Afxdp").field("workers", &self.threads.len()).field("uplink", &self.uplink).finish()
+        f.debug_struct("Workers").field("workers", &self.threads.len()).field("uplink", &self.uplink).finish()
     }
 }
 
-impl Afxdp {
+impl Workers {
     /// Starts the workers over `datapath` (the `tc` dataplane, attached:
     /// the standby) with `rules`, and routes the configured VIPs into them.
-    pub fn start(config: &AgentConfig, datapath: &mut Datapath, rules: Rules) -> anyhow::Result<Afxdp> {
+    pub fn start(config: &AgentConfig, datapath: &mut Datapath, rules: Rules) -> anyhow::Result<Workers> {
         let settings = config.afxdp.clone().unwrap_or_default();
         let uplink_name = config.interfaces[0].as_str();
         let uplink = pair::link(uplink_name)?;
@@ -283,7 +270,7 @@ impl Afxdp {
         let hops = Arc::new(ArcSwap::from_pointee(nexthops::read(uplink.index)?));
         let watch = nexthops::Watch::new()?;
         let unresolved = Arc::new(Unresolved::default());
-        let mut afxdp = Afxdp {
+        let mut afxdp = Workers {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             reports: Vec::new(),
@@ -503,7 +490,14 @@ impl Afxdp {
         self.threads.iter().all(|thread| !thread.is_finished())
     }
 
-    /// The control thread's turn (every 100 ms or so): closed connections
+    /// What calls for a turn before [`TURN_EVERY`]: sockops's reports of
+    /// closes and the kernel's route and neighbour events.
+    pub fn event_sources(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.closes.iter().map(|closes| closes.as_fd()).chain([self.watch.as_fd()]).collect()
+    }
+
+    /// The control thread's turn (every [`TURN_EVERY`], and on an event): closed connections
     /// sockops reported to the workers, learned connections into the
     /// standby maps, next hops read again after a change, and unresolved
     /// ones probed.
@@ -563,7 +557,7 @@ impl Afxdp {
     }
 
     /// Reads sockops's reports of closed connections (see
-    /// [`Afxdp::forget_reported_closes`]).
+    /// [`Workers::forget_reported_closes`]).
     fn read_reported_closes(&mut self) {
         let Some(closes) = &mut self.closes else { return };
         let before = self.reported.len();
@@ -600,68 +594,6 @@ impl Afxdp {
         Ok(sent)
     }
 
-    /// What the workers counted.
-    pub fn stats(&self) -> AfxdpStats {
-        AfxdpStats {
-            workers: self.threads.len(),
-            reports: self.reports.iter().filter_map(|r| r.lock().ok().map(|r| r.clone())).collect(),
-            table_entries: self.table.len(),
-            learned_lost: self.lost.load(Ordering::Relaxed),
-            standby_unwritten: self.unwritten.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The counters, summed over workers and devices (device 0 of each
-    /// worker is heels1, the others the uplink's queues).
-    pub fn report(&self) -> AfxdpReport {
-        let stats = self.stats();
-        let mut report = AfxdpReport {
-            pid: std::process::id(),
-            workers: stats.workers as u64,
-            table_entries: stats.table_entries as u64,
-            table_bytes: self.table_bytes as u64,
-            learned_lost: stats.learned_lost,
-            standby_unwritten: stats.standby_unwritten,
-            closes_reported: self.closes_reported,
-            listener_errors: self.listener_counts.errors.load(Ordering::Relaxed),
-            syns_onto_time_wait: self.listener_counts.onto_time_wait.load(Ordering::Relaxed),
-            ..AfxdpReport::default()
-        };
-        for worker in &stats.reports {
-            for (i, device) in worker.stats.devices.iter().enumerate() {
-                report.received += device.rx;
-                if i == 0 {
-                    report.to_host += device.tx;
-                    report.tx_full_to_host += device.tx_full;
-                } else {
-                    report.to_uplink += device.tx;
-                    report.tx_full_to_uplink += device.tx_full;
-                }
-                report.fill_starved += device.fill_starved;
-                report.wakeups += device.wakeups;
-            }
-            report.dropped += worker.stats.dropped;
-            report.resets_sent += worker.stats.resets_sent;
-            report.bad_descriptors += worker.stats.bad_descriptors;
-            let host = &worker.host;
-            report.rewritten_to_uplink += host.rewritten_to_uplink;
-            report.rewritten_to_host += host.rewritten_to_host;
-            report.learned += host.learned;
-            report.learned_from_standby += host.learned_from_standby;
-            report.syns_translated += host.syns_translated;
-            report.syns_refused += host.syns_refused;
-            report.unsteered += host.unsteered;
-            report.syn_acks_held_back += host.syn_acks_held_back;
-            report.forgotten += host.forgotten;
-            report.forget_skipped += host.forget_skipped;
-            report.checksums_completed += host.checksums_completed;
-            report.unresolved += host.unresolved;
-            report.no_route += host.no_route;
-            report.not_ipv4 += host.not_ipv4;
-        }
-        report
-    }
-
     /// Hands the host's traffic back to the standby and stops the workers
     /// (whose learned connections are in the standby's maps already): the
     /// closes reported meanwhile are handled, the uplink's classifier goes
@@ -686,7 +618,7 @@ impl Afxdp {
     }
 }
 
-impl Drop for Afxdp {
+impl Drop for Workers {
     fn drop(&mut self) {
         self.shut_down();
     }

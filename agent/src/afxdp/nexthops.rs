@@ -120,6 +120,11 @@ impl Watch {
         Ok(Watch { socket, buffer: vec![0; 64 * 1024] })
     }
 
+    /// Readable when an event came (an event loop waits on it).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.socket)
+    }
+
     /// Whether anything happened since the last call (the events are
     /// drained, not parsed: any of them means "read again"). An overrun
     /// socket (ENOBUFS) counts as a change.

@@ -1,8 +1,11 @@
 //! What the afxdp agent publishes of its workers: the report `heels
 //! stats`, the metrics endpoint and the lab read, and its file.
 
+use std::sync::atomic::Ordering;
+
 use anyhow::Context;
 
+use super::WorkerReport;
 use crate::instance::report_file;
 
 /// What `heels stats` shows of the afxdp dataplane: the workers' counters
@@ -123,7 +126,7 @@ impl AfxdpReport {
     }
 }
 
-/// Writes `report` (an [`Afxdp::report`](super::Afxdp::report)) where `heels stats` and
+/// Writes `report` (a [`Workers::report`](super::Workers::report)) where `heels stats` and
 /// [`read_report`] read it.
 pub fn write_report(instance: &str, report: &AfxdpReport) -> anyhow::Result<()> {
     let path = report_file(instance);
@@ -136,4 +139,84 @@ pub fn write_report(instance: &str, report: &AfxdpReport) -> anyhow::Result<()> 
 /// without stopping (a stale one names a dead pid: see [`pid_alive`]).
 pub fn read_report(instance: &str) -> Option<AfxdpReport> {
     serde_json::from_str(&std::fs::read_to_string(report_file(instance)).ok()?).ok()
+}
+
+/// The workers' counters, summed, and the control side's.
+#[derive(Debug, Default, Clone)]
+pub struct AfxdpStats {
+    /// Workers running.
+    pub workers: usize,
+    /// Per worker.
+    pub reports: Vec<WorkerReport>,
+    /// Connections in the workers' table (two entries each).
+    pub table_entries: usize,
+    /// Learned connections the control thread could not queue (their
+    /// closes wait for the sweep).
+    pub learned_lost: u64,
+    /// Learned connections the workers could not write into the standby.
+    pub standby_unwritten: u64,
+}
+
+impl super::Workers {
+    /// What the workers counted.
+    pub fn stats(&self) -> AfxdpStats {
+        AfxdpStats {
+            workers: self.threads.len(),
+            reports: self.reports.iter().filter_map(|r| r.lock().ok().map(|r| r.clone())).collect(),
+            table_entries: self.table.len(),
+            learned_lost: self.lost.load(Ordering::Relaxed),
+            standby_unwritten: self.unwritten.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The counters, summed over workers and devices (device 0 of each
+    /// worker is heels1, the others the uplink's queues).
+    pub fn report(&self) -> AfxdpReport {
+        let stats = self.stats();
+        let mut report = AfxdpReport {
+            pid: std::process::id(),
+            workers: stats.workers as u64,
+            table_entries: stats.table_entries as u64,
+            table_bytes: self.table_bytes as u64,
+            learned_lost: stats.learned_lost,
+            standby_unwritten: stats.standby_unwritten,
+            closes_reported: self.closes_reported,
+            listener_errors: self.listener_counts.errors.load(Ordering::Relaxed),
+            syns_onto_time_wait: self.listener_counts.onto_time_wait.load(Ordering::Relaxed),
+            ..AfxdpReport::default()
+        };
+        for worker in &stats.reports {
+            for (i, device) in worker.stats.devices.iter().enumerate() {
+                report.received += device.rx;
+                if i == 0 {
+                    report.to_host += device.tx;
+                    report.tx_full_to_host += device.tx_full;
+                } else {
+                    report.to_uplink += device.tx;
+                    report.tx_full_to_uplink += device.tx_full;
+                }
+                report.fill_starved += device.fill_starved;
+                report.wakeups += device.wakeups;
+            }
+            report.dropped += worker.stats.dropped;
+            report.resets_sent += worker.stats.resets_sent;
+            report.bad_descriptors += worker.stats.bad_descriptors;
+            let host = &worker.host;
+            report.rewritten_to_uplink += host.rewritten_to_uplink;
+            report.rewritten_to_host += host.rewritten_to_host;
+            report.learned += host.learned;
+            report.learned_from_standby += host.learned_from_standby;
+            report.syns_translated += host.syns_translated;
+            report.syns_refused += host.syns_refused;
+            report.unsteered += host.unsteered;
+            report.syn_acks_held_back += host.syn_acks_held_back;
+            report.forgotten += host.forgotten;
+            report.forget_skipped += host.forget_skipped;
+            report.checksums_completed += host.checksums_completed;
+            report.unresolved += host.unresolved;
+            report.no_route += host.no_route;
+            report.not_ipv4 += host.not_ipv4;
+        }
+        report
+    }
 }

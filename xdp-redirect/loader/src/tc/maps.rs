@@ -54,6 +54,13 @@ impl std::fmt::Debug for Closes {
     }
 }
 
+/// Readable when sockops wrote a record (an event loop waits on it).
+impl std::os::fd::AsFd for Closes {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 /// Each closed connection, as (CIP:cport, VIP:vport), until the ring is
 /// empty (it yields again once sockops writes more). A record of another
 /// size (none the programs write) is skipped.
