@@ -9,7 +9,7 @@ for target in $targets; do
 done
 frames=$(mktemp -d)
 trap 'rm -r "$frames"' EXIT
-cargo run -q --manifest-path ../Cargo.toml -p heels-dataplane --example protocol_vectors -- --frames "$frames"
+cargo run -q --manifest-path ../Cargo.toml -p heels-dataplane --features test-support --example protocol_vectors -- --frames "$frames"
 # A worker_paths record: a flags byte (bit 0: from the uplink into the
 # host), the frame's length (little-endian u16), the frame.
 record() {

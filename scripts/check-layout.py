@@ -58,7 +58,7 @@ def modules(src):
     graph = {}
     files = []
     for dirpath, _, names in os.walk(src):
-        files += [os.path.join(dirpath, n) for n in names if n.endswith(".rs")]
+        files += [os.path.join(dirpath, n) for n in names if n.endswith(".rs") and n != "tests.rs"]
     for path in files:
         mod = module_of(src, path)
         if mod is None:
@@ -147,9 +147,12 @@ def main():
 
 
 def rust_files():
-    """The workspace's tracked Rust sources, the integration tests left out."""
-    out = subprocess.run(["git", "ls-files", "*.rs"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    return [os.path.join(ROOT, p) for p in out.split() if not p.startswith("tests/")]
+    """The workspace's Rust sources, the tests left out: the integration
+    tests and a module's `tests.rs` (a `#[cfg(test)] mod tests;`)."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.rs"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return [os.path.join(ROOT, p) for p in out.split()
+            if not p.startswith("tests/") and os.path.basename(p) != "tests.rs" and os.path.exists(os.path.join(ROOT, p))]
 
 
 if __name__ == "__main__":

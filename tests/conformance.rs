@@ -16,7 +16,7 @@ use heels_dataplane::checksum::Mode;
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::fuzzing::{self, BACKEND, CLIENT, VIP};
 use heels_dataplane::option::{Endpoint, SynAckOption, SynOption};
-use heels_dataplane::translate::{self, Config, Ingress, Service, Sockets, Verdict};
+use heels_dataplane::translate::{self, Ingress, Rules, Service, Sockets, Verdict};
 use heels_dataplane::vectors::vector;
 use heels_dataplane::wire::{
     EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket, TcpRepr,
@@ -31,7 +31,7 @@ const VIP2_PORT: u16 = 9090;
 const LB_SNAT: Endpoint = Endpoint::new([10, 10, 2, 1], 51000);
 
 /// The host's configuration: docs/protocol.md's, plus a service with no listener.
-fn config() -> Config {
+fn config() -> Rules {
     let mut config = fuzzing::config();
     config.services.push(Service { vip: VIP2, local_port: VIP2_PORT });
     config
@@ -542,7 +542,16 @@ fn core_outcome(case: &Case) -> (Ingress, Vec<u8>) {
     let sockets = fuzzing::sockets();
     let mut frame = case.frame.clone();
     let outcome = match case.way {
-        Way::In => translate::ingress(&mut frame, Mode::Full, &config(), &table, &sockets, 1),
+        Way::In => translate::ingress(
+            &mut frame,
+            &translate::Context {
+                mode: Mode::Full,
+                rules: &config(),
+                table: &table,
+                sockets: &sockets,
+                now: 1,
+            },
+        ),
         Way::Out => Ingress {
             start: 0,
             verdict: translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
@@ -566,7 +575,17 @@ fn batched(case: &Case) -> (String, Vec<u8>) {
     let outcome = match case.way {
         Way::In => {
             let mut out = [Ingress { start: 0, verdict: Verdict::Rewritten { start: 0 } }; 3];
-            translate::ingress_batch(&mut views, Mode::Full, &config(), &table, &sockets, 1, &mut out);
+            translate::ingress_batch(
+                &mut views,
+                &translate::Context {
+                    mode: Mode::Full,
+                    rules: &config(),
+                    table: &table,
+                    sockets: &sockets,
+                    now: 1,
+                },
+                &mut out,
+            );
             assert_eq!(out[0].verdict, out[2].verdict, "{}: the neighbours", case.name);
             out[1]
         }
@@ -609,11 +628,13 @@ fn a_batch_longer_than_a_chunk_rewrites_every_frame_as_the_core_does() {
                 vec![Ingress { start: 0, verdict: Verdict::Pass(translate::Reason::Malformed) }; 150];
             translate::ingress_batch(
                 &mut views,
-                Mode::Full,
-                &config(),
-                &table,
-                &fuzzing::sockets(),
-                1,
+                &translate::Context {
+                    mode: Mode::Full,
+                    rules: &config(),
+                    table: &table,
+                    sockets: &fuzzing::sockets(),
+                    now: 1,
+                },
                 &mut out,
             );
             out
@@ -1072,7 +1093,16 @@ fn a_syn_of_an_established_translated_connection_is_translated_again() {
         sockets.record(&FlowKey { src: client, dst: backend }, recorded_vip).unwrap();
         let mut core_frame = syn.clone();
         let table = ConnTable::new(16, 60);
-        let outcome = translate::ingress(&mut core_frame, Mode::Full, &config(), &table, &sockets, 1);
+        let outcome = translate::ingress(
+            &mut core_frame,
+            &translate::Context {
+                mode: Mode::Full,
+                rules: &config(),
+                table: &table,
+                sockets: &sockets,
+                now: 1,
+            },
+        );
         assert_eq!(
             (action, &frame),
             (tc_action(outcome.verdict), &core_frame),

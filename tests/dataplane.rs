@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use heels_afxdp::device::{Device, MemoryPort, PortConfig, XskPort};
 use heels_afxdp::stage::{Clock, HostEgress};
-use heels_afxdp::synthetic;
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{Idle, NullForward, Path as WorkerPath, Worker};
 use heels_bench::dataplane::Bed;
+use heels_bench::synthetic;
 use heels_dataplane::checksum::Mode;
 use heels_dataplane::translate;
 use heels_lab::netns::set_thread_netns;

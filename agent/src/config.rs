@@ -40,7 +40,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use heels_dataplane::translate::{Config as Rules, Prefix, Service as ServiceRule};
+use heels_dataplane::translate::{Prefix, Rules, Service as ServiceRule};
 use heels_xdp::DatapathConfig;
 use serde::{Deserialize, Serialize};
 

@@ -54,9 +54,16 @@ fn translations(c: &mut Criterion) {
             b.iter(|| {
                 buf.copy_from_slice(&frame);
                 let verdict = match name {
-                    "client_ingress_syn_ack_learn" => {
-                        translate::client_ingress(&mut buf, Mode::Full, &config, &table, &sockets, 1)
-                    }
+                    "client_ingress_syn_ack_learn" => translate::client_ingress(
+                        &mut buf,
+                        &translate::Context {
+                            mode: Mode::Full,
+                            rules: &config,
+                            table: &table,
+                            sockets: &sockets,
+                            now: 1,
+                        },
+                    ),
                     _ => translate::server_syn_ingress(&mut buf, Mode::Full, &config, &sockets),
                 };
                 assert!(matches!(verdict, Verdict::Rewritten { .. }));
@@ -121,8 +128,10 @@ fn data_rewrites(group: &mut criterion::BenchmarkGroup<'_, criterion::measuremen
     group.bench_function("client_ingress_data", |b| {
         b.iter(|| {
             let table = if buf[26..30] == BACKEND.addr { &forth } else { &back };
-            let verdict =
-                translate::client_ingress(black_box(&mut buf), Mode::Full, &config, table, &sockets, 1);
+            let verdict = translate::client_ingress(
+                black_box(&mut buf),
+                &translate::Context { mode: Mode::Full, rules: &config, table, sockets: &sockets, now: 1 },
+            );
             assert_eq!(verdict, Verdict::Rewritten { start: 0 });
             black_box(verdict)
         })
@@ -295,9 +304,9 @@ fn every_frame_forwarded(stats: &heels_afxdp::worker::WorkerStats) {
 fn worker_turns(c: &mut Criterion) {
     use heels_afxdp::device::MemoryPort;
     use heels_afxdp::stage::{Clock, HostEgress};
-    use heels_afxdp::synthetic;
     use heels_afxdp::umem::Region;
     use heels_afxdp::worker::{NullForward, Path, Stage, Worker};
+    use heels_bench::synthetic;
     use std::sync::Arc;
 
     fn worker<S: Stage>(flows: u32, stage: S) -> Worker<MemoryPort, S> {

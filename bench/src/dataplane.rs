@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::synthetic;
 use anyhow::{bail, Context};
 use heels_afxdp::device::{Device, MemoryPort, PortConfig, XskPort};
 use heels_afxdp::stage::{Clock, HostEgress};
-use heels_afxdp::synthetic;
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{pin_to_core, Idle, NullForward, Path, Stage, Worker, WorkerStats};
 use serde::Serialize;

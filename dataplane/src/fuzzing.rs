@@ -15,7 +15,7 @@ use crate::checksum;
 use crate::checksum::Mode;
 use crate::conntrack::{ConnTable, FlowKey, SynEnds};
 use crate::option::{self, Endpoint};
-use crate::translate::{self, Config, Service, Sockets, SynClock, Verdict};
+use crate::translate::{self, Rules, Service, Sockets, SynClock, Verdict};
 use crate::wire::icmpv4::Quote;
 use crate::wire::{ethernet, EtherType, EthernetFrame, Icmpv4Packet, Ipv4Packet, Protocol, TcpPacket};
 
@@ -27,8 +27,8 @@ pub const VIP: Endpoint = Endpoint::new([10, 10, 100, 1], 80);
 pub const BACKEND: Endpoint = Endpoint::new([10, 10, 3, 2], 8080);
 
 /// The host configuration of docs/protocol.md (server and client in one).
-pub fn config() -> Config {
-    Config {
+pub fn config() -> Rules {
+    Rules {
         local_addrs: vec![BACKEND.addr],
         services: vec![Service { vip: VIP, local_port: BACKEND.port() }],
         lb_sources: vec!["10.10.2.0/24".parse().expect("prefix"), "172.16.0.0/16".parse().expect("prefix")],
@@ -225,7 +225,10 @@ pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
 pub fn ingress(data: &[u8]) -> translate::Ingress {
     let mut frame = data.to_vec();
     let (table, sockets) = (table_with_connection(), sockets());
-    let outcome = translate::ingress(&mut frame, Mode::Full, &config(), &table, &sockets, 1);
+    let outcome = translate::ingress(
+        &mut frame,
+        &translate::Context { mode: Mode::Full, rules: &config(), table: &table, sockets: &sockets, now: 1 },
+    );
     let verdict = match outcome {
         translate::Ingress { start: 0, verdict } => verdict,
         translate::Ingress { start, .. } => Verdict::Rewritten { start: start as u16 },
@@ -270,11 +273,29 @@ pub fn client_ingress(data: &[u8]) -> Verdict {
     let mut frame = data.to_vec();
     // An empty table: SYN-ACKs learn; then the frame runs again as data.
     let table = ConnTable::new(16, 60);
-    let verdict = translate::client_ingress(&mut frame, Mode::Full, &config(), &table, &sockets(), 1);
+    let verdict = translate::client_ingress(
+        &mut frame,
+        &translate::Context {
+            mode: Mode::Full,
+            rules: &config(),
+            table: &table,
+            sockets: &sockets(),
+            now: 1,
+        },
+    );
     check_outcome(data, &frame, verdict);
     let mut again = data.to_vec();
     let table = table_with_connection();
-    let second = translate::client_ingress(&mut again, Mode::Full, &config(), &table, &sockets(), 1);
+    let second = translate::client_ingress(
+        &mut again,
+        &translate::Context {
+            mode: Mode::Full,
+            rules: &config(),
+            table: &table,
+            sockets: &sockets(),
+            now: 1,
+        },
+    );
     check_outcome(data, &again, second);
     verdict
 }

@@ -13,8 +13,12 @@
 
 pub mod checksum;
 pub mod conntrack;
+/// Test support: the fuzz entry points and the test plan's addresses.
+#[cfg(any(test, feature = "test-support"))]
 pub mod fuzzing;
 pub mod option;
 pub mod translate;
+/// Test support: the test vectors of docs/protocol.md.
+#[cfg(any(test, feature = "test-support"))]
 pub mod vectors;
 pub mod wire;

@@ -34,7 +34,8 @@ use aya::maps::{HashMap, MapData};
 use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::{PortConfig, XskPort};
 use heels_afxdp::host::{
-    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost, ToUplink,
+    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost,
+    ToHostParts, ToUplink,
 };
 use heels_afxdp::nexthop::{Hop, NextHops, Unresolved};
 use heels_afxdp::stage::Clock;
@@ -42,7 +43,7 @@ use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{pin_to_core, Idle, Path, Worker, WorkerStats};
 use heels_common::{EndpointV4, FlowV4};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
-use heels_dataplane::translate::{Config as Rules, Learned};
+use heels_dataplane::translate::{Learned, Rules};
 use heels_xdp::{Classifier, Closes, Connection, ConnectionMaps, Datapath, SynMarker, ToWorkers};
 
 use crate::config::AgentConfig;
@@ -345,17 +346,17 @@ impl Workers {
                 } else {
                     Box::new(NoListeners)
                 };
-                to_host.push(ToHost::new(
-                    Arc::clone(&rules),
-                    Arc::clone(&afxdp.table),
-                    SentSyns::new(Arc::clone(&syn_ends), Some(Arc::clone(&standby_syns))),
+                to_host.push(ToHost::new(ToHostParts {
+                    rules: Arc::clone(&rules),
+                    table: Arc::clone(&afxdp.table),
+                    sent: SentSyns::new(Arc::clone(&syn_ends), Some(Arc::clone(&standby_syns))),
                     listeners,
-                    Arc::clone(&afxdp.forgets),
+                    forgets: Arc::clone(&afxdp.forgets),
                     clock,
-                    afxdp.pair.host_end.mac,
-                    afxdp.pair.peer_end.mac,
+                    host_mac: afxdp.pair.host_end.mac,
+                    peer_mac: afxdp.pair.peer_end.mac,
                     steer,
-                ));
+                }));
             }
             let report = Arc::new(Mutex::new(WorkerReport::default()));
             afxdp.reports.push(Arc::clone(&report));

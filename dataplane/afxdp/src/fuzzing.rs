@@ -27,7 +27,7 @@ use heels_dataplane::translate::{Learned, Reason, Sockets, SynClock, Verdict};
 use xdpilone::xdp::XdpDesc;
 
 use crate::device::MemoryPort;
-use crate::host::{Forget, HostStage, Listeners, SentSyns, Steer, ToHost, ToUplink};
+use crate::host::{Forget, HostStage, Listeners, SentSyns, Steer, ToHost, ToHostParts, ToUplink};
 use crate::nexthop::{NextHops, Route, Unresolved};
 use crate::stage::Clock;
 use crate::umem::{Held, Region, FRAME_SIZE};
@@ -164,17 +164,17 @@ impl Host {
         let steering = Steering::default();
         let default_route = Route { prefix: "0.0.0.0/0".parse().expect("prefix"), gateway: Some(GATEWAY) };
         let hops = NextHops::new(vec![default_route], vec![(GATEWAY, GATEWAY_MAC)]);
-        let to_host = HostStage::ToHost(ToHost::new(
-            Arc::clone(&config),
-            Arc::clone(&table),
-            SentSyns::new(Arc::clone(&syn_ends), None),
-            Box::new(ProtocolListeners(Arc::new(core::sockets()))),
-            Arc::clone(&forgets),
-            Clock::Fixed(NOW),
-            HOST_MAC,
-            PEER_MAC,
-            steering.clone(),
-        ));
+        let to_host = HostStage::ToHost(ToHost::new(ToHostParts {
+            rules: Arc::clone(&config),
+            table: Arc::clone(&table),
+            sent: SentSyns::new(Arc::clone(&syn_ends), None),
+            listeners: Box::new(ProtocolListeners(Arc::new(core::sockets()))),
+            forgets: Arc::clone(&forgets),
+            clock: Clock::Fixed(NOW),
+            host_mac: HOST_MAC,
+            peer_mac: PEER_MAC,
+            steer: steering.clone(),
+        }));
         let to_uplink = HostStage::ToUplink(ToUplink::new(
             config,
             table,

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::option::Endpoint;
-use heels_dataplane::translate::{self, Config, Learned, Reason, Sockets, SynClock, Verdict};
+use heels_dataplane::translate::{self, Learned, Reason, Rules, Sockets, SynClock, Verdict};
 
 use crate::nexthop::{Hop, NextHops, Unresolved};
 use crate::stage::{Clock, HostEgress, UplinkIngress};
@@ -247,7 +247,7 @@ impl ToUplink {
     /// Rewrites as the client's egress does (see [`HostEgress::new`]) and
     /// sends from `uplink_mac` to the next hop `hops` names.
     pub fn new(
-        config: Arc<Config>,
+        config: Arc<Rules>,
         table: Arc<ConnTable>,
         syn_ends: Arc<SynEnds>,
         clock: Clock,
@@ -320,23 +320,42 @@ impl<T> std::fmt::Debug for ToHost<T> {
     }
 }
 
+/// What a [`ToHost`] is made of.
+pub struct ToHostParts<T> {
+    /// What the host translates.
+    pub rules: Arc<Rules>,
+    /// The workers' connections.
+    pub table: Arc<ConnTable>,
+    /// The SYNs the host sent (only their SYN-ACK forms are learned).
+    pub sent: SentSyns,
+    /// The listeners whose SYNs are translated (server role).
+    pub listeners: Box<dyn Listeners>,
+    /// Closed connections to forget.
+    pub forgets: Arc<ArrayQueue<Forget>>,
+    /// The table's clock.
+    pub clock: Clock,
+    /// The host's end of the pair (`heels0`): the frames' destination.
+    pub host_mac: [u8; 6],
+    /// The workers' end (`heels1`): the frames' source.
+    pub peer_mac: [u8; 6],
+    /// Where learned connections are steered.
+    pub steer: T,
+}
+
+impl<T> std::fmt::Debug for ToHostParts<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToHostParts").finish_non_exhaustive()
+    }
+}
+
 impl<T: Steer> ToHost<T> {
     /// Translates as the host's ingress does, learning only connections
     /// whose SYN `sent` recorded, and hands each learned one to `steer`;
     /// translates SYNs for the listeners `listeners` serves; forgets what
     /// `forgets` says is closed. Frames go from `peer_mac` to `host_mac`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        table: Arc<ConnTable>,
-        sent: SentSyns,
-        listeners: Box<dyn Listeners>,
-        forgets: Arc<ArrayQueue<Forget>>,
-        clock: Clock,
-        host_mac: [u8; 6],
-        peer_mac: [u8; 6],
-        steer: T,
-    ) -> Self {
+    pub fn new(parts: ToHostParts<T>) -> Self {
+        let ToHostParts { rules: config, table, sent, listeners, forgets, clock, host_mac, peer_mac, steer } =
+            parts;
         let syn_ends = Arc::clone(&sent.workers);
         let sockets = HostSockets { sent, listeners };
         let ingress = UplinkIngress::new(config, Arc::clone(&table), sockets, clock);

@@ -24,7 +24,6 @@ pub mod fuzzing;
 pub mod host;
 pub mod nexthop;
 pub mod stage;
-pub mod synthetic;
 mod sys;
 pub mod umem;
 pub mod worker;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use heels_dataplane::checksum::Mode;
 use heels_dataplane::conntrack::{ConnTable, SynEnds};
-use heels_dataplane::translate::{self, Config, Ingress, Reason, Sockets, Verdict, BATCH};
+use heels_dataplane::translate::{self, Ingress, Reason, Rules, Sockets, Verdict, BATCH};
 
 use crate::worker::{Action, Stage};
 
@@ -41,7 +41,7 @@ impl Clock {
 /// reset (docs/design.md, "An LB that tracks TCP state sees only SYNs").
 #[derive(Debug)]
 pub struct HostEgress {
-    config: Arc<Config>,
+    config: Arc<Rules>,
     table: Arc<ConnTable>,
     syn_ends: Arc<SynEnds>,
     clock: Clock,
@@ -52,7 +52,7 @@ pub struct HostEgress {
 impl HostEgress {
     /// Rewrites with `table` and checks SYNs to `config`'s VIPs against
     /// `syn_ends`, timed by `clock`.
-    pub fn new(config: Arc<Config>, table: Arc<ConnTable>, syn_ends: Arc<SynEnds>, clock: Clock) -> Self {
+    pub fn new(config: Arc<Rules>, table: Arc<ConnTable>, syn_ends: Arc<SynEnds>, clock: Clock) -> Self {
         let verdicts = [Verdict::Pass(Reason::Malformed); BATCH];
         HostEgress { config, table, syn_ends, clock, verdicts, completed: 0 }
     }
@@ -97,7 +97,7 @@ impl Stage for HostEgress {
 /// (through `heels0`): everything a host does on ingress, as the TC
 /// ingress program does it.
 pub struct UplinkIngress<S> {
-    config: Arc<Config>,
+    config: Arc<Rules>,
     table: Arc<ConnTable>,
     sockets: S,
     clock: Clock,
@@ -113,7 +113,7 @@ impl<S> std::fmt::Debug for UplinkIngress<S> {
 
 impl<S: Sockets> UplinkIngress<S> {
     /// Translates under `config` with `table` and what `sockets` says.
-    pub fn new(config: Arc<Config>, table: Arc<ConnTable>, sockets: S, clock: Clock) -> Self {
+    pub fn new(config: Arc<Rules>, table: Arc<ConnTable>, sockets: S, clock: Clock) -> Self {
         let outcome = Ingress { start: 0, verdict: Verdict::Pass(Reason::Malformed) };
         UplinkIngress { config, table, sockets, clock, outcomes: [outcome; BATCH], completed: 0 }
     }
@@ -134,7 +134,17 @@ impl<S: Sockets> Stage for UplinkIngress<S> {
         self.completed += complete_checksums(frames);
         let outcomes = &mut self.outcomes[..frames.len()];
         let now = self.clock.now();
-        translate::ingress_batch(frames, Mode::Full, &self.config, &self.table, &self.sockets, now, outcomes);
+        translate::ingress_batch(
+            frames,
+            &translate::Context {
+                mode: Mode::Full,
+                rules: &self.config,
+                table: &self.table,
+                sockets: &self.sockets,
+                now,
+            },
+            outcomes,
+        );
         for (action, outcome) in actions.iter_mut().zip(outcomes.iter()) {
             *action = match outcome.verdict {
                 Verdict::Drop(_) => Action::Drop,

@@ -36,8 +36,16 @@ fn through_worker<S: Stage>(frames: Vec<Vec<u8>>, stage: S) -> (Vec<Vec<u8>>, u6
 /// What the core does to `frame` on ingress and egress, frame by frame.
 fn core_ingress(frame: &[u8], table: &ConnTable) -> (Vec<u8>, Verdict, usize) {
     let mut frame = frame.to_vec();
-    let outcome =
-        translate::ingress(&mut frame, Mode::Full, &fuzzing::config(), table, &fuzzing::sockets(), NOW);
+    let outcome = translate::ingress(
+        &mut frame,
+        &translate::Context {
+            mode: Mode::Full,
+            rules: &fuzzing::config(),
+            table,
+            sockets: &fuzzing::sockets(),
+            now: NOW,
+        },
+    );
     (frame, outcome.verdict, outcome.start)
 }
 

@@ -14,7 +14,8 @@ use crossbeam_queue::ArrayQueue;
 use heels_afxdp::device::MemoryPort;
 use heels_afxdp::fuzzing::{ProtocolListeners, GATEWAY, GATEWAY_MAC, HOST_MAC, PEER_MAC, UPLINK_MAC};
 use heels_afxdp::host::{
-    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost, ToUplink,
+    Forget, HostCounters, HostStage, Listeners, NoListeners, SentSyns, StandbySyns, Steer, ToHost,
+    ToHostParts, ToUplink,
 };
 use heels_afxdp::nexthop::{NextHops, Route, Unresolved};
 use heels_afxdp::stage::Clock;
@@ -104,17 +105,17 @@ fn to_host_beside(
     forgets: &Arc<ArrayQueue<Forget>>,
     listeners: Box<dyn Listeners>,
 ) -> HostStage<Recorder> {
-    HostStage::ToHost(ToHost::new(
-        Arc::new(fuzzing::config()),
-        Arc::clone(table),
+    HostStage::ToHost(ToHost::new(ToHostParts {
+        rules: Arc::new(fuzzing::config()),
+        table: Arc::clone(table),
         sent,
         listeners,
-        Arc::clone(forgets),
-        Clock::Fixed(NOW),
-        HOST_MAC,
-        PEER_MAC,
+        forgets: Arc::clone(forgets),
+        clock: Clock::Fixed(NOW),
+        host_mac: HOST_MAC,
+        peer_mac: PEER_MAC,
         steer,
-    ))
+    }))
 }
 
 #[test]

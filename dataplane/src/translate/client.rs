@@ -25,7 +25,7 @@ pub fn client_egress(frame: &mut [u8], mode: Mode, table: &ConnTable, ends: &Syn
 /// tracks TCP state would refuse this SYN's handshake (docs/design.md, "An
 /// LB that tracks TCP state sees only SYNs"). Records the SYN's end either
 /// way. `None` for any other frame.
-pub fn client_syn_needs_reset(frame: &[u8], config: &Config, ends: &SynEnds, now: u32) -> Option<u32> {
+pub fn client_syn_needs_reset(frame: &[u8], config: &Rules, ends: &SynEnds, now: u32) -> Option<u32> {
     let at = locate(frame, false).ok()?;
     if !at.flags.is_syn() || !config.is_vip(at.dst) {
         return None;
@@ -149,33 +149,19 @@ fn egress_syn(key: &FlowKey, home: Home, table: &ConnTable, ends: &SynEnds, end:
 /// entries and is left as it came. A SYN-ACK whose option list is
 /// malformed is left as it came. An ICMP error about a bypassed connection
 /// has its quote translated.
-pub fn client_ingress(
-    frame: &mut [u8],
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    sockets: &dyn Sockets,
-    now: u32,
-) -> Verdict {
+pub fn client_ingress(frame: &mut [u8], cx: &Context<'_>) -> Verdict {
     match locate(frame, false) {
-        Ok(at) => client_located(frame, &at, mode, config, table, sockets, now),
-        Err(Reason::NotTcp) => icmp_error_ingress(frame, table, now),
+        Ok(at) => client_located(frame, &at, cx),
+        Err(Reason::NotTcp) => icmp_error_ingress(frame, cx.table, cx.now),
         Err(reason) => Verdict::Pass(reason),
     }
 }
 
-pub(super) fn client_located(
-    frame: &mut [u8],
-    at: &Located,
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    sockets: &dyn Sockets,
-    now: u32,
-) -> Verdict {
+pub(super) fn client_located(frame: &mut [u8], at: &Located, cx: &Context<'_>) -> Verdict {
+    let Context { mode, table, now, .. } = *cx;
     if at.flags.is_syn_ack() {
         match option::find(at.tcp(frame).options()) {
-            Ok(Some(found)) => return learn(frame, at, found.syn_ack(), mode, config, table, sockets, now),
+            Ok(Some(found)) => return learn(frame, at, found.syn_ack(), cx),
             Ok(None) => {}
             Err(_) => return Verdict::Pass(Reason::BadOption),
         }
@@ -237,17 +223,8 @@ pub(super) fn icmp_error_ingress(frame: &mut [u8], table: &ConnTable, now: u32) 
     Verdict::Rewritten { start: 0 }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the learning path needs the whole ingress context")]
-fn learn(
-    frame: &mut [u8],
-    at: &Located,
-    option: option::SynAckOption,
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    sockets: &dyn Sockets,
-    now: u32,
-) -> Verdict {
+fn learn(frame: &mut [u8], at: &Located, option: option::SynAckOption, cx: &Context<'_>) -> Verdict {
+    let Context { mode, rules: config, table, sockets, now } = *cx;
     if !config.is_vip(option.vip) {
         return Verdict::Pass(Reason::UnknownVip);
     }

@@ -337,6 +337,29 @@ pub struct Ingress {
     pub verdict: Verdict,
 }
 
+/// What an ingress translation reads besides the frame: the host's rules,
+/// its connection table and sockets, how the frame's checksum stands, and
+/// the time (seconds of [`ConnTable`]'s clock).
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// How the frame's TCP checksum stands.
+    pub mode: Mode,
+    /// What the host translates.
+    pub rules: &'a Rules,
+    /// The host's connections.
+    pub table: &'a ConnTable,
+    /// The host's kernel, asked about listeners and connecting sockets.
+    pub sockets: &'a dyn Sockets,
+    /// Now, in the table's seconds.
+    pub now: u32,
+}
+
+impl core::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Context").field("mode", &self.mode).field("now", &self.now).finish_non_exhaustive()
+    }
+}
+
 /// Everything a host does on ingress, in the order the TC ingress program
 /// does it: the one behaviour of both dataplanes (docs/protocol.md, the
 /// conformance cases). IPIP to a local address whose inner header is IPv4
@@ -344,32 +367,21 @@ pub struct Ingress {
 /// decapsulator); then a SYN takes the server path, a SYN-ACK with the
 /// SYN-ACK form the learning path, an ICMP error the quote translation,
 /// and any other packet of a known connection the source rewrite.
-pub fn ingress(
-    frame: &mut [u8],
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    sockets: &dyn Sockets,
-    now: u32,
-) -> Ingress {
-    let decapsulate = ipip_to_local(frame, config);
+pub fn ingress(frame: &mut [u8], cx: &Context<'_>) -> Ingress {
+    let decapsulate = ipip_to_local(frame, cx.rules);
     let located = locate(frame, decapsulate);
-    ingress_located(frame, decapsulate, located, mode, config, table, sockets, now)
+    ingress_located(frame, decapsulate, located, cx)
 }
 
 /// [`ingress`] once the frame is located (`decapsulate`: it is IPIP to a
 /// local address and `located` is its inner packet).
-#[allow(clippy::too_many_arguments)]
 fn ingress_located(
     frame: &mut [u8],
     decapsulate: bool,
     located: Result<Located, Reason>,
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    sockets: &dyn Sockets,
-    now: u32,
+    cx: &Context<'_>,
 ) -> Ingress {
+    let Context { mode, rules: config, table, sockets, now } = *cx;
     let verdict = match located {
         Err(Reason::NotTcp) if !decapsulate => icmp_error_ingress(frame, table, now),
         Err(reason) => Verdict::Pass(reason),
@@ -377,7 +389,7 @@ fn ingress_located(
             Ok(()) => Verdict::Rewritten { start: 0 },
             Err(reason) => Verdict::Pass(reason),
         },
-        Ok(at) => client_located(frame, &at, mode, config, table, sockets, now),
+        Ok(at) => client_located(frame, &at, cx),
     };
     if !decapsulate {
         return Ingress { start: 0, verdict };
@@ -437,15 +449,8 @@ pub const BATCH: usize = 64;
 /// The cache misses of a large table overlap instead of following one
 /// another. `out[i]` is what became of `frames[i]`; verdicts and bytes are
 /// those of [`ingress`] frame by frame.
-pub fn ingress_batch(
-    frames: &mut [&mut [u8]],
-    mode: Mode,
-    config: &Config,
-    table: &ConnTable,
-    sockets: &dyn Sockets,
-    now: u32,
-    out: &mut [Ingress],
-) {
+pub fn ingress_batch(frames: &mut [&mut [u8]], cx: &Context<'_>, out: &mut [Ingress]) {
+    let Context { rules: config, table, .. } = *cx;
     for (frames, out) in frames.chunks_mut(BATCH).zip(out.chunks_mut(BATCH)) {
         let mut located = [(false, Err(Reason::Malformed)); BATCH];
         for (frame, located) in frames.iter().zip(located.iter_mut()) {
@@ -458,7 +463,7 @@ pub fn ingress_batch(
             }
         }
         for ((frame, (decapsulate, located)), out) in frames.iter_mut().zip(located).zip(out.iter_mut()) {
-            *out = ingress_located(frame, decapsulate, located, mode, config, table, sockets, now);
+            *out = ingress_located(frame, decapsulate, located, cx);
         }
     }
 }
@@ -494,7 +499,7 @@ pub fn client_egress_batch(
 /// whose inner header starts as IPv4 should (version 4, IHL at least 5)
 /// and has the 20 bytes of one in the frame (the kernel's helper that the
 /// TC program decapsulates with refuses to leave less).
-fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
+fn ipip_to_local(frame: &[u8], config: &Rules) -> bool {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return false;
     };
@@ -512,137 +517,4 @@ fn ipip_to_local(frame: &[u8], config: &Config) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes() {
-        let p: Prefix = "10.10.3.77/24".parse().unwrap();
-        assert_eq!(p.addr(), [10, 10, 3, 0]);
-        assert_eq!(p.to_string(), "10.10.3.0/24");
-        assert!(p.contains([10, 10, 3, 255]));
-        assert!(!p.contains([10, 10, 4, 0]));
-        let all: Prefix = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains([255, 1, 2, 3]));
-        let host: Prefix = "1.2.3.4".parse().unwrap();
-        assert_eq!(host.len(), 32);
-        assert!(host.contains([1, 2, 3, 4]) && !host.contains([1, 2, 3, 5]));
-        assert_eq!("1.2.3.4/33".parse::<Prefix>(), Err(BadPrefix));
-        assert_eq!("1.2.3/8".parse::<Prefix>(), Err(BadPrefix));
-    }
-
-    /// A real SYN-ACK as its sender (10.99.0.2:8080, on a veth with
-    /// checksum offload on) left it: its checksum field holds the
-    /// pseudo-header sum, 0x14f7; complete, it is 0x7a50 (tcpdump).
-    static PENDING_SYN_ACK: [u8; 74] = [
-        0x92, 0x90, 0xc0, 0x54, 0x78, 0x8d, 0xae, 0x5c, 0x45, 0xd2, 0xc9, 0x32, 0x08, 0x00, 0x45, 0x00, 0x00,
-        0x3c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x06, 0x25, 0xf4, 0x0a, 0x63, 0x00, 0x02, 0x0a, 0x63, 0x00, 0x01,
-        0x1f, 0x90, 0xd2, 0xf6, 0xd3, 0x7f, 0x10, 0x4a, 0xe0, 0x4c, 0x46, 0xcd, 0xa0, 0x12, 0xfe, 0x88, 0x14,
-        0xf7, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x5d, 0x22, 0x95, 0x95, 0x71, 0x77,
-        0x58, 0xb1, 0x01, 0x03, 0x03, 0x0a,
-    ];
-
-    /// A real data segment of the same connection, 32 bytes of payload,
-    /// from the client's side: pending 0x150f, complete 0x7cbb.
-    static PENDING_DATA: [u8; 98] = [
-        0xae, 0x5c, 0x45, 0xd2, 0xc9, 0x32, 0x92, 0x90, 0xc0, 0x54, 0x78, 0x8d, 0x08, 0x00, 0x45, 0x00, 0x00,
-        0x54, 0xa0, 0x55, 0x40, 0x00, 0x40, 0x06, 0x85, 0x86, 0x0a, 0x63, 0x00, 0x01, 0x0a, 0x63, 0x00, 0x02,
-        0xd2, 0xf6, 0x1f, 0x90, 0xe0, 0x4c, 0x46, 0xcd, 0xd3, 0x7f, 0x10, 0x4b, 0x80, 0x18, 0x00, 0x3f, 0x15,
-        0x0f, 0x00, 0x00, 0x01, 0x01, 0x08, 0x0a, 0x71, 0x77, 0x58, 0xb2, 0x5d, 0x22, 0x95, 0x95, 0x68, 0x65,
-        0x6c, 0x6c, 0x6f, 0x2c, 0x20, 0x68, 0x65, 0x65, 0x6c, 0x73, 0x3a, 0x20, 0x61, 0x20, 0x70, 0x65, 0x6e,
-        0x64, 0x69, 0x6e, 0x67, 0x20, 0x63, 0x68, 0x65, 0x63, 0x6b, 0x73, 0x75, 0x6d,
-    ];
-
-    /// Offset of the TCP checksum in the fixtures (no IPv4 options).
-    const TCP_CHECK: std::ops::Range<usize> = 50..52;
-
-    /// The TCP checksum computed from scratch: pseudo-header, then the
-    /// segment with its field zeroed.
-    fn recomputed(frame: &[u8], ip: usize) -> u16 {
-        let header_len = usize::from(frame[ip] & 0x0f) * 4;
-        let end = ip + usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
-        let (src, dst) =
-            (frame[ip + 12..ip + 16].try_into().unwrap(), frame[ip + 16..ip + 20].try_into().unwrap());
-        let mut segment = frame[ip + header_len..end].to_vec();
-        let mut tcp = TcpPacket::new_unchecked(&mut segment[..]);
-        tcp.fill_checksum(src, dst);
-        tcp.checksum()
-    }
-
-    fn tcp_check(frame: &[u8], at: std::ops::Range<usize>) -> u16 {
-        u16::from_be_bytes([frame[at.start], frame[at.start + 1]])
-    }
-
-    #[test]
-    fn pending_checksums_of_real_frames_are_completed() {
-        for (fixture, pending, complete) in
-            [(&PENDING_SYN_ACK[..], 0x14f7, 0x7a50), (&PENDING_DATA[..], 0x150f, 0x7cbb)]
-        {
-            let mut frame = fixture.to_vec();
-            assert_eq!(tcp_check(&frame, TCP_CHECK), pending);
-            assert!(complete_checksum(&mut frame));
-            assert_eq!(tcp_check(&frame, TCP_CHECK), complete, "as tcpdump computed it");
-            assert_eq!(tcp_check(&frame, TCP_CHECK), recomputed(&frame, 14), "as a full recomputation");
-            let mut only_checksum = fixture.to_vec();
-            only_checksum[TCP_CHECK].copy_from_slice(&frame[TCP_CHECK]);
-            assert_eq!(frame, only_checksum, "nothing but the checksum changes");
-            // Complete now: one comparison, and the frame stays as it is.
-            assert!(!complete_checksum(&mut frame));
-            assert_eq!(frame, only_checksum);
-        }
-    }
-
-    #[test]
-    fn a_complete_checksum_equal_to_the_pseudo_header_sum_is_left_alone() {
-        let mut frame = PENDING_DATA.to_vec();
-        complete_checksum(&mut frame);
-        // Choose the payload's last word so that the complete checksum
-        // equals the pseudo-header sum, the one case one comparison
-        // cannot tell apart.
-        let pending = 0x150f;
-        let word = (0..=u16::MAX)
-            .find(|&w| {
-                frame[96..98].copy_from_slice(&w.to_be_bytes());
-                recomputed(&frame, 14) == pending
-            })
-            .expect("some word gives any checksum");
-        frame[96..98].copy_from_slice(&word.to_be_bytes());
-        frame[TCP_CHECK].copy_from_slice(&u16::to_be_bytes(pending));
-        let before = frame.clone();
-        assert!(!complete_checksum(&mut frame));
-        assert_eq!(frame, before);
-    }
-
-    #[test]
-    fn a_pending_checksum_inside_ipip_is_completed() {
-        // The SYN-ACK as an IPIP LB would wrap it, from 10.99.0.9.
-        let mut outer = [0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0, 10, 99, 0, 9, 10, 99, 0, 1];
-        outer[2..4].copy_from_slice(&(20 + 60u16).to_be_bytes());
-        let check = checksum::checksum(&outer);
-        outer[10..12].copy_from_slice(&check.to_be_bytes());
-        let mut frame = PENDING_SYN_ACK[..14].to_vec();
-        frame.extend_from_slice(&outer);
-        frame.extend_from_slice(&PENDING_SYN_ACK[14..]);
-        assert!(complete_checksum(&mut frame));
-        assert_eq!(tcp_check(&frame, 70..72), 0x7a50);
-        assert_eq!(tcp_check(&frame, 70..72), recomputed(&frame, 34));
-    }
-
-    #[test]
-    fn frames_without_a_tcp_segment_are_left_alone() {
-        let mut arp = PENDING_SYN_ACK.to_vec();
-        arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        let before = arp.clone();
-        assert!(!complete_checksum(&mut arp));
-        assert_eq!(arp, before);
-        let mut short = PENDING_SYN_ACK[..40].to_vec();
-        assert!(!complete_checksum(&mut short));
-    }
-
-    #[test]
-    fn reasons_are_listed_once_in_order() {
-        for (i, reason) in Reason::ALL.iter().enumerate() {
-            assert_eq!(*reason as usize, i, "{reason}");
-        }
-    }
-}
+mod tests;

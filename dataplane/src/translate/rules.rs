@@ -85,7 +85,7 @@ pub struct Service {
 
 /// What a host accepts. A host can be client, server or both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Config {
+pub struct Rules {
     /// Addresses of this host (its DIPs, and IPIP outer destinations).
     pub local_addrs: Vec<[u8; 4]>,
     /// Services this host serves.
@@ -125,7 +125,7 @@ pub trait Sockets {
     fn connecting(&self, client: Endpoint, vip: Endpoint) -> bool;
 }
 
-impl Config {
+impl Rules {
     pub(super) fn is_local(&self, addr: [u8; 4]) -> bool {
         self.local_addrs.contains(&addr)
     }

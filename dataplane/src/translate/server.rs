@@ -12,7 +12,7 @@ use super::*;
 ///
 /// The caller marks a rewritten SYN (skb mark) so that replies of the
 /// connection can be routed around a DNAT LB.
-pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Config, sockets: &dyn Sockets) -> Verdict {
+pub fn server_syn_ingress(frame: &mut [u8], mode: Mode, config: &Rules, sockets: &dyn Sockets) -> Verdict {
     let at = match locate(frame, true) {
         Ok(at) => at,
         Err(reason) => return Verdict::Pass(reason),
@@ -32,7 +32,7 @@ pub(super) fn server_syn(
     frame: &mut [u8],
     at: &Located,
     mode: Mode,
-    config: &Config,
+    config: &Rules,
     sockets: &dyn Sockets,
 ) -> Result<(), Reason> {
     let result = try_server_syn(frame, at, mode, config, sockets);
@@ -46,7 +46,7 @@ fn try_server_syn(
     frame: &mut [u8],
     at: &Located,
     mode: Mode,
-    config: &Config,
+    config: &Rules,
     sockets: &dyn Sockets,
 ) -> Result<(), Reason> {
     let found =

@@ -27,7 +27,7 @@ use heels_common::{
     MAP_TC_STATS, MAP_VIP_STATS, MAX_CONNECTIONS, SOCKOPS_PROGRAM, SYN_ANSWER_PROGRAM, TC_EGRESS_PROGRAM,
     TC_INGRESS_PROGRAM, TC_MARK_TRANSLATED_PROGRAM,
 };
-use heels_dataplane::translate::{Config as Rules, Prefix};
+use heels_dataplane::translate::{Prefix, Rules};
 
 /// Root of every instance's pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/heels";
