@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use heels_bpf::{Connection, Hook, Instance, InstanceConfig, ProgramRunner, TcAction, TcOutcome};
 use heels_common::TcCounter;
 use heels_dataplane::checksum::Mode;
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
@@ -22,7 +23,6 @@ use heels_dataplane::wire::{
     EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr, Protocol, TcpFlags, TcpPacket, TcpRepr,
 };
 use heels_lab::netns::{spawn_in, Cgroup, NetNs};
-use heels_xdp::{Connection, Datapath, DatapathConfig, Hook, ProgramRunner, TcAction, TcOutcome};
 
 /// A second service whose local port nothing listens on.
 const VIP2: Endpoint = Endpoint::new([10, 10, 100, 2], 80);
@@ -670,7 +670,7 @@ impl Drop for Bed {
     fn drop(&mut self) {
         let _ = self.listener.kill();
         let _ = self.listener.wait();
-        let _ = Datapath::remove(&self.instance);
+        let _ = Instance::remove(&self.instance);
     }
 }
 
@@ -703,7 +703,7 @@ fn bed() -> Bed {
         netns.ip(args).expect("ip");
     }
     // The very value the core runs with: one configuration, both engines.
-    let datapath = DatapathConfig {
+    let datapath = InstanceConfig {
         instance: instance.clone(),
         interfaces: vec!["v0".to_owned()],
         cgroup: cgroup.path().to_owned(),
@@ -712,7 +712,7 @@ fn bed() -> Bed {
         max_connections: 0,
         time_wait: heels_agent::config::kernel_time_wait_layout(),
     };
-    netns.enter(|| Ok(Datapath::start(&datapath)?)).expect("heels attaches");
+    netns.enter(|| Ok(Instance::start(&datapath)?)).expect("heels attaches");
     // The listener opens after sockops is attached: it is served.
     let mut command = Command::new(heels_binary());
     command
@@ -753,7 +753,7 @@ fn connecting_socket(client: Endpoint, vip: Endpoint) -> OwnedFd {
 }
 
 fn counters(instance: &str) -> Vec<(TcCounter, u64)> {
-    Datapath::open(instance).unwrap().counters().unwrap()
+    Instance::open(instance).unwrap().counters().unwrap()
 }
 
 /// The kernel's answer: the counters that moved, the program's action and
@@ -764,7 +764,7 @@ fn kernel(bed: &Bed, runner: &ProgramRunner, case: &Case) -> (Vec<TcCounter>, Tc
 
 /// [`kernel`], or why the program could not run.
 fn kernel_run(bed: &Bed, runner: &ProgramRunner, case: &Case) -> anyhow::Result<(Vec<TcCounter>, TcOutcome)> {
-    let mut datapath = Datapath::open(&bed.instance).unwrap();
+    let mut datapath = Instance::open(&bed.instance).unwrap();
     for connection in datapath.connections().unwrap() {
         datapath.forget(&connection).unwrap();
     }
@@ -889,7 +889,7 @@ fn client_syn(seq: u32) -> Vec<u8> {
 fn a_retransmitted_syn_keeps_its_entries_on_both_engines() {
     let bed = bed();
     let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
-    let mut datapath = Datapath::open(&bed.instance).unwrap();
+    let mut datapath = Instance::open(&bed.instance).unwrap();
     let connection = Connection { client: CLIENT.into(), vip: VIP.into(), backend: BACKEND.into() };
     let (table, ends, config) = (fuzzing::table_with_connection(), SynEnds::new(16), config());
     let first = 0x4000_0000u32;
@@ -917,14 +917,14 @@ fn a_retransmitted_syn_keeps_its_entries_on_both_engines() {
 }
 
 /// The TC egress program records each SYN to a client VIP in the
-/// mmapable array an afxdp worker reads (`heels_xdp::SentSyns`): after the
+/// mmapable array an afxdp worker reads (`heels_bpf::SentSyns`): after the
 /// client's SYN, the mapping finds its flow; a flow no SYN left on is not
 /// found.
 #[test]
 fn the_egress_program_records_a_sent_syn_where_the_workers_read_it() {
     let bed = bed();
     let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
-    let datapath = Datapath::open(&bed.instance).unwrap();
+    let datapath = Instance::open(&bed.instance).unwrap();
     let sent = datapath.sent_syns().expect("the record maps into memory");
     let flow = heels_common::FlowV4::between(&CLIENT, &VIP);
     let other = Endpoint { port: (u16::from_be_bytes(CLIENT.port) + 1).to_be_bytes(), ..CLIENT };
@@ -1063,7 +1063,7 @@ fn the_core_and_the_tc_programs_agree_on_mutated_and_random_frames() {
 fn a_syn_of_an_established_translated_connection_is_translated_again() {
     let bed = bed();
     let runner = ProgramRunner::load(&bed.instance).expect("the programs load over the instance's maps");
-    let datapath = Datapath::open(&bed.instance).unwrap();
+    let datapath = Instance::open(&bed.instance).unwrap();
     let client = Endpoint::new(CLIENT.addr, 41_000);
     let backend = Endpoint::new(BACKEND.addr, BACKEND.port());
     // The connection, established with the bed's served listener.

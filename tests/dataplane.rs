@@ -93,7 +93,7 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
             set_thread_netns(&path)?;
             let mut region = Region::registered(1024, 512)?;
             let port = XskPort::open(&mut region, "g1", 0, PortConfig { ring_size: 512, zero_copy: false })?;
-            let mut program = heels_xdp::ToWorkers::attach(&pins, "g1")?;
+            let mut program = heels_bpf::ToWorkers::attach(&pins, "g1")?;
             program.insert(0, port.fd())?;
             let devices =
                 vec![Sink::Port(Box::new(port)), Sink::Memory(MemoryPort::once_capturing(Vec::new()))];
@@ -126,7 +126,7 @@ fn frames_cross_a_worker_on_veth_rewritten_as_the_core_does() {
             let config = PortConfig { ring_size: 512, zero_copy: false };
             let input = XskPort::open(&mut region, "d0", 0, config)?;
             let output = XskPort::open(&mut region, "d1", 0, config)?;
-            let mut program = heels_xdp::ToWorkers::attach(&pins, "d0")?;
+            let mut program = heels_bpf::ToWorkers::attach(&pins, "d0")?;
             program.insert(0, input.fd())?;
             let config = Arc::new(heels_dataplane::fuzzing::config());
             let syn_ends = Arc::new(heels_dataplane::conntrack::SynEnds::new(64));

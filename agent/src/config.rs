@@ -40,8 +40,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
+use heels_bpf::InstanceConfig;
 use heels_dataplane::translate::{Prefix, Rules, Service as ServiceRule};
-use heels_xdp::DatapathConfig;
 use serde::{Deserialize, Serialize};
 
 /// A configuration that does not parse or does not make sense.
@@ -498,8 +498,8 @@ impl AgentConfig {
     }
 
     /// The kernel-side form of the configuration.
-    pub fn datapath(&self) -> Result<DatapathConfig, ConfigError> {
-        Ok(DatapathConfig {
+    pub fn datapath(&self) -> Result<InstanceConfig, ConfigError> {
+        Ok(InstanceConfig {
             instance: self.instance.clone(),
             interfaces: self.interfaces.clone(),
             cgroup: self.cgroup.clone(),
@@ -548,7 +548,7 @@ impl AgentConfig {
 pub fn kernel_time_wait_layout() -> heels_common::time_wait::TimeWaitLayout {
     static LAYOUT: std::sync::OnceLock<heels_common::time_wait::TimeWaitLayout> = std::sync::OnceLock::new();
     *LAYOUT.get_or_init(|| {
-        heels_xdp::btf::Btf::from_kernel().and_then(|btf| heels_xdp::btf::time_wait_layout(&btf)).unwrap_or_else(|e| {
+        heels_bpf::btf::Btf::from_kernel().and_then(|btf| heels_bpf::btf::time_wait_layout(&btf)).unwrap_or_else(|e| {
             tracing::warn!(
                 "reading the kernel's TIME_WAIT layout: {e} (SYNs that meet a direct connection's TIME_WAIT take the LB path)"
             );

@@ -18,7 +18,7 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use heels_xdp::{Connection, Datapath};
+use heels_bpf::{Connection, Instance};
 
 use crate::afxdp::AfxdpReport;
 use crate::config::{AgentConfig, DataplaneKind};
@@ -43,7 +43,7 @@ pub trait Dataplane {
 
 /// The dataplane `config` asks for, over `datapath` (the `tc` programs,
 /// attached).
-pub fn start(config: &AgentConfig, datapath: Datapath) -> anyhow::Result<Box<dyn Dataplane>> {
+pub fn start(config: &AgentConfig, datapath: Instance) -> anyhow::Result<Box<dyn Dataplane>> {
     Ok(match config.dataplane {
         DataplaneKind::Tc => Box::new(Tc { datapath, sweeper: Sweeper::default() }),
         DataplaneKind::Afxdp => Box::new(Afxdp::start(config, datapath)?),
@@ -53,7 +53,7 @@ pub fn start(config: &AgentConfig, datapath: Datapath) -> anyhow::Result<Box<dyn
 /// The `tc` dataplane.
 #[derive(Debug)]
 pub struct Tc {
-    datapath: Datapath,
+    datapath: Instance,
     sweeper: Sweeper,
 }
 
@@ -90,7 +90,7 @@ const REPORT_FILE_EVERY: Duration = Duration::from_millis(500);
 /// The `afxdp` dataplane: the workers over the `tc` standby.
 #[derive(Debug)]
 pub struct Afxdp {
-    standby: Datapath,
+    standby: Instance,
     sweeper: Sweeper,
     /// `None` once a worker stopped (the standby carries on alone).
     workers: Option<crate::afxdp::Workers>,
@@ -99,7 +99,7 @@ pub struct Afxdp {
 }
 
 impl Afxdp {
-    fn start(config: &AgentConfig, mut standby: Datapath) -> anyhow::Result<Afxdp> {
+    fn start(config: &AgentConfig, mut standby: Instance) -> anyhow::Result<Afxdp> {
         let workers = crate::afxdp::Workers::start(config, &mut standby, config.rules()?)
             .with_context(|| format!("starting the afxdp dataplane of instance {}", config.instance))?;
         tracing::info!(instance = %config.instance, workers = workers.stats().workers, "afxdp workers running");
@@ -195,7 +195,7 @@ impl Sweeper {
     }
 
     /// One sweep over the datapath; returns how many connections went.
-    pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
+    pub fn sweep(&mut self, datapath: &mut Instance) -> anyhow::Result<usize> {
         let connections = datapath.connections()?;
         if connections.is_empty() && self.suspects.is_empty() {
             // Nothing to check (a server-only host, an idle client): no dump.

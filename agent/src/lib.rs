@@ -7,7 +7,7 @@
 //! - [`instance`]: what an instance saves under `/run/heels`.
 //! - [`host`]: the host changes an agent makes (direct route, sysctl).
 //! - [`afxdp`]: the afxdp dataplane's control (workers, pair, next hops);
-//!   the tc dataplane's is `heels_xdp::Datapath`.
+//!   the tc dataplane's is `heels_bpf::Instance`.
 //! - [`sockets`], [`netlink`]: the kernel's sockets (sock_diag), netlink.
 //! - [`metrics`]: the Prometheus endpoint; [`report`]: `heels status`,
 //!   `conns`, `stats`.

@@ -42,14 +42,14 @@
 //! ...
 //! ```
 
-use heels_xdp::Datapath;
+use heels_bpf::Instance;
 use serde_json::json;
 
 use crate::instance::state_file;
 
 /// `heels stats`.
 pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
-    let counters = Datapath::open(instance)?.counters()?;
+    let counters = Instance::open(instance)?.counters()?;
     // The afxdp workers' counters, when an afxdp agent runs (or died
     // without stopping: then they are its last).
     let afxdp = crate::afxdp::read_report(instance);
@@ -78,7 +78,7 @@ pub fn stats(instance: &str, as_json: bool) -> anyhow::Result<String> {
 
 /// `heels conns`.
 pub fn conns(instance: &str, as_json: bool) -> anyhow::Result<String> {
-    let connections = Datapath::open(instance)?.connections()?;
+    let connections = Instance::open(instance)?.connections()?;
     Ok(if as_json {
         let list: Vec<_> = connections
             .iter()
@@ -102,7 +102,7 @@ pub fn conns(instance: &str, as_json: bool) -> anyhow::Result<String> {
 
 /// `heels status`.
 pub fn status(instance: &str, as_json: bool) -> anyhow::Result<String> {
-    let datapath = Datapath::open(instance)?;
+    let datapath = Instance::open(instance)?;
     let links = datapath.links();
     let connections = datapath.connections()?.len();
     let config = std::fs::read_to_string(state_file(instance)).ok();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use heels_xdp::Datapath;
+use heels_bpf::Instance;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::AgentConfig;
@@ -28,7 +28,7 @@ use crate::metrics::{AgentFigures, MetricsServer, Sweeps};
 use arc_swap::ArcSwapOption;
 
 /// Sets the instance up; returns once everything is attached.
-pub fn start(config: &AgentConfig) -> anyhow::Result<Datapath> {
+pub fn start(config: &AgentConfig) -> anyhow::Result<Instance> {
     std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
     let mut datapath_config = config.datapath()?;
     if config.server.is_some() {
@@ -44,7 +44,7 @@ pub fn start(config: &AgentConfig) -> anyhow::Result<Datapath> {
     if config.client.as_ref().is_some_and(|c| c.uniform_timestamps) {
         uniform_timestamps(&config.instance)?;
     }
-    let datapath = Datapath::start(&datapath_config)
+    let datapath = Instance::start(&datapath_config)
         .with_context(|| format!("starting instance {}", config.instance))?;
     if let Some(route) = config.server.as_ref().and_then(|s| s.direct_route.as_ref()) {
         install_direct_route(route).context("installing the direct route")?;
@@ -71,7 +71,7 @@ pub fn down(instance: &str) -> anyhow::Result<()> {
         std::fs::write(TCP_TIMESTAMPS, value.trim()).context("restoring net.ipv4.tcp_timestamps")?;
         let _ = std::fs::remove_file(&saved);
     }
-    Datapath::remove(instance).with_context(|| format!("removing instance {instance}"))?;
+    Instance::remove(instance).with_context(|| format!("removing instance {instance}"))?;
     Ok(())
 }
 
@@ -92,7 +92,7 @@ pub fn cleanup(instance: &str) -> anyhow::Result<()> {
         Ok(()) => println!("removed instance {instance}"),
         Err(e)
             if e.chain()
-                .any(|c| matches!(c.downcast_ref(), Some(heels_xdp::DatapathError::NoInstance(_)))) =>
+                .any(|c| matches!(c.downcast_ref(), Some(heels_bpf::InstanceError::NoInstance(_)))) =>
         {
             println!("nothing of instance {instance} was left")
         }

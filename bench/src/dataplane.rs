@@ -336,7 +336,7 @@ impl Bed {
                     let from = devices.len() - 2;
                     paths.push(Path { from, to: from + 1, stage: stage() });
                 }
-                let mut to_workers = heels_xdp::ToWorkers::attach(&pin_dir, "d0")?;
+                let mut to_workers = heels_bpf::ToWorkers::attach(&pin_dir, "d0")?;
                 for (queue, pair) in devices.chunks(2).enumerate() {
                     to_workers.insert(queue as u32, pair[0].fd())?;
                 }

@@ -183,7 +183,7 @@ impl LoadBalancer {
             LbKind::Ipip if second_vip => bail!("the IPIP LB fixture serves one VIP, not a second"),
             LbKind::Ipip => {
                 load_ruleset(host, &ipip_ruleset()).context("the IPIP LB's counters")?;
-                let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
+                let mut ebpf = EbpfLoader::new().load(heels_bpf::LAB_LB_OBJECT)?;
                 let mut config: Array<_, LabLbConfig> =
                     Array::try_from(ebpf.map_mut(heels_common::MAP_LAB_LB_CONFIG).context("config map")?)?;
                 config.set(
@@ -278,7 +278,7 @@ pub enum DecapAt {
 /// lacks) to the servers, at TC ingress or at XDP. Kept attached while the
 /// returned object lives.
 pub fn attach_decap(servers: &[&Host], at: DecapAt) -> anyhow::Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT)?;
+    let mut ebpf = EbpfLoader::new().load(heels_bpf::LAB_LB_OBJECT)?;
     match at {
         DecapAt::Tc => {
             let program: &mut SchedClassifier =

@@ -37,11 +37,11 @@ pub fn sweep(prefix: &str) {
             let _ = std::fs::write(host.path().join("cgroup.kill"), "1");
         }
     }
-    let instances: Vec<String> = std::fs::read_dir(heels_xdp::tc::PIN_ROOT)
+    let instances: Vec<String> = std::fs::read_dir(heels_bpf::tc::PIN_ROOT)
         .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     for instance in instances.iter().filter(|i| i.starts_with("hl") && i.starts_with(prefix)) {
-        let _ = heels_xdp::Datapath::remove(instance);
+        let _ = heels_bpf::Instance::remove(instance);
         heels_agent::instance::remove_saved_state(instance);
     }
     // Saved state whose pins are gone already (an agent killed after the

@@ -174,7 +174,7 @@ pub fn run(spec: &ScaleSpec, heels: &Path, progress: &Progress) -> anyhow::Resul
     progress.message("building the lab: namespaces, the LB, servers, agents");
     let lab = Lab::build(lab_spec, heels)?;
     let instance = lab.client_instance().context("the scale run needs heels on the client")?;
-    let datapath = heels_xdp::tc::Datapath::open(&instance)?;
+    let datapath = heels_bpf::tc::Instance::open(&instance)?;
     let hold = hold(&lab, spec, &instance, &datapath, progress)?;
     let maps = map_memory(&lab)?;
     let capacity = datapath.capacity()? as u64;
@@ -218,7 +218,7 @@ fn hold(
     lab: &Lab,
     spec: &ScaleSpec,
     instance: &str,
-    datapath: &heels_xdp::tc::Datapath,
+    datapath: &heels_bpf::tc::Instance,
     progress: &Progress,
 ) -> anyhow::Result<HoldReport> {
     let sources = lab.client_addresses();
@@ -374,7 +374,7 @@ fn map_memory(lab: &Lab) -> anyhow::Result<Vec<MapMemory>> {
         [(Role::Client, lab.client_instance()), (Role::Server(1), lab.server_instances().first().cloned())];
     for (role, instance) in hosts {
         let Some(instance) = instance else { continue };
-        let dir = heels_xdp::tc::instance_dir(&instance).join("maps");
+        let dir = heels_bpf::tc::instance_dir(&instance).join("maps");
         let mut pins: Vec<_> = std::fs::read_dir(&dir)
             .with_context(|| format!("listing {}", dir.display()))?
             .flatten()

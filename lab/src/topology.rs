@@ -656,7 +656,7 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for agent in &self.agents {
-            let _ = heels_xdp::Datapath::remove(&agent.instance);
+            let _ = heels_bpf::Instance::remove(&agent.instance);
             heels_agent::instance::remove_saved_state(&agent.instance);
         }
         self.lb = None;

@@ -81,7 +81,7 @@ fn afxdp_client_did_the_work(lab: &Lab) {
     // (sockops), then the workers' table and steering.
     let afxdp = wait_for_report(lab, |r| r.table_entries == 0);
     assert_eq!(afxdp.table_entries, 0, "{afxdp:?}");
-    assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
+    assert_eq!(Instance::open(&client).unwrap().connections().unwrap(), vec![]);
 }
 
 /// Closed connections leave the afxdp client's table, its steering and the
@@ -102,7 +102,7 @@ fn afxdp_client_forgets_connections_as_sockops_reports_their_close() {
     assert_eq!(afxdp.table_entries, 0, "{afxdp:?}");
     let client = lab.client_instance().unwrap();
     assert_eq!(
-        Datapath::open(&client).unwrap().connections().unwrap(),
+        Instance::open(&client).unwrap().connections().unwrap(),
         vec![],
         "the standby's entries went too"
     );
@@ -336,7 +336,7 @@ fn killing_the_afxdp_agent_fails_open() {
     )
     .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(!heels_xdp::tc::instance_dir(&client).exists(), "the pins are gone");
+    assert!(!heels_bpf::tc::instance_dir(&client).exists(), "the pins are gone");
     assert!(!has(&["link", "show"], "heels0"));
     lab.start_agent_on(Role::Client).unwrap();
     let report = verify(&lab, lab.service(), 10);

@@ -38,18 +38,18 @@ fn the_agent_drops_entries_whose_socket_is_gone() {
     let lab = lab(LbKind::Fullnat, Dataplane::Tc, Dataplane::Tc, Overrides::default());
     let client = lab.client_instance().unwrap();
     // An entry no socket stands for (as if its close callback was missed).
-    let orphan = heels_xdp::Connection {
+    let orphan = heels_bpf::Connection {
         client: SocketAddrV4::new(heels_lab::CLIENT, 1),
         vip: lab.service(),
         backend: SocketAddrV4::new(heels_lab::server_addr(0), heels_lab::SERVER_PORT),
     };
-    Datapath::open(&client).unwrap().remember(&orphan).unwrap();
+    Instance::open(&client).unwrap().remember(&orphan).unwrap();
     // A real connection, alive throughout: it runs for a time, longer than
     // the wait below (not for a count of exchanges, which a fast machine
     // finishes early).
     let mut child = lab.spawn_load(&pingpong_spec(lab.service(), 15.0)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(8);
-    let connections = || Datapath::open(&client).unwrap().connections().unwrap();
+    let connections = || Instance::open(&client).unwrap().connections().unwrap();
     while connections().contains(&orphan) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -83,7 +83,7 @@ fn status_conns_and_stats_read_an_instance() {
     // `heels down` takes the client's heels away: nothing stays pinned, and
     // its connections go through the LB again.
     heels_agent::run::down(&client).unwrap();
-    assert!(!heels_xdp::tc::instance_dir(&client).exists());
+    assert!(!heels_bpf::tc::instance_dir(&client).exists());
     let before = lab.lb_counters().unwrap();
     let report = verify(&lab, lab.service(), 5);
     assert_all_verified(&report, 5);

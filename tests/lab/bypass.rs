@@ -42,7 +42,7 @@ fn dual_stack_listeners_and_clients_are_bypassed() {
     assert!(counter(&client, TcCounter::SynAckLearned) >= 2 * CONNECTIONS as u64);
     // A live connection of an IPv6 socket keeps its entries through the
     // agent's sweeps (every second here): its socket is in /proc/net/tcp6.
-    let connections = || Datapath::open(&client).unwrap().connections().unwrap();
+    let connections = || Instance::open(&client).unwrap().connections().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !connections().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -194,7 +194,7 @@ fn a_syn_ack_naming_a_dip_outside_the_backends_creates_no_entry() {
     }
     assert!(counter(&client, TcCounter::SynAckRefused) > 0);
     assert_eq!(counter(&client, TcCounter::SynAckLearned), 0);
-    assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
+    assert_eq!(Instance::open(&client).unwrap().connections().unwrap(), vec![]);
     // An untrusted backend gets no traffic: the connection does not complete.
     let report = finish_load(child).unwrap();
     assert_eq!(report.connections_ok, 0);

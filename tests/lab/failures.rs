@@ -111,7 +111,7 @@ fn leftovers_of(prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
     found.extend(named("/var/run/netns"));
     found.extend(named(heels_lab::CGROUP_ROOT));
-    found.extend(named(heels_xdp::tc::PIN_ROOT));
+    found.extend(named(heels_bpf::tc::PIN_ROOT));
     found.extend(named(heels_agent::instance::STATE_DIR));
     found.extend(named(&std::env::temp_dir().to_string_lossy()));
     let links = std::process::Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
@@ -154,7 +154,7 @@ fn a_lab_test_killed_in_the_middle_leaves_nothing_lab_clean_does_not_remove() {
     // have pins; its load starts right after.
     let deadline = Instant::now() + Duration::from_secs(60);
     let attached = || {
-        let pins = std::fs::read_dir(heels_xdp::tc::PIN_ROOT).into_iter().flatten().flatten();
+        let pins = std::fs::read_dir(heels_bpf::tc::PIN_ROOT).into_iter().flatten().flatten();
         pins.filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count() >= 3
     };
     while !attached() && Instant::now() < deadline {

@@ -40,7 +40,7 @@ fn a_full_table_never_costs_a_live_connection(client: Dataplane) {
     assert_eq!(learned, u64::from(SMALL_TABLE), "exactly as many bypassed as there was room for");
     // Closed, their entries and rooms go (sockops at the close; the sweep,
     // every second here, for any close it missed).
-    let datapath = Datapath::open(&instance).unwrap();
+    let datapath = Instance::open(&instance).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while datapath.egress_entries().unwrap() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -11,13 +11,13 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use heels_bpf::Instance;
 use heels_common::TcCounter;
 use heels_lab::lb::LbCounters;
 use heels_lab::progress::Progress;
 use heels_lab::scale::{self, ScaleSpec, HOLD_REQUEST, HOLD_RESPONSE};
 use heels_lab::workload::{LoadReport, LoadSpec, Mode};
 use heels_lab::{finish_load, Dataplane, Lab, LabSpec, LbKind, Overrides, Role};
-use heels_xdp::Datapath;
 
 const CONNECTIONS: usize = 40;
 const REQUEST: u64 = 32 * 1024;
@@ -79,7 +79,7 @@ fn assert_all_verified(report: &LoadReport, connections: usize) {
 }
 
 fn counter(instance: &str, which: TcCounter) -> u64 {
-    let counters = Datapath::open(instance).expect("instance pins").counters().expect("counters");
+    let counters = Instance::open(instance).expect("instance pins").counters().expect("counters");
     counters.iter().find(|(c, _)| *c == which).map(|(_, v)| *v).expect("counter")
 }
 
@@ -158,10 +158,10 @@ fn bypassed_with(kind: LbKind, overrides: Overrides) {
     assert_eq!(counter(&client, TcCounter::Errors) + sum_over(&lab.server_instances(), TcCounter::Errors), 0);
     // Closed sockets took their entries with them.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !Datapath::open(&client).unwrap().connections().unwrap().is_empty() && Instant::now() < deadline {
+    while !Instance::open(&client).unwrap().connections().unwrap().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(Datapath::open(&client).unwrap().connections().unwrap(), vec![]);
+    assert_eq!(Instance::open(&client).unwrap().connections().unwrap(), vec![]);
     assert!(counter(&client, TcCounter::EntriesRemoved) >= CONNECTIONS as u64);
 }
 

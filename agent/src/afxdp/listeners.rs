@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use aya::maps::{HashMap, MapData};
 use heels_afxdp::host::Listeners;
+use heels_bpf::{ServerMaps, SynAnswerer};
 use heels_common::{EndpointV4, FlowV4, TcCounter};
 use heels_dataplane::conntrack::FlowKey;
 use heels_dataplane::option::Endpoint;
 use heels_dataplane::translate::{Reason, SynClock};
-use heels_xdp::{ServerMaps, SynAnswerer};
 
 /// What the workers' listener checks count, for the report.
 #[derive(Debug, Clone, Default)]

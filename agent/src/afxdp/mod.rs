@@ -41,10 +41,10 @@ use heels_afxdp::nexthop::{Hop, NextHops, Unresolved};
 use heels_afxdp::stage::Clock;
 use heels_afxdp::umem::Region;
 use heels_afxdp::worker::{pin_to_core, Idle, Path, Worker, WorkerStats};
+use heels_bpf::{Classifier, Closes, Connection, ConnectionMaps, Instance, SynMarker, ToWorkers};
 use heels_common::{EndpointV4, FlowV4};
 use heels_dataplane::conntrack::{ConnTable, FlowKey, SynEnds};
 use heels_dataplane::translate::{Learned, Rules};
-use heels_xdp::{Classifier, Closes, Connection, ConnectionMaps, Datapath, SynMarker, ToWorkers};
 
 use crate::config::AgentConfig;
 use crate::sockets::SocketQuery;
@@ -85,7 +85,7 @@ fn connection_of(learned: &Learned) -> Connection {
 }
 
 /// The `tc` egress program's record of the SYNs it sent, for the workers.
-struct StandbySent(heels_xdp::SentSyns);
+struct StandbySent(heels_bpf::SentSyns);
 
 impl StandbySyns for StandbySent {
     fn sent(&self, key: &FlowKey) -> bool {
@@ -240,7 +240,7 @@ impl std::fmt::Debug for Workers {
 impl Workers {
     /// Starts the workers over `datapath` (the `tc` dataplane, attached:
     /// the standby) with `rules`, and routes the configured VIPs into them.
-    pub fn start(config: &AgentConfig, datapath: &mut Datapath, rules: Rules) -> anyhow::Result<Workers> {
+    pub fn start(config: &AgentConfig, datapath: &mut Instance, rules: Rules) -> anyhow::Result<Workers> {
         let settings = config.afxdp.clone().unwrap_or_default();
         let uplink_name = config.interfaces[0].as_str();
         let uplink = pair::link(uplink_name)?;
@@ -446,7 +446,7 @@ impl Workers {
     /// Loads the connections the standby's pinned maps hold (a previous
     /// agent's, and any the `tc` programs learned meanwhile) into the
     /// workers' table and the steering map.
-    fn take_over(&mut self, datapath: &Datapath) -> anyhow::Result<()> {
+    fn take_over(&mut self, datapath: &Instance) -> anyhow::Result<()> {
         for c in datapath.connections().context("reading the standby's connections")? {
             let (client, vip, backend) =
                 (EndpointV4::from(c.client), EndpointV4::from(c.vip), c.backend.into());
@@ -502,7 +502,7 @@ impl Workers {
     /// sockops reported to the workers, learned connections into the
     /// standby maps, next hops read again after a change, and unresolved
     /// ones probed.
-    pub fn tick(&mut self, datapath: &mut Datapath) -> anyhow::Result<()> {
+    pub fn tick(&mut self, datapath: &mut Instance) -> anyhow::Result<()> {
         // The reports are read before the learned connections are taken:
         // a connection reported closed was learned before it closed, so
         // it is known by the time its report is handled.
@@ -529,7 +529,7 @@ impl Workers {
     /// connection on it, learned or about to be, whose entries these are
     /// too. What is left (a full queue, a failed question) waits for the
     /// sweep, which finds every close.
-    fn forget_reported_closes(&mut self, datapath: &mut Datapath) {
+    fn forget_reported_closes(&mut self, datapath: &mut Instance) {
         let mut reported = std::mem::take(&mut self.reported);
         for key in reported.drain(..) {
             let Some(forget) = self.known.get(&key) else { continue };
@@ -571,7 +571,7 @@ impl Workers {
     /// close was missed) and whose 4-tuple no live socket holds, to forget
     /// (see [`Forget`]: they do it, serialized with their learning); expires
     /// idle entries. Returns how many connections went.
-    pub fn sweep(&mut self, datapath: &mut Datapath) -> anyhow::Result<usize> {
+    pub fn sweep(&mut self, datapath: &mut Instance) -> anyhow::Result<usize> {
         self.tick(datapath)?;
         let standby: HashSet<(SocketAddrV4, SocketAddrV4)> =
             datapath.connections()?.iter().map(|c| (c.client, c.vip)).collect();
@@ -601,7 +601,7 @@ impl Workers {
     /// (the TC ingress program sees everything again), then the pair and its routes (the host's traffic to the
     /// VIPs leaves by the uplink, through the TC egress program), then the
     /// workers.
-    pub fn stop(mut self, datapath: &mut Datapath) -> anyhow::Result<()> {
+    pub fn stop(mut self, datapath: &mut Instance) -> anyhow::Result<()> {
         let drained = self.tick(datapath);
         self.shut_down();
         drained

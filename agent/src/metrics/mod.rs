@@ -77,8 +77,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use heels_bpf::Instance;
 use heels_common::{TcCounter, VipCounter, VipStats};
-use heels_xdp::Datapath;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -298,7 +298,7 @@ impl Snapshot {
         sweeps: &Sweeps,
         afxdp: Option<crate::afxdp::AfxdpReport>,
     ) -> anyhow::Result<Snapshot> {
-        let datapath = Datapath::open(instance)?;
+        let datapath = Instance::open(instance)?;
         let mut per_vip = datapath.vip_counters()?;
         for vip in vips.iter().filter(|vip| vip.port() != 0) {
             if !per_vip.iter().any(|(seen, _)| seen == vip) {
@@ -558,7 +558,7 @@ impl Figures for AgentFigures {
     }
 
     fn health(&self) -> Result<(), String> {
-        Datapath::open(&self.instance).map(drop).map_err(|e| format!("{e:#}"))
+        Instance::open(&self.instance).map(drop).map_err(|e| format!("{e:#}"))
     }
 }
 

@@ -524,7 +524,7 @@ fn note_failures(notes: &RefCell<Vec<String>>, bed: &Bed, what: &str, report: &L
     }
     let mut counted = Vec::new();
     for instance in bed.lab.instances() {
-        let Ok(datapath) = heels_xdp::Datapath::open(&instance) else {
+        let Ok(datapath) = heels_bpf::Instance::open(&instance) else {
             continue;
         };
         let entries = datapath.connections().map_or(0, |c| c.len());

@@ -162,7 +162,7 @@ impl SentSyns {
 
 /// SYNs the host sent to VIPs by a way other than the workers. Asked once
 /// per SYN-ACK form whose SYN no worker sent, so it must not block: a
-/// lookup in memory (the agent's is `heels_xdp::SentSyns`, the `tc`
+/// lookup in memory (the agent's is `heels_bpf::SentSyns`, the `tc`
 /// egress program's record mapped into the process).
 pub trait StandbySyns: Send + Sync {
     /// Whether a SYN left on `flow` (CIP:cport -> VIP:vport).

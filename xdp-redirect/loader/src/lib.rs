@@ -13,7 +13,7 @@ pub mod workers;
 pub use classifier::{Classifier, ClassifierError};
 pub use sent_syns::SentSyns;
 pub use tc::{
-    Closes, Connection, ConnectionMaps, Datapath, DatapathConfig, DatapathError, Hook, ProgramRunner,
+    Closes, Connection, ConnectionMaps, Hook, Instance, InstanceConfig, InstanceError, ProgramRunner,
     ServerMaps, SynAnswerer, SynMarker, TcAction, TcOutcome,
 };
 pub use workers::ToWorkers;

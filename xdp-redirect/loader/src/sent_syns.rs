@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use aya::maps::MapData;
 use heels_common::{FlowV4, SentSyn, MAP_SENT_SYNS, SENT_SYN_SLOTS};
 
-use crate::tc::{io_error, map_error, DatapathError};
+use crate::tc::{io_error, map_error, InstanceError};
 
 /// [`MAP_SENT_SYNS`] mapped into memory. See [`SentSyns::sent`].
 #[derive(Debug)]
@@ -31,7 +31,7 @@ const BYTES: usize = SENT_SYN_SLOTS as usize * size_of::<SentSyn>();
 
 impl SentSyns {
     /// Maps the array pinned in `maps_dir`.
-    pub fn open(maps_dir: &Path) -> Result<Self, DatapathError> {
+    pub fn open(maps_dir: &Path) -> Result<Self, InstanceError> {
         let pin = maps_dir.join(MAP_SENT_SYNS);
         let data = MapData::from_pin(&pin).map_err(map_error(MAP_SENT_SYNS))?;
         let fd = data.fd().as_fd().as_raw_fd();

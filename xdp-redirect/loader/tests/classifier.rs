@@ -8,9 +8,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use heels_bpf::Classifier;
 use heels_common::{FlowV4, XdpCounter};
 use heels_dataplane::vectors::vector;
-use heels_xdp::Classifier;
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;

@@ -33,7 +33,7 @@ fn ipv4_header_sum(header: &[u8]) -> u16 {
 fn the_outer_header_is_katrans() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     assert!(unsafe { libc::geteuid() } == 0, "the fixture test loads eBPF programs: run it as root");
-    let mut ebpf = EbpfLoader::new().load(heels_xdp::LAB_LB_OBJECT).expect("the fixture loads");
+    let mut ebpf = EbpfLoader::new().load(heels_bpf::LAB_LB_OBJECT).expect("the fixture loads");
     let vip = [10, 10, 100, 1];
     let lb_mac = [0x02, 0x00, 0x0a, 0x0a, 0x00, 0x03];
     let backend =

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use heels_bpf::tc::{migrate_connections, replace_pins_of_another_shape};
 use heels_common::{EndpointV4, FlowV4, TcCounter, MAP_EGRESS, MAP_TC_STATS, MAX_CONNECTIONS};
-use heels_xdp::tc::{migrate_connections, replace_pins_of_another_shape};
 
 /// A pin directory of its own, removed when the test ends.
 struct Pins(PathBuf);

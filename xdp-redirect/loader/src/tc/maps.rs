@@ -10,14 +10,14 @@ pub(super) const MAP_TRANSLATED: &str = "HEELS_TRANSLATED";
 /// The socket storage sockops puts on every listener it saw start.
 pub(super) const MAP_SERVED_LISTENERS: &str = "HEELS_SERVED_LISTENERS";
 
-/// See [`Datapath::server_maps`].
+/// See [`Instance::server_maps`].
 #[derive(Debug)]
 pub struct ServerMaps {
     /// `HEELS_TRANSLATED`: translated 4-tuple -> VIP:vport.
     pub translated: HashMap<MapData, FlowV4, EndpointV4>,
 }
 
-/// See [`Datapath::connection_maps`].
+/// See [`Instance::connection_maps`].
 #[derive(Debug)]
 pub struct ConnectionMaps {
     pub(super) egress: HashMap<MapData, FlowV4, EndpointV4>,
@@ -27,7 +27,7 @@ pub struct ConnectionMaps {
 impl ConnectionMaps {
     /// Makes both entries of `connection`, as TC ingress does from a
     /// SYN-ACK (the egress entry replaces the room sockops reserved).
-    pub fn remember(&mut self, connection: &Connection) -> Result<(), DatapathError> {
+    pub fn remember(&mut self, connection: &Connection) -> Result<(), InstanceError> {
         let [(egress_key, backend), (ingress_key, vip)] = entries_of(connection);
         self.egress.insert(egress_key, backend, 0).map_err(map_error(MAP_EGRESS))?;
         self.ingress.insert(ingress_key, vip, 0).map_err(map_error(MAP_INGRESS))
@@ -45,7 +45,7 @@ pub(super) fn entries_of(connection: &Connection) -> [(FlowV4, EndpointV4); 2] {
     [(FlowV4::between(&client, &vip), backend), (FlowV4::between(&backend, &client), vip)]
 }
 
-/// See [`Datapath::closes`].
+/// See [`Instance::closes`].
 pub struct Closes(pub(super) RingBuf<MapData>);
 
 impl std::fmt::Debug for Closes {
@@ -120,8 +120,8 @@ pub(super) const MIGRATED_MAPS: [&str; 2] = [MAP_EGRESS, MAP_INGRESS];
 
 /// A pinned connection map (LRU or plain hash, as an earlier version or
 /// this one made it), to read and write from userspace.
-pub(super) fn connection_map(pin: &Path) -> Result<HashMap<MapData, FlowV4, EndpointV4>, DatapathError> {
-    let incompatible = |e: MapError| DatapathError::Incompatible(format!("{}: {e}", pin.display()));
+pub(super) fn connection_map(pin: &Path) -> Result<HashMap<MapData, FlowV4, EndpointV4>, InstanceError> {
+    let incompatible = |e: MapError| InstanceError::Incompatible(format!("{}: {e}", pin.display()));
     let data = MapData::from_pin(pin).map_err(incompatible)?;
     HashMap::try_from(Map::HashMap(data)).map_err(incompatible)
 }
@@ -131,7 +131,7 @@ pub(super) fn connection_map(pin: &Path) -> Result<HashMap<MapData, FlowV4, Endp
 /// the new programs run (what the old programs wrote until then is
 /// copied too), and removes the old pins. An entry the new map already
 /// holds (written since by the new programs) is newer and stays.
-pub fn migrate_connections(maps_dir: &Path) -> Result<(), DatapathError> {
+pub fn migrate_connections(maps_dir: &Path) -> Result<(), InstanceError> {
     for name in MIGRATED_MAPS {
         let aside = migrating_pin(maps_dir, name);
         if !aside.exists() {
@@ -145,7 +145,7 @@ pub fn migrate_connections(maps_dir: &Path) -> Result<(), DatapathError> {
             match new.insert(key, value, 1) {
                 Ok(()) => {}
                 Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(DatapathError::Map { name, source: e }),
+                Err(e) => return Err(InstanceError::Map { name, source: e }),
             }
         }
         std::fs::remove_file(&aside).map_err(io_error("removing", &aside))?;
@@ -171,9 +171,9 @@ pub(super) fn migrating_pin(maps_dir: &Path, name: &str) -> PathBuf {
 /// the start. Any other connection map of another shape stops the start,
 /// naming it: only `heels down` (which ends the bypass of open connections)
 /// can replace it. Returns the maps replaced.
-pub fn replace_pins_of_another_shape(maps_dir: &Path, capacity: u32) -> Result<Vec<String>, DatapathError> {
+pub fn replace_pins_of_another_shape(maps_dir: &Path, capacity: u32) -> Result<Vec<String>, InstanceError> {
     let object = aya_obj::Object::parse(crate::EBPF_OBJECT)
-        .map_err(|e| DatapathError::Incompatible(format!("parsing the eBPF object: {e}")))?;
+        .map_err(|e| InstanceError::Incompatible(format!("parsing the eBPF object: {e}")))?;
     let mut replaced = Vec::new();
     for (name, map) in &object.maps {
         let pin = maps_dir.join(name);
@@ -195,14 +195,14 @@ pub fn replace_pins_of_another_shape(maps_dir: &Path, capacity: u32) -> Result<V
         if migrated && (pinned.1, pinned.2) == (built.1, built.2) {
             let held = connection_map(&pin)?.keys().count();
             if held > capacity as usize {
-                return Err(DatapathError::Incompatible(format!(
+                return Err(InstanceError::Incompatible(format!(
                     "pinned map {name} holds {held} entries, more than max_connections = {capacity}: raise it, \
                      or `heels down` first (open bypassed connections then take the LB path)"
                 )));
             }
             // bpffs cannot rename: pin the map again aside, then unpin it here.
             let aside = migrating_pin(maps_dir, name);
-            let moving = |e: String| DatapathError::Incompatible(format!("moving {name} aside: {e}"));
+            let moving = |e: String| InstanceError::Incompatible(format!("moving {name} aside: {e}"));
             let data = MapData::from_pin(&pin).map_err(|e| moving(e.to_string()))?;
             data.pin(&aside).map_err(|e| moving(e.to_string()))?;
             std::fs::remove_file(&pin).map_err(io_error("removing", &pin))?;
@@ -210,7 +210,7 @@ pub fn replace_pins_of_another_shape(maps_dir: &Path, capacity: u32) -> Result<V
             continue;
         }
         if CONNECTION_MAPS.contains(&name.as_str()) {
-            return Err(DatapathError::Incompatible(format!(
+            return Err(InstanceError::Incompatible(format!(
                 "pinned map {name} (type, key, value, entries) is {pinned:?}, this version's is {built:?}: \
                  `heels down` first (open bypassed connections then take the LB path)"
             )));

@@ -34,7 +34,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/heels";
 
 /// Why the datapath could not be set up, read or removed.
 #[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
+pub enum InstanceError {
     /// The object did not load (the verifier log is inside).
     #[error("loading the eBPF object")]
     Load(#[from] EbpfError),
@@ -82,7 +82,7 @@ pub enum DatapathError {
 
 /// What one instance does: the kernel-side form of the agent's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DatapathConfig {
+pub struct InstanceConfig {
     /// Instance name: the pin directory under [`PIN_ROOT`].
     pub instance: String,
     /// Interfaces to attach the TC programs to.
@@ -104,7 +104,7 @@ pub struct DatapathConfig {
     pub time_wait: TimeWaitLayout,
 }
 
-impl DatapathConfig {
+impl InstanceConfig {
     /// The connection maps' size.
     pub fn capacity(&self) -> u32 {
         if self.max_connections == 0 {
@@ -134,27 +134,27 @@ pub fn instance_dir(instance: &str) -> PathBuf {
 pub(crate) fn io_error<'a>(
     what: &'static str,
     path: &'a Path,
-) -> impl FnOnce(io::Error) -> DatapathError + 'a {
-    move |source| DatapathError::Io { what, path: path.to_owned(), source }
+) -> impl FnOnce(io::Error) -> InstanceError + 'a {
+    move |source| InstanceError::Io { what, path: path.to_owned(), source }
 }
 
-pub(crate) fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
+pub(crate) fn map_error(name: &'static str) -> impl FnOnce(MapError) -> InstanceError {
+    move |source| InstanceError::Map { name, source }
 }
 
-fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
-    move |source| DatapathError::Program { name, source }
+fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> InstanceError {
+    move |source| InstanceError::Program { name, source }
 }
 
-fn link_error(path: &Path) -> impl FnOnce(String) -> DatapathError + '_ {
-    move |reason| DatapathError::Link { path: path.to_owned(), reason }
+fn link_error(path: &Path) -> impl FnOnce(String) -> InstanceError + '_ {
+    move |reason| InstanceError::Link { path: path.to_owned(), reason }
 }
 
 /// An instance: its programs attached through pinned links, and the
 /// pinned maps it reads and writes at run time. Holds no program: once
 /// attached, the kernel keeps them through the links.
 #[derive(Debug)]
-pub struct Datapath {
+pub struct Instance {
     maps: StdHashMap<&'static str, Map>,
     dir: PathBuf,
 }
@@ -165,11 +165,11 @@ mod runner;
 pub use maps::*;
 pub use runner::*;
 
-impl Datapath {
+impl Instance {
     /// Loads the programs, fills the maps (pinned: kept from a previous run,
     /// their connection state included) and attaches or takes over every
     /// program.
-    pub fn start(config: &DatapathConfig) -> Result<Self, DatapathError> {
+    pub fn start(config: &InstanceConfig) -> Result<Self, InstanceError> {
         let dir = instance_dir(&config.instance);
         let maps_dir = dir.join("maps");
         let links_dir = dir.join("links");
@@ -191,25 +191,25 @@ impl Datapath {
     }
 
     /// Opens the maps of a running (or orphaned) instance, to read them.
-    pub fn open(instance: &str) -> Result<Self, DatapathError> {
+    pub fn open(instance: &str) -> Result<Self, InstanceError> {
         let dir = instance_dir(instance);
         let maps_dir = dir.join("maps");
         if !maps_dir.is_dir() {
-            return Err(DatapathError::NoInstance(instance.to_owned()));
+            return Err(InstanceError::NoInstance(instance.to_owned()));
         }
         let mut maps = StdHashMap::new();
         for (name, kind) in RUNTIME_MAPS {
             let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
             maps.insert(name, kind(data));
         }
-        Ok(Datapath { maps, dir })
+        Ok(Instance { maps, dir })
     }
 
     /// Detaches every program of an instance and removes its pins.
-    pub fn remove(instance: &str) -> Result<(), DatapathError> {
+    pub fn remove(instance: &str) -> Result<(), InstanceError> {
         let dir = instance_dir(instance);
         if !dir.is_dir() {
-            return Err(DatapathError::NoInstance(instance.to_owned()));
+            return Err(InstanceError::NoInstance(instance.to_owned()));
         }
         let links_dir = dir.join("links");
         if let Ok(entries) = std::fs::read_dir(&links_dir) {
@@ -234,7 +234,7 @@ impl Datapath {
     /// Handles of their own (opened anew from the pins) on the maps the
     /// server's SYN translation reads and writes outside the kernel: for an
     /// afxdp worker.
-    pub fn server_maps(&self) -> Result<ServerMaps, DatapathError> {
+    pub fn server_maps(&self) -> Result<ServerMaps, InstanceError> {
         let maps_dir = self.dir.join("maps");
         let name = MAP_TRANSLATED;
         let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
@@ -246,9 +246,9 @@ impl Datapath {
     /// connection maps: for an afxdp worker, which writes each connection
     /// it learns there before the host sees its SYN-ACK, so that the `tc`
     /// programs carry every connection the host knows if the worker dies.
-    pub fn connection_maps(&self) -> Result<ConnectionMaps, DatapathError> {
+    pub fn connection_maps(&self) -> Result<ConnectionMaps, InstanceError> {
         let maps_dir = self.dir.join("maps");
-        let open = |name: &'static str| -> Result<HashMap<MapData, FlowV4, EndpointV4>, DatapathError> {
+        let open = |name: &'static str| -> Result<HashMap<MapData, FlowV4, EndpointV4>, InstanceError> {
             let data = MapData::from_pin(maps_dir.join(name)).map_err(map_error(name))?;
             HashMap::try_from(Map::HashMap(data)).map_err(map_error(name))
         };
@@ -257,38 +257,38 @@ impl Datapath {
 
     /// The SYNs the TC egress program sent to client VIPs, mapped into
     /// memory: see [`crate::SentSyns`].
-    pub fn sent_syns(&self) -> Result<crate::SentSyns, DatapathError> {
+    pub fn sent_syns(&self) -> Result<crate::SentSyns, InstanceError> {
         crate::SentSyns::open(&self.dir.join("maps"))
     }
 
     /// The ring buffer sockops tells closed bypassed client connections
     /// through ([`MAP_CLOSES`]), opened from its pin: for the afxdp agent,
     /// its one reader.
-    pub fn closes(&self) -> Result<Closes, DatapathError> {
+    pub fn closes(&self) -> Result<Closes, InstanceError> {
         let name = MAP_CLOSES;
         let data = MapData::from_pin(self.dir.join("maps").join(name)).map_err(map_error(name))?;
         Ok(Closes(RingBuf::try_from(Map::RingBuf(data)).map_err(map_error(name))?))
     }
 
-    fn map(&self, name: &'static str) -> Result<&Map, DatapathError> {
+    fn map(&self, name: &'static str) -> Result<&Map, InstanceError> {
         self.maps
             .get(name)
-            .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })
+            .ok_or(InstanceError::Map { name, source: MapError::InvalidName { name: name.into() } })
     }
 
     fn hash_map<K: Pod, V: Pod>(
         &mut self,
         name: &'static str,
-    ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
+    ) -> Result<HashMap<&mut MapData, K, V>, InstanceError> {
         let map = self
             .maps
             .get_mut(name)
-            .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+            .ok_or(InstanceError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
         HashMap::try_from(map).map_err(map_error(name))
     }
 
     /// The counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(TcCounter, u64)>, DatapathError> {
+    pub fn counters(&self) -> Result<Vec<(TcCounter, u64)>, InstanceError> {
         Ok(self
             .counters_per_cpu()?
             .into_iter()
@@ -297,7 +297,7 @@ impl Datapath {
     }
 
     /// The counters, one value per possible CPU (index = CPU number).
-    pub fn counters_per_cpu(&self) -> Result<Vec<(TcCounter, Vec<u64>)>, DatapathError> {
+    pub fn counters_per_cpu(&self) -> Result<Vec<(TcCounter, Vec<u64>)>, InstanceError> {
         let map = self.map(MAP_TC_STATS)?;
         let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error(MAP_TC_STATS))?;
         TcCounter::ALL
@@ -311,7 +311,7 @@ impl Datapath {
 
     /// The counters of each VIP:vport the programs have counted for,
     /// summed over CPUs.
-    pub fn vip_counters(&self) -> Result<Vec<(SocketAddrV4, VipStats)>, DatapathError> {
+    pub fn vip_counters(&self) -> Result<Vec<(SocketAddrV4, VipStats)>, InstanceError> {
         let map = self.map(MAP_VIP_STATS)?;
         let stats: PerCpuHashMap<_, EndpointV4, VipStats> =
             PerCpuHashMap::try_from(map).map_err(map_error(MAP_VIP_STATS))?;
@@ -332,34 +332,34 @@ impl Datapath {
 
     /// How many connections the tables hold (`max_connections` when they
     /// were made).
-    pub fn capacity(&self) -> Result<u32, DatapathError> {
+    pub fn capacity(&self) -> Result<u32, InstanceError> {
         let map = self.map(MAP_EGRESS)?;
         let Map::HashMap(data) = map else {
-            return Err(DatapathError::Incompatible(format!("{MAP_EGRESS} is no hash map")));
+            return Err(InstanceError::Incompatible(format!("{MAP_EGRESS} is no hash map")));
         };
         Ok(data.info().map_err(map_error(MAP_EGRESS))?.max_entries())
     }
 
     /// Entries of the egress table: bypassed connections and the rooms
     /// reserved for connections opening (or on the LB path).
-    pub fn egress_entries(&self) -> Result<usize, DatapathError> {
+    pub fn egress_entries(&self) -> Result<usize, InstanceError> {
         self.flow_entries(MAP_EGRESS)
     }
 
     /// Entries of the ingress table: bypassed connections, by the flow
     /// their replies arrive on.
-    pub fn ingress_entries(&self) -> Result<usize, DatapathError> {
+    pub fn ingress_entries(&self) -> Result<usize, InstanceError> {
         self.flow_entries(MAP_INGRESS)
     }
 
-    fn flow_entries(&self, name: &'static str) -> Result<usize, DatapathError> {
+    fn flow_entries(&self, name: &'static str) -> Result<usize, InstanceError> {
         let table: HashMap<_, FlowV4, EndpointV4> =
             HashMap::try_from(self.map(name)?).map_err(map_error(name))?;
         Ok(table.keys().count())
     }
 
     /// The bypassed connections the client side knows.
-    pub fn connections(&self) -> Result<Vec<Connection>, DatapathError> {
+    pub fn connections(&self) -> Result<Vec<Connection>, InstanceError> {
         let map = self.map(MAP_EGRESS)?;
         let egress: HashMap<_, FlowV4, EndpointV4> = HashMap::try_from(map).map_err(map_error(MAP_EGRESS))?;
         let mut out = Vec::new();
@@ -377,13 +377,13 @@ impl Datapath {
 
     /// Makes both entries of a connection (as TC ingress does from a
     /// SYN-ACK). For tests and manual repair.
-    pub fn remember(&mut self, connection: &Connection) -> Result<(), DatapathError> {
+    pub fn remember(&mut self, connection: &Connection) -> Result<(), InstanceError> {
         self.connection_maps()?.remember(connection)
     }
 
     /// Removes both entries of a connection (as sockops does when its
     /// socket closes).
-    pub fn forget(&mut self, connection: &Connection) -> Result<(), DatapathError> {
+    pub fn forget(&mut self, connection: &Connection) -> Result<(), InstanceError> {
         let [(egress_key, _), (ingress_key, _)] = entries_of(connection);
         let mut ingress = self.hash_map::<FlowV4, EndpointV4>(MAP_INGRESS)?;
         // Absent is fine: the kernel may have removed it meanwhile.
@@ -407,10 +407,10 @@ impl Datapath {
 fn load_classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
+) -> Result<&'a mut SchedClassifier, InstanceError> {
     let program: &mut SchedClassifier = ebpf
         .program_mut(name)
-        .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+        .ok_or(InstanceError::Program { name, source: ProgramError::NotLoaded })?
         .try_into()
         .map_err(program_error(name))?;
     program.load().map_err(program_error(name))?;
@@ -422,7 +422,7 @@ fn replace<K: Pod + Eq + std::hash::Hash, V: Pod>(
     map: &mut HashMap<&mut MapData, K, V>,
     name: &'static str,
     entries: &[(K, V)],
-) -> Result<(), DatapathError> {
+) -> Result<(), InstanceError> {
     for (key, value) in entries {
         map.insert(key, value, 0).map_err(map_error(name))?;
     }
@@ -438,7 +438,7 @@ fn replace_prefixes(
     trie: &mut LpmTrie<&mut MapData, [u8; 4], u8>,
     name: &'static str,
     prefixes: &[Prefix],
-) -> Result<(), DatapathError> {
+) -> Result<(), InstanceError> {
     // A Prefix has its host bits cleared already.
     let wanted: StdHashMap<([u8; 4], u32), ()> =
         prefixes.iter().map(|p| ((p.addr(), u32::from(p.len())), ())).collect();
@@ -459,7 +459,7 @@ fn replace_prefixes(
 fn loaded_hash_map<'a, K: Pod, V: Pod>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
-) -> Result<HashMap<&'a mut MapData, K, V>, DatapathError> {
+) -> Result<HashMap<&'a mut MapData, K, V>, InstanceError> {
     let map = crate::find_map_mut(ebpf, name).map_err(map_error(name))?;
     HashMap::try_from(map).map_err(map_error(name))
 }
@@ -467,7 +467,7 @@ fn loaded_hash_map<'a, K: Pod, V: Pod>(
 fn loaded_trie<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
-) -> Result<LpmTrie<&'a mut MapData, [u8; 4], u8>, DatapathError> {
+) -> Result<LpmTrie<&'a mut MapData, [u8; 4], u8>, InstanceError> {
     let map = crate::find_map_mut(ebpf, name).map_err(map_error(name))?;
     LpmTrie::try_from(map).map_err(map_error(name))
 }
@@ -475,7 +475,7 @@ fn loaded_trie<'a>(
 /// Makes each configuration map hold exactly `config`: new entries
 /// first, stale ones removed after, so a restart never shows an empty
 /// configuration to packets in flight.
-fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathError> {
+fn configure(ebpf: &mut Ebpf, config: &InstanceConfig) -> Result<(), InstanceError> {
     let rules = &config.rules;
     let local: Vec<([u8; 4], u8)> = rules.local_addrs.iter().map(|a| (*a, 1)).collect();
     replace(&mut loaded_hash_map(ebpf, MAP_LOCAL_ADDRS)?, MAP_LOCAL_ADDRS, &local)?;
@@ -495,7 +495,7 @@ fn configure(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), DatapathErr
     settings.set(0, settings_value, 0).map_err(map_error(MAP_TC_CONFIG))
 }
 
-fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<(), DatapathError> {
+fn attach(ebpf: &mut Ebpf, config: &InstanceConfig, links_dir: &Path) -> Result<(), InstanceError> {
     for (name, attach_type, prefix) in [
         (TC_INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
         (TC_EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
@@ -526,7 +526,7 @@ fn attach(ebpf: &mut Ebpf, config: &DatapathConfig, links_dir: &Path) -> Result<
     }
     let program: &mut SockOps = ebpf
         .program_mut(SOCKOPS_PROGRAM)
-        .ok_or(DatapathError::Program { name: SOCKOPS_PROGRAM, source: ProgramError::NotLoaded })?
+        .ok_or(InstanceError::Program { name: SOCKOPS_PROGRAM, source: ProgramError::NotLoaded })?
         .try_into()
         .map_err(program_error(SOCKOPS_PROGRAM))?;
     program.load().map_err(program_error(SOCKOPS_PROGRAM))?;

@@ -15,7 +15,7 @@ pub struct SynMarker {
 impl SynMarker {
     /// Loads the program over the pinned maps of `maps_dir` and attaches
     /// it to `interface`'s ingress.
-    pub fn attach(maps_dir: &Path, interface: &str) -> Result<Self, DatapathError> {
+    pub fn attach(maps_dir: &Path, interface: &str) -> Result<Self, InstanceError> {
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(maps_dir).load(crate::EBPF_OBJECT)?;
         let name = TC_MARK_TRANSLATED_PROGRAM;
         let program = load_classifier(&mut ebpf, name)?;
@@ -52,13 +52,13 @@ pub struct ProgramRunner {
 
 impl ProgramRunner {
     /// Loads the programs over the pins of a running instance.
-    pub fn load(instance: &str) -> Result<Self, DatapathError> {
+    pub fn load(instance: &str) -> Result<Self, InstanceError> {
         Ok(ProgramRunner { ebpf: load_over_pins(instance, &[TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM])? })
     }
 
     /// Runs one program on `frame`: what it did with it, and the frame as
     /// it left the program (shorter after a decapsulation).
-    pub fn run(&self, hook: Hook, frame: &[u8]) -> Result<TcOutcome, DatapathError> {
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> Result<TcOutcome, InstanceError> {
         use aya::programs::{TestRun, TestRunOptions};
         let name = match hook {
             Hook::Ingress => TC_INGRESS_PROGRAM,
@@ -120,7 +120,7 @@ pub struct SynAnswerer {
 
 impl SynAnswerer {
     /// Loads the program over the pins of a running instance.
-    pub fn load(instance: &str) -> Result<Self, DatapathError> {
+    pub fn load(instance: &str) -> Result<Self, InstanceError> {
         Ok(SynAnswerer { ebpf: load_over_pins(instance, &[SYN_ANSWER_PROGRAM])? })
     }
 
@@ -132,7 +132,7 @@ impl SynAnswerer {
         flow: &FlowV4,
         vip: &EndpointV4,
         clock: &SynClock,
-    ) -> Result<Result<bool, TcCounter>, DatapathError> {
+    ) -> Result<Result<bool, TcCounter>, InstanceError> {
         use aya::programs::{TestRun, TestRunOptions};
         let name = SYN_ANSWER_PROGRAM;
         let program = loaded_classifier(&self.ebpf, name)?;
@@ -153,10 +153,10 @@ impl SynAnswerer {
 
 /// The object loaded over the pinned maps of a running instance, with the
 /// classifiers `programs` loaded (not attached).
-pub(super) fn load_over_pins(instance: &str, programs: &[&'static str]) -> Result<Ebpf, DatapathError> {
+pub(super) fn load_over_pins(instance: &str, programs: &[&'static str]) -> Result<Ebpf, InstanceError> {
     let maps_dir = instance_dir(instance).join("maps");
     if !maps_dir.is_dir() {
-        return Err(DatapathError::NoInstance(instance.to_owned()));
+        return Err(InstanceError::NoInstance(instance.to_owned()));
     }
     let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(crate::EBPF_OBJECT)?;
     for name in programs {
@@ -169,9 +169,9 @@ pub(super) fn load_over_pins(instance: &str, programs: &[&'static str]) -> Resul
 pub(super) fn loaded_classifier<'a>(
     ebpf: &'a Ebpf,
     name: &'static str,
-) -> Result<&'a SchedClassifier, DatapathError> {
+) -> Result<&'a SchedClassifier, InstanceError> {
     ebpf.program(name)
-        .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+        .ok_or(InstanceError::Program { name, source: ProgramError::NotLoaded })?
         .try_into()
         .map_err(program_error(name))
 }

@@ -24,8 +24,8 @@ pub fn exit_status(error: &anyhow::Error) -> i32 {
             return exit::CONFIG;
         }
         if matches!(
-            cause.downcast_ref::<heels_xdp::DatapathError>(),
-            Some(heels_xdp::DatapathError::NoInstance(_))
+            cause.downcast_ref::<heels_bpf::InstanceError>(),
+            Some(heels_bpf::InstanceError::NoInstance(_))
         ) {
             return exit::NO_INSTANCE;
         }
