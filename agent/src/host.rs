@@ -2,59 +2,47 @@
 //! direct route of translated replies, the timestamp sysctl, this host's
 //! addresses.
 
-use std::process::Command;
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::config::DirectRoute;
 use crate::instance::saved_timestamps_file;
+use crate::rtnetlink::{self, Ipv4Route};
 
-/// Runs `ip` with `args` (in this process's network namespace).
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
-    if !output.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(())
-}
+/// The direct route's rule priority: before the main table's (32766).
+const DIRECT_RULE_PRIORITY: u32 = 100;
 
 /// Routes replies of translated connections (their sockets carry the SYN's
 /// mark, `tcp_fwmark_accept`) by a table whose default route avoids the LB.
 pub fn install_direct_route(route: &DirectRoute) -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
         .context("setting net.ipv4.tcp_fwmark_accept")?;
-    let (mark, table, gateway) =
-        (format!("{:#x}", route.mark), route.table.to_string(), route.gateway.to_string());
     remove_direct_route(route);
-    ip(&["route", "replace", "default", "via", &gateway, "table", &table])?;
-    ip(&["rule", "add", "fwmark", &mark, "lookup", &table, "priority", "100"])?;
-    Ok(())
+    rtnetlink::replace_route(&Ipv4Route {
+        destination: (std::net::Ipv4Addr::UNSPECIFIED, 0),
+        gateway: Some(route.gateway),
+        device: None,
+        source: None,
+        table: route.table,
+    })?;
+    rtnetlink::add_fwmark_rule(route.mark, route.table, DIRECT_RULE_PRIORITY)
 }
 
+/// Removes the direct route's rules and table; absent is fine (this also
+/// clears what a crashed agent left).
 pub fn remove_direct_route(route: &DirectRoute) {
-    let (mark, table) = (format!("{:#x}", route.mark), route.table.to_string());
-    // Absent is fine: this also clears what a crashed agent left.
-    while ip(&["rule", "del", "fwmark", &mark, "lookup", &table]).is_ok() {}
-    let _ = ip(&["route", "flush", "table", &table]);
+    // Every copy of the rule: an agent killed between two starts may have
+    // left more than one.
+    while rtnetlink::delete_fwmark_rule(route.mark, route.table).unwrap_or(false) {}
+    if let Err(e) = rtnetlink::flush_table(route.table) {
+        tracing::warn!(table = route.table, error = %format!("{e:#}"), "flushing the direct route's table");
+    }
 }
 
 /// The IPv4 addresses assigned to this host's interfaces (this network
-/// namespace), or to `device` alone, from `ip -j -4 addr show`.
+/// namespace), or to `device` alone.
 pub fn ipv4_addresses(device: Option<&str>) -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
-    let mut args = vec!["-j", "-4", "addr", "show"];
-    args.extend(device.map(|d| ["dev", d]).into_iter().flatten());
-    let output = Command::new("ip").args(&args).output().context("running ip (iproute2)")?;
-    if !output.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j addr")?;
-    Ok(links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|link| link["addr_info"].as_array().into_iter().flatten())
-        .filter_map(|info| info["local"].as_str()?.parse().ok())
-        .collect())
+    let index = device.map(rtnetlink::index).transpose()?;
+    rtnetlink::ipv4_addresses(index)
 }
 
 pub const TCP_TIMESTAMPS: &str = "/proc/sys/net/ipv4/tcp_timestamps";

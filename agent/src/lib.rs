@@ -8,7 +8,9 @@
 //! - [`host`]: the host changes an agent makes (direct route, sysctl).
 //! - [`afxdp`]: the afxdp dataplane's control (workers, pair, next hops);
 //!   the tc dataplane's is `heels_bpf::Instance`.
-//! - [`sockets`], [`netlink`]: the kernel's sockets (sock_diag), netlink.
+//! - [`sockets`], [`rtnetlink`], [`ethtool`], [`netlink`]: the kernel's
+//!   sockets (sock_diag), links, routes, rules and addresses (rtnetlink),
+//!   offloads and queues (ethtool), over netlink or its ioctl.
 //! - [`metrics`]: the Prometheus endpoint; [`report`]: `heels status`,
 //!   `conns`, `stats`.
 //! - [`deploy`]: the shipped manifests, embedded.
@@ -17,10 +19,12 @@ pub mod afxdp;
 pub mod config;
 pub mod dataplane;
 pub mod deploy;
+pub mod ethtool;
 pub mod host;
 pub mod instance;
 pub mod metrics;
 pub mod netlink;
 pub mod report;
+pub mod rtnetlink;
 pub mod run;
 pub mod sockets;

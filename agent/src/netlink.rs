@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Context};
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 
@@ -92,7 +92,7 @@ where
 pub enum Answer<M> {
     /// The object.
     Found(M),
-    /// No such object (`ENOENT`).
+    /// No such object (`ENOENT`; `ENODEV` for a link).
     Missing,
 }
 
@@ -117,12 +117,54 @@ where
         .map_err(|e| anyhow::anyhow!("parsing a netlink answer: {e}"))?;
     match message.payload {
         NetlinkPayload::InnerMessage(inner) => Ok(Answer::Found(inner)),
-        NetlinkPayload::Error(error) if error.code.map(|c| c.get()) == Some(-libc::ENOENT) => {
+        NetlinkPayload::Error(error)
+            if matches!(error.code.map(|c| -c.get()), Some(libc::ENOENT) | Some(libc::ENODEV)) =>
+        {
             Ok(Answer::Missing)
         }
         NetlinkPayload::Error(error) => bail!("netlink: {error:?}"),
         other => bail!("netlink: unexpected answer {other:?}"),
     }
+}
+
+/// A change the kernel refused: its errno (`ENOENT`, `EEXIST`...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", std::io::Error::from_raw_os_error(*.0))]
+pub struct Refused(pub i32);
+
+/// Sends `request` (a change: a new link, route or rule, a deletion) with
+/// `flags` on a new socket of `protocol` and waits for the kernel's
+/// acknowledgement; `Err` with [`Refused`] inside when it refuses.
+pub fn change<M>(protocol: isize, request: M, flags: u16) -> anyhow::Result<()>
+where
+    M: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    NetlinkPayload<M>: From<M>,
+{
+    let socket = open(protocol)?;
+    let mut request_bytes = Vec::new();
+    encode(request, NLM_F_REQUEST | NLM_F_ACK | flags, &[], &mut request_bytes);
+    socket.send(&request_bytes, 0)?;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let size = socket.recv(&mut &mut buffer[..], 0)?;
+        let message = NetlinkMessage::<M>::deserialize(&buffer[..size])
+            .map_err(|e| anyhow::anyhow!("parsing a netlink answer: {e}"))?;
+        match message.payload {
+            NetlinkPayload::Error(error) => {
+                return match error.code {
+                    None => Ok(()),
+                    Some(code) => Err(Refused(-code.get()).into()),
+                };
+            }
+            // An echo or a notification before the acknowledgement.
+            _ => continue,
+        }
+    }
+}
+
+/// Whether `error` is the kernel's refusal with `errno`.
+pub fn refused_with(error: &anyhow::Error, errno: i32) -> bool {
+    error.downcast_ref::<Refused>().is_some_and(|refused| refused.0 == errno)
 }
 
 /// Reads and drops whatever `socket` holds, without waiting.

@@ -6,12 +6,14 @@
 //! pair and every route through `heels0`: the host's traffic to the VIPs
 //! takes its usual route again, and nothing is left behind (fail open).
 
+use anyhow::Context;
+use netlink_packet_route::route::RouteHeader;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::Command;
 
-use anyhow::{bail, Context};
+use crate::ethtool;
+use crate::rtnetlink::{self, Ipv4Route};
 
 /// The host's end of the pair.
 pub const HOST_LINK: &str = "heels0";
@@ -65,14 +67,6 @@ pub struct HostPair {
     pub peer_end: End,
 }
 
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(())
-}
-
 /// Moves the calling thread (only) into the network namespace `fd` holds:
 /// sockets, binds and netlink calls then act there.
 pub fn set_netns(fd: impl AsFd) -> std::io::Result<()> {
@@ -106,7 +100,7 @@ fn end(name: &str) -> anyhow::Result<End> {
 }
 
 /// What the kernel says of an interface of the calling thread's namespace
-/// (netlink through `ip`: sysfs shows the namespace it was mounted in).
+/// (over rtnetlink: sysfs shows the namespace it was mounted in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     /// Interface index.
@@ -115,46 +109,14 @@ pub struct Link {
     pub mac: [u8; 6],
     /// MTU.
     pub mtu: u32,
-    /// Receive queues.
+    /// Receive queues in use.
     pub rx_queues: u32,
 }
 
 /// Reads interface `name`.
 pub fn link(name: &str) -> anyhow::Result<Link> {
-    let output = Command::new("ip").args(["-d", "-j", "link", "show", "dev", name]).output()?;
-    if !output.status.success() {
-        bail!("no interface {name}: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j link")?;
-    let link = &links[0];
-    let number = |field: &str| link[field].as_u64().with_context(|| format!("{name}: no {field}"));
-    let address = link["address"].as_str().with_context(|| format!("{name} has no address"))?;
-    Ok(Link {
-        index: number("ifindex")? as u32,
-        mac: parse_mac(address)?,
-        mtu: number("mtu")? as u32,
-        rx_queues: rx_queues(name),
-    })
-}
-
-/// The receive queues in use on `name` (`ethtool -l`: current RX plus
-/// combined channels; the queues allocated can be more, and a socket
-/// cannot bind past the ones in use). 1 when the driver does not say.
-fn rx_queues(name: &str) -> u32 {
-    let Ok(output) = Command::new("ethtool").args(["-l", name]).output() else { return 1 };
-    current_rx_queues(&String::from_utf8_lossy(&output.stdout)).unwrap_or(1)
-}
-
-fn current_rx_queues(ethtool_l: &str) -> Option<u32> {
-    let (_, current) = ethtool_l.split_once("Current hardware settings:")?;
-    let count = |key: &str| {
-        current
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(0)
-    };
-    Some(count("RX:") + count("Combined:")).filter(|&n| n > 0)
+    let state = rtnetlink::link(name)?.with_context(|| format!("no interface {name}"))?;
+    Ok(Link { index: state.index, mac: state.mac, mtu: state.mtu, rx_queues: ethtool::rx_queues(name) })
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -183,46 +145,20 @@ impl HostPair {
                 host_wide.trim()
             );
         }
-        let _ = run("ip", &["link", "del", HOST_LINK]);
+        rtnetlink::delete_link(HOST_LINK)?;
         let private = private_netns()?;
         let host = OwnedFd::from(File::open("/proc/thread-self/ns/net").context("opening this namespace")?);
-        let pid = std::process::id().to_string();
-        let (queues, mtu) = (queues.to_string(), mtu.to_string());
+        let pid = std::process::id();
         let peer_end = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> anyhow::Result<End> {
                     set_netns(&private).context("entering the private namespace")?;
                     // Made from inside: heels0 goes to the process's own
                     // namespace (its main thread's), heels1 stays here.
-                    let q = queues.as_str();
-                    run(
-                        "ip",
-                        &[
-                            "link",
-                            "add",
-                            PEER_LINK,
-                            "numtxqueues",
-                            q,
-                            "numrxqueues",
-                            q,
-                            "mtu",
-                            &mtu,
-                            "type",
-                            "veth",
-                            "peer",
-                            "name",
-                            HOST_LINK,
-                            "netns",
-                            &pid,
-                            "numtxqueues",
-                            q,
-                            "numrxqueues",
-                            q,
-                        ],
-                    )?;
+                    rtnetlink::add_veth(PEER_LINK, HOST_LINK, queues, mtu, Some(pid))?;
                     std::fs::write(format!("/proc/sys/net/ipv6/conf/{PEER_LINK}/disable_ipv6"), "1")
                         .context("disabling IPv6 on heels1")?;
-                    run("ip", &["link", "set", PEER_LINK, "up"])?;
+                    rtnetlink::set_up(PEER_LINK, None, false)?;
                     end(PEER_LINK)
                 })
                 .join()
@@ -238,8 +174,8 @@ impl HostPair {
         // TcpExtIPReversePathFilter). The host-wide setting counts too.
         std::fs::write(format!("/proc/sys/net/ipv4/conf/{HOST_LINK}/rp_filter"), "0")
             .context("setting heels0's reverse-path filter")?;
-        run("ip", &["link", "set", HOST_LINK, "mtu", &mtu, "arp", "off", "up"])?;
-        run("ethtool", &["-K", HOST_LINK, "tx", "off", "tso", "off", "gso", "off"])?;
+        rtnetlink::set_up(HOST_LINK, Some(mtu), true)?;
+        ethtool::disable_offloads(HOST_LINK)?;
         let host_end = end(HOST_LINK)?;
         Ok(HostPair { host_end, ..pair })
     }
@@ -251,13 +187,21 @@ impl HostPair {
 
     /// Routes `vip` into the pair, from `source`.
     pub fn route(&self, vip: Ipv4Addr, source: Ipv4Addr) -> anyhow::Result<()> {
-        run("ip", &["route", "replace", &format!("{vip}/32"), "dev", HOST_LINK, "src", &source.to_string()])
+        rtnetlink::replace_route(&Ipv4Route {
+            destination: (vip, 32),
+            gateway: None,
+            device: Some(rtnetlink::index(HOST_LINK)?),
+            source: Some(source),
+            table: u32::from(RouteHeader::RT_TABLE_MAIN),
+        })
     }
 
     /// Deletes the pair now (its routes go with it) rather than when the
     /// namespace goes.
     pub fn remove(&self) {
-        let _ = run("ip", &["link", "del", HOST_LINK]);
+        if let Err(e) = rtnetlink::delete_link(HOST_LINK) {
+            tracing::warn!(error = %format!("{e:#}"), "deleting {HOST_LINK}");
+        }
     }
 }
 
@@ -265,7 +209,7 @@ impl HostPair {
 /// kernel normally does it when the agent's namespace goes. True if one
 /// was there.
 pub fn remove_leftover() -> bool {
-    run("ip", &["link", "del", HOST_LINK]).is_ok()
+    rtnetlink::delete_link(HOST_LINK).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -273,13 +217,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queues_in_use_come_from_the_current_settings() {
-        let veth = "Channel parameters for tq0:\nPre-set maximums:\nRX:\t\t2\nTX:\t\t2\nOther:\t\tn/a\n\
-                    Combined:\tn/a\nCurrent hardware settings:\nRX:\t\t1\nTX:\t\t1\nOther:\t\tn/a\nCombined:\tn/a\n";
-        assert_eq!(current_rx_queues(veth), Some(1));
-        let nic = "Pre-set maximums:\nRX:\t\tn/a\nCombined:\t63\nCurrent hardware settings:\nRX:\t\tn/a\nCombined:\t8\n";
-        assert_eq!(current_rx_queues(nic), Some(8));
-        assert_eq!(current_rx_queues("ethtool: Operation not supported"), None);
+    fn an_ethernet_address_parses_from_its_text() {
         assert_eq!(parse_mac("02:00:0a:0a:00:0b").unwrap(), [2, 0, 10, 10, 0, 11]);
         assert!(parse_mac("02:00:0a").is_err());
     }
