@@ -13,9 +13,11 @@
 //!   offloads and queues (ethtool), over netlink or its ioctl.
 //! - [`metrics`]: the Prometheus endpoint; [`report`]: `heels status`,
 //!   `conns`, `stats`.
-//! - [`deploy`]: the shipped manifests, embedded.
+//! - [`deploy`]: the shipped manifests, embedded; [`catalogue`]: every
+//!   counter, for docs/counters.md.
 
 pub mod afxdp;
+pub mod catalogue;
 pub mod config;
 pub mod dataplane;
 pub mod deploy;

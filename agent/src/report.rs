@@ -1,37 +1,13 @@
 //! `heels status`, `heels conns` and `heels stats`: read a running (or
 //! orphaned) instance from its pins, as text or JSON.
 //!
-//! The counters (`heels stats`):
-//!
-//! | counter | counts |
-//! | --- | --- |
-//! | `syn_translated` | SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server) |
-//! | `syn_refused` | SYNs with the SYN form that failed a check (service, destination, source), left as they came (server) |
-//! | `syn_no_listener` | SYNs with the SYN form no socket would answer (no listener on the translated port): LB path (server) |
-//! | `syn_listener_unserved` | SYNs with the SYN form whose listener opened before heels attached (it cannot write the SYN-ACK form): LB path (server) |
-//! | `syn_tuple_in_use` | SYNs with the SYN form whose translated 4-tuple another socket still holds (established, handshake, TIME_WAIT): LB path (server) |
-//! | `syn_onto_time_wait` | of `syn_translated`, SYNs translated onto another connection's TIME_WAIT on their 4-tuple (a direct connection's), which the kernel takes them from (server) |
-//! | `syn_translated_from_vip` | of `syn_translated`, SYNs addressed to a VIP this host holds (decapsulated before heels), translated to `dsr_address` (server) |
-//! | `ipip_decapsulated` | IPIP packets to a local address, decapsulated (server) |
-//! | `syn_ack_learned` | SYN-ACK forms accepted: a connection's entries made (client) |
-//! | `syn_ack_refused` | SYN-ACK forms that failed a check (client) |
-//! | `egress_rewritten` | packets sent to DIP:dport instead of VIP:vport (client) |
-//! | `ingress_rewritten` | packets from DIP:dport delivered as from VIP:vport (client) |
-//! | `syn_option_written` | SYN forms written by sockops (client) |
-//! | `syn_ack_option_written` | SYN-ACK forms written by sockops (server) |
-//! | `syn_ack_option_retransmitted` | SYN-ACK forms written in retransmitted SYN-ACKs, from the record of the translated SYN (server) |
-//! | `no_option_room` | segments that left without the option for lack of room |
-//! | `entries_removed` | connections forgotten when their socket closed (client) |
-//! | `errors` | helper failures; the packet went on as far as it got |
-//! | `egress_via_socket` | of `egress_rewritten`, those that found DIP:dport on the socket (client) |
-//! | `icmp_rewritten` | ICMP errors about a bypassed connection whose quote became CIP:cport -> VIP:vport, so the socket gets them (client) |
-//! | `egress_bytes` | bytes of the `egress_rewritten` packets as TC sees them (Ethernet header included, a GSO packet whole) (client) |
-//! | `ingress_bytes` | bytes of the `ingress_rewritten` packets (client) |
+//! The counters (`heels stats`) are catalogued in docs/counters.md,
+//! generated from [`heels_common::TcCounter::description`].
 //!
 //! The same counters per CPU and per VIP:vport, in Prometheus form: the
 //! agent's metrics endpoint (`crate::metrics`). With `dataplane = "afxdp"`,
 //! the workers' own counters follow, each prefixed `afxdp.` (in JSON, an
-//! `afxdp` object): see `crate::afxdp::AfxdpReport`.
+//! `afxdp` object): see [`crate::afxdp::AfxdpReport::COUNTERS`].
 //!
 //! Sample (`heels stats --instance client`):
 //!

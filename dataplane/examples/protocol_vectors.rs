@@ -2,7 +2,7 @@
 //! translation, before and after.
 //!
 //! Both sides of every vector are built here from header values (the
-//! `after` frames from what DESIGN section 4 says the result must be, with
+//! `after` frames from what docs/protocol.md says the result must be, with
 //! checksums computed from scratch); no translation code runs. The unit
 //! tests in `dataplane/src/vectors.rs` then run the translations on each
 //! `before` frame and require exactly the `after` bytes.

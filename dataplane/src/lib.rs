@@ -1,5 +1,5 @@
 //! The HEELS dataplane core: wire formats, the HEELS TCP option codec,
-//! checksum arithmetic, the packet translations of DESIGN section 4 and the
+//! checksum arithmetic, the packet translations of docs/protocol.md and the
 //! connection table.
 //!
 //! Nothing here does I/O. A translation takes a frame as `&mut [u8]` (plus the

@@ -1,4 +1,4 @@
-//! The HEELS TCP option (DESIGN section 3): kind 254 with the RFC 6994
+//! The HEELS TCP option (docs/protocol.md): kind 254 with the RFC 6994
 //! experiment ID 0x4845, 16 bytes, carrying two IPv4 endpoints. The form is
 //! told by the TCP flags of the segment that carries it:
 //!

@@ -1,4 +1,4 @@
-//! The lab test bed (DESIGN section 7): on one machine, network namespaces
+//! The lab test bed (docs/design.md, "The lab"): on one machine, network namespaces
 //! for a client, an LB, N servers and a router, each host's processes in a
 //! cgroup of its own, heels on the hosts asked for. Shared by `heels lab`
 //! and the integration tests. Everything it makes is removed when the

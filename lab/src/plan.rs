@@ -43,7 +43,7 @@ pub fn server_mac(i: usize) -> [u8; 6] {
     [0x02, 0x00, 0x0a, 0x0a, 0x00, 11 + i as u8]
 }
 
-/// The LB kinds of DESIGN section 7.
+/// The LB kinds the lab has (docs/design.md, "The lab").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LbKind {

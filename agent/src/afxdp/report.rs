@@ -12,40 +12,8 @@ use crate::instance::report_file;
 /// summed, as the agent last wrote them (`/run/heels/<instance>.afxdp.json`,
 /// about every half second; removed when the agent stops).
 ///
-/// | counter | counts |
-/// | --- | --- |
-/// | `workers` | worker threads running |
-/// | `table_entries` | entries in the workers' table (two per connection) |
-/// | `table_bytes` | memory the workers' tables own, fixed at start: the connections' and the SYN ends' (gauge) |
-/// | `received` | frames the workers received, from the uplink and from heels0 |
-/// | `to_uplink` | frames sent out of the uplink |
-/// | `to_host` | frames sent into the host through heels0 |
-/// | `rewritten_to_uplink` | of those, rewritten VIP to DIP |
-/// | `rewritten_to_host` | of those, rewritten DIP to VIP |
-/// | `learned` | connections learned from SYN-ACK forms (and steered) |
-/// | `learned_from_standby` | of those, connections whose SYN left by the `tc` standby (sent before this agent routed the VIPs through its workers) |
-/// | `syns_translated` | SYNs with the SYN form translated for a served listener (server role) |
-/// | `syns_refused` | SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path) |
-/// | `syns_onto_time_wait` | of `syns_translated`, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (a direct connection's) |
-/// | `listener_errors` | SYNs whose listener the kernel could not be asked about (they took the LB's path) |
-/// | `unsteered` | connections learned but not steerable (SYN-ACK dropped, the server retransmits) |
-/// | `syn_acks_held_back` | SYN-ACK forms of no connection the workers knew, dropped while the agent took the standby's connections over (the server retransmits) |
-/// | `closes_reported` | closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep) |
-/// | `forgotten` | closed connections the workers forgot (entries and steering removed) |
-/// | `forget_skipped` | closed connections not forgotten: their 4-tuple carried a newer SYN |
-/// | `checksums_completed` | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
-/// | `resets_sent` | resets sent before a SYN an LB would refuse (docs/design.md) |
-/// | `dropped` | frames the workers' stages dropped, for any reason (the three below, `unsteered` and `syn_acks_held_back` included) |
-/// | `unresolved` | frames dropped for a next hop without a neighbour entry (resolution started) |
-/// | `no_route` | frames dropped for want of an uplink route |
-/// | `not_ipv4` | non-IPv4 frames from heels0, dropped |
-/// | `tx_full_to_uplink` | frames dropped on a full transmit ring of the uplink |
-/// | `tx_full_to_host` | frames dropped on a full transmit ring of heels1 |
-/// | `fill_starved` | times a fill ring was found empty |
-/// | `wakeups` | wakeup system calls (need_wakeup) |
-/// | `bad_descriptors` | descriptors a ring handed back that the worker never gave (ignored) |
-/// | `learned_lost` | learned connections the control thread could not queue (their closes wait for the sweep) |
-/// | `standby_unwritten` | learned connections the workers could not write into the standby's maps (a SIGKILL would cost them) |
+/// Every counter is in [`AfxdpReport::COUNTERS`], with what it counts
+/// (docs/counters.md is made from it).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct AfxdpReport {
@@ -87,6 +55,43 @@ pub struct AfxdpReport {
 }
 
 impl AfxdpReport {
+    /// Every counter's name, in [`AfxdpReport::counters`]' order, and what
+    /// it counts.
+    pub const COUNTERS: [(&'static str, &'static str); 32] = [
+        ("workers", "worker threads running"),
+        ("table_entries", "entries in the workers' table (two per connection)"),
+        ("table_bytes", "memory the workers' tables own, fixed at start: the connections' and the SYN ends' (gauge)"),
+        ("received", "frames the workers received, from the uplink and from heels0"),
+        ("to_uplink", "frames sent out of the uplink"),
+        ("to_host", "frames sent into the host through heels0"),
+        ("rewritten_to_uplink", "of those, rewritten VIP to DIP"),
+        ("rewritten_to_host", "of those, rewritten DIP to VIP"),
+        ("learned", "connections learned from SYN-ACK forms (and steered)"),
+        ("learned_from_standby", "of those, connections whose SYN left by the `tc` standby (sent before this agent routed the VIPs through its workers)"),
+        ("syns_translated", "SYNs with the SYN form translated for a served listener (server role)"),
+        ("syns_refused", "SYNs with the SYN form passed untranslated: no served listener, tuple in use, not from an LB... (they take the LB's path)"),
+        ("syns_onto_time_wait", "of `syns_translated`, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (a direct connection's)"),
+        ("listener_errors", "SYNs whose listener the kernel could not be asked about (they took the LB's path)"),
+        ("unsteered", "connections learned but not steerable (SYN-ACK dropped, the server retransmits)"),
+        ("syn_acks_held_back", "SYN-ACK forms of no connection the workers knew, dropped while the agent took the standby's connections over (the server retransmits)"),
+        ("closes_reported", "closed connections sockops reported through its ring buffer (forgotten at once, not at the next sweep)"),
+        ("forgotten", "closed connections the workers forgot (entries and steering removed)"),
+        ("forget_skipped", "closed connections not forgotten: their 4-tuple carried a newer SYN"),
+        ("checksums_completed", "frames whose TCP checksum arrived pending (a sender's offload) and was finished"),
+        ("resets_sent", "resets sent before a SYN an LB would refuse (docs/design.md)"),
+        ("dropped", "frames the workers' stages dropped, for any reason (the three below, `unsteered` and `syn_acks_held_back` included)"),
+        ("unresolved", "frames dropped for a next hop without a neighbour entry (resolution started)"),
+        ("no_route", "frames dropped for want of an uplink route"),
+        ("not_ipv4", "non-IPv4 frames from heels0, dropped"),
+        ("tx_full_to_uplink", "frames dropped on a full transmit ring of the uplink"),
+        ("tx_full_to_host", "frames dropped on a full transmit ring of heels1"),
+        ("fill_starved", "times a fill ring was found empty"),
+        ("wakeups", "wakeup system calls (need_wakeup)"),
+        ("bad_descriptors", "descriptors a ring handed back that the worker never gave (ignored)"),
+        ("learned_lost", "learned connections the control thread could not queue (their closes wait for the sweep)"),
+        ("standby_unwritten", "learned connections the workers could not write into the standby's maps (a SIGKILL would cost them)"),
+    ];
+
     /// The counters by name, in the table's order.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![

@@ -7,61 +7,8 @@
 //!
 //! Every figure is read from the instance's pinned maps at scrape time, so
 //! a scrape shows what the kernel did, whichever agent process attached it.
-//! The families (all counters end in `_total`; `cpu` is the CPU a program
-//! ran on, the tc dataplane's worker):
-//!
-//! | family | labels | counts |
-//! | --- | --- | --- |
-//! | `heels_agent_info` | `instance`, `dataplane`, `version` | always 1 |
-//! | `heels_syns_translated_total` | `cpu` | SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server) |
-//! | `heels_syns_translated_from_local_vip_total` | `cpu` | of those, SYNs to a VIP this host holds (server) |
-//! | `heels_syns_translated_onto_time_wait_total` | `cpu` | of those, SYNs the kernel takes from another connection's TIME_WAIT on their tuple (server) |
-//! | `heels_syn_fallbacks_total` | `cpu`, `reason` | SYNs with the SYN form left on the LB path: `refused` (a check failed), `no_listener`, `listener_unserved`, `tuple_in_use` (server) |
-//! | `heels_ipip_decapsulated_packets_total` | `cpu` | IPIP packets to a local address, decapsulated (server) |
-//! | `heels_syn_acks_learned_total` | `cpu` | SYN-ACK forms accepted, a connection's entries made (client) |
-//! | `heels_syn_acks_refused_total` | `cpu` | SYN-ACK forms that failed a check (client) |
-//! | `heels_rewritten_packets_total` | `cpu`, `direction` | packets sent to DIP (`egress`) or delivered as from the VIP (`ingress`) (client) |
-//! | `heels_rewritten_bytes_total` | `cpu`, `direction` | their bytes as TC sees them: Ethernet header included, a GSO packet whole (client) |
-//! | `heels_egress_socket_hits_total` | `cpu` | egress rewrites that found DIP:dport on the socket, not in the table (client) |
-//! | `heels_icmp_errors_rewritten_total` | `cpu` | ICMP errors whose quote was rewritten for the socket (client) |
-//! | `heels_options_written_total` | `cpu`, `form` | forms written by sockops: `syn` (client), `syn_ack` (server), `syn_ack_retransmitted` (server: a retransmitted SYN-ACK's, from the record) |
-//! | `heels_options_no_room_total` | `cpu` | segments that left without the option for lack of room |
-//! | `heels_helper_errors_total` | `cpu` | kernel helper failures (the packet went on as far as it got) |
-//! | `heels_table_entries_removed_total` | `cause` | connections forgotten: `socket_closed` (sockops), `swept` (the agent's sweep of vanished sockets) |
-//! | `heels_sweeps_total` | | sweeps of the table for entries whose socket is gone, completed (every `sweep_seconds`) |
-//! | `heels_table_entries` | `vip` | bypassed connections in the table now (client) |
-//! | `heels_table_capacity` | | how many connections the table holds (`max_connections`); past that a new connection takes the LB path |
-//! | `heels_table_full_total` | `cpu` | connections that found the table full and took the LB path (client) |
-//! | `heels_vip_syns_translated_total` | `vip` | per VIP:vport, as above (server) |
-//! | `heels_vip_syn_fallbacks_total` | `vip`, `reason` | per VIP:vport: `no_listener`, `listener_unserved`, `tuple_in_use` (server) |
-//! | `heels_vip_syn_acks_learned_total` | `vip` | per VIP:vport (client) |
-//! | `heels_vip_rewritten_packets_total` | `vip`, `direction` | per VIP:vport (client) |
-//! | `heels_vip_rewritten_bytes_total` | `vip`, `direction` | per VIP:vport (client) |
-//! | `heels_vip_options_written_total` | `vip`, `form` | per VIP:vport |
-//!
-//! With `dataplane = "afxdp"`, the workers' families follow (their
-//! counters as the agent's loop last gathered them, at most 100 ms old; see
-//! `crate::afxdp::AfxdpReport`):
-//!
-//! | family | labels | counts |
-//! | --- | --- | --- |
-//! | `heels_afxdp_workers` | | worker threads running (gauge) |
-//! | `heels_afxdp_table_entries` | | entries in the workers' table, two per connection (gauge) |
-//! | `heels_afxdp_table_bytes` | | memory the workers' tables own, fixed at start (gauge) |
-//! | `heels_afxdp_frames_total` | `path` | frames `received`, sent `to_uplink`, sent `to_host` |
-//! | `heels_afxdp_rewritten_packets_total` | `direction` | packets rewritten VIP to DIP (`egress`) or DIP to VIP (`ingress`) |
-//! | `heels_afxdp_connections_learned_total` | | connections learned from SYN-ACK forms and steered |
-//! | `heels_afxdp_syns_translated_total` | | SYNs translated for a served listener (server role) |
-//! | `heels_afxdp_syns_refused_total` | | SYNs with the SYN form passed untranslated (they take the LB path) |
-//! | `heels_afxdp_listener_errors_total` | | SYNs whose listener could not be looked up (they took the LB path) |
-//! | `heels_afxdp_connections_unsteered_total` | | learned but not steerable: SYN-ACK dropped, the server retransmits |
-//! | `heels_afxdp_closes_reported_total` | | closed connections sockops reported through its ring buffer |
-//! | `heels_afxdp_resets_sent_total` | | resets sent before a SYN an LB would refuse |
-//! | `heels_afxdp_checksums_completed_total` | | frames whose TCP checksum arrived pending (a sender's offload) and was finished |
-//! | `heels_afxdp_dropped_frames_total` | `reason` | `translation` (the core's verdict), `unsteered`, `takeover` (SYN-ACK forms held back while a restarted agent took the standby's connections over), `unresolved` (no neighbour yet), `no_route`, `not_ipv4`, `tx_full_uplink`, `tx_full_host` |
-//! | `heels_afxdp_fill_starved_total` | | times a fill ring was found empty (the kernel had nowhere to receive) |
-//! | `heels_afxdp_wakeups_total` | | wakeup system calls (need_wakeup kicks) |
-//! | `heels_afxdp_bad_descriptors_total` | | descriptors a ring handed back that the worker never gave |
+//! The families, their labels and help are catalogued in docs/counters.md
+//! (made from what this module renders: `crate::catalogue`).
 //!
 //! Every configured VIP:vport has its `heels_vip_*` series from the start
 //! (zero until traffic); a VIP configured with port 0 gets one series per

@@ -1,4 +1,4 @@
-//! The `afxdp` dataplane engine (DESIGN section 5): an XDP program sends
+//! The `afxdp` dataplane engine (docs/design.md, "The `afxdp` dataplane"): an XDP program sends
 //! the frames that need work to AF_XDP sockets; per-core pinned workers
 //! run the heels core on them in ring batches and send them on, from one
 //! interface to the other by descriptor over a UMEM the worker's sockets

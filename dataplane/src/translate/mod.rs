@@ -1,4 +1,4 @@
-//! The translations of DESIGN section 4 as pure functions over a frame
+//! The translations of docs/protocol.md as pure functions over a frame
 //! (Ethernet onwards) in a `&mut [u8]`. Each returns a [`Verdict`]; a frame
 //! that is not rewritten is left exactly as it came, byte for byte.
 //!

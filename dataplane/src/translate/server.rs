@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Server ingress (DESIGN section 4): a SYN carrying the SYN form, for one
+/// Server ingress (docs/protocol.md): a SYN carrying the SYN form, for one
 /// of this host's services, from the client it names or an LB source, that
 /// a socket of this host will answer with the SYN-ACK form, is rewritten to
 /// CIP:cport -> DIP:dport (decapsulated first if it came in IPIP to a local

@@ -1,5 +1,5 @@
 //! IPv4 headers of any IHL (options are carried, never interpreted). An IPIP
-//! packet (DESIGN section 4, Katran's encapsulation) is an IPv4 packet of
+//! packet (Katran's encapsulation, docs/protocol.md) is an IPv4 packet of
 //! [`Protocol::Ipip`] whose payload is the inner IPv4 packet, so it needs no
 //! view of its own.
 

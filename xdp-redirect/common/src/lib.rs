@@ -417,6 +417,36 @@ impl TcCounter {
             TcCounter::SynOntoTimeWait => "syn_onto_time_wait",
         }
     }
+
+    /// What it counts, for `heels stats` and docs/counters.md.
+    pub const fn description(self) -> &'static str {
+        match self {
+            TcCounter::SynTranslated => "SYNs with the SYN form rewritten to CIP:cport -> DIP:dport (server)",
+            TcCounter::SynRefused => "SYNs with the SYN form that failed a check (service, destination, source), left as they came (server)",
+            TcCounter::IpipDecapsulated => "IPIP packets to a local address, decapsulated (server)",
+            TcCounter::SynAckLearned => "SYN-ACK forms accepted: a connection's entries made (client)",
+            TcCounter::SynAckRefused => "SYN-ACK forms that failed a check (client)",
+            TcCounter::EgressRewritten => "packets sent to DIP:dport instead of VIP:vport (client)",
+            TcCounter::IngressRewritten => "packets from DIP:dport delivered as from VIP:vport (client)",
+            TcCounter::SynOptionWritten => "SYN forms written by sockops (client)",
+            TcCounter::SynAckOptionWritten => "SYN-ACK forms written by sockops (server)",
+            TcCounter::NoOptionRoom => "segments that left without the option for lack of room",
+            TcCounter::EntriesRemoved => "connections forgotten when their socket closed (client)",
+            TcCounter::Errors => "helper failures; the packet went on as far as it got",
+            TcCounter::EgressViaSocket => "of `egress_rewritten`, those that found DIP:dport on the socket (client)",
+            TcCounter::SynNoListener => "SYNs with the SYN form no socket would answer (no listener on the translated port): LB path (server)",
+            TcCounter::SynListenerUnserved => "SYNs with the SYN form whose listener opened before heels attached (it cannot write the SYN-ACK form): LB path (server)",
+            TcCounter::SynTupleInUse => "SYNs with the SYN form whose translated 4-tuple another socket still holds (established, handshake, TIME_WAIT): LB path (server)",
+            TcCounter::SynTranslatedFromVip => "of `syn_translated`, SYNs addressed to a VIP this host holds (decapsulated before heels), translated to `dsr_address` (server)",
+            TcCounter::IcmpRewritten => "ICMP errors about a bypassed connection whose quote became CIP:cport -> VIP:vport, so the socket gets them (client)",
+            TcCounter::EgressBytes => "bytes of the `egress_rewritten` packets as TC sees them (Ethernet header included, a GSO packet whole) (client)",
+            TcCounter::IngressBytes => "bytes of the `ingress_rewritten` packets (client)",
+            TcCounter::LbResetsSent => "SYNs to a VIP sent after a reset through the LB, which a stateful LB still holding the tuple's earlier SYN would otherwise refuse (client)",
+            TcCounter::SynAckOptionRetransmitted => "SYN-ACK forms written in retransmitted SYN-ACKs, from the record of the translated SYN (server)",
+            TcCounter::TableFull => "connections that found the table full (`max_connections`): their SYN left without the form, on the LB path (client)",
+            TcCounter::SynOntoTimeWait => "of `syn_translated`, SYNs translated onto another connection's TIME_WAIT on their 4-tuple (a direct connection's), which the kernel takes them from (server)",
+        }
+    }
 }
 
 /// Name of the pinned per-CPU hash of [`VipStats`] by VIP:vport.

@@ -1,4 +1,4 @@
-//! The HEELS TCP option's layout (DESIGN section 3), the one place it is
+//! The HEELS TCP option's layout (docs/protocol.md), the one place it is
 //! written down in code: the eBPF programs and the dataplane core both read
 //! and write the option through this module.
 //!

@@ -1,4 +1,4 @@
-//! The XDP classifier of the `afxdp` dataplane (DESIGN section 5): it sends
+//! The XDP classifier of the `afxdp` dataplane (docs/design.md, "The `afxdp` dataplane"): it sends
 //! to the AF_XDP socket of the receive queue only what needs work, and passes
 //! everything else to the stack untouched:
 //! - a SYN carrying the HEELS SYN form for one of this host's services;

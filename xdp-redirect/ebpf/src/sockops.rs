@@ -1,4 +1,4 @@
-//! The sockops program: writes and reads the HEELS option (DESIGN section 3)
+//! The sockops program: writes and reads the HEELS option (docs/protocol.md)
 //! and removes a client connection's entries when its socket closes.
 //!
 //! - Client: a socket connecting to a configured VIP asks for the header

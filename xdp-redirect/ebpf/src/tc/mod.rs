@@ -1,4 +1,4 @@
-//! The `tc` dataplane's packet programs (DESIGN section 4), at TC ingress
+//! The `tc` dataplane's packet programs (docs/protocol.md), at TC ingress
 //! and egress of each host interface:
 //! - ingress: IPIP decapsulation of packets to a local address; the
 //!   server's SYN translation (CIP:cport -> DIP:dport); the client's
