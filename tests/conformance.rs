@@ -542,16 +542,7 @@ fn core_outcome(case: &Case) -> (Ingress, Vec<u8>) {
     let sockets = fuzzing::sockets();
     let mut frame = case.frame.clone();
     let outcome = match case.way {
-        Way::In => translate::ingress(
-            &mut frame,
-            &translate::Context {
-                mode: Mode::Full,
-                rules: &config(),
-                table: &table,
-                sockets: &sockets,
-                now: 1,
-            },
-        ),
+        Way::In => translate::ingress(&mut frame, &fuzzing::context(&config(), &table, &sockets)),
         Way::Out => Ingress {
             start: 0,
             verdict: translate::client_egress(&mut frame, Mode::Full, &table, &SynEnds::new(4), 1),
@@ -575,17 +566,7 @@ fn batched(case: &Case) -> (String, Vec<u8>) {
     let outcome = match case.way {
         Way::In => {
             let mut out = [Ingress { start: 0, verdict: Verdict::Rewritten { start: 0 } }; 3];
-            translate::ingress_batch(
-                &mut views,
-                &translate::Context {
-                    mode: Mode::Full,
-                    rules: &config(),
-                    table: &table,
-                    sockets: &sockets,
-                    now: 1,
-                },
-                &mut out,
-            );
+            translate::ingress_batch(&mut views, &fuzzing::context(&config(), &table, &sockets), &mut out);
             assert_eq!(out[0].verdict, out[2].verdict, "{}: the neighbours", case.name);
             out[1]
         }
@@ -628,13 +609,7 @@ fn a_batch_longer_than_a_chunk_rewrites_every_frame_as_the_core_does() {
                 vec![Ingress { start: 0, verdict: Verdict::Pass(translate::Reason::Malformed) }; 150];
             translate::ingress_batch(
                 &mut views,
-                &translate::Context {
-                    mode: Mode::Full,
-                    rules: &config(),
-                    table: &table,
-                    sockets: &fuzzing::sockets(),
-                    now: 1,
-                },
+                &fuzzing::context(&config(), &table, &fuzzing::sockets()),
                 &mut out,
             );
             out
@@ -1093,16 +1068,7 @@ fn a_syn_of_an_established_translated_connection_is_translated_again() {
         sockets.record(&FlowKey { src: client, dst: backend }, recorded_vip).unwrap();
         let mut core_frame = syn.clone();
         let table = ConnTable::new(16, 60);
-        let outcome = translate::ingress(
-            &mut core_frame,
-            &translate::Context {
-                mode: Mode::Full,
-                rules: &config(),
-                table: &table,
-                sockets: &sockets,
-                now: 1,
-            },
-        );
+        let outcome = translate::ingress(&mut core_frame, &fuzzing::context(&config(), &table, &sockets));
         assert_eq!(
             (action, &frame),
             (tc_action(outcome.verdict), &core_frame),

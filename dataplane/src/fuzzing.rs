@@ -220,15 +220,22 @@ pub fn check_outcome(before: &[u8], after: &[u8], verdict: Verdict) {
     }
 }
 
+/// The test plan's ingress context: `rules`, `table` and `sockets` with
+/// complete checksums ([`Mode::Full`]) at second 1.
+pub fn context<'a>(
+    rules: &'a Rules,
+    table: &'a ConnTable,
+    sockets: &'a dyn Sockets,
+) -> translate::Context<'a> {
+    translate::Context { mode: Mode::Full, rules, table, sockets, now: 1 }
+}
+
 /// A host's whole ingress ([`translate::ingress`]) on an arbitrary frame;
 /// returns the outcome.
 pub fn ingress(data: &[u8]) -> translate::Ingress {
     let mut frame = data.to_vec();
     let (table, sockets) = (table_with_connection(), sockets());
-    let outcome = translate::ingress(
-        &mut frame,
-        &translate::Context { mode: Mode::Full, rules: &config(), table: &table, sockets: &sockets, now: 1 },
-    );
+    let outcome = translate::ingress(&mut frame, &context(&config(), &table, &sockets));
     let verdict = match outcome {
         translate::Ingress { start: 0, verdict } => verdict,
         translate::Ingress { start, .. } => Verdict::Rewritten { start: start as u16 },
@@ -273,29 +280,11 @@ pub fn client_ingress(data: &[u8]) -> Verdict {
     let mut frame = data.to_vec();
     // An empty table: SYN-ACKs learn; then the frame runs again as data.
     let table = ConnTable::new(16, 60);
-    let verdict = translate::client_ingress(
-        &mut frame,
-        &translate::Context {
-            mode: Mode::Full,
-            rules: &config(),
-            table: &table,
-            sockets: &sockets(),
-            now: 1,
-        },
-    );
+    let verdict = translate::client_ingress(&mut frame, &context(&config(), &table, &sockets()));
     check_outcome(data, &frame, verdict);
     let mut again = data.to_vec();
     let table = table_with_connection();
-    let second = translate::client_ingress(
-        &mut again,
-        &translate::Context {
-            mode: Mode::Full,
-            rules: &config(),
-            table: &table,
-            sockets: &sockets(),
-            now: 1,
-        },
-    );
+    let second = translate::client_ingress(&mut again, &context(&config(), &table, &sockets()));
     check_outcome(data, &again, second);
     verdict
 }

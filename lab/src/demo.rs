@@ -99,18 +99,11 @@ pub fn run(spec: &DemoSpec, heels: &Path, progress: &Progress) -> anyhow::Result
     progress.message(format!("{} connections through the VIP, every byte checked", spec.connections));
     let before = lab.client_interface()?;
     let load = lab.load(&LoadSpec {
-        target: lab.service(),
-        mode: Mode::Verify,
         connections: spec.connections,
         concurrency: spec.concurrency,
         request: spec.request,
         response: spec.response,
-        count: 0,
-        seconds: 0.0,
-        server_closes: false,
-        mapped: false,
-        sources: Vec::new(),
-        pause_file: None,
+        ..LoadSpec::new(lab.service(), Mode::Verify)
     })?;
     let after = lab.client_interface()?;
     let lb = lab.lb_counters()?;

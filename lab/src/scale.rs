@@ -238,18 +238,13 @@ fn hold(
         let connections = spec.connections / clients + usize::from(k < spec.connections % clients);
         let pause = lab.work_dir().join(format!("scale.paused.{k}"));
         let load = LoadSpec {
-            target: lab.service(),
-            mode: Mode::Hold,
             connections,
             concurrency: spec.open_concurrency.div_ceil(clients).max(1),
             request: HOLD_REQUEST,
             response: HOLD_RESPONSE,
-            count: 0,
-            seconds: 0.0,
-            server_closes: false,
-            mapped: false,
             sources: sources.clone(),
             pause_file: Some(pause.clone()),
+            ..LoadSpec::new(lab.service(), Mode::Hold)
         };
         children.push(lab.spawn_load(&load)?);
         pauses.push(pause);
@@ -336,18 +331,11 @@ fn wait_for_table(instance: &str, done: impl Fn(u64) -> bool) -> u64 {
 fn rate_run(lab: &Lab, spec: &ScaleSpec, path: &str, target: SocketAddrV4) -> anyhow::Result<RateRun> {
     let before = lab.lb_counters()?;
     let load = lab.load(&LoadSpec {
-        target,
-        mode: Mode::Connect,
         connections: 0,
         concurrency: spec.rate_concurrency,
-        request: 1,
-        response: 1,
-        count: 0,
         seconds: spec.seconds,
-        server_closes: false,
-        mapped: false,
         sources: lab.client_addresses(),
-        pause_file: None,
+        ..LoadSpec::new(target, Mode::Connect)
     })?;
     let lb = lab.lb_counters()?.since(&before);
     let opened = (load.connections_ok + load.connections_failed).max(1) as f64;

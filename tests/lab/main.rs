@@ -38,18 +38,11 @@ fn lab(lb: LbKind, client: Dataplane, server: Dataplane, overrides: Overrides) -
 
 fn verify_spec(target: SocketAddrV4, connections: usize) -> LoadSpec {
     LoadSpec {
-        target,
-        mode: Mode::Verify,
         connections,
         concurrency: 8,
         request: REQUEST,
         response: RESPONSE,
-        count: 0,
-        seconds: 0.0,
-        server_closes: false,
-        mapped: false,
-        sources: Vec::new(),
-        pause_file: None,
+        ..LoadSpec::new(target, Mode::Verify)
     }
 }
 

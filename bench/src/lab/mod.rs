@@ -362,20 +362,7 @@ fn tool_of(kind: ServerKind) -> &'static str {
 }
 
 fn load_spec(target: SocketAddrV4, mode: Mode, seconds: f64, server_closes: bool) -> LoadSpec {
-    LoadSpec {
-        target,
-        mode,
-        connections: 1,
-        concurrency: 2,
-        request: 1,
-        response: 1,
-        count: 0,
-        seconds,
-        server_closes,
-        mapped: false,
-        sources: Vec::new(),
-        pause_file: None,
-    }
+    LoadSpec { concurrency: 2, seconds, server_closes, ..LoadSpec::new(target, mode) }
 }
 
 /// A run in which every connection completed, or an error naming what failed.

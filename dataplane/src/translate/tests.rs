@@ -270,16 +270,8 @@ mod vectors {
             frame.truncate(14 + 20 + inner);
             frame[16..18].copy_from_slice(&(20 + inner as u16).to_be_bytes());
             let before = frame.clone();
-            let outcome = translate::ingress(
-                &mut frame,
-                &translate::Context {
-                    mode: Mode::Full,
-                    rules: &fuzzing::config(),
-                    table: &table,
-                    sockets: &sockets,
-                    now: 1,
-                },
-            );
+            let outcome =
+                translate::ingress(&mut frame, &fuzzing::context(&fuzzing::config(), &table, &sockets));
             assert_eq!(outcome.start, start, "{inner} bytes inside");
             if start == 0 {
                 assert_eq!(frame, before);
@@ -430,13 +422,7 @@ mod vectors {
             let mut frame = vector(name);
             let verdict = translate::client_ingress(
                 &mut frame,
-                &translate::Context {
-                    mode: Mode::Full,
-                    rules: &config,
-                    table: &table,
-                    sockets: &fuzzing::sockets(),
-                    now: 1,
-                },
+                &fuzzing::context(&config, &table, &fuzzing::sockets()),
             );
             assert_eq!(frame, vector(name));
             assert!(table.is_empty(), "no entry may be made");
@@ -453,16 +439,7 @@ mod vectors {
         config.vips = vec![crate::option::Endpoint::new(VIP.addr, 0)];
         let mut frame = vector("syn-ack-before");
         assert_eq!(
-            translate::client_ingress(
-                &mut frame,
-                &translate::Context {
-                    mode: Mode::Full,
-                    rules: &config,
-                    table: &table,
-                    sockets: &fuzzing::sockets(),
-                    now: 1
-                }
-            ),
+            translate::client_ingress(&mut frame, &fuzzing::context(&config, &table, &fuzzing::sockets())),
             Verdict::Rewritten { start: 0 }
         );
     }
@@ -478,30 +455,13 @@ mod vectors {
         let config = fuzzing::config();
         let table = fuzzing::table_with_connection();
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            &translate::Context {
-                mode: Mode::Full,
-                rules: &config,
-                table: &table,
-                sockets: &established,
-                now: 1,
-            },
-        );
+        let verdict = translate::client_ingress(&mut frame, &fuzzing::context(&config, &table, &established));
         assert_eq!(verdict, Verdict::Rewritten { start: 0 });
         assert_eq!(frame, vector("syn-ack-after"));
         let unknown = ConnTable::new(16, 60);
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            &translate::Context {
-                mode: Mode::Full,
-                rules: &config,
-                table: &unknown,
-                sockets: &established,
-                now: 1,
-            },
-        );
+        let verdict =
+            translate::client_ingress(&mut frame, &fuzzing::context(&config, &unknown, &established));
         assert_eq!(verdict, Verdict::Pass(Reason::NotConnecting));
         assert_eq!(frame, vector("syn-ack-before"));
         assert!(unknown.is_empty());
@@ -510,16 +470,7 @@ mod vectors {
         other.insert(FlowKey { src: CLIENT, dst: VIP }, VIP, 0).unwrap();
         other.insert(FlowKey { src: BACKEND, dst: CLIENT }, VIP, 0).unwrap();
         let mut frame = vector("syn-ack-before");
-        let verdict = translate::client_ingress(
-            &mut frame,
-            &translate::Context {
-                mode: Mode::Full,
-                rules: &config,
-                table: &other,
-                sockets: &established,
-                now: 1,
-            },
-        );
+        let verdict = translate::client_ingress(&mut frame, &fuzzing::context(&config, &other, &established));
         assert_eq!(verdict, Verdict::Pass(Reason::NotConnecting));
     }
 

@@ -83,6 +83,26 @@ pub struct LoadSpec {
 const PAUSE_LIMIT: Duration = Duration::from_secs(600);
 
 impl LoadSpec {
+    /// A load of `mode` to `target` with nothing else asked: one
+    /// connection at a time of one-byte exchanges, no count or time, the
+    /// route's source address, no pause.
+    pub fn new(target: SocketAddrV4, mode: Mode) -> LoadSpec {
+        LoadSpec {
+            target,
+            mode,
+            connections: 1,
+            concurrency: 1,
+            request: 1,
+            response: 1,
+            count: 0,
+            seconds: 0.0,
+            server_closes: false,
+            mapped: false,
+            sources: Vec::new(),
+            pause_file: None,
+        }
+    }
+
     /// The address connection `i` comes from (none: the route's).
     fn source(&self, i: usize) -> Option<Ipv4Addr> {
         (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])

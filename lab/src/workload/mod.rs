@@ -184,18 +184,13 @@ mod tests {
 
     fn spec(port: u16, mode: Mode) -> LoadSpec {
         LoadSpec {
-            target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
-            mode,
             connections: 20,
             concurrency: 4,
             request: 100_000,
             response: 300_000,
             count: 50,
             seconds: 0.2,
-            server_closes: false,
-            mapped: false,
-            sources: Vec::new(),
-            pause_file: None,
+            ..LoadSpec::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), mode)
         }
     }
 
